@@ -1,0 +1,4 @@
+//! The `certguard` command line.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Everything that reloads, built once per generation and swapped atomically.

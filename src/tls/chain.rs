@@ -1,0 +1,1 @@
+//! CA trust sources: `WebPkiClientVerifier` with CRLs, revocation settings and `max_lifetime`.
