@@ -8,13 +8,140 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod devpki;
+pub mod echo;
 pub mod identity;
 pub mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
+pub mod report;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod stubs;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use crate::server::ProxyState;
+use crate::snapshot::{Current, Snapshot};
+
+/// Identities kept in the `/identities` inventory.
+const INVENTORY_CAPACITY: usize = 10_000;
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy: the TLS listener, the admin listener and the shared state.
+pub struct Proxy {
+    /// Where the TLS listener is bound (useful with port 0).
+    pub listen_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    pub state: Arc<ProxyState>,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    admin_stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Build the first snapshot, bind both listeners and start serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let listen = config.listen.address;
+        let admin_address = config.admin.address;
+        let snapshot = Snapshot::build(config, 1, None)?;
+        let metrics = Arc::new(Metrics::new());
+        reload::publish(&metrics, &snapshot);
+        let current = Arc::new(Current::new(snapshot));
+        let inventory = Arc::new(Inventory::new(INVENTORY_CAPACITY));
+        let state = Arc::new(ProxyState::new(current, metrics.clone(), inventory.clone()));
+
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let listener = bind("listen.address", listen).await?;
+        let admin_listener = bind("admin.address", admin_address).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let listen_addr = local(&listener, listen);
+        let admin_addr = local(&admin_listener, admin_address);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(true));
+        let admin_state = Arc::new(AdminState {
+            metrics,
+            inventory,
+            ready: ready.clone(),
+        });
+        // The admin listener outlives the drain so that /readyz can report 503 meanwhile.
+        let (admin_stop, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(admin::serve(admin_listener, admin_state, async move {
+            let _ = admin_stop_rx.await;
+        }));
+        let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx));
+        tracing::info!(listen = %listen_addr, admin = %admin_addr, "certguard serving");
+        Ok(Proxy {
+            listen_addr,
+            admin_addr,
+            state,
+            ready,
+            shutdown,
+            admin_stop,
+            server,
+            admin,
+        })
+    }
+
+    /// Rebuild everything from the config file; on failure the current snapshot stays.
+    pub fn reload(&self) -> Result<u64, reload::ReloadError> {
+        let current = &self.state.current;
+        let path = current.load().config.source.clone();
+        reload::reload(&path, current, &self.state.metrics)
+    }
+
+    /// The snapshot generation currently serving.
+    pub fn generation(&self) -> u64 {
+        self.state.current.load().generation
+    }
+
+    /// Stop accepting, turn `/readyz` to 503, ask every connection to finish (GOAWAY for
+    /// HTTP/2), and wait up to `grace` for in-flight requests. Returns true if all finished.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let drained = tokio::time::timeout(grace, self.state.drained()).await.is_ok();
+        if !drained {
+            tracing::warn!(open = self.state.open_connections(), "shutdown_grace elapsed with connections still open");
+        }
+        let _ = self.admin_stop.send(());
+        let _ = self.admin.await;
+        drained
+    }
+}

@@ -1,4 +1,316 @@
-//! The `certguard` command line.
+//! The `certguard` command line: run, check, explain, dev-certs, demo, health.
 #![forbid(unsafe_code)]
 
-fn main() {}
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use certguard::config::{Config, LogFormat, Logging};
+use certguard::Proxy;
+
+#[derive(Parser)]
+#[command(name = "certguard", version, about = "mTLS-terminating reverse proxy with policy enforcement")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(short, long, env = "CERTGUARD_CONFIG", default_value = "config/certguard.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM/SIGINT; SIGHUP reloads.
+    Run(ConfigArg),
+    /// Validate the config and everything it names; print a summary and warnings.
+    Check(ConfigArg),
+    /// Offline dry run: would this client certificate be allowed this request?
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Client certificate PEM: leaf first, intermediates may follow.
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request host; without it, routes that name a host do not match.
+        #[arg(long)]
+        host: Option<String>,
+        /// Request path (query allowed).
+        path: String,
+    },
+    /// Write the development PKI.
+    DevCerts {
+        #[arg(long, default_value = "certs-dev")]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the proxy with a built-in echo upstream and print curl commands to try.
+    Demo(ConfigArg),
+    /// Probe the admin /readyz endpoint: exit 0 when ready, 1 when not.
+    Health {
+        #[arg(long, env = "CERTGUARD_ADMIN", default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Both providers are compiled in (rcgen and rustls); make aws-lc-rs the process default.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Run(c) => serve(&c.config, false),
+        Command::Demo(c) => serve(&c.config, true),
+        Command::Check(c) => check(&c.config),
+        Command::Explain {
+            config,
+            cert,
+            method,
+            host,
+            path,
+        } => explain(&config.config, &cert, &method, host.as_deref(), &path),
+        Command::DevCerts { out, force } => match certguard::devpki::write(&out, force) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("certguard dev-certs: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Health { admin } => health(&admin),
+    }
+}
+
+fn load(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            eprintln!("{}: {} configuration error(s):", path.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            None
+        }
+    }
+}
+
+fn init_logging(logging: &Logging) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let _ = match logging.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn serve(path: &Path, demo: bool) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::from(2);
+    };
+    init_logging(&config.logging);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config.runtime.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("certguard: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let grace = config.runtime.shutdown_grace;
+        let demo_info = demo.then(|| DemoInfo::from_config(&config));
+        if let Some(info) = &demo_info {
+            for addr in &info.upstreams {
+                match tokio::net::TcpListener::bind(addr.as_str()).await {
+                    Ok(l) => {
+                        tokio::spawn(certguard::echo::serve(l));
+                    }
+                    Err(e) => {
+                        eprintln!("certguard demo: cannot bind echo upstream {addr}: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+        }
+        let proxy = match Proxy::start(config).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("certguard: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some(info) = demo_info {
+            info.print(&proxy);
+        }
+        wait_for_signals(&proxy).await;
+        tracing::info!("shutting down: draining connections");
+        proxy.shutdown(grace).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Until SIGTERM or SIGINT; SIGHUP reloads.
+async fn wait_for_signals(proxy: &Proxy) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; waiting for Ctrl-C only");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = proxy.reload();
+            }
+        }
+    }
+}
+
+struct DemoInfo {
+    upstreams: Vec<String>,
+    certs: PathBuf,
+}
+
+impl DemoInfo {
+    fn from_config(config: &Config) -> DemoInfo {
+        let certs = config
+            .listen
+            .cert_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let certs = certs.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(certs);
+        DemoInfo {
+            upstreams: config.upstreams.iter().map(|u| u.authority.to_string()).collect(),
+            certs,
+        }
+    }
+
+    fn print(&self, proxy: &Proxy) {
+        let d = self.certs.display();
+        let port = proxy.listen_addr.port();
+        let url = format!("https://localhost:{port}");
+        let curl = |who: &str, path: &str| {
+            format!("curl --cacert {d}/ca.crt --cert {d}/{who}.crt --key {d}/{who}.key {url}{path}")
+        };
+        println!();
+        println!("certguard demo is running. Try, from another terminal:");
+        println!();
+        println!("  # alice may reach everything: 200 with the echoed request (note x-forwarded-client-cert)");
+        println!("  {}", curl("alice", "/api/hello"));
+        println!("  # bob may reach /status only: 403 here");
+        println!("  {}", curl("bob", "/api/hello"));
+        println!("  {}", curl("bob", "/status"));
+        println!("  # ci-runner (self-signed, pinned) may reach /deploy only");
+        println!("  {}", curl("ci-runner", "/deploy"));
+        println!("  # a revoked certificate fails the TLS handshake");
+        println!("  {}", curl("revoked", "/api/hello"));
+        println!("  # no client certificate fails the TLS handshake");
+        println!("  curl --cacert {d}/ca.crt {url}/api/hello");
+        println!();
+        println!("  # metrics and the identity inventory");
+        println!("  curl http://{}/metrics", proxy.admin_addr);
+        println!("  curl http://{}/identities", proxy.admin_addr);
+        println!();
+        println!("Ctrl-C stops it.");
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::from(1);
+    };
+    match certguard::report::check(&config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain(path: &Path, cert: &Path, method: &str, host: Option<&str>, target: &str) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::from(2);
+    };
+    match certguard::report::explain(&config, cert, method, host, target) {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("certguard explain: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn health(admin: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let probe = || -> std::io::Result<bool> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut head = [0u8; 16];
+        let mut n = 0;
+        while n < head.len() {
+            match stream.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(head[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("certguard health: {admin}/readyz is not ready");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("certguard health: {admin}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -35,3 +35,9 @@ pub fn apply_forward(
     let _ = (headers, forward, cert, peer, host);
     todo!("proxy helper")
 }
+
+/// The `Upgrade` value when `Connection` contains `upgrade`.
+pub fn is_upgrade_request(headers: &HeaderMap) -> Option<http::HeaderValue> {
+    let _ = headers;
+    todo!("proxy helper")
+}

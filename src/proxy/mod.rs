@@ -1,10 +1,12 @@
 //! The per-request pipeline: normalize, bind Host to SNI, re-check the identity, authorize,
 //! forward. Header rewriting lives in `headers.rs`, upstream clients in `forward.rs`.
 
+pub mod forward;
 pub mod framing;
 pub mod headers;
 pub mod host;
 pub mod normalize;
+pub mod service;
 
 /// Request `reason` label values (SPEC section 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,411 @@
+//! One request through the pipeline of SPEC section 4: framing, normalization, Host/SNI,
+//! identity re-check against the current snapshot, authorization, forwarding. Every exit
+//! produces exactly one metrics observation and one audit line.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::UnixTime;
+
+use super::forward::UpstreamClient;
+use super::host::HostError;
+use super::{framing, headers, host, normalize, Reason};
+use crate::audit::{self, RequestAudit};
+use crate::config::UpstreamScheme;
+use crate::identity::Identity;
+use crate::policy::{self, Decision, Permit, RequestFacts};
+use crate::server::{Activity, InflightGuard, ProxyState};
+use crate::snapshot::Snapshot;
+use crate::tls::Rejection;
+
+/// Response body sent to clients.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// What one connection knows about itself, shared by its requests.
+pub struct ConnContext {
+    state: Arc<ProxyState>,
+    conn_id: u64,
+    peer: SocketAddr,
+    sni: Option<String>,
+    http2: bool,
+    /// The identity established at the handshake, under `generation`.
+    identity: Identity,
+    generation: u64,
+    /// The identity re-verified against a later snapshot, cached per generation.
+    rechecked: Mutex<Option<(u64, Result<Identity, Rejection>)>>,
+    activity: Arc<Activity>,
+}
+
+impl ConnContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: Arc<ProxyState>,
+        conn_id: u64,
+        peer: SocketAddr,
+        sni: Option<String>,
+        http2: bool,
+        identity: Identity,
+        generation: u64,
+        activity: Arc<Activity>,
+    ) -> ConnContext {
+        ConnContext {
+            state,
+            conn_id,
+            peer,
+            sni,
+            http2,
+            identity,
+            generation,
+            rechecked: Mutex::new(None),
+            activity,
+        }
+    }
+
+    /// SPEC 5.3: the connection's identity as the current snapshot sees it. Re-verifies the
+    /// chain only when the generation changed since the handshake, or once the leaf expired.
+    fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
+        let now = UnixTime::now();
+        let expired = i64::try_from(now.as_secs()).unwrap_or(i64::MAX) > self.identity.cert.not_after;
+        if snap.generation == self.generation && !expired {
+            return Ok(self.identity.clone());
+        }
+        if !expired {
+            if let Ok(guard) = self.rechecked.lock() {
+                if let Some((generation, result)) = guard.as_ref() {
+                    if *generation == snap.generation {
+                        return result.clone();
+                    }
+                }
+            }
+        }
+        let chain = &self.identity.cert.chain;
+        let result = match chain.split_first() {
+            Some((leaf, intermediates)) => snap
+                .verifier()
+                .verify(leaf, intermediates, now)
+                .map(|admission| Identity::new(admission, self.identity.cert.clone())),
+            None => Err(Rejection {
+                trust: None,
+                outcome: crate::tls::Outcome::NoClientCert,
+                detail: "connection has no certificate".into(),
+            }),
+        };
+        if let Ok(mut guard) = self.rechecked.lock() {
+            *guard = Some((snap.generation, result.clone()));
+        }
+        result
+    }
+}
+
+/// What the audit line and the metrics need to know about one request.
+#[derive(Default)]
+struct Facts {
+    host: Option<String>,
+    path: Option<String>,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+}
+
+/// The outcome of the pipeline before it is recorded.
+struct Answer {
+    response: Response<ProxyBody>,
+    allowed: bool,
+    reason: Reason,
+    identity: Option<Identity>,
+}
+
+/// hyper service entry point for one request.
+pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let guard = ctx.activity.request_started();
+    let method = req.method().clone();
+    let snap = ctx.state.current.load();
+    let mut facts = Facts::default();
+    let answer = pipeline(&ctx, &snap, req, &mut facts).await;
+    let status = answer.response.status().as_u16();
+    let elapsed = started.elapsed();
+    let state = &ctx.state;
+    state
+        .metrics
+        .request(facts.route.as_deref(), answer.allowed, answer.reason, status, elapsed);
+    state
+        .inventory
+        .request(answer.identity.as_ref().unwrap_or(&ctx.identity), answer.allowed);
+    if snap.config.logging.access_log {
+        let id = answer.identity.as_ref().unwrap_or(&ctx.identity);
+        audit::request_line(&RequestAudit {
+            conn_id: ctx.conn_id,
+            peer: ctx.peer,
+            sni: ctx.sni.as_deref(),
+            trust: Some(&id.trust),
+            pinned: id.pinned.as_deref(),
+            subject: Some(&id.cert.subject),
+            spiffe_id: id.cert.spiffe_id.as_deref(),
+            fingerprint: Some(&id.cert.fingerprint),
+            method: method.as_str(),
+            host: facts.host.as_deref(),
+            path: facts.path.as_deref(),
+            route: facts.route.as_deref(),
+            upstream: facts.upstream.as_deref(),
+            decision: if answer.allowed { "allowed" } else { "denied" },
+            reason: answer.reason,
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+    }
+    Ok(answer.response.map(|body| GuardedBody { inner: body, _guard: guard }.boxed()))
+}
+
+async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, facts: &mut Facts) -> Answer {
+    let (mut parts, body) = req.into_parts();
+
+    // Framing: only HTTP/1 has Content-Length/Transfer-Encoding ambiguity.
+    if !ctx.http2 {
+        if let Err(e) = framing::check(&parts.headers) {
+            tracing::debug!(conn_id = ctx.conn_id, error = %e, "ambiguous framing");
+            let mut response = fixed(StatusCode::BAD_REQUEST);
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            return deny(response, Reason::BadRequest, None);
+        }
+    }
+
+    // HTTP/2 requests always carry scheme and authority in the URI; the request target proper
+    // is the :path, which is what gets normalized.
+    let target_uri = if ctx.http2 || parts.version == Version::HTTP_2 {
+        match parts.uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None if parts.method == Method::CONNECT => parts.uri.clone(),
+            None => Uri::from_static("/"),
+        }
+    } else {
+        parts.uri.clone()
+    };
+    let target = match normalize::normalize(&parts.method, &target_uri) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(conn_id = ctx.conn_id, error = %e, "bad request target");
+            return deny(fixed(StatusCode::BAD_REQUEST), Reason::BadRequest, None);
+        }
+    };
+    facts.path = Some(target.path.clone());
+
+    let listen = &snap.config.listen;
+    let host = match host::request_host(&parts, ctx.sni.as_deref(), listen.require_sni_match) {
+        Ok(h) => h,
+        Err(HostError::SniMismatch) => {
+            return deny(fixed(StatusCode::MISDIRECTED_REQUEST), Reason::SniMismatch, None);
+        }
+        Err(HostError::Bad(why)) => {
+            tracing::debug!(conn_id = ctx.conn_id, why, "bad host");
+            return deny(fixed(StatusCode::BAD_REQUEST), Reason::BadRequest, None);
+        }
+    };
+    facts.host = host.clone();
+
+    let identity = match ctx.current_identity(snap) {
+        Ok(id) => id,
+        Err(rejection) => {
+            tracing::info!(
+                conn_id = ctx.conn_id,
+                outcome = %rejection.outcome,
+                detail = %rejection.detail,
+                "identity no longer valid under the current snapshot"
+            );
+            return deny(fixed(StatusCode::FORBIDDEN), Reason::Revoked, None);
+        }
+    };
+
+    let request = RequestFacts {
+        method: &parts.method,
+        host: host.as_deref(),
+        path: &target.path,
+    };
+    let permit = match policy::authorize(&snap.config.policy, &identity, &request) {
+        Decision::NoRoute => return deny(fixed(StatusCode::NOT_FOUND), Reason::NoRoute, Some(identity)),
+        Decision::NotAllowed { route } => {
+            facts.route = Some(route.name.clone());
+            return deny(fixed(StatusCode::FORBIDDEN), Reason::NotAllowed, Some(identity));
+        }
+        Decision::Allowed(permit) => permit,
+    };
+    let route = permit.route();
+    facts.route = Some(route.name.clone());
+    facts.upstream = Some(route.upstream.clone());
+
+    let Some(upstream) = snap.upstreams.get(&route.upstream) else {
+        // Config validation makes this unreachable; answer rather than panic.
+        return upstream_failure(StatusCode::BAD_GATEWAY, identity);
+    };
+
+    // Host as the client sent it, for X-Forwarded-Host and for the upstream's Host header.
+    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let upgrade = if ctx.http2 {
+        None
+    } else {
+        headers::is_upgrade_request(&parts.headers)
+    };
+    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<OnUpgrade>());
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::apply_forward(
+        &mut parts.headers,
+        &snap.config.forward,
+        &identity.cert,
+        ctx.peer.ip(),
+        client_host.as_ref(),
+    );
+    if let Some(value) = &upgrade {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, value.clone());
+    }
+    if let Some(h) = &client_host {
+        parts.headers.insert(HOST, h.clone());
+    }
+    parts.uri = match upstream.uri(&target.path_and_query()) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(conn_id = ctx.conn_id, error = %e, "cannot build upstream request");
+            return upstream_failure(StatusCode::BAD_GATEWAY, identity);
+        }
+    };
+    parts.version = match upstream.config.scheme {
+        UpstreamScheme::Http => Version::HTTP_11,
+        UpstreamScheme::H2c => Version::HTTP_2,
+    };
+    if upstream.config.scheme == UpstreamScheme::H2c {
+        parts.headers.remove(HOST);
+    }
+    let upstream_req = Request::from_parts(parts, body.boxed());
+    forward(ctx, upstream, permit, upstream_req, client_upgrade, identity).await
+}
+
+async fn forward(
+    ctx: &ConnContext,
+    upstream: &UpstreamClient,
+    permit: Permit<'_>,
+    req: Request<super::forward::UpstreamBody>,
+    client_upgrade: Option<OnUpgrade>,
+    identity: Identity,
+) -> Answer {
+    let name = &permit.route().upstream;
+    let metrics = &ctx.state.metrics;
+    let started = Instant::now();
+    let result = upstream.send(req).await;
+    metrics.upstream_duration(name, started.elapsed());
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.upstream_error(name, e.kind);
+            tracing::warn!(conn_id = ctx.conn_id, upstream = %name, error = %e, "upstream request failed");
+            return upstream_failure(e.status(), identity);
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            let conn_id = ctx.conn_id;
+            tokio::spawn(async move {
+                match (client.await, upstream_side.await) {
+                    (Ok(c), Ok(u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
+                        }
+                    }
+                    (c, u) => tracing::debug!(conn_id, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade failed"),
+                }
+            });
+            // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
+            return Answer {
+                response: response.map(|b| b.boxed()),
+                allowed: true,
+                reason: Reason::Ok,
+                identity: Some(identity),
+            };
+        }
+    }
+    headers::strip_hop_by_hop(response.headers_mut());
+    Answer {
+        response: response.map(|b| b.boxed()),
+        allowed: true,
+        reason: Reason::Ok,
+        identity: Some(identity),
+    }
+}
+
+fn deny(response: Response<ProxyBody>, reason: Reason, identity: Option<Identity>) -> Answer {
+    Answer {
+        response,
+        allowed: false,
+        reason,
+        identity,
+    }
+}
+
+fn upstream_failure(status: StatusCode, identity: Identity) -> Answer {
+    Answer {
+        response: fixed(status),
+        allowed: true,
+        reason: Reason::UpstreamError,
+        identity: Some(identity),
+    }
+}
+
+/// A proxy-generated response: fixed short body, details only in logs (SPEC 4 step 7).
+pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
+    let body: &'static str = match status {
+        StatusCode::BAD_REQUEST => "bad request\n",
+        StatusCode::FORBIDDEN => "forbidden\n",
+        StatusCode::NOT_FOUND => "no route\n",
+        StatusCode::MISDIRECTED_REQUEST => "misdirected request\n",
+        StatusCode::BAD_GATEWAY => "bad gateway\n",
+        StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
+        _ => "error\n",
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// A response body that keeps the request counted as in flight until it is finished.
+struct GuardedBody {
+    inner: ProxyBody,
+    _guard: InflightGuard,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
