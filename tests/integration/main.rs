@@ -1,0 +1,6 @@
+//! Integration tests: real TCP sockets, real TLS handshakes, certificates generated with rcgen
+//! at test time, a real upstream, and curl as an external client. One binary, one module per
+//! feature, so the whole stack is linked once.
+
+mod common;
+mod data_path;
