@@ -66,6 +66,7 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     admin_stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     admin: tokio::task::JoinHandle<()>,
 }
 
@@ -104,6 +105,18 @@ impl Proxy {
         let admin = tokio::spawn(admin::serve(admin_listener, admin_state, async move {
             let _ = admin_stop_rx.await;
         }));
+        let reload_settings = state.current.load().config.reload.clone();
+        let watcher = if reload_settings.watch {
+            match reload::spawn_watcher(state.current.clone(), state.metrics.clone(), reload_settings.debounce) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch configuration files; SIGHUP still reloads");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx));
         tracing::info!(listen = %listen_addr, admin = %admin_addr, "certguard serving");
         Ok(Proxy {
@@ -114,6 +127,7 @@ impl Proxy {
             shutdown,
             admin_stop,
             server,
+            watcher,
             admin,
         })
     }
@@ -135,6 +149,9 @@ impl Proxy {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         let _ = self.server.await;
         let drained = tokio::time::timeout(grace, self.state.drained()).await.is_ok();
         if !drained {

@@ -189,7 +189,7 @@ async fn wait_for_signals(proxy: &Proxy) {
             _ = int.recv() => return,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = proxy.reload();
+                let _ = tokio::task::block_in_place(|| proxy.reload());
             }
         }
     }

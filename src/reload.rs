@@ -1,7 +1,12 @@
 //! Reload: rebuild the whole snapshot from the config file off the request path, swap it in
 //! atomically, keep the last good one when anything fails, and publish the lifecycle gauges.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::Watcher;
 
 use crate::config::{Config, TrustKind};
 use crate::metrics::Metrics;
@@ -18,6 +23,7 @@ pub enum ReloadError {
 
 /// Load `path`, build a new snapshot and swap it in. Returns the new generation.
 pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, ReloadError> {
+    let _serialized = current.reload_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = build(path, current);
     match result {
         Ok(snapshot) => {
@@ -108,4 +114,97 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     {
         metrics.set_server_cert_not_after(not_after);
     }
+}
+
+/// Watch the config file and every file it names; reload (debounced) when any of them changes.
+///
+/// The parent directories are watched rather than the files: editors and Kubernetes replace
+/// files by rename or by swapping a `..data` symlink, which a watch on the old inode misses.
+/// A change is confirmed by comparing the files' contents before reloading, so unrelated
+/// events in the same directories cost one read and nothing else.
+pub fn spawn_watcher(
+    current: Arc<Current>,
+    metrics: Arc<Metrics>,
+    debounce: Duration,
+) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let _ = tx.send(event.is_ok());
+    })?;
+    let mut dirs = HashSet::new();
+    let files = watched_files(&current);
+    update_watches(&mut watcher, &mut dirs, &files);
+    let mut last = fingerprint(&files);
+    Ok(tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until the directories have been quiet for `debounce`.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let files = watched_files(&current);
+            let now = fingerprint(&files);
+            if now == last {
+                continue;
+            }
+            last = now;
+            tracing::info!("configuration files changed: reloading");
+            let (c, m) = (current.clone(), metrics.clone());
+            let path = current.load().config.source.clone();
+            let result = tokio::task::spawn_blocking(move || reload(&path, &c, &m)).await;
+            if let Ok(Ok(_)) = result {
+                let files = watched_files(&current);
+                update_watches(&mut watcher, &mut dirs, &files);
+                // Files named only by the new config are part of the baseline from now on.
+                last = fingerprint(&files);
+            }
+        }
+    }))
+}
+
+fn watched_files(current: &Current) -> Vec<PathBuf> {
+    let snapshot = current.load();
+    let mut files = vec![snapshot.config.source.clone()];
+    files.extend(snapshot.config.files.iter().cloned());
+    files.sort();
+    files.dedup();
+    files
+}
+
+fn update_watches(watcher: &mut notify::RecommendedWatcher, dirs: &mut HashSet<PathBuf>, files: &[PathBuf]) {
+    for file in files {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dirs.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                dirs.insert(dir);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
+        }
+    }
+}
+
+/// SHA-256 over the names and contents of `files` (a missing file hashes as empty).
+fn fingerprint(files: &[PathBuf]) -> Vec<u8> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for file in files {
+        ctx.update(file.as_os_str().as_encoded_bytes());
+        ctx.update(&[0]);
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                ctx.update(&(bytes.len() as u64).to_be_bytes());
+                ctx.update(&bytes);
+            }
+            Err(_) => ctx.update(b"<unreadable>"),
+        }
+    }
+    ctx.finish().as_ref().to_vec()
 }

@@ -46,6 +46,9 @@ impl Snapshot {
 pub struct Current {
     snapshot: ArcSwap<Snapshot>,
     next_generation: AtomicU64,
+    /// Serializes reloads (SIGHUP and the file watcher) so an older build never replaces a
+    /// newer one.
+    pub(crate) reload_lock: std::sync::Mutex<()>,
 }
 
 impl Current {
@@ -54,6 +57,7 @@ impl Current {
         Current {
             snapshot: ArcSwap::from_pointee(first),
             next_generation: AtomicU64::new(next),
+            reload_lock: std::sync::Mutex::new(()),
         }
     }
 
