@@ -1,9 +1,21 @@
-//! Human-readable reports for `certguard check` and `certguard explain`. `explain` uses the
-//! same verifier and `authorize` as the running proxy, so both reach the same decision.
+//! Human-readable reports for `certguard check` and `certguard explain`. `explain` runs the
+//! same verifier, normalizer and `authorize` as the running proxy, so both reach the same
+//! decision.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::Config;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::config::{Config, Pin, RevocationDepth, TrustKind};
+use crate::identity::{CertInfo, Identity};
+use crate::policy::{self, Decision, RequestFacts};
+use crate::proxy::{host, normalize};
+use crate::tls::TrustVerifier;
+
+/// Warn about certificates and CRLs expiring within this many days.
+const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// The result of `explain`.
 pub struct Explanation {
@@ -11,14 +23,304 @@ pub struct Explanation {
     pub allowed: bool,
 }
 
-/// The `check` summary (pending: filled in after the feature branches merge).
-pub fn check(config: &Config) -> Result<String, String> {
-    let _ = config;
-    Ok(String::new())
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
 }
 
-/// The `explain` report (pending).
-pub fn explain(config: &Config, cert: &Path, method: &str, host: Option<&str>, target: &str) -> Result<Explanation, String> {
-    let _ = (config, cert, method, host, target);
-    Err("not implemented".into())
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Every warning SPEC 1 lists for `check`; warnings never make `check` fail.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let now = now_unix();
+    let soon = now + EXPIRY_WARNING_DAYS * 86_400;
+    let today = time::OffsetDateTime::now_utc().date();
+    if let Some(leaf) = config.listen.cert_chain.first() {
+        if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
+            if info.not_after < soon {
+                out.push(format!(
+                    "listen.cert: server certificate expires {} (within {EXPIRY_WARNING_DAYS} days or already)",
+                    rfc3339(info.not_after)
+                ));
+            }
+        }
+    }
+    for source in &config.trust {
+        let name = &source.name;
+        match &source.kind {
+            TrustKind::Ca(ca) => {
+                for (i, crl) in ca.crls.iter().enumerate() {
+                    match crl.next_update {
+                        Some(next) if next < now => out.push(format!(
+                            "trust.{name}.crl[{i}]: {} is past its nextUpdate ({}); handshakes needing it fail with crl_expired unless expired_crl: allow",
+                            crl.path.display(),
+                            rfc3339(next)
+                        )),
+                        Some(next) if next < soon => out.push(format!(
+                            "trust.{name}.crl[{i}]: {} nextUpdate {} is within {EXPIRY_WARNING_DAYS} days",
+                            crl.path.display(),
+                            rfc3339(next)
+                        )),
+                        _ => {}
+                    }
+                }
+                if ca.revocation.depth == RevocationDepth::Chain && !ca.crls.is_empty() {
+                    for anchor in &ca.anchors {
+                        let Ok(info) = CertInfo::from_chain(std::slice::from_ref(anchor)) else { continue };
+                        if !ca.crls.iter().any(|c| c.issuer == info.subject) {
+                            out.push(format!(
+                                "trust.{name}.crl: no CRL issued by CA '{}' in the bundle (revocation depth: chain)",
+                                info.subject
+                            ));
+                        }
+                    }
+                }
+            }
+            TrustKind::Pinned(pinned) => {
+                for (i, entry) in pinned.entries.iter().enumerate() {
+                    if let Some(review_by) = entry.review_by.filter(|d| *d < today) {
+                        out.push(format!(
+                            "trust.{name}.pinned[{i}] ({}): review_by {review_by} has passed (owner: {}; on_overdue_review: {})",
+                            entry.name,
+                            entry.owner.as_deref().unwrap_or("-"),
+                            match pinned.on_overdue_review {
+                                crate::config::OverdueAction::Warn => "warn",
+                                crate::config::OverdueAction::Deny => "deny: this client is refused",
+                            }
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `check` summary: trust sources, routes, the access matrix and warnings.
+pub fn check(config: &Config) -> Result<String, String> {
+    // Build the verifier exactly as the proxy would, so `check` catches what `run` would.
+    TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    let _ = writeln!(s, "configuration {} is valid", config.source.display());
+    let _ = writeln!(s, "\nlisten {} (admin {})", config.listen.address, config.admin.address);
+    if let Some(leaf) = config.listen.cert_chain.first() {
+        if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
+            let _ = writeln!(s, "  server certificate {} (expires {})", info.subject, rfc3339(info.not_after));
+        }
+    }
+    let _ = writeln!(s, "\ntrust sources:");
+    for source in &config.trust {
+        match &source.kind {
+            TrustKind::Ca(ca) => {
+                let _ = writeln!(
+                    s,
+                    "  {} (CA): {} anchor(s) from {}, {} CRL(s), revocation depth={:?} unknown_status={} expired_crl={}{}",
+                    source.name,
+                    ca.anchors.len(),
+                    ca.ca_path.display(),
+                    ca.crls.len(),
+                    ca.revocation.depth,
+                    if ca.revocation.allow_unknown_status { "allow" } else { "deny" },
+                    if ca.revocation.allow_expired_crl { "allow" } else { "deny" },
+                    ca.max_lifetime.map(|d| format!(", max_lifetime={}d", d.as_secs() / 86_400)).unwrap_or_default(),
+                );
+                for crl in &ca.crls {
+                    let _ = writeln!(
+                        s,
+                        "    CRL {} by {} (nextUpdate {})",
+                        crl.path.display(),
+                        crl.issuer,
+                        crl.next_update.map(rfc3339).unwrap_or_else(|| "none".into())
+                    );
+                }
+            }
+            TrustKind::Pinned(p) => {
+                let _ = writeln!(
+                    s,
+                    "  {} (pinned): {} entr{}, check_validity={}, on_overdue_review={:?}",
+                    source.name,
+                    p.entries.len(),
+                    if p.entries.len() == 1 { "y" } else { "ies" },
+                    p.check_validity,
+                    p.on_overdue_review
+                );
+                for e in &p.entries {
+                    let pin = match &e.pin {
+                        Pin::Cert { path, .. } => format!("cert {}", path.display()),
+                        Pin::Sha256(_) => "sha256".to_owned(),
+                        Pin::Spki(_) => "spki_sha256".to_owned(),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    {}: {pin}; owner={} purpose={} review_by={}",
+                        e.name,
+                        e.owner.as_deref().unwrap_or("-"),
+                        e.purpose.as_deref().unwrap_or("-"),
+                        e.review_by.map(|d| d.to_string()).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(s, "\nroutes (first match wins) and access matrix:");
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        let _ = writeln!(s, "  [{i}] {}: {} -> upstream {}", route.name, route.describe_match(), route.upstream);
+        if route.allow.is_empty() {
+            let _ = writeln!(s, "      (no allow entries: every request is denied)");
+        }
+        for (j, entry) in route.allow.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "      allow[{j}] {}  (trust source: {})",
+                entry.describe(),
+                entry.required_trust(&config.trust).unwrap_or("any")
+            );
+        }
+    }
+    let warnings = warnings(config);
+    let _ = writeln!(s, "\nwarnings: {}", if warnings.is_empty() { "none" } else { "" });
+    for w in warnings {
+        let _ = writeln!(s, "  - {w}");
+    }
+    Ok(s)
+}
+
+/// The `explain` report for one certificate file and one request.
+pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str>, target: &str) -> Result<Explanation, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(format!("{}: no certificate found", cert.display()));
+    };
+    let info = CertInfo::from_chain(&chain).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let method: http::Method = method.parse().map_err(|_| format!("invalid method {method:?}"))?;
+    let uri: http::Uri = target.parse().map_err(|_| format!("invalid request target {target:?}"))?;
+    let verifier = TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
+    let now = UnixTime::now();
+
+    let mut s = String::new();
+    let _ = writeln!(s, "certificate {}", cert.display());
+    let _ = writeln!(s, "  subject      {}", info.subject);
+    let _ = writeln!(s, "  issuer       {}", info.issuer);
+    let _ = writeln!(s, "  serial       {}", info.serial);
+    let _ = writeln!(s, "  fingerprint  {}", info.fingerprint);
+    let _ = writeln!(s, "  spki         {}", info.spki);
+    let _ = writeln!(s, "  validity     {} .. {}", rfc3339(info.not_before), rfc3339(info.not_after));
+    let _ = writeln!(s, "  spiffe_id    {}", info.spiffe_id.as_deref().unwrap_or("-"));
+    let _ = writeln!(s, "  san_dns      {}", join(&info.san_dns));
+    let _ = writeln!(s, "  san_uri      {}", join(&info.san_uri));
+
+    let _ = writeln!(s, "\ntrust sources:");
+    for (name, verdict) in verifier.verify_each(leaf, intermediates, now) {
+        match verdict {
+            Ok(a) => {
+                let _ = writeln!(
+                    s,
+                    "  {name}: admits{}",
+                    a.pinned.map(|p| format!(" (pinned entry {p})")).unwrap_or_default()
+                );
+            }
+            Err(r) => {
+                let _ = writeln!(s, "  {name}: rejects: {} ({})", r.outcome, r.detail);
+            }
+        }
+    }
+
+    let _ = writeln!(s, "\nrequest {method} {target}{}", host_arg.map(|h| format!(" host {h}")).unwrap_or_default());
+    let target = match normalize::normalize(&method, &uri) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(s, "decision: DENIED with 400 (bad request target: {e})");
+            return Ok(Explanation { text: s, allowed: false });
+        }
+    };
+    let host = match host_arg {
+        Some(h) => match host::normalize_host(h) {
+            Some(h) => Some(h),
+            None => {
+                let _ = writeln!(s, "decision: DENIED with 400 (invalid host {h:?})");
+                return Ok(Explanation { text: s, allowed: false });
+            }
+        },
+        None => None,
+    };
+    if target.path != uri.path() {
+        let _ = writeln!(s, "  normalized path {}", target.path);
+    }
+    let facts = RequestFacts {
+        method: &method,
+        host: host.as_deref(),
+        path: &target.path,
+    };
+    let admission = match verifier.verify(leaf, intermediates, now) {
+        Ok(a) => a,
+        Err(r) => {
+            let route = config.policy.find_route(&facts).map(|r| r.name.to_string());
+            let _ = writeln!(s, "  route {}", route.as_deref().unwrap_or("none"));
+            let _ = writeln!(
+                s,
+                "decision: DENIED: no trust source admits this certificate; the handshake fails with outcome {} (trust {})",
+                r.outcome,
+                r.trust.as_deref().unwrap_or("none")
+            );
+            return Ok(Explanation { text: s, allowed: false });
+        }
+    };
+    let identity = Identity::new(admission, std::sync::Arc::new(info));
+    let _ = writeln!(
+        s,
+        "  identity     trust={} pinned={}",
+        identity.trust,
+        identity.pinned.as_deref().unwrap_or("-")
+    );
+    let allowed = match policy::authorize(&config.policy, &identity, &facts) {
+        Decision::Allowed(permit) => {
+            let route = permit.route();
+            let entry = &route.allow[permit.entry_index()];
+            let _ = writeln!(s, "  route        {} ({})", route.name, route.describe_match());
+            let _ = writeln!(
+                s,
+                "decision: ALLOWED by allow[{}] {} -> upstream {}",
+                permit.entry_index(),
+                entry.describe(),
+                route.upstream
+            );
+            true
+        }
+        Decision::NotAllowed { route } => {
+            let _ = writeln!(s, "  route        {} ({})", route.name, route.describe_match());
+            let _ = writeln!(s, "decision: DENIED with 403: no allow entry matches");
+            if route.allow.is_empty() {
+                let _ = writeln!(s, "  the route has no allow entries");
+            }
+            for (i, entry) in route.allow.iter().enumerate() {
+                let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
+                for m in entry.mismatches(&identity) {
+                    let _ = writeln!(s, "    - {m}");
+                }
+            }
+            false
+        }
+        Decision::NoRoute => {
+            let _ = writeln!(s, "  route        none");
+            let _ = writeln!(s, "decision: DENIED with 404: no route matches");
+            false
+        }
+    };
+    Ok(Explanation { text: s, allowed })
+}
+
+fn join(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(", ")
+    }
 }
