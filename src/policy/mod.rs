@@ -116,7 +116,9 @@ impl<'p> Permit<'p> {
 pub enum Decision<'p> {
     Allowed(Permit<'p>),
     /// A route matched but no allow entry did.
-    NotAllowed { route: &'p Route },
+    NotAllowed {
+        route: &'p Route,
+    },
     NoRoute,
 }
 

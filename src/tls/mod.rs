@@ -95,7 +95,10 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(listen: &config::Listen, verifier: Arc<TrustVerifier>) -> Result<ServerTls, TlsError> {
+    pub fn new(
+        listen: &config::Listen,
+        verifier: Arc<TrustVerifier>,
+    ) -> Result<ServerTls, TlsError> {
         let _ = (listen, verifier);
         todo!("tls helper")
     }
