@@ -104,7 +104,8 @@ mod tests {
         use FramingError::*;
         let cl = "content-length";
         let te = "transfer-encoding";
-        let cases: &[(&[(&str, &[u8])], Result<(), FramingError>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a [u8])], Result<(), FramingError>);
+        let cases: &[Case] = &[
             (&[], Ok(())),
             (&[("host", b"a")], Ok(())),
             // Content-Length alone.
