@@ -13,10 +13,7 @@ pub enum DevPkiError {
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0} already exists (use --force to overwrite)")]
     Exists(PathBuf),
 }

@@ -37,14 +37,7 @@ impl Metrics {
     }
 
     /// One request decision. `route` is `None` for requests answered before routing (400/421).
-    pub fn request(
-        &self,
-        route: Option<&str>,
-        allowed: bool,
-        reason: Reason,
-        code: u16,
-        duration: Duration,
-    ) {
+    pub fn request(&self, route: Option<&str>, allowed: bool, reason: Reason, code: u16, duration: Duration) {
         let _ = (route, allowed, reason, code, duration);
         todo!("metrics helper")
     }

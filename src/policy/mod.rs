@@ -116,9 +116,7 @@ impl<'p> Permit<'p> {
 pub enum Decision<'p> {
     Allowed(Permit<'p>),
     /// A route matched but no allow entry did.
-    NotAllowed {
-        route: &'p Route,
-    },
+    NotAllowed { route: &'p Route },
     NoRoute,
 }
 

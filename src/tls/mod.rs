@@ -95,10 +95,7 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    pub fn new(
-        listen: &config::Listen,
-        verifier: Arc<TrustVerifier>,
-    ) -> Result<ServerTls, TlsError> {
+    pub fn new(listen: &config::Listen, verifier: Arc<TrustVerifier>) -> Result<ServerTls, TlsError> {
         let _ = (listen, verifier);
         todo!("tls helper")
     }

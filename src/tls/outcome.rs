@@ -85,10 +85,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for o in Outcome::ALL {
             assert!(seen.insert(o.as_str()), "duplicate label {o}");
-            assert!(o
-                .as_str()
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(o.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
         assert_eq!(seen.len(), 16);
     }
