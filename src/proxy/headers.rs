@@ -1,30 +1,240 @@
 //! Header rewriting on the way upstream: hop-by-hop removal, inbound client-cert headers
 //! removal, X-Forwarded-*, and the Envoy-compatible XFCC header (SPEC 4.1).
+//!
+//! Callers run [`strip_hop_by_hop`] first and [`apply_forward`] second, so that a header a
+//! client nominates in `Connection` can never remove one certguard adds.
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use base64::Engine as _;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Forward, XfccField};
+use crate::config::{Forward, XfccField, XfccMode};
 use crate::identity::CertInfo;
+
+/// `x-forwarded-client-cert`.
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// `client-cert` (RFC 9440); always removed inbound.
+pub const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+/// `client-cert-chain` (RFC 9440); always removed inbound.
+pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
+/// `x-forwarded-for`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-forwarded-host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1, plus the non-standard `keep-alive` and
+/// `proxy-connection`), always removed; `te: trailers` is put back by [`strip_hop_by_hop`].
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Headers a client cannot get removed by naming them in `Connection`: the request's own
+/// routing and framing. (`te` is handled by its own rule.)
+const NOT_NOMINATABLE: [HeaderName; 3] = [HOST, CONTENT_LENGTH, TE];
+
+/// The comma-separated, trimmed, non-empty tokens of every `name` header line. Lines that are
+/// not ASCII are skipped (they name nothing certguard could match).
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(|t| t.trim_matches([' ', '\t']))
+        .filter(|t| !t.is_empty())
+}
 
 /// Remove hop-by-hop headers and every header named in `Connection`. Keeps `te: trailers`
 /// (needed by gRPC over HTTP/2).
+///
+/// `connection`, `keep-alive`, `proxy-connection`, `proxy-authenticate`,
+/// `proxy-authorization`, `te`, `trailer`, `transfer-encoding` and `upgrade` are removed, and so
+/// is every header named in a `Connection` line (comma lists, case-insensitive), except `host`
+/// and `content-length`. If any `te` token is `trailers`, the result has exactly one
+/// `te: trailers` (other codings are dropped); otherwise no `te`. For WebSocket and other
+/// upgrades, read [`is_upgrade_request`] before calling this and re-add `connection: upgrade`
+/// and `upgrade` afterwards.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let _ = headers;
-    todo!("proxy helper")
+    let keep_te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    let nominated: Vec<HeaderName> = tokens(headers, &CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|name| !NOT_NOMINATABLE.contains(name))
+        .collect();
+    for name in &nominated {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The `Upgrade` header's value when the request asks for a protocol upgrade (`Connection`
+/// contains the token `upgrade`, case-insensitively, and an `Upgrade` header is present);
+/// `None` otherwise. With several `Upgrade` lines, the first.
+pub fn is_upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    if tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Percent-encode every byte that is not RFC 3986 unreserved, uppercase hex (the encoding
+/// Envoy applies to `Cert` and `Chain`).
+fn url_encode(input: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(input.len() * 3 / 2);
+    for b in input.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+    out
+}
+
+/// One certificate as PEM: base64 in 64-character lines, `\n` line ends.
+pub fn pem_encode(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    // base64 output is ASCII, so any byte offset is a char boundary.
+    let mut rest = b64.as_str();
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        out.push_str(line);
+        out.push('\n');
+        rest = tail;
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Control characters (other than tab) are not allowed in a header value; a certificate field
+/// carrying one (an IA5String may) gets it written as `%XX` so the header stays valid.
+fn escape_controls(value: &str, out: &mut String) {
+    for c in value.chars() {
+        if c != '\t' && c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// `"value"` with `"` and `\` backslash-escaped.
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    let mut escaped = String::with_capacity(value.len());
+    escape_controls(value, &mut escaped);
+    for c in escaped.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The value as is, or [`quoted`] if it contains `,` `;` `=` `"` `\` or whitespace.
+fn maybe_quoted(value: &str) -> String {
+    let needs_quotes = value
+        .chars()
+        .any(|c| matches!(c, ',' | ';' | '=' | '"' | '\\') || c.is_whitespace());
+    if needs_quotes {
+        quoted(value)
+    } else {
+        let mut out = String::with_capacity(value.len());
+        escape_controls(value, &mut out);
+        out
+    }
 }
 
 /// The XFCC element for one client certificate, keys in SPEC 4.1 order.
+///
+/// Keys, each only when its field is in `fields` (the order of `fields` does not matter):
+/// `Hash=<lowercase hex SHA-256 of the leaf DER>`, `Cert="<URL-encoded PEM of the leaf>"`,
+/// `Chain="<URL-encoded PEM of the chain as presented, leaf first>"`,
+/// `Subject="<RFC 4514 subject>"` (always quoted, present even when empty, as Envoy does),
+/// one `URI=` per URI SAN and one `DNS=` per DNS SAN (none when there are none). Pairs are
+/// joined with `;`. A `URI`/`DNS` value containing `,` `;` `=` `"` `\` or whitespace is
+/// double-quoted; inside quotes `"` and `\` are backslash-escaped. The result is always a valid
+/// header value (see `escape_controls`).
 pub fn xfcc_element(cert: &CertInfo, fields: &[XfccField]) -> String {
-    let _ = (cert, fields);
-    todo!("proxy helper")
+    let has = |f: XfccField| fields.contains(&f);
+    let mut pairs: Vec<String> = Vec::new();
+    if has(XfccField::Hash) {
+        pairs.push(format!(
+            "Hash={}",
+            maybe_quoted(&cert.fingerprint.to_ascii_lowercase())
+        ));
+    }
+    if has(XfccField::Cert) {
+        if let Some(leaf) = cert.chain.first() {
+            pairs.push(format!("Cert={}", quoted(&url_encode(&pem_encode(leaf)))));
+        }
+    }
+    if has(XfccField::Chain) && !cert.chain.is_empty() {
+        let pem: String = cert.chain.iter().map(|c| pem_encode(c)).collect();
+        pairs.push(format!("Chain={}", quoted(&url_encode(&pem))));
+    }
+    if has(XfccField::Subject) {
+        pairs.push(format!("Subject={}", quoted(&cert.subject)));
+    }
+    if has(XfccField::Uri) {
+        for uri in &cert.san_uri {
+            pairs.push(format!("URI={}", maybe_quoted(uri)));
+        }
+    }
+    if has(XfccField::Dns) {
+        for dns in &cert.san_dns {
+            pairs.push(format!("DNS={}", maybe_quoted(dns)));
+        }
+    }
+    pairs.join(";")
 }
 
 /// Apply the `forward` section to a request's headers: remove inbound
 /// `x-forwarded-client-cert`/`client-cert`/`client-cert-chain`/`strip_headers` (keeping the
 /// inbound XFCC value only for `append`), add XFCC per mode, and X-Forwarded-For/-Proto/-Host.
 /// `host` is the Host as the client sent it (for X-Forwarded-Host).
+///
+/// XFCC modes: `sanitize_set` replaces every inbound XFCC line with ours; `append` joins the
+/// inbound lines and ours into one header, `<inbound>,<ours>`; `sanitize` removes them all and
+/// adds nothing.
+///
+/// Inbound `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` are always removed,
+/// also when `x_forwarded` is off: certguard cannot vouch for them, and passing them through
+/// would let a client spoof its address or scheme to an upstream that trusts them. With
+/// `x_forwarded` on, certguard then sets `x-forwarded-for` to the TLS peer's IP (an
+/// IPv4-mapped IPv6 peer is written as IPv4), `x-forwarded-proto: https` and, when `host` is
+/// given, `x-forwarded-host` to it.
 pub fn apply_forward(
     headers: &mut HeaderMap,
     forward: &Forward,
@@ -32,8 +242,553 @@ pub fn apply_forward(
     peer: IpAddr,
     host: Option<&http::HeaderValue>,
 ) {
-    let _ = (headers, forward, cert, peer, host);
-    todo!("proxy helper")
+    headers.remove(CLIENT_CERT);
+    headers.remove(CLIENT_CERT_CHAIN);
+    for name in &forward.strip_headers {
+        headers.remove(name);
+    }
+
+    // Every inbound line, in order (`HeaderMap::remove` would return only the first).
+    let inbound: Vec<HeaderValue> = headers
+        .get_all(&X_FORWARDED_CLIENT_CERT)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(&X_FORWARDED_CLIENT_CERT);
+    match forward.xfcc {
+        XfccMode::Sanitize => {}
+        XfccMode::SanitizeSet => {
+            if let Some(value) = xfcc_value(None, cert, &forward.xfcc_fields) {
+                headers.insert(X_FORWARDED_CLIENT_CERT, value);
+            }
+        }
+        XfccMode::Append => {
+            if let Some(value) = xfcc_value(Some(&inbound), cert, &forward.xfcc_fields) {
+                headers.insert(X_FORWARDED_CLIENT_CERT, value);
+            }
+        }
+    }
+
+    headers.remove(&X_FORWARDED_FOR);
+    headers.remove(&X_FORWARDED_PROTO);
+    headers.remove(&X_FORWARDED_HOST);
+    if forward.x_forwarded {
+        let ip = peer.to_canonical().to_string();
+        // An IP address's text form is always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&ip) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+}
+
+/// Our XFCC header value, after the non-empty `inbound` lines joined with `,` when given.
+/// `None` when there is nothing to send, or if the value is not a valid header value (which
+/// [`xfcc_element`] rules out; then no XFCC is sent at all, never the inbound one alone).
+fn xfcc_value(
+    inbound: Option<&[HeaderValue]>,
+    cert: &CertInfo,
+    fields: &[XfccField],
+) -> Option<HeaderValue> {
+    let ours = xfcc_element(cert, fields);
+    let mut elements: Vec<&[u8]> = inbound
+        .unwrap_or_default()
+        .iter()
+        .map(|line| line.as_bytes().trim_ascii())
+        .filter(|line| !line.is_empty())
+        .collect();
+    // Empty only with an empty `xfcc_fields`: then there is no element of ours to add.
+    if !ours.is_empty() {
+        elements.push(ours.as_bytes());
+    }
+    if elements.is_empty() {
+        return None;
+    }
+    let bytes = elements.join(&b","[..]);
+    match HeaderValue::from_bytes(&bytes) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            tracing::warn!("XFCC element is not a valid header value; not sending XFCC");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::CertificateDer;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const FP: &str = "3fa2b1c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f80";
+
+    fn cert() -> CertInfo {
+        CertInfo {
+            subject: "CN=alice,OU=payments,O=acme".to_owned(),
+            issuer: "CN=intermediate,O=acme".to_owned(),
+            cn: vec!["alice".to_owned()],
+            o: vec!["acme".to_owned()],
+            ou: vec!["payments".to_owned()],
+            san_dns: vec!["alice.svc".to_owned(), "alice.example".to_owned()],
+            san_uri: vec![
+                "spiffe://dev.local/ns/default/sa/alice".to_owned(),
+                "https://alice.example/id".to_owned(),
+            ],
+            san_email: vec![],
+            san_ip: vec![],
+            spiffe_id: Some("spiffe://dev.local/ns/default/sa/alice".to_owned()),
+            fingerprint: FP.to_owned(),
+            spki: "AAAA".to_owned(),
+            serial: "1a".to_owned(),
+            not_before: 0,
+            not_after: 1,
+            chain: vec![
+                CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]),
+                CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x02]),
+            ],
+        }
+    }
+
+    fn forward(xfcc: XfccMode, x_forwarded: bool) -> Forward {
+        Forward {
+            xfcc,
+            xfcc_fields: vec![
+                XfccField::Hash,
+                XfccField::Subject,
+                XfccField::Uri,
+                XfccField::Dns,
+            ],
+            x_forwarded,
+            strip_headers: vec![HeaderName::from_static("x-internal-role")],
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        m
+    }
+
+    fn all(m: &HeaderMap, name: &str) -> Vec<String> {
+        m.get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect()
+    }
+
+    const DEFAULT_ELEMENT: &str =
+        "Hash=3fa2b1c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f80;\
+        Subject=\"CN=alice,OU=payments,O=acme\";\
+        URI=spiffe://dev.local/ns/default/sa/alice;URI=https://alice.example/id;\
+        DNS=alice.svc;DNS=alice.example";
+
+    #[test]
+    fn xfcc_default_fields() {
+        let fields = [
+            XfccField::Hash,
+            XfccField::Subject,
+            XfccField::Uri,
+            XfccField::Dns,
+        ];
+        assert_eq!(xfcc_element(&cert(), &fields), DEFAULT_ELEMENT);
+        // The order of `fields` does not change the order of keys.
+        let reversed = [
+            XfccField::Dns,
+            XfccField::Uri,
+            XfccField::Subject,
+            XfccField::Hash,
+        ];
+        assert_eq!(xfcc_element(&cert(), &reversed), DEFAULT_ELEMENT);
+    }
+
+    #[test]
+    fn xfcc_field_selection() {
+        let c = cert();
+        let leaf = "-----BEGIN%20CERTIFICATE-----%0AMAMCAQE%3D%0A-----END%20CERTIFICATE-----%0A";
+        let inter = "-----BEGIN%20CERTIFICATE-----%0AMAMCAQI%3D%0A-----END%20CERTIFICATE-----%0A";
+        let cases: &[(&[XfccField], String)] = &[
+            (&[], String::new()),
+            (&[XfccField::Hash], format!("Hash={FP}")),
+            (
+                &[XfccField::Subject],
+                "Subject=\"CN=alice,OU=payments,O=acme\"".to_owned(),
+            ),
+            (
+                &[XfccField::Dns],
+                "DNS=alice.svc;DNS=alice.example".to_owned(),
+            ),
+            (&[XfccField::Cert], format!("Cert=\"{leaf}\"")),
+            (&[XfccField::Chain], format!("Chain=\"{leaf}{inter}\"")),
+            (
+                &[
+                    XfccField::Dns,
+                    XfccField::Chain,
+                    XfccField::Cert,
+                    XfccField::Hash,
+                    XfccField::Subject,
+                    XfccField::Uri,
+                ],
+                format!(
+                    "Hash={FP};Cert=\"{leaf}\";Chain=\"{leaf}{inter}\";\
+                     Subject=\"CN=alice,OU=payments,O=acme\";\
+                     URI=spiffe://dev.local/ns/default/sa/alice;URI=https://alice.example/id;\
+                     DNS=alice.svc;DNS=alice.example"
+                ),
+            ),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(&xfcc_element(&c, fields), want, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn xfcc_no_sans_and_empty_subject() {
+        let mut c = cert();
+        c.san_dns.clear();
+        c.san_uri.clear();
+        c.subject.clear();
+        let fields = [
+            XfccField::Hash,
+            XfccField::Subject,
+            XfccField::Uri,
+            XfccField::Dns,
+        ];
+        assert_eq!(xfcc_element(&c, &fields), format!("Hash={FP};Subject=\"\""));
+    }
+
+    #[test]
+    fn xfcc_quoting_and_escaping() {
+        let mut c = cert();
+        c.subject = r#"CN=Smith\, \"Bob\",O=acme"#.to_owned();
+        c.san_uri = vec![
+            "https://x.example/?a=b".to_owned(),
+            "urn:a;b".to_owned(),
+            "urn:a,b".to_owned(),
+            "urn:a b".to_owned(),
+            "urn:\"q\"".to_owned(),
+            "urn:back\\slash".to_owned(),
+            "urn:plain:ok/path".to_owned(),
+            "urn:ctl\u{1}x".to_owned(),
+            "urn:nl\nx".to_owned(),
+        ];
+        c.san_dns = vec![];
+        let got = xfcc_element(&c, &[XfccField::Subject, XfccField::Uri]);
+        let want = concat!(
+            r#"Subject="CN=Smith\\, \\\"Bob\\\",O=acme";"#,
+            r#"URI="https://x.example/?a=b";"#,
+            r#"URI="urn:a;b";"#,
+            r#"URI="urn:a,b";"#,
+            r#"URI="urn:a b";"#,
+            r#"URI="urn:\"q\"";"#,
+            r#"URI="urn:back\\slash";"#,
+            r#"URI=urn:plain:ok/path;"#,
+            r#"URI=urn:ctl%01x;"#,
+            r#"URI="urn:nl%0Ax""#,
+        );
+        assert_eq!(got, want);
+        assert!(HeaderValue::from_str(&got).is_ok());
+    }
+
+    #[test]
+    fn pem_lines_are_64_chars() {
+        let der = vec![0xabu8; 100];
+        let pem = pem_encode(&der);
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines.first(), Some(&"-----BEGIN CERTIFICATE-----"));
+        assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
+        let body: Vec<usize> = lines[1..lines.len() - 1].iter().map(|l| l.len()).collect();
+        assert_eq!(body, vec![64, 64, 8]);
+        assert!(pem.ends_with("-----\n"));
+        // Exactly 48 bytes: one full line, no empty line.
+        assert_eq!(pem_encode(&[0u8; 48]).lines().count(), 3);
+    }
+
+    #[test]
+    fn url_encode_keeps_only_unreserved() {
+        assert_eq!(url_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(url_encode("+/= \n%"), "%2B%2F%3D%20%0A%25");
+    }
+
+    #[test]
+    fn xfcc_modes() {
+        let spoof = "Hash=deadbeef;Subject=\"CN=admin\"";
+        let peer = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+        let cases: &[(XfccMode, &[&str], Vec<String>)] = &[
+            (XfccMode::SanitizeSet, &[], vec![DEFAULT_ELEMENT.to_owned()]),
+            (
+                XfccMode::SanitizeSet,
+                &[spoof, spoof],
+                vec![DEFAULT_ELEMENT.to_owned()],
+            ),
+            (XfccMode::Sanitize, &[], vec![]),
+            (XfccMode::Sanitize, &[spoof, spoof], vec![]),
+            (XfccMode::Append, &[], vec![DEFAULT_ELEMENT.to_owned()]),
+            (
+                XfccMode::Append,
+                &["By=a;Hash=1"],
+                vec![format!("By=a;Hash=1,{DEFAULT_ELEMENT}")],
+            ),
+            (
+                XfccMode::Append,
+                &["Hash=1", "Hash=2,Hash=3"],
+                vec![format!("Hash=1,Hash=2,Hash=3,{DEFAULT_ELEMENT}")],
+            ),
+        ];
+        for (mode, inbound, want) in cases {
+            let mut h = HeaderMap::new();
+            for v in inbound.iter() {
+                h.append(
+                    X_FORWARDED_CLIENT_CERT,
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            apply_forward(&mut h, &forward(*mode, true), &cert(), peer, None);
+            assert_eq!(
+                &all(&h, "x-forwarded-client-cert"),
+                want,
+                "{mode:?} {inbound:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_fields_add_no_element() {
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut fwd = forward(XfccMode::SanitizeSet, true);
+        fwd.xfcc_fields.clear();
+        let mut h = map(&[("x-forwarded-client-cert", "Hash=1")]);
+        apply_forward(&mut h, &fwd, &cert(), peer, None);
+        assert!(h.get("x-forwarded-client-cert").is_none());
+        fwd.xfcc = XfccMode::Append;
+        let mut h = map(&[("x-forwarded-client-cert", "Hash=1")]);
+        apply_forward(&mut h, &fwd, &cert(), peer, None);
+        assert_eq!(all(&h, "x-forwarded-client-cert"), vec!["Hash=1"]);
+    }
+
+    #[test]
+    fn append_skips_empty_inbound_lines() {
+        let mut h = map(&[("x-forwarded-client-cert", "")]);
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        apply_forward(
+            &mut h,
+            &forward(XfccMode::Append, true),
+            &cert(),
+            peer,
+            None,
+        );
+        assert_eq!(all(&h, "x-forwarded-client-cert"), vec![DEFAULT_ELEMENT]);
+    }
+
+    #[test]
+    fn inbound_cert_headers_and_strip_headers_removed() {
+        let h = map(&[
+            ("client-cert", ":MIIB:"),
+            ("client-cert-chain", ":MIIB:, :MIIC:"),
+            ("x-internal-role", "admin"),
+            ("x-internal-role", "root"),
+            ("authorization", "Bearer t"),
+            ("accept", "*/*"),
+        ]);
+        for mode in [XfccMode::SanitizeSet, XfccMode::Append, XfccMode::Sanitize] {
+            let mut h = h.clone();
+            apply_forward(
+                &mut h,
+                &forward(mode, true),
+                &cert(),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                None,
+            );
+            assert!(h.get("client-cert").is_none(), "{mode:?}");
+            assert!(h.get("client-cert-chain").is_none(), "{mode:?}");
+            assert!(h.get("x-internal-role").is_none(), "{mode:?}");
+            assert_eq!(all(&h, "authorization"), vec!["Bearer t"]);
+            assert_eq!(all(&h, "accept"), vec!["*/*"]);
+        }
+    }
+
+    #[test]
+    fn x_forwarded_headers() {
+        let inbound = [
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.example"),
+        ];
+        let host = HeaderValue::from_static("Orders.Internal:8443");
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        type Case<'a> = (
+            bool,
+            IpAddr,
+            Option<&'a HeaderValue>,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let cases: &[Case] = &[
+            (
+                true,
+                v4,
+                Some(&host),
+                &["192.0.2.7"],
+                &["https"],
+                &["Orders.Internal:8443"],
+            ),
+            (
+                true,
+                mapped,
+                Some(&host),
+                &["192.0.2.7"],
+                &["https"],
+                &["Orders.Internal:8443"],
+            ),
+            (true, v6, None, &["::1"], &["https"], &[]),
+            (false, v4, Some(&host), &[], &[], &[]),
+        ];
+        for (on, peer, host, xff, xfp, xfh) in cases {
+            for with_inbound in [false, true] {
+                let mut h = if with_inbound {
+                    map(&inbound)
+                } else {
+                    HeaderMap::new()
+                };
+                apply_forward(
+                    &mut h,
+                    &forward(XfccMode::SanitizeSet, *on),
+                    &cert(),
+                    *peer,
+                    *host,
+                );
+                assert_eq!(all(&h, "x-forwarded-for"), *xff, "{on} {peer}");
+                assert_eq!(all(&h, "x-forwarded-proto"), *xfp, "{on} {peer}");
+                assert_eq!(all(&h, "x-forwarded-host"), *xfh, "{on} {peer}");
+            }
+        }
+    }
+
+    #[test]
+    fn strip_hop_by_hop_table() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (&[("accept", "*/*")], &[("accept", "*/*")]),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("proxy-authenticate", "Basic"),
+                    ("proxy-authorization", "Basic eA=="),
+                    ("trailer", "grpc-status"),
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "websocket"),
+                    ("accept", "*/*"),
+                ],
+                &[("accept", "*/*")],
+            ),
+            // Headers named in Connection are removed (comma lists, several lines, any case).
+            (
+                &[("connection", "foo"), ("foo", "1"), ("bar", "2")],
+                &[("bar", "2")],
+            ),
+            (
+                &[
+                    ("connection", "Foo, BAR ,,"),
+                    ("connection", "baz"),
+                    ("foo", "1"),
+                    ("bar", "2"),
+                    ("baz", "3"),
+                    ("qux", "4"),
+                ],
+                &[("qux", "4")],
+            ),
+            (
+                &[
+                    ("connection", "x-forwarded-client-cert"),
+                    ("x-forwarded-client-cert", "x"),
+                ],
+                &[],
+            ),
+            // Invalid header names in Connection are ignored.
+            (&[("connection", "not a name, foo"), ("foo", "1")], &[]),
+            // Host and Content-Length cannot be nominated away.
+            (
+                &[
+                    ("connection", "host, content-length"),
+                    ("host", "a"),
+                    ("content-length", "3"),
+                ],
+                &[("host", "a"), ("content-length", "3")],
+            ),
+            // te: only `trailers` survives.
+            (&[("te", "trailers")], &[("te", "trailers")]),
+            (&[("te", "Trailers")], &[("te", "trailers")]),
+            (&[("te", "trailers, deflate;q=0.5")], &[("te", "trailers")]),
+            (&[("te", "gzip"), ("te", "trailers")], &[("te", "trailers")]),
+            (&[("te", "gzip")], &[]),
+            (&[("te", "trailersx")], &[]),
+            (
+                &[("connection", "te"), ("te", "trailers")],
+                &[("te", "trailers")],
+            ),
+        ];
+        for (input, want) in cases {
+            let mut h = map(input);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h, map(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case] = &[
+            (
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+                Some("websocket"),
+            ),
+            (
+                &[
+                    ("connection", "keep-alive, Upgrade"),
+                    ("upgrade", "websocket"),
+                ],
+                Some("websocket"),
+            ),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("connection", "UPGRADE"),
+                    ("upgrade", "h2c"),
+                ],
+                Some("h2c"),
+            ),
+            (&[("upgrade", "websocket")], None),
+            (&[("connection", "upgrade")], None),
+            (
+                &[("connection", "upgraded"), ("upgrade", "websocket")],
+                None,
+            ),
+            (&[], None),
+        ];
+        for (input, want) in cases {
+            let h = map(input);
+            assert_eq!(
+                is_upgrade_request(&h)
+                    .as_ref()
+                    .map(|v| v.to_str().expect("ascii")),
+                *want,
+                "{input:?}"
+            );
+        }
+    }
 }
 
 /// The `Upgrade` value when `Connection` contains `upgrade`.

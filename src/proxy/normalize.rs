@@ -1,4 +1,15 @@
 //! Request-target normalization (SPEC 4 step 1): one canonical path for policy and upstream.
+//!
+//! Policy bypasses such as Envoy CVE-2019-9901 (unnormalized `..`), CVE-2021-29492 (`%2F`
+//! treated as a separator by the upstream but not by the proxy) and Traefik CVE-2019-20894 all
+//! come from the proxy and the upstream reading one target two ways. Here the target is
+//! normalized once, and the normalized path is both what policy matches and what is forwarded;
+//! whatever cannot be made unambiguous is refused with 400 instead of being guessed at.
+//!
+//! The normalized path contains only unreserved characters, sub-delims, `:`, `@`, `/` and
+//! `%XX` escapes with uppercase hex digits (never of an unreserved byte, `/`, `\` or a control
+//! byte). It starts with `/`, has no empty, `.` or `..` segments, and ends with `/` only if the
+//! original did (or ended in a `.`/`..` segment).
 
 /// A normalized origin-form target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,22 +33,352 @@ impl Target {
 /// Why a target was refused with 400.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BadTarget {
+    /// `%2F` or `%5C` (either case): upstreams disagree on whether it separates segments.
     #[error("encoded slash or backslash")]
     EncodedSeparator,
+    /// `%00`-`%1F` or `%7F`.
     #[error("encoded NUL or control byte")]
     EncodedControl,
+    /// `%` not followed by two hex digits.
     #[error("invalid percent-encoding")]
     InvalidPercentEncoding,
+    /// A `..` segment that would climb above `/`; refused rather than clamped.
     #[error("dot-segment above the root")]
     AboveRoot,
+    /// Absolute-form, authority-form, `*` with a method other than OPTIONS, or anything else
+    /// that does not start with `/`.
     #[error("target is not in origin form")]
     NotOriginForm,
+    /// A raw backslash, control byte, space or `#` in the path.
     #[error("invalid character in path")]
     InvalidCharacter,
+    /// A segment that is `.` or `..` followed by `;parameters` (`/..;/admin`): servlet
+    /// containers strip path parameters and then resolve the dot segment, so the upstream
+    /// would see a different path than policy did.
+    #[error("dot-segment with path parameters")]
+    DotSegmentParameters,
 }
 
 /// Normalize the request target of `method` (`uri` as hyper parsed it).
+///
+/// Only origin-form (`/path?query`) is accepted, plus `*` for `OPTIONS`. A `uri` that carries
+/// a scheme or an authority is treated as absolute-form (or authority-form, as used by
+/// `CONNECT`) and refused with [`BadTarget::NotOriginForm`]. hyper gives HTTP/2 requests a
+/// `Uri` with scheme and authority taken from the pseudo-headers, so for HTTP/2 the caller
+/// must pass a `Uri` built from the `:path` (path-and-query) alone. An extended `CONNECT`
+/// (RFC 8441) carries an origin-form `:path` and is normalized like any other request.
+///
+/// Steps, in this order: percent-decode unreserved characters (so `%2e%2e` is `..`) and
+/// uppercase the hex digits of every other escape; percent-encode raw bytes that are not
+/// allowed in a path segment (`"`, `{`, `|`, non-ASCII, ...); merge repeated `/`; remove dot
+/// segments (RFC 3986 5.2.4), refusing a `..` above the root. The query string is kept
+/// byte-for-byte (not decoded, not validated beyond what the `Uri` parser did).
 pub fn normalize(method: &http::Method, uri: &http::Uri) -> Result<Target, BadTarget> {
-    let _ = (method, uri);
-    todo!("proxy helper")
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(BadTarget::NotOriginForm);
+    }
+    let raw_path = uri.path();
+    let query = uri.query().map(str::to_owned);
+    if raw_path == "*" {
+        return if method == http::Method::OPTIONS && query.is_none() {
+            Ok(Target {
+                path: "*".to_owned(),
+                query: None,
+            })
+        } else {
+            Err(BadTarget::NotOriginForm)
+        };
+    }
+    if raw_path.is_empty() {
+        return Ok(Target {
+            path: "/".to_owned(),
+            query,
+        });
+    }
+    if !raw_path.starts_with('/') {
+        return Err(BadTarget::NotOriginForm);
+    }
+    let decoded = decode_path(raw_path.as_bytes())?;
+    let path = remove_dot_segments(&decoded)?;
+    Ok(Target { path, query })
+}
+
+/// RFC 3986 unreserved: ALPHA / DIGIT / "-" / "." / "_" / "~".
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Allowed raw in the normalized path: unreserved, sub-delims, ":", "@" and "/".
+fn is_path_char(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+        )
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escape(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(char::from(UPPER_HEX[usize::from(b >> 4)]));
+    out.push(char::from(UPPER_HEX[usize::from(b & 0x0f)]));
+}
+
+/// Percent-decoding pass: the output is ASCII, with canonical escapes only.
+fn decode_path(raw: &[u8]) -> Result<String, BadTarget> {
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' {
+            let hi = raw.get(i + 1).copied().and_then(hex_value);
+            let lo = raw.get(i + 2).copied().and_then(hex_value);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(BadTarget::InvalidPercentEncoding);
+            };
+            let byte = (hi << 4) | lo;
+            match byte {
+                b'/' | b'\\' => return Err(BadTarget::EncodedSeparator),
+                0x00..=0x1f | 0x7f => return Err(BadTarget::EncodedControl),
+                _ if is_unreserved(byte) => out.push(char::from(byte)),
+                _ => push_escape(&mut out, byte),
+            }
+            i += 3;
+            continue;
+        }
+        match b {
+            // Some upstreams (IIS, some Windows file servers) treat `\` as `/`.
+            b'\\' | b' ' | b'#' | 0x00..=0x1f | 0x7f => return Err(BadTarget::InvalidCharacter),
+            _ if is_path_char(b) => out.push(char::from(b)),
+            // `"`, `{`, `}`, `[`, `]`, `^`, `|`, `<`, `>`, '`' and non-ASCII bytes: one
+            // canonical (escaped) spelling, equivalent for any RFC 3986 upstream.
+            _ => push_escape(&mut out, b),
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Merge repeated `/` and resolve `.`/`..`; `path` starts with `/`.
+fn remove_dot_segments(path: &str) -> Result<String, BadTarget> {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    // The first element is the empty string before the leading `/`.
+    for segment in path.split('/').skip(1) {
+        match segment {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                if stack.pop().is_none() {
+                    return Err(BadTarget::AboveRoot);
+                }
+                trailing_slash = true;
+            }
+            _ => {
+                let before_params = segment.split(';').next().unwrap_or(segment);
+                if before_params == "." || before_params == ".." {
+                    return Err(BadTarget::DotSegmentParameters);
+                }
+                stack.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &stack {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || stack.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Uri};
+
+    fn norm(method: Method, target: &str) -> Result<String, BadTarget> {
+        let uri: Uri = target.parse().expect("test target parses as a Uri");
+        normalize(&method, &uri).map(|t| t.path_and_query())
+    }
+
+    #[test]
+    fn table() {
+        use BadTarget::*;
+        let ok = |s: &str| -> Result<String, BadTarget> { Ok(s.to_owned()) };
+        let cases: &[(&str, Result<String, BadTarget>)] = &[
+            // Plain and trivially normal.
+            ("/", ok("/")),
+            ("/a", ok("/a")),
+            ("/a/", ok("/a/")),
+            ("/a/b/c", ok("/a/b/c")),
+            ("/orders/123", ok("/orders/123")),
+            // Dot segments.
+            ("/status/../admin", ok("/admin")),
+            ("/a/./b//c", ok("/a/b/c")),
+            ("/a/b/..", ok("/a/")),
+            ("/a/b/.", ok("/a/b/")),
+            ("/a/b/../", ok("/a/")),
+            ("/a/..", ok("/")),
+            ("/.", ok("/")),
+            ("/./", ok("/")),
+            ("/a/b/../../c", ok("/c")),
+            ("/a/b/../..", ok("/")),
+            ("/..", Err(AboveRoot)),
+            ("/../admin", Err(AboveRoot)),
+            ("/a/../..", Err(AboveRoot)),
+            ("/a/b/../../..", Err(AboveRoot)),
+            ("/a/../../b", Err(AboveRoot)),
+            ("//..", Err(AboveRoot)),
+            ("/...", ok("/...")),
+            ("/a/.../b", ok("/a/.../b")),
+            ("/.hidden", ok("/.hidden")),
+            ("/a..b/c.", ok("/a..b/c.")),
+            // Encoded dots are decoded before dot-segment removal.
+            ("/%2e%2e/admin", Err(AboveRoot)),
+            ("/a/%2e%2e/b", ok("/b")),
+            ("/a/%2E%2E/b", ok("/b")),
+            ("/a/.%2e/b", ok("/b")),
+            ("/.%2e/", Err(AboveRoot)),
+            ("/a/%2e/b", ok("/a/b")),
+            ("/a/%2e", ok("/a/")),
+            ("/a%2eb", ok("/a.b")),
+            // Repeated slashes.
+            ("//admin", ok("/admin")),
+            ("///a///b///", ok("/a/b/")),
+            ("/a//", ok("/a/")),
+            ("//", ok("/")),
+            // Encoded separators.
+            ("/admin%2Fsecret", Err(EncodedSeparator)),
+            ("/admin%2fsecret", Err(EncodedSeparator)),
+            ("/a%5Cb", Err(EncodedSeparator)),
+            ("/a%5cb", Err(EncodedSeparator)),
+            ("/%2e%2e%2fadmin", Err(EncodedSeparator)),
+            // Encoded controls.
+            ("/%00", Err(EncodedControl)),
+            ("/a%0Ab", Err(EncodedControl)),
+            ("/a%0d%0aX-Injected:%201", Err(EncodedControl)),
+            ("/a%1f", Err(EncodedControl)),
+            ("/a%7F", Err(EncodedControl)),
+            ("/a%7f", Err(EncodedControl)),
+            // Invalid percent-encoding.
+            ("/%zz", Err(InvalidPercentEncoding)),
+            ("/%4", Err(InvalidPercentEncoding)),
+            ("/%", Err(InvalidPercentEncoding)),
+            ("/a%g0", Err(InvalidPercentEncoding)),
+            ("/a%%41", Err(InvalidPercentEncoding)),
+            // Unreserved escapes are decoded, others kept with uppercase hex.
+            ("/%41%42", ok("/AB")),
+            ("/%7e%5F%2D%30", ok("/~_-0")),
+            ("/a%20b", ok("/a%20b")),
+            ("/a%3fb", ok("/a%3Fb")),
+            ("/a%23b", ok("/a%23b")),
+            ("/a%25b", ok("/a%25b")),
+            ("/a%252e%252e", ok("/a%252e%252e")),
+            ("/caf%c3%a9", ok("/caf%C3%A9")),
+            ("/a%3Bb", ok("/a%3Bb")),
+            // Raw characters outside pchar get one canonical escaped spelling.
+            ("/a{b}", ok("/a%7Bb%7D")),
+            ("/a\"b", ok("/a%22b")),
+            ("/a|b", ok("/a%7Cb")),
+            ("/a[b]", ok("/a%5Bb%5D")),
+            ("/a^b", ok("/a%5Eb")),
+            ("/café", ok("/caf%C3%A9")),
+            ("/a:b@c!$&'()*+,;=d", ok("/a:b@c!$&'()*+,;=d")),
+            // Raw backslash.
+            ("/a\\b", Err(InvalidCharacter)),
+            ("/..\\admin", Err(InvalidCharacter)),
+            // Dot segments with path parameters (Tomcat `..;`).
+            ("/public/..;/admin", Err(DotSegmentParameters)),
+            ("/public/.;x/admin", Err(DotSegmentParameters)),
+            ("/public/%2e%2e;/admin", Err(DotSegmentParameters)),
+            ("/a;b/c", ok("/a;b/c")),
+            ("/a/..x;/b", ok("/a/..x;/b")),
+            // Query string kept verbatim.
+            ("/a?x=../..", ok("/a?x=../..")),
+            ("/a/../b?%2F=%00&y=%zz", ok("/b?%2F=%00&y=%zz")),
+            ("/a?", ok("/a?")),
+            ("/a?b?c", ok("/a?b?c")),
+            ("/%41?%41", ok("/A?%41")),
+            // Non-origin forms.
+            ("http://example.com/x", Err(NotOriginForm)),
+            ("https://example.com/", Err(NotOriginForm)),
+            ("example.com:443", Err(NotOriginForm)),
+            ("*", Err(NotOriginForm)),
+        ];
+        assert!(cases.len() >= 50);
+        for (target, want) in cases {
+            assert_eq!(&norm(Method::GET, target), want, "target {target:?}");
+        }
+    }
+
+    #[test]
+    fn options_star() {
+        assert_eq!(norm(Method::OPTIONS, "*"), Ok("*".to_owned()));
+        assert_eq!(norm(Method::GET, "*"), Err(BadTarget::NotOriginForm));
+        assert_eq!(norm(Method::OPTIONS, "/a/../b"), Ok("/b".to_owned()));
+        assert_eq!(
+            norm(Method::OPTIONS, "http://h/*"),
+            Err(BadTarget::NotOriginForm)
+        );
+    }
+
+    #[test]
+    fn connect_authority_form_is_refused() {
+        assert_eq!(
+            norm(Method::CONNECT, "example.com:443"),
+            Err(BadTarget::NotOriginForm)
+        );
+    }
+
+    #[test]
+    fn http2_style_uri_with_authority_is_refused() {
+        let uri = Uri::builder()
+            .scheme("https")
+            .authority("h.example")
+            .path_and_query("/a")
+            .build()
+            .expect("uri");
+        assert_eq!(normalize(&Method::GET, &uri), Err(BadTarget::NotOriginForm));
+    }
+
+    #[test]
+    fn query_split() {
+        let uri: Uri = "/a/./b?q=1&r=%2F".parse().expect("uri");
+        let t = normalize(&Method::GET, &uri).expect("ok");
+        assert_eq!(t.path, "/a/b");
+        assert_eq!(t.query.as_deref(), Some("q=1&r=%2F"));
+    }
+
+    #[test]
+    fn output_is_a_fixed_point() {
+        for target in ["/a/./b//c/", "/%41/%2e/x%20y", "/a{b}/../c", "/caf%c3%a9/"] {
+            let once = norm(Method::GET, target).expect("ok");
+            assert_eq!(norm(Method::GET, &once), Ok(once.clone()), "{target}");
+        }
+    }
 }
