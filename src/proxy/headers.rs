@@ -791,8 +791,3 @@ mod tests {
     }
 }
 
-/// The `Upgrade` value when `Connection` contains `upgrade`.
-pub fn is_upgrade_request(headers: &HeaderMap) -> Option<http::HeaderValue> {
-    let _ = headers;
-    todo!("proxy helper")
-}
