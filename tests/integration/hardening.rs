@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{client, empty, read, Conn, Env};
+use crate::common::{client, empty, Conn, Env};
 
 const ROUTES: &str = r#"  - name: status
     path: /status
@@ -218,5 +218,4 @@ async fn websocket_echo_through_the_proxy() {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
         other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
     }
-    let _ = read;
 }
