@@ -6,3 +6,5 @@ mod common;
 mod data_path;
 mod hardening;
 mod lifecycle;
+mod observability;
+mod pinned;
