@@ -461,7 +461,8 @@ mod tests {
         let fp_colons = "AB:".repeat(31) + "AB";
         let fp_other = "cd".repeat(32);
         // (allow entry keys, identity, expect allowed)
-        let rows: Vec<(Vec<(&str, &str)>, &Identity, bool)> = vec![
+        type Row<'a> = (Vec<(&'a str, &'a str)>, &'a Identity, bool);
+        let rows: Vec<Row> = vec![
             (vec![("trust", "internal")], &ca, true),
             (vec![("trust", "lab")], &ca, false),
             (vec![("pinned", "ci-runner")], &pin, true),
