@@ -539,7 +539,8 @@ fn pinned_trust(
                     files.read(errs, &ck, c).and_then(|(path, bytes)| {
                         match pki::parse_cert_pem(&path, &bytes) {
                             Ok(certs) => {
-                                let sha256 = pki::sha256(certs[0].as_ref());
+                                // parse_cert_pem never returns an empty list.
+                                let sha256 = pki::sha256(certs.first()?.as_ref());
                                 if certs.len() > 1 {
                                     errs.push(&ck, format!("{}: holds {} certificates; a pin file holds exactly one", path.display(), certs.len()));
                                 }

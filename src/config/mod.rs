@@ -1,6 +1,7 @@
 //! Validated, typed configuration. `raw.rs` is the only place that knows serde_yaml; this module
 //! turns the raw structs into types that cannot be invalid, loading every file the config names
 //! and collecting every error (with its key path) in one pass.
+#![warn(missing_docs)]
 
 mod build;
 pub mod pki;
@@ -22,6 +23,7 @@ use crate::policy::Policy;
 pub struct Config {
     /// The config file itself (absolute or as given).
     pub source: PathBuf,
+    /// `listen:` the client-facing TLS listener.
     pub listen: Listen,
     /// Trust sources in file order.
     pub trust: Vec<TrustSource>,
@@ -29,19 +31,28 @@ pub struct Config {
     pub policy: Policy,
     /// Upstreams in file order.
     pub upstreams: Vec<Upstream>,
+    /// `forward:` what is added to and stripped from forwarded requests.
     pub forward: Forward,
+    /// `admin:` the metrics/health listener.
     pub admin: Admin,
+    /// `reload:` hot reload settings.
     pub reload: Reload,
+    /// `logging:` log format and filter.
     pub logging: Logging,
+    /// `runtime:` tokio worker threads and shutdown grace.
     pub runtime: Runtime,
     /// Every file the config names (certs, keys, CRLs, pin files), resolved; for the watcher.
     pub files: Vec<PathBuf>,
 }
 
+/// `listen:` the client-facing mTLS listener.
 #[derive(Debug)]
 pub struct Listen {
+    /// Address to bind, default `0.0.0.0:8443`.
     pub address: SocketAddr,
+    /// Resolved path of `listen.cert`.
     pub cert_path: PathBuf,
+    /// Resolved path of `listen.key`.
     pub key_path: PathBuf,
     /// Leaf first, then intermediates.
     pub cert_chain: Vec<CertificateDer<'static>>,
@@ -49,47 +60,72 @@ pub struct Listen {
     pub key: Arc<PrivateKeyDer<'static>>,
     /// ALPN protocol ids in preference order, default `[h2, http/1.1]`.
     pub alpn: Vec<Vec<u8>>,
+    /// Lowest TLS version offered, default 1.2.
     pub min_tls_version: TlsVersion,
+    /// A handshake slower than this is dropped (default 10s).
     pub handshake_timeout: Duration,
+    /// From a request's first byte to the end of its headers (default 10s).
     pub header_read_timeout: Duration,
+    /// How long a connection may sit with no request in flight (default 60s).
     pub idle_timeout: Duration,
+    /// Cap on open client connections (default 10000).
     pub max_connections: usize,
+    /// Largest request head accepted; larger gets 431 (default 65536).
     pub max_header_bytes: usize,
+    /// TLS session resumption (default off: a resumed session skips the verifier).
     pub session_resumption: bool,
+    /// Answer 421 when Host differs from SNI (default on).
     pub require_sni_match: bool,
 }
 
+/// `listen.min_tls_version`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
     V1_2,
+    /// TLS 1.3 only.
     V1_3,
 }
 
+/// One named entry of `trust:`.
 #[derive(Debug)]
 pub struct TrustSource {
+    /// The name in the config (also the `trust` metric label).
     pub name: Arc<str>,
+    /// CA chain or pinned list.
     pub kind: TrustKind,
 }
 
+/// What kind of trust source: decided by `ca` vs `pinned` in the file.
 #[derive(Debug)]
 pub enum TrustKind {
+    /// Verified as a chain to the `ca` bundle, with CRLs.
     Ca(CaTrust),
+    /// Admitted by exact certificate or public-key pins.
     Pinned(PinnedTrust),
 }
 
+/// A CA trust source.
 #[derive(Debug)]
 pub struct CaTrust {
+    /// Resolved path of the `ca` bundle.
     pub ca_path: PathBuf,
     /// Trust anchors from the `ca` bundle.
     pub anchors: Vec<CertificateDer<'static>>,
+    /// CRLs in `crl:` order.
     pub crls: Vec<CrlFile>,
+    /// `revocation:` settings.
     pub revocation: Revocation,
+    /// Reject leaves whose notAfter - notBefore is longer.
     pub max_lifetime: Option<Duration>,
 }
 
+/// One loaded CRL file (a CRL past nextUpdate still loads).
 #[derive(Debug)]
 pub struct CrlFile {
+    /// Resolved path.
     pub path: PathBuf,
+    /// The CRL DER (PEM input is decoded).
     pub der: CertificateRevocationListDer<'static>,
     /// Issuer DN of the CRL (RFC 4514), for `check` warnings.
     pub issuer: String,
@@ -97,11 +133,14 @@ pub struct CrlFile {
     pub issuer_raw: Vec<u8>,
     /// thisUpdate / nextUpdate as Unix seconds.
     pub this_update: i64,
+    /// nextUpdate as Unix seconds, when present.
     pub next_update: Option<i64>,
 }
 
+/// `trust.X.revocation:`
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Revocation {
+    /// `depth:` which certificates are checked against CRLs.
     pub depth: RevocationDepth,
     /// `true` = `unknown_status: allow`.
     pub allow_unknown_status: bool,
@@ -109,55 +148,84 @@ pub struct Revocation {
     pub allow_expired_crl: bool,
 }
 
+/// `revocation.depth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevocationDepth {
+    /// Every certificate of the chain (default).
     Chain,
+    /// Only the leaf.
     EndEntity,
 }
 
+/// A pinned trust source.
 #[derive(Debug)]
 pub struct PinnedTrust {
+    /// The pins in file order.
     pub entries: Vec<PinnedEntry>,
+    /// Enforce notBefore/notAfter of pinned certificates (default true).
     pub check_validity: bool,
+    /// What an entry past `review_by` does (default warn).
     pub on_overdue_review: OverdueAction,
 }
 
+/// One `pinned:` entry.
 #[derive(Debug)]
 pub struct PinnedEntry {
+    /// Name, unique across all pinned sources; becomes the identity's `pinned`.
     pub name: Arc<str>,
+    /// What is pinned.
     pub pin: Pin,
+    /// Free text: who owns the client.
     pub owner: Option<String>,
+    /// Free text: what the client is for.
     pub purpose: Option<String>,
+    /// Date by which the pin should be reviewed.
     pub review_by: Option<time::Date>,
 }
 
+/// A certificate or public-key pin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pin {
     /// SHA-256 of the DER of the certificate in `path`.
-    Cert { path: PathBuf, sha256: [u8; 32] },
+    Cert {
+        /// Resolved path of the pinned certificate file.
+        path: PathBuf,
+        /// SHA-256 of its DER.
+        sha256: [u8; 32],
+    },
     /// SHA-256 certificate fingerprint given in the config.
     Sha256([u8; 32]),
     /// SHA-256 of the SubjectPublicKeyInfo.
     Spki([u8; 32]),
 }
 
+/// `on_overdue_review`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OverdueAction {
+    /// Admit, but warn in `check` and the overdue gauge.
     Warn,
+    /// Reject the handshake with `review_overdue`.
     Deny,
 }
 
+/// One named entry of `upstreams:`.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    /// The name routes reference (also the `upstream` metric label).
     pub name: Arc<str>,
+    /// Protocol spoken to the upstream.
     pub scheme: UpstreamScheme,
     /// `host:port` of the upstream (port defaulted to 80 when absent).
     pub authority: http::uri::Authority,
+    /// TCP connect timeout (default 2s).
     pub connect_timeout: Duration,
+    /// Time until response headers (default 30s).
     pub timeout: Duration,
+    /// Idle pooled connections kept (default 64).
     pub max_idle_per_host: usize,
 }
 
+/// Scheme of an upstream URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamScheme {
     /// `http://`: HTTP/1.1.
@@ -166,69 +234,100 @@ pub enum UpstreamScheme {
     H2c,
 }
 
+/// `forward:`
 #[derive(Clone, Debug)]
 pub struct Forward {
+    /// How the XFCC header is treated (default sanitize_set).
     pub xfcc: XfccMode,
+    /// XFCC fields, default `[hash, subject, uri, dns]`.
     pub xfcc_fields: Vec<XfccField>,
+    /// Set X-Forwarded-For/-Proto/-Host (default true).
     pub x_forwarded: bool,
+    /// Extra inbound headers always removed.
     pub strip_headers: Vec<http::HeaderName>,
 }
 
+/// `forward.xfcc`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XfccMode {
+    /// Replace any inbound value with ours.
     SanitizeSet,
+    /// Keep the inbound value and append ours.
     Append,
+    /// Remove the inbound value, add nothing.
     Sanitize,
 }
 
+/// One `forward.xfcc_fields` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XfccField {
+    /// `Hash=`: SHA-256 of the leaf DER.
     Hash,
+    /// `Cert=`: URL-encoded leaf PEM.
     Cert,
+    /// `Chain=`: URL-encoded chain PEM.
     Chain,
+    /// `Subject=`: RFC 4514 subject.
     Subject,
+    /// `URI=` per URI SAN.
     Uri,
+    /// `DNS=` per DNS SAN.
     Dns,
 }
 
+/// `admin:`
 #[derive(Clone, Debug)]
 pub struct Admin {
+    /// Admin listener address, default `127.0.0.1:9901`.
     pub address: SocketAddr,
 }
 
+/// `reload:`
 #[derive(Clone, Debug)]
 pub struct Reload {
+    /// Watch the config and every file it names (default true).
     pub watch: bool,
+    /// Quiet time after a change before reloading (default 1s).
     pub debounce: Duration,
 }
 
+/// `logging:`
 #[derive(Clone, Debug)]
 pub struct Logging {
+    /// Output format (default json).
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive, e.g. `info` or `certguard=debug`.
     pub level: String,
+    /// One audit line per request (default true).
     pub access_log: bool,
 }
 
+/// `logging.format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One JSON object per line (default).
     Json,
+    /// Human-readable lines.
     Text,
 }
 
+/// `runtime:`
 #[derive(Clone, Debug)]
 pub struct Runtime {
     /// `None` = auto (number of CPUs).
     pub worker_threads: Option<usize>,
+    /// Time in-flight requests get on shutdown (default 30s).
     pub shutdown_grace: Duration,
 }
 
 /// One configuration mistake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The config file the error is about.
     pub file: PathBuf,
     /// Key path such as `routes[2].allow[0].spiffe_id`; empty for whole-file errors.
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 

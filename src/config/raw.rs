@@ -6,6 +6,7 @@
 //! struct's own serde field list), and deserializes every value on its own, so that every
 //! unknown key and every wrongly typed value is reported with its key path in one pass.
 //! This is the only module that knows serde_yaml.
+#![warn(missing_docs)]
 
 use std::cell::Cell;
 use std::fmt;
@@ -113,17 +114,29 @@ pub struct RawConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
+    /// `listen.address`
     pub address: Option<String>,
+    /// `listen.cert`
     pub cert: Option<String>,
+    /// `listen.key`
     pub key: Option<String>,
+    /// `listen.alpn`
     pub alpn: Option<Vec<String>>,
+    /// `listen.min_tls_version`
     pub min_tls_version: Option<Scalar>,
+    /// `listen.handshake_timeout`
     pub handshake_timeout: Option<Scalar>,
+    /// `listen.header_read_timeout`
     pub header_read_timeout: Option<Scalar>,
+    /// `listen.idle_timeout`
     pub idle_timeout: Option<Scalar>,
+    /// `listen.max_connections`
     pub max_connections: Option<u64>,
+    /// `listen.max_header_bytes`
     pub max_header_bytes: Option<u64>,
+    /// `listen.session_resumption`
     pub session_resumption: Option<bool>,
+    /// `listen.require_sni_match`
     pub require_sni_match: Option<bool>,
 }
 
@@ -132,12 +145,19 @@ pub struct RawListen {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrust {
+    /// `trust.<name>.ca`
     pub ca: Option<String>,
+    /// `trust.<name>.crl`
     pub crl: Option<Vec<String>>,
+    /// `trust.<name>.revocation`
     pub revocation: Option<RawRevocation>,
+    /// `trust.<name>.max_lifetime`
     pub max_lifetime: Option<Scalar>,
+    /// `trust.<name>.pinned`
     pub pinned: Option<Vec<RawPinned>>,
+    /// `trust.<name>.check_validity`
     pub check_validity: Option<bool>,
+    /// `trust.<name>.on_overdue_review`
     pub on_overdue_review: Option<String>,
 }
 
@@ -145,8 +165,11 @@ pub struct RawTrust {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRevocation {
+    /// `trust.<name>.revocation.depth`
     pub depth: Option<String>,
+    /// `trust.<name>.revocation.unknown_status`
     pub unknown_status: Option<String>,
+    /// `trust.<name>.revocation.expired_crl`
     pub expired_crl: Option<String>,
 }
 
@@ -154,12 +177,19 @@ pub struct RawRevocation {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPinned {
+    /// `trust.<name>.pinned[i].name`
     pub name: Option<String>,
+    /// `trust.<name>.pinned[i].cert`
     pub cert: Option<String>,
+    /// `trust.<name>.pinned[i].sha256`
     pub sha256: Option<Scalar>,
+    /// `trust.<name>.pinned[i].spki_sha256`
     pub spki_sha256: Option<String>,
+    /// `trust.<name>.pinned[i].owner`
     pub owner: Option<String>,
+    /// `trust.<name>.pinned[i].purpose`
     pub purpose: Option<String>,
+    /// `trust.<name>.pinned[i].review_by`
     pub review_by: Option<String>,
 }
 
@@ -167,12 +197,19 @@ pub struct RawPinned {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// `routes[i].name`
     pub name: Option<String>,
+    /// `routes[i].host`
     pub host: Option<String>,
+    /// `routes[i].path`
     pub path: Option<String>,
+    /// `routes[i].path_prefix`
     pub path_prefix: Option<String>,
+    /// `routes[i].methods`
     pub methods: Option<Vec<String>>,
+    /// `routes[i].upstream`
     pub upstream: Option<String>,
+    /// `routes[i].allow`
     pub allow: Option<Vec<RawAllow>>,
 }
 
@@ -180,21 +217,37 @@ pub struct RawRoute {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAllow {
+    /// `routes[i].allow[j].trust`
     pub trust: Option<Scalar>,
+    /// `routes[i].allow[j].pinned`
     pub pinned: Option<Scalar>,
+    /// `routes[i].allow[j].subject`
     pub subject: Option<Scalar>,
+    /// `routes[i].allow[j].issuer`
     pub issuer: Option<Scalar>,
+    /// `routes[i].allow[j].cn`
     pub cn: Option<Scalar>,
+    /// `routes[i].allow[j].o`
     pub o: Option<Scalar>,
+    /// `routes[i].allow[j].ou`
     pub ou: Option<Scalar>,
+    /// `routes[i].allow[j].san_dns`
     pub san_dns: Option<Scalar>,
+    /// `routes[i].allow[j].san_uri`
     pub san_uri: Option<Scalar>,
+    /// `routes[i].allow[j].spiffe_id`
     pub spiffe_id: Option<Scalar>,
+    /// `routes[i].allow[j].san_email`
     pub san_email: Option<Scalar>,
+    /// `routes[i].allow[j].san_ip`
     pub san_ip: Option<Scalar>,
+    /// `routes[i].allow[j].fingerprint`
     pub fingerprint: Option<Scalar>,
+    /// `routes[i].allow[j].spki`
     pub spki: Option<Scalar>,
+    /// `routes[i].allow[j].serial`
     pub serial: Option<Scalar>,
+    /// `routes[i].allow[j].authenticated`
     pub authenticated: Option<bool>,
 }
 
@@ -229,9 +282,13 @@ impl RawAllow {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// `upstreams.<name>.url`
     pub url: Option<String>,
+    /// `upstreams.<name>.connect_timeout`
     pub connect_timeout: Option<Scalar>,
+    /// `upstreams.<name>.timeout`
     pub timeout: Option<Scalar>,
+    /// `upstreams.<name>.max_idle_per_host`
     pub max_idle_per_host: Option<u64>,
 }
 
@@ -239,9 +296,13 @@ pub struct RawUpstream {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawForward {
+    /// `forward.xfcc`
     pub xfcc: Option<String>,
+    /// `forward.xfcc_fields`
     pub xfcc_fields: Option<Vec<String>>,
+    /// `forward.x_forwarded`
     pub x_forwarded: Option<bool>,
+    /// `forward.strip_headers`
     pub strip_headers: Option<Vec<String>>,
 }
 
@@ -249,6 +310,7 @@ pub struct RawForward {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
+    /// `admin.address`
     pub address: Option<String>,
 }
 
@@ -256,7 +318,9 @@ pub struct RawAdmin {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReload {
+    /// `reload.watch`
     pub watch: Option<bool>,
+    /// `reload.debounce`
     pub debounce: Option<Scalar>,
 }
 
@@ -264,8 +328,11 @@ pub struct RawReload {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogging {
+    /// `logging.format`
     pub format: Option<String>,
+    /// `logging.level`
     pub level: Option<String>,
+    /// `logging.access_log`
     pub access_log: Option<bool>,
 }
 
@@ -273,7 +340,9 @@ pub struct RawLogging {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
+    /// `runtime.worker_threads`
     pub worker_threads: Option<Scalar>,
+    /// `runtime.shutdown_grace`
     pub shutdown_grace: Option<Scalar>,
 }
 
@@ -282,7 +351,9 @@ pub struct RawRuntime {
 /// not mappings are `Default` placeholders with an error at exactly their path).
 #[derive(Debug, Default)]
 pub struct Parsed {
+    /// What could be read.
     pub config: RawConfig,
+    /// Unknown keys and type errors, in document order.
     pub errors: Vec<RawError>,
 }
 

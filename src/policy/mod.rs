@@ -3,6 +3,7 @@
 //!
 //! Patterns are parsed (and rejected) by the constructors in [`pattern`]; the config loader uses
 //! them to compile the `routes:` section, so everything here is already valid.
+#![warn(missing_docs)]
 
 pub mod pattern;
 
@@ -13,32 +14,42 @@ use crate::identity::Identity;
 /// All routes in config order.
 #[derive(Debug, Default)]
 pub struct Policy {
+    /// Routes; the first that fits a request decides.
     pub routes: Vec<Route>,
 }
 
+/// One compiled route.
 #[derive(Debug)]
 pub struct Route {
+    /// Unique name (also the `route` metric label).
     pub name: std::sync::Arc<str>,
+    /// `host:`; `None` = any host, also none.
     pub host: Option<HostPattern>,
+    /// `path:` / `path_prefix:`.
     pub path: PathMatch,
     /// `None` = any method.
     pub methods: Option<Vec<http::Method>>,
     /// Name of an upstream that exists in the config.
     pub upstream: std::sync::Arc<str>,
+    /// Allowed if any entry matches; empty = nobody.
     pub allow: Vec<AllowEntry>,
 }
 
 /// `host:` of a route, lower-case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
+    /// Exact, lower-case.
     Exact(String),
     /// `*.internal` stored as `internal`: exactly one extra label.
     Wildcard(String),
 }
 
+/// `path:` or `path_prefix:` of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
+    /// Neither given: every path.
     Any,
+    /// The normalized path must equal this.
     Exact(String),
     /// Segment-boundary prefix, stored without a trailing `/` (except the root `/`).
     Prefix(String),
@@ -47,29 +58,44 @@ pub enum PathMatch {
 /// One `allow` entry: all of its matchers must match.
 #[derive(Debug)]
 pub struct AllowEntry {
+    /// The keys of the entry, in SPEC 2.1 order; never empty.
     pub matchers: Vec<Matcher>,
 }
 
 /// One key of an allow entry (SPEC 2.1), compiled.
 #[derive(Debug)]
 pub enum Matcher {
+    /// `trust:` name of the admitting trust source.
     Trust(String),
+    /// `pinned:` name of the matched pinned entry.
     Pinned(String),
+    /// `subject:` full DN, exact.
     Subject(String),
+    /// `issuer:` full DN, exact.
     Issuer(String),
+    /// `cn:` any CN.
     Cn(Glob),
+    /// `o:` any O.
     O(Glob),
+    /// `ou:` any OU.
     Ou(Glob),
+    /// `san_dns:` any DNS SAN.
     SanDns(DnsPattern),
+    /// `san_uri:` any URI SAN.
     SanUri(UriPattern),
+    /// `spiffe_id:` the spiffe:// URI SAN.
     SpiffeId(UriPattern),
+    /// `san_email:` any email SAN.
     SanEmail(String),
+    /// `san_ip:` any IP SAN inside this network.
     SanIp(ipnet::IpNet),
     /// Lowercase hex, no colons.
     Fingerprint(String),
+    /// Standard base64 with padding of the SPKI SHA-256.
     Spki(String),
     /// Lowercase hex, no colons, no leading zero bytes.
     Serial(String),
+    /// `authenticated: true`: any verified client.
     Authenticated,
 }
 
@@ -80,13 +106,16 @@ pub struct Glob(pub String);
 /// Exact DNS name, or `*.suffix` = exactly one label; compared case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsPattern {
+    /// Exact name, lower-case.
     Exact(String),
+    /// `*.suffix` stored as `suffix`: exactly one label.
     Wildcard(String),
 }
 
 /// Exact URI, or a prefix ending in `/*` = strictly below the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UriPattern {
+    /// Exact URI.
     Exact(String),
     /// Stored with the trailing `/` kept (`spiffe://x/ns/` for `spiffe://x/ns/*`).
     Below(String),
@@ -95,6 +124,7 @@ pub enum UriPattern {
 /// What policy needs from a request: already normalized.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestFacts<'a> {
+    /// Request method.
     pub method: &'a http::Method,
     /// Normalized host (lower-case, no port, no trailing dot); `None` if the request had none.
     pub host: Option<&'a str>,
@@ -110,6 +140,7 @@ pub struct Permit<'p> {
 }
 
 impl<'p> Permit<'p> {
+    /// The route that allowed the request.
     pub fn route(&self) -> &'p Route {
         self.route
     }
@@ -119,13 +150,17 @@ impl<'p> Permit<'p> {
     }
 }
 
+/// Outcome of [`authorize`].
 #[derive(Debug)]
 pub enum Decision<'p> {
+    /// A route matched and an allow entry granted it.
     Allowed(Permit<'p>),
     /// A route matched but no allow entry did.
     NotAllowed {
+        /// The route that matched.
         route: &'p Route,
     },
+    /// No route fits host, path and method (404).
     NoRoute,
 }
 
