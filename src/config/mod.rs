@@ -1,8 +1,12 @@
 //! Validated, typed configuration. `raw.rs` is the only place that knows serde_yaml; this module
 //! turns the raw structs into types that cannot be invalid, loading every file the config names
 //! and collecting every error (with its key path) in one pass.
+#![warn(missing_docs)]
 
+mod build;
+pub mod pki;
 pub mod raw;
+mod routes;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use crate::policy::Policy;
 pub struct Config {
     /// The config file itself (absolute or as given).
     pub source: PathBuf,
+    /// `listen:` the client-facing TLS listener.
     pub listen: Listen,
     /// Trust sources in file order.
     pub trust: Vec<TrustSource>,
@@ -26,19 +31,28 @@ pub struct Config {
     pub policy: Policy,
     /// Upstreams in file order.
     pub upstreams: Vec<Upstream>,
+    /// `forward:` what is added to and stripped from forwarded requests.
     pub forward: Forward,
+    /// `admin:` the metrics/health listener.
     pub admin: Admin,
+    /// `reload:` hot reload settings.
     pub reload: Reload,
+    /// `logging:` log format and filter.
     pub logging: Logging,
+    /// `runtime:` tokio worker threads and shutdown grace.
     pub runtime: Runtime,
     /// Every file the config names (certs, keys, CRLs, pin files), resolved; for the watcher.
     pub files: Vec<PathBuf>,
 }
 
+/// `listen:` the client-facing mTLS listener.
 #[derive(Debug)]
 pub struct Listen {
+    /// Address to bind, default `0.0.0.0:8443`.
     pub address: SocketAddr,
+    /// Resolved path of `listen.cert`.
     pub cert_path: PathBuf,
+    /// Resolved path of `listen.key`.
     pub key_path: PathBuf,
     /// Leaf first, then intermediates.
     pub cert_chain: Vec<CertificateDer<'static>>,
@@ -46,47 +60,72 @@ pub struct Listen {
     pub key: Arc<PrivateKeyDer<'static>>,
     /// ALPN protocol ids in preference order, default `[h2, http/1.1]`.
     pub alpn: Vec<Vec<u8>>,
+    /// Lowest TLS version offered, default 1.2.
     pub min_tls_version: TlsVersion,
+    /// A handshake slower than this is dropped (default 10s).
     pub handshake_timeout: Duration,
+    /// From a request's first byte to the end of its headers (default 10s).
     pub header_read_timeout: Duration,
+    /// How long a connection may sit with no request in flight (default 60s).
     pub idle_timeout: Duration,
+    /// Cap on open client connections (default 10000).
     pub max_connections: usize,
+    /// Largest request head accepted; larger gets 431 (default 65536).
     pub max_header_bytes: usize,
+    /// TLS session resumption (default off: a resumed session skips the verifier).
     pub session_resumption: bool,
+    /// Answer 421 when Host differs from SNI (default on).
     pub require_sni_match: bool,
 }
 
+/// `listen.min_tls_version`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
     V1_2,
+    /// TLS 1.3 only.
     V1_3,
 }
 
+/// One named entry of `trust:`.
 #[derive(Debug)]
 pub struct TrustSource {
+    /// The name in the config (also the `trust` metric label).
     pub name: Arc<str>,
+    /// CA chain or pinned list.
     pub kind: TrustKind,
 }
 
+/// What kind of trust source: decided by `ca` vs `pinned` in the file.
 #[derive(Debug)]
 pub enum TrustKind {
+    /// Verified as a chain to the `ca` bundle, with CRLs.
     Ca(CaTrust),
+    /// Admitted by exact certificate or public-key pins.
     Pinned(PinnedTrust),
 }
 
+/// A CA trust source.
 #[derive(Debug)]
 pub struct CaTrust {
+    /// Resolved path of the `ca` bundle.
     pub ca_path: PathBuf,
     /// Trust anchors from the `ca` bundle.
     pub anchors: Vec<CertificateDer<'static>>,
+    /// CRLs in `crl:` order.
     pub crls: Vec<CrlFile>,
+    /// `revocation:` settings.
     pub revocation: Revocation,
+    /// Reject leaves whose notAfter - notBefore is longer.
     pub max_lifetime: Option<Duration>,
 }
 
+/// One loaded CRL file (a CRL past nextUpdate still loads).
 #[derive(Debug)]
 pub struct CrlFile {
+    /// Resolved path.
     pub path: PathBuf,
+    /// The CRL DER (PEM input is decoded).
     pub der: CertificateRevocationListDer<'static>,
     /// Issuer DN of the CRL (RFC 4514), for `check` warnings.
     pub issuer: String,
@@ -94,11 +133,14 @@ pub struct CrlFile {
     pub issuer_raw: Vec<u8>,
     /// thisUpdate / nextUpdate as Unix seconds.
     pub this_update: i64,
+    /// nextUpdate as Unix seconds, when present.
     pub next_update: Option<i64>,
 }
 
+/// `trust.X.revocation:`
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Revocation {
+    /// `depth:` which certificates are checked against CRLs.
     pub depth: RevocationDepth,
     /// `true` = `unknown_status: allow`.
     pub allow_unknown_status: bool,
@@ -106,55 +148,84 @@ pub struct Revocation {
     pub allow_expired_crl: bool,
 }
 
+/// `revocation.depth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevocationDepth {
+    /// Every certificate of the chain (default).
     Chain,
+    /// Only the leaf.
     EndEntity,
 }
 
+/// A pinned trust source.
 #[derive(Debug)]
 pub struct PinnedTrust {
+    /// The pins in file order.
     pub entries: Vec<PinnedEntry>,
+    /// Enforce notBefore/notAfter of pinned certificates (default true).
     pub check_validity: bool,
+    /// What an entry past `review_by` does (default warn).
     pub on_overdue_review: OverdueAction,
 }
 
+/// One `pinned:` entry.
 #[derive(Debug)]
 pub struct PinnedEntry {
+    /// Name, unique across all pinned sources; becomes the identity's `pinned`.
     pub name: Arc<str>,
+    /// What is pinned.
     pub pin: Pin,
+    /// Free text: who owns the client.
     pub owner: Option<String>,
+    /// Free text: what the client is for.
     pub purpose: Option<String>,
+    /// Date by which the pin should be reviewed.
     pub review_by: Option<time::Date>,
 }
 
+/// A certificate or public-key pin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pin {
     /// SHA-256 of the DER of the certificate in `path`.
-    Cert { path: PathBuf, sha256: [u8; 32] },
+    Cert {
+        /// Resolved path of the pinned certificate file.
+        path: PathBuf,
+        /// SHA-256 of its DER.
+        sha256: [u8; 32],
+    },
     /// SHA-256 certificate fingerprint given in the config.
     Sha256([u8; 32]),
     /// SHA-256 of the SubjectPublicKeyInfo.
     Spki([u8; 32]),
 }
 
+/// `on_overdue_review`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OverdueAction {
+    /// Admit, but warn in `check` and the overdue gauge.
     Warn,
+    /// Reject the handshake with `review_overdue`.
     Deny,
 }
 
+/// One named entry of `upstreams:`.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    /// The name routes reference (also the `upstream` metric label).
     pub name: Arc<str>,
+    /// Protocol spoken to the upstream.
     pub scheme: UpstreamScheme,
     /// `host:port` of the upstream (port defaulted to 80 when absent).
     pub authority: http::uri::Authority,
+    /// TCP connect timeout (default 2s).
     pub connect_timeout: Duration,
+    /// Time until response headers (default 30s).
     pub timeout: Duration,
+    /// Idle pooled connections kept (default 64).
     pub max_idle_per_host: usize,
 }
 
+/// Scheme of an upstream URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamScheme {
     /// `http://`: HTTP/1.1.
@@ -163,69 +234,100 @@ pub enum UpstreamScheme {
     H2c,
 }
 
+/// `forward:`
 #[derive(Clone, Debug)]
 pub struct Forward {
+    /// How the XFCC header is treated (default sanitize_set).
     pub xfcc: XfccMode,
+    /// XFCC fields, default `[hash, subject, uri, dns]`.
     pub xfcc_fields: Vec<XfccField>,
+    /// Set X-Forwarded-For/-Proto/-Host (default true).
     pub x_forwarded: bool,
+    /// Extra inbound headers always removed.
     pub strip_headers: Vec<http::HeaderName>,
 }
 
+/// `forward.xfcc`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XfccMode {
+    /// Replace any inbound value with ours.
     SanitizeSet,
+    /// Keep the inbound value and append ours.
     Append,
+    /// Remove the inbound value, add nothing.
     Sanitize,
 }
 
+/// One `forward.xfcc_fields` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XfccField {
+    /// `Hash=`: SHA-256 of the leaf DER.
     Hash,
+    /// `Cert=`: URL-encoded leaf PEM.
     Cert,
+    /// `Chain=`: URL-encoded chain PEM.
     Chain,
+    /// `Subject=`: RFC 4514 subject.
     Subject,
+    /// `URI=` per URI SAN.
     Uri,
+    /// `DNS=` per DNS SAN.
     Dns,
 }
 
+/// `admin:`
 #[derive(Clone, Debug)]
 pub struct Admin {
+    /// Admin listener address, default `127.0.0.1:9901`.
     pub address: SocketAddr,
 }
 
+/// `reload:`
 #[derive(Clone, Debug)]
 pub struct Reload {
+    /// Watch the config and every file it names (default true).
     pub watch: bool,
+    /// Quiet time after a change before reloading (default 1s).
     pub debounce: Duration,
 }
 
+/// `logging:`
 #[derive(Clone, Debug)]
 pub struct Logging {
+    /// Output format (default json).
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive, e.g. `info` or `certguard=debug`.
     pub level: String,
+    /// One audit line per request (default true).
     pub access_log: bool,
 }
 
+/// `logging.format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One JSON object per line (default).
     Json,
+    /// Human-readable lines.
     Text,
 }
 
+/// `runtime:`
 #[derive(Clone, Debug)]
 pub struct Runtime {
     /// `None` = auto (number of CPUs).
     pub worker_threads: Option<usize>,
+    /// Time in-flight requests get on shutdown (default 30s).
     pub shutdown_grace: Duration,
 }
 
 /// One configuration mistake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The config file the error is about.
     pub file: PathBuf,
     /// Key path such as `routes[2].allow[0].spiffe_id`; empty for whole-file errors.
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -260,24 +362,747 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Read, parse and validate `path` and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let _ = path;
-        todo!("config helper")
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_yaml(&text, path),
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!("cannot read config file: {e}"),
+            }])),
+        }
     }
 
     /// Parse and validate YAML `text` as if it were the file `path` (relative paths resolve
     /// against `path`'s directory; the files it names are read).
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        let _ = (text, path);
-        todo!("config helper")
+        build::build(text, path)
     }
 
+    /// The upstream with this name.
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    /// The trust source with this name.
+    pub fn trust_source(&self, name: &str) -> Option<&TrustSource> {
+        self.trust.iter().find(|t| &*t.name == name)
+    }
+
+    /// The pinned source and entry with this pinned name (names are unique across sources).
+    pub fn pinned_entry(&self, name: &str) -> Option<(&TrustSource, &PinnedEntry)> {
+        self.trust.iter().find_map(|t| match &t.kind {
+            TrustKind::Pinned(p) => p.entries.iter().find(|e| &*e.name == name).map(|e| (t, e)),
+            TrustKind::Ca(_) => None,
+        })
     }
 }
 
 /// Parse a duration such as `500ms`, `10s`, `5m`, `2h`, `90d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let _ = s;
-    todo!("config helper")
+    const HELP: &str = "expected an integer followed by ms, s, m, h or d (e.g. 500ms, 10s, 90d)";
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("invalid duration `{t}`: {HELP}"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{t}`: number too large"))?;
+    let secs_per = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "" => return Err(format!("invalid duration `{t}`: missing unit; {HELP}")),
+        _ => {
+            return Err(format!(
+                "invalid duration `{t}`: unknown unit `{unit}`; {HELP}"
+            ))
+        }
+    };
+    n.checked_mul(secs_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("invalid duration `{t}`: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::policy::pattern;
+
+    /// A small PKI written into `dir/pki`: CA, server cert+key, CRLs (PEM, DER, expired), a
+    /// self-signed client and a second, unrelated key.
+    struct Pki {
+        server_key_pem: String,
+        pinned_der: Vec<u8>,
+        pinned_spki_b64: String,
+    }
+
+    fn write_pki(dir: &Path) -> Pki {
+        let pki = dir.join("pki");
+        fs::create_dir_all(&pki).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(DnType::OrganizationName, "certguard test");
+        ca.distinguished_name.push(DnType::CommonName, "Test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        fs::write(pki.join("ca.crt"), ca_cert.pem()).unwrap();
+        fs::write(pki.join("server.crt"), server.pem() + &ca_cert.pem()).unwrap();
+        fs::write(pki.join("server.key"), server_key.serialize_pem()).unwrap();
+        fs::write(
+            pki.join("other.key"),
+            KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+
+        let now = time::OffsetDateTime::now_utc();
+        let crl = |this: time::OffsetDateTime, next: time::OffsetDateTime| {
+            CertificateRevocationListParams {
+                this_update: this,
+                next_update: next,
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: vec![],
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&issuer)
+            .unwrap()
+        };
+        let fresh = crl(
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        fs::write(pki.join("ca.crl"), fresh.pem().unwrap()).unwrap();
+        fs::write(pki.join("ca.crl.der"), fresh.der().as_ref()).unwrap();
+        let stale = crl(
+            now - time::Duration::days(60),
+            now - time::Duration::days(30),
+        );
+        fs::write(pki.join("expired.crl"), stale.pem().unwrap()).unwrap();
+
+        let pin_key = KeyPair::generate().unwrap();
+        let mut pin = CertificateParams::new(Vec::<String>::new()).unwrap();
+        pin.distinguished_name.push(DnType::CommonName, "ci-runner");
+        let pinned = pin.self_signed(&pin_key).unwrap();
+        fs::write(pki.join("ci-runner.crt"), pinned.pem()).unwrap();
+        use base64::Engine as _;
+        let spki = pki::sha256(&rcgen::PublicKeyData::subject_public_key_info(&pin_key));
+        Pki {
+            server_key_pem: server_key.serialize_pem(),
+            pinned_der: pinned.der().to_vec(),
+            pinned_spki_b64: base64::engine::general_purpose::STANDARD.encode(spki),
+        }
+    }
+
+    const HEAD: &str = "listen:\n  cert: pki/server.crt\n  key: pki/server.key\n";
+
+    /// A complete config with trust sources, upstream and routes appended to `extra`.
+    fn full(extra: &str) -> String {
+        format!(
+            "{HEAD}{extra}
+trust:
+  internal:
+    ca: pki/ca.crt
+    crl: [pki/ca.crl, pki/ca.crl.der, pki/expired.crl]
+  lab:
+    pinned:
+      - name: ci-runner
+        cert: pki/ci-runner.crt
+        owner: platform-team
+        review_by: 2027-06-01
+upstreams:
+  orders:
+    url: http://127.0.0.1:9000
+routes:
+  - name: orders-read
+    path_prefix: /orders
+    methods: [GET, HEAD]
+    upstream: orders
+    allow:
+      - trust: internal
+        spiffe_id: spiffe://example.org/ns/prod/*
+      - pinned: ci-runner
+  - name: status
+    path: /status
+    upstream: orders
+    allow: []
+"
+        )
+    }
+
+    fn setup() -> (TempDir, Pki) {
+        let dir = TempDir::new().unwrap();
+        let pki = write_pki(dir.path());
+        (dir, pki)
+    }
+
+    fn load(dir: &TempDir, yaml: &str) -> Result<Config, ConfigErrors> {
+        let path = dir.path().join("certguard.yaml");
+        fs::write(&path, yaml).unwrap();
+        Config::load(&path)
+    }
+
+    fn keys(r: Result<Config, ConfigErrors>) -> Vec<String> {
+        match r {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.0.into_iter().map(|e| e.key).collect(),
+        }
+    }
+
+    fn error_at(r: Result<Config, ConfigErrors>, key: &str) -> ConfigError {
+        match r {
+            Ok(_) => panic!("expected an error at {key}"),
+            Err(e) => {
+                e.0.iter()
+                    .find(|e| e.key == key)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no error at {key}: {e}"))
+            }
+        }
+    }
+
+    #[test]
+    fn full_config_loads_with_defaults() {
+        let (dir, pki) = setup();
+        let c = load(&dir, &full("")).unwrap();
+        assert_eq!(
+            c.listen.address,
+            "0.0.0.0:8443".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.listen.cert_chain.len(), 2);
+        assert_eq!(c.listen.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(c.listen.min_tls_version, TlsVersion::V1_2);
+        assert_eq!(c.listen.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.listen.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.listen.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.listen.max_connections, 10_000);
+        assert_eq!(c.listen.max_header_bytes, 65_536);
+        assert!(!c.listen.session_resumption);
+        assert!(c.listen.require_sni_match);
+
+        assert_eq!(c.trust.len(), 2);
+        let TrustKind::Ca(ca) = &c.trust[0].kind else {
+            panic!()
+        };
+        assert_eq!(ca.anchors.len(), 1);
+        assert_eq!(
+            ca.revocation,
+            Revocation {
+                depth: RevocationDepth::Chain,
+                allow_unknown_status: false,
+                allow_expired_crl: false
+            }
+        );
+        assert_eq!(ca.max_lifetime, None);
+        assert_eq!(ca.crls.len(), 3);
+        assert_eq!(ca.crls[0].issuer, "CN=Test CA,O=certguard test");
+        assert_eq!(
+            ca.crls[0].der, ca.crls[1].der,
+            "PEM and DER forms of one CRL"
+        );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(ca.crls[0].next_update.unwrap() > now);
+        assert!(
+            ca.crls[2].next_update.unwrap() < now,
+            "a stale CRL still loads"
+        );
+        assert!(ca.crls[0].this_update < now);
+        assert!(!ca.crls[0].issuer_raw.is_empty());
+
+        let TrustKind::Pinned(lab) = &c.trust[1].kind else {
+            panic!()
+        };
+        assert!(lab.check_validity);
+        assert_eq!(lab.on_overdue_review, OverdueAction::Warn);
+        let e = &lab.entries[0];
+        assert_eq!(&*e.name, "ci-runner");
+        assert_eq!(e.owner.as_deref(), Some("platform-team"));
+        assert_eq!(e.review_by, Some(time::macros::date!(2027 - 06 - 01)));
+        match &e.pin {
+            Pin::Cert { sha256, .. } => assert_eq!(*sha256, pki::sha256(&pki.pinned_der)),
+            other => panic!("{other:?}"),
+        }
+
+        let up = c.upstream("orders").unwrap();
+        assert_eq!(up.scheme, UpstreamScheme::Http);
+        assert_eq!(up.authority.as_str(), "127.0.0.1:9000");
+        assert_eq!(up.connect_timeout, Duration::from_secs(2));
+        assert_eq!(up.timeout, Duration::from_secs(30));
+        assert_eq!(up.max_idle_per_host, 64);
+
+        assert_eq!(c.forward.xfcc, XfccMode::SanitizeSet);
+        assert_eq!(
+            c.forward.xfcc_fields,
+            vec![
+                XfccField::Hash,
+                XfccField::Subject,
+                XfccField::Uri,
+                XfccField::Dns
+            ]
+        );
+        assert!(c.forward.x_forwarded);
+        assert!(c.forward.strip_headers.is_empty());
+        assert_eq!(
+            c.admin.address,
+            "127.0.0.1:9901".parse::<SocketAddr>().unwrap()
+        );
+        assert!(c.reload.watch);
+        assert_eq!(c.reload.debounce, Duration::from_secs(1));
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert_eq!(c.logging.level, "info");
+        assert!(c.logging.access_log);
+        assert_eq!(c.runtime.worker_threads, None);
+        assert_eq!(c.runtime.shutdown_grace, Duration::from_secs(30));
+
+        let routes = &c.policy.routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].allow.len(), 2);
+        assert_eq!(routes[0].allow[1].required_trust(&c.trust), Some("lab"));
+        assert_eq!(
+            routes[0].allow[0].required_trust(&c.trust),
+            Some("internal")
+        );
+        assert!(routes[1].allow.is_empty());
+        assert_eq!(
+            c.pinned_entry("ci-runner").map(|(t, _)| &*t.name),
+            Some("lab")
+        );
+
+        // The config file first, then every file it names, resolved and deduplicated.
+        let base = dir.path();
+        assert_eq!(
+            c.files,
+            vec![
+                base.join("certguard.yaml"),
+                base.join("pki/server.crt"),
+                base.join("pki/server.key"),
+                base.join("pki/ca.crt"),
+                base.join("pki/ca.crl"),
+                base.join("pki/ca.crl.der"),
+                base.join("pki/expired.crl"),
+                base.join("pki/ci-runner.crt"),
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_values_override_defaults() {
+        let (dir, pki) = setup();
+        let yaml = full(
+            "  address: \"[::]:443\"
+  alpn: [http/1.1]
+  min_tls_version: 1.3
+  handshake_timeout: 500ms
+  max_connections: 5
+  session_resumption: true
+forward:
+  xfcc: append
+  xfcc_fields: [cert, chain]
+  x_forwarded: false
+  strip_headers: [X-Debug]
+admin:
+  address: 0.0.0.0:9000
+reload: { watch: false, debounce: 250ms }
+logging: { format: text, level: certguard=debug, access_log: false }
+runtime: { worker_threads: 1, shutdown_grace: 2m }",
+        )
+        .replace("  lab:\n    pinned:", &format!(
+            "  lab:\n    check_validity: false\n    on_overdue_review: deny\n    pinned:\n      - name: by-spki\n        spki_sha256: {}",
+            pki.pinned_spki_b64.trim_end_matches('=')
+        ));
+        let c = load(&dir, &yaml).unwrap();
+        assert_eq!(c.listen.address.port(), 443);
+        assert_eq!(c.listen.alpn, vec![b"http/1.1".to_vec()]);
+        assert_eq!(c.listen.min_tls_version, TlsVersion::V1_3);
+        assert_eq!(c.listen.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(c.listen.max_connections, 5);
+        assert!(c.listen.session_resumption);
+        assert_eq!(c.forward.xfcc, XfccMode::Append);
+        assert_eq!(
+            c.forward.xfcc_fields,
+            vec![XfccField::Cert, XfccField::Chain]
+        );
+        assert!(!c.forward.x_forwarded);
+        assert_eq!(c.forward.strip_headers[0].as_str(), "x-debug");
+        assert!(!c.reload.watch);
+        assert_eq!(c.reload.debounce, Duration::from_millis(250));
+        assert_eq!(c.logging.format, LogFormat::Text);
+        assert_eq!(c.runtime.worker_threads, Some(1));
+        assert_eq!(c.runtime.shutdown_grace, Duration::from_secs(120));
+        let TrustKind::Pinned(lab) = &c.trust[1].kind else {
+            panic!()
+        };
+        assert!(!lab.check_validity);
+        assert_eq!(lab.on_overdue_review, OverdueAction::Deny);
+        assert_eq!(&*lab.entries[0].name, "by-spki");
+        let want = pattern::spki_bytes(&pki.pinned_spki_b64).unwrap();
+        assert_eq!(lab.entries[0].pin, Pin::Spki(want));
+    }
+
+    #[test]
+    fn three_mistakes_in_three_sections_are_all_reported() {
+        let (dir, _) = setup();
+        let yaml = full("  handshake_timeout: 10 seconds")
+            .replace("http://127.0.0.1:9000", "ftp://127.0.0.1:9000")
+            .replace("spiffe://example.org/ns/prod/*", "https://example.org/x");
+        let r = load(&dir, &yaml);
+        assert_eq!(
+            keys(r),
+            vec![
+                "listen.handshake_timeout",
+                "upstreams.orders.url",
+                "routes[0].allow[0].spiffe_id"
+            ]
+        );
+        let e = error_at(load(&dir, &yaml), "listen.handshake_timeout");
+        assert_eq!(e.file, dir.path().join("certguard.yaml"));
+        assert!(e.message.contains("ms, s, m, h or d"), "{}", e.message);
+        let shown = load(&dir, &yaml).unwrap_err().to_string();
+        assert!(
+            shown.contains("certguard.yaml: routes[0].allow[0].spiffe_id: "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line_and_column() {
+        let (dir, _) = setup();
+        let r = load(&dir, "listen:\n  cert: pki/server.crt\n  key: [oops\n");
+        let errs = r.unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].key, "");
+        assert!(
+            errs[0].message.contains("line ") && errs[0].message.contains(" column "),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_path() {
+        let (dir, _) = setup();
+        let yaml = full("  adress: 0.0.0.0:1")
+            .replace("    path: /status", "    path: /status\n    method: [GET]")
+            .replace(
+                "      - pinned: ci-runner",
+                "      - pinned: ci-runner\n        colour: red",
+            );
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            vec![
+                "listen.adress",
+                "routes[0].allow[1].colour",
+                "routes[1].method"
+            ]
+        );
+        assert_eq!(
+            error_at(load(&dir, &yaml), "listen.adress").message,
+            "unknown key"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let (dir, _) = setup();
+        let sub = dir.path().join("conf");
+        fs::create_dir_all(&sub).unwrap();
+        let yaml = full("").replace("pki/", "../pki/");
+        let path = sub.join("certguard.yaml");
+        fs::write(&path, &yaml).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.listen.cert_path, sub.join("../pki/server.crt"));
+        assert!(c.files.contains(&sub.join("../pki/ca.crt")));
+
+        // The same config one directory up cannot find its files; the error names the resolved
+        // path.
+        let e = error_at(load(&dir, &yaml), "listen.cert");
+        assert!(
+            e.message
+                .contains(&dir.path().join("../pki/server.crt").display().to_string()),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn files_are_checked() {
+        let (dir, pki) = setup();
+        let mismatched = full("").replace("pki/server.key", "pki/other.key");
+        let e = error_at(load(&dir, &mismatched), "listen.key");
+        assert!(e.message.contains("does not match"), "{}", e.message);
+
+        fs::write(
+            dir.path().join("pki/junk.pem"),
+            "-----BEGIN CERTIFICATE-----\n!!!\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("pki/empty.pem"), "nothing here\n").unwrap();
+        let yaml = full("")
+            .replace("ca: pki/ca.crt", "ca: pki/empty.pem")
+            .replace("pki/ca.crl.der", "pki/junk.pem")
+            .replace("pki/server.key", "pki/server.crt")
+            .replace("cert: pki/ci-runner.crt", "cert: pki/missing.crt");
+        let r = load(&dir, &yaml);
+        assert_eq!(
+            keys(r),
+            vec![
+                "listen.key",
+                "trust.internal.ca",
+                "trust.internal.crl[1]",
+                "trust.lab.pinned[0].cert"
+            ]
+        );
+        // Secrets never appear in errors, even when the key file is the broken one.
+        let key_body: String = pki.server_key_pem.lines().nth(1).unwrap().to_string();
+        fs::write(
+            dir.path().join("pki/bad.key"),
+            pki.server_key_pem
+                .replace("PRIVATE KEY-----\n", "PRIVATE KEY-----\n#"),
+        )
+        .unwrap();
+        let yaml = full("").replace("pki/server.key", "pki/bad.key");
+        let shown = load(&dir, &yaml).unwrap_err().to_string();
+        assert!(shown.contains("listen.key"), "{shown}");
+        assert!(!shown.contains(&key_body[..20]), "{shown}");
+    }
+
+    #[test]
+    fn trust_source_shape_errors() {
+        let (dir, _) = setup();
+        let yaml = format!(
+            "{HEAD}trust:
+  both: {{ ca: pki/ca.crt, pinned: [] }}
+  neither: {{ check_validity: true }}
+  none: {{ ca: pki/ca.crt }}
+  lab:
+    max_lifetime: 90d
+    pinned:
+      - {{ name: a, sha256: '{fp}' }}
+      - {{ name: a, sha256: '{fpc}' }}
+      - {{ name: b }}
+      - {{ name: c, sha256: '{fp}', spki_sha256: 'AAAA' }}
+      - {{ name: d, sha256: 'abc' }}
+      - {{ name: e, spki_sha256: 'AAAA' }}
+      - {{ sha256: '{fp}', review_by: 'June 1st' }}
+",
+            fp = "ab".repeat(32),
+            fpc = "AB:".repeat(31) + "AB",
+        );
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            vec![
+                "trust.both",
+                "trust.neither",
+                "trust.none",
+                "trust.lab.max_lifetime",
+                "trust.lab.pinned[1].name",
+                "trust.lab.pinned[2]",
+                "trust.lab.pinned[3]",
+                "trust.lab.pinned[4].sha256",
+                "trust.lab.pinned[5].spki_sha256",
+                "trust.lab.pinned[6].name",
+                "trust.lab.pinned[6].review_by",
+            ]
+        );
+        let missing = load(&dir, HEAD);
+        assert_eq!(keys(missing), vec!["trust"]);
+        assert_eq!(
+            keys(load(&dir, "")),
+            vec!["listen.cert", "listen.key", "trust"]
+        );
+    }
+
+    #[test]
+    fn pins_parse_with_and_without_colons() {
+        let (dir, pki) = setup();
+        let digest = pki::sha256(&pki.pinned_der);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let colons: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+        for (given, form) in [(hex.clone(), "plain"), (colons.join(":"), "colons")] {
+            let yaml = full("").replace("cert: pki/ci-runner.crt", &format!("sha256: \"{given}\""));
+            let c = load(&dir, &yaml).unwrap();
+            let TrustKind::Pinned(lab) = &c.trust[1].kind else {
+                panic!()
+            };
+            assert_eq!(lab.entries[0].pin, Pin::Sha256(digest), "{form}");
+        }
+    }
+
+    #[test]
+    fn route_errors() {
+        let (dir, _) = setup();
+        let yaml = full("").replace(
+            "routes:\n",
+            "routes:
+  - name: both
+    path: /a
+    path_prefix: /a
+    upstream: orders
+    allow: [{ authenticated: true }]
+  - name: bad-bits
+    host: 'a.*.internal'
+    methods: [get]
+    upstream: nowhere
+    allow:
+      - {}
+      - { trust: external }
+      - { pinned: nobody }
+      - { san_dns: 'a.*.b' }
+      - { cn: 'billing-*', ou: 'pay*' }
+      - { trust: internal, pinned: ci-runner }
+      - { authenticated: false }
+      - { san_ip: 10.0.0.0/8, fingerprint: 'zz' }
+  - name: both
+    path_prefix: orders
+    upstream: orders
+  - upstream: orders
+    allow: []
+",
+        );
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            vec![
+                "routes[0].path_prefix",
+                "routes[1].host",
+                "routes[1].methods[0]",
+                "routes[1].upstream",
+                "routes[1].allow[0]",
+                "routes[1].allow[1].trust",
+                "routes[1].allow[2].pinned",
+                "routes[1].allow[3].san_dns",
+                "routes[1].allow[5].pinned",
+                "routes[1].allow[6].authenticated",
+                "routes[1].allow[7].fingerprint",
+                "routes[2].name",
+                "routes[2].path_prefix",
+                "routes[2].allow",
+                "routes[3].name",
+            ]
+        );
+    }
+
+    #[test]
+    fn other_value_errors() {
+        let (dir, _) = setup();
+        let yaml = full(
+            "  address: localhost:8443
+  alpn: [h3]
+  min_tls_version: \"1.1\"
+  max_connections: 0
+forward:
+  xfcc: replace
+  xfcc_fields: [hash, issuer]
+  strip_headers: [\"bad header\"]
+admin: { address: nope }
+logging: { format: xml, level: '' }
+runtime: { worker_threads: 0, shutdown_grace: forever }",
+        )
+        .replace("http://127.0.0.1:9000", "http://127.0.0.1:9000/api");
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            vec![
+                "listen.address",
+                "listen.alpn[0]",
+                "listen.min_tls_version",
+                "listen.max_connections",
+                "upstreams.orders.url",
+                "forward.xfcc",
+                "forward.xfcc_fields[1]",
+                "forward.strip_headers[0]",
+                "admin.address",
+                "logging.format",
+                "logging.level",
+                "runtime.worker_threads",
+                "runtime.shutdown_grace",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("0s", Duration::ZERO),
+            ("10s", Duration::from_secs(10)),
+            (" 5m ", Duration::from_secs(300)),
+            ("2h", Duration::from_secs(7200)),
+            ("90d", Duration::from_secs(90 * 86_400)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_duration(s), Ok(want), "{s}");
+        }
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "10sec",
+            "1w",
+            "99999999999999999999d",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("invalid duration"), "{bad}: {e}");
+        }
+        assert!(parse_duration("10")
+            .unwrap_err()
+            .contains("ms, s, m, h or d"));
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let ok = [
+            (
+                "http://127.0.0.1:9000",
+                UpstreamScheme::Http,
+                "127.0.0.1:9000",
+            ),
+            ("http://orders", UpstreamScheme::Http, "orders:80"),
+            (
+                "h2c://grpc.internal:50051/",
+                UpstreamScheme::H2c,
+                "grpc.internal:50051",
+            ),
+            ("http://[::1]:8080", UpstreamScheme::Http, "[::1]:8080"),
+        ];
+        for (url, scheme, authority) in ok {
+            let (s, a) = build::parse_upstream_url(url).unwrap();
+            assert_eq!((s, a.as_str()), (scheme, authority), "{url}");
+        }
+        for bad in [
+            "https://x:443",
+            "ftp://x",
+            "127.0.0.1:9000",
+            "http://x/api",
+            "http://x?q=1",
+            "http://user:pw@x:80",
+            "http://:80",
+            "http://x:notaport",
+            "http://x:0",
+        ] {
+            assert!(build::parse_upstream_url(bad).is_err(), "{bad}");
+        }
+    }
 }

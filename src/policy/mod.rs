@@ -1,37 +1,55 @@
 //! Compiled routes and allow rules. [`authorize`] is a pure function of (policy, identity,
 //! normalized request) and is the only way to obtain a [`Permit`], which the forwarder requires.
+//!
+//! Patterns are parsed (and rejected) by the constructors in [`pattern`]; the config loader uses
+//! them to compile the `routes:` section, so everything here is already valid.
+#![warn(missing_docs)]
+
+pub mod pattern;
+
+use std::fmt;
 
 use crate::identity::Identity;
 
 /// All routes in config order.
 #[derive(Debug, Default)]
 pub struct Policy {
+    /// Routes; the first that fits a request decides.
     pub routes: Vec<Route>,
 }
 
+/// One compiled route.
 #[derive(Debug)]
 pub struct Route {
+    /// Unique name (also the `route` metric label).
     pub name: std::sync::Arc<str>,
+    /// `host:`; `None` = any host, also none.
     pub host: Option<HostPattern>,
+    /// `path:` / `path_prefix:`.
     pub path: PathMatch,
     /// `None` = any method.
     pub methods: Option<Vec<http::Method>>,
     /// Name of an upstream that exists in the config.
     pub upstream: std::sync::Arc<str>,
+    /// Allowed if any entry matches; empty = nobody.
     pub allow: Vec<AllowEntry>,
 }
 
 /// `host:` of a route, lower-case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
+    /// Exact, lower-case.
     Exact(String),
     /// `*.internal` stored as `internal`: exactly one extra label.
     Wildcard(String),
 }
 
+/// `path:` or `path_prefix:` of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
+    /// Neither given: every path.
     Any,
+    /// The normalized path must equal this.
     Exact(String),
     /// Segment-boundary prefix, stored without a trailing `/` (except the root `/`).
     Prefix(String),
@@ -40,29 +58,44 @@ pub enum PathMatch {
 /// One `allow` entry: all of its matchers must match.
 #[derive(Debug)]
 pub struct AllowEntry {
+    /// The keys of the entry, in SPEC 2.1 order; never empty.
     pub matchers: Vec<Matcher>,
 }
 
 /// One key of an allow entry (SPEC 2.1), compiled.
 #[derive(Debug)]
 pub enum Matcher {
+    /// `trust:` name of the admitting trust source.
     Trust(String),
+    /// `pinned:` name of the matched pinned entry.
     Pinned(String),
+    /// `subject:` full DN, exact.
     Subject(String),
+    /// `issuer:` full DN, exact.
     Issuer(String),
+    /// `cn:` any CN.
     Cn(Glob),
+    /// `o:` any O.
     O(Glob),
+    /// `ou:` any OU.
     Ou(Glob),
+    /// `san_dns:` any DNS SAN.
     SanDns(DnsPattern),
+    /// `san_uri:` any URI SAN.
     SanUri(UriPattern),
+    /// `spiffe_id:` the spiffe:// URI SAN.
     SpiffeId(UriPattern),
+    /// `san_email:` any email SAN.
     SanEmail(String),
+    /// `san_ip:` any IP SAN inside this network.
     SanIp(ipnet::IpNet),
     /// Lowercase hex, no colons.
     Fingerprint(String),
+    /// Standard base64 with padding of the SPKI SHA-256.
     Spki(String),
     /// Lowercase hex, no colons, no leading zero bytes.
     Serial(String),
+    /// `authenticated: true`: any verified client.
     Authenticated,
 }
 
@@ -73,13 +106,16 @@ pub struct Glob(pub String);
 /// Exact DNS name, or `*.suffix` = exactly one label; compared case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsPattern {
+    /// Exact name, lower-case.
     Exact(String),
+    /// `*.suffix` stored as `suffix`: exactly one label.
     Wildcard(String),
 }
 
 /// Exact URI, or a prefix ending in `/*` = strictly below the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UriPattern {
+    /// Exact URI.
     Exact(String),
     /// Stored with the trailing `/` kept (`spiffe://x/ns/` for `spiffe://x/ns/*`).
     Below(String),
@@ -88,6 +124,7 @@ pub enum UriPattern {
 /// What policy needs from a request: already normalized.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestFacts<'a> {
+    /// Request method.
     pub method: &'a http::Method,
     /// Normalized host (lower-case, no port, no trailing dot); `None` if the request had none.
     pub host: Option<&'a str>,
@@ -103,6 +140,7 @@ pub struct Permit<'p> {
 }
 
 impl<'p> Permit<'p> {
+    /// The route that allowed the request.
     pub fn route(&self) -> &'p Route {
         self.route
     }
@@ -112,16 +150,499 @@ impl<'p> Permit<'p> {
     }
 }
 
+/// Outcome of [`authorize`].
 #[derive(Debug)]
 pub enum Decision<'p> {
+    /// A route matched and an allow entry granted it.
     Allowed(Permit<'p>),
     /// A route matched but no allow entry did.
-    NotAllowed { route: &'p Route },
+    NotAllowed {
+        /// The route that matched.
+        route: &'p Route,
+    },
+    /// No route fits host, path and method (404).
     NoRoute,
 }
 
 /// First route whose host, path and method fit decides; allowed if any allow entry matches.
 pub fn authorize<'p>(policy: &'p Policy, id: &Identity, req: &RequestFacts<'_>) -> Decision<'p> {
-    let _ = (policy, id, req);
-    todo!("policy helper")
+    let Some(route) = policy.find_route(req) else {
+        return Decision::NoRoute;
+    };
+    match route.allow.iter().position(|entry| entry.matches(id)) {
+        Some(entry) => Decision::Allowed(Permit { route, entry }),
+        None => Decision::NotAllowed { route },
+    }
+}
+
+impl Policy {
+    /// The first route whose host, path and method all fit the request.
+    pub fn find_route(&self, req: &RequestFacts<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.fits(req))
+    }
+
+    /// The route with this name.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}
+
+impl Route {
+    /// Do host, path and method all fit? A route with `host` never fits a request without one.
+    pub fn fits(&self, req: &RequestFacts<'_>) -> bool {
+        self.host.as_ref().map_or(true, |h| h.matches(req.host))
+            && self.path.matches(req.path)
+            && self
+                .methods
+                .as_ref()
+                .map_or(true, |ms| ms.iter().any(|m| m == req.method))
+    }
+
+    /// One-line summary of what the route matches, e.g.
+    /// `host=orders.internal path_prefix=/orders methods=GET,HEAD`.
+    pub fn describe_match(&self) -> String {
+        let host = match &self.host {
+            Some(h) => format!("host={h}"),
+            None => "any host".to_string(),
+        };
+        let path = match &self.path {
+            PathMatch::Any => "any path".to_string(),
+            PathMatch::Exact(p) => format!("path={p}"),
+            PathMatch::Prefix(p) => format!("path_prefix={p}"),
+        };
+        let methods = match &self.methods {
+            Some(ms) => {
+                let names: Vec<&str> = ms.iter().map(|m| m.as_str()).collect();
+                format!("methods={}", names.join(","))
+            }
+            None => "any method".to_string(),
+        };
+        format!("{host} {path} {methods}")
+    }
+}
+
+impl AllowEntry {
+    /// Do all matchers match? An entry always has at least one (the loader rejects empty ones).
+    pub fn matches(&self, id: &Identity) -> bool {
+        !self.matchers.is_empty() && self.matchers.iter().all(|m| m.matches(id))
+    }
+
+    /// `trust=internal, spiffe_id=spiffe://...`: the entry as the config file spells it.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self.matchers.iter().map(|m| m.to_string()).collect();
+        parts.join(", ")
+    }
+
+    /// The keys that did not match, each as `key: want PATTERN, have VALUE`; empty = matched.
+    pub fn mismatches(&self, id: &Identity) -> Vec<String> {
+        self.matchers
+            .iter()
+            .filter(|m| !m.matches(id))
+            .map(|m| {
+                let want = m.to_string();
+                let want = want
+                    .split_once('=')
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or(want);
+                format!("{}: want {}, have {}", m.key(), want, m.actual(id))
+            })
+            .collect()
+    }
+
+    /// Which trust source this entry requires (for the access matrix): the `trust` key's value,
+    /// else the source that defines the entry's `pinned` name; `None` = any source.
+    pub fn required_trust<'a>(
+        &'a self,
+        sources: &'a [crate::config::TrustSource],
+    ) -> Option<&'a str> {
+        if let Some(t) = self.matchers.iter().find_map(Matcher::required_trust) {
+            return Some(t);
+        }
+        let pinned = self.matchers.iter().find_map(|m| match m {
+            Matcher::Pinned(p) => Some(p.as_str()),
+            _ => None,
+        })?;
+        sources.iter().find_map(|s| match &s.kind {
+            crate::config::TrustKind::Pinned(p) if p.entries.iter().any(|e| &*e.name == pinned) => {
+                Some(&*s.name)
+            }
+            _ => None,
+        })
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.describe_match())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use http::Method;
+
+    use super::*;
+    use crate::identity::CertInfo;
+
+    fn cert() -> CertInfo {
+        CertInfo {
+            subject: "CN=alice,OU=payments,O=acme".into(),
+            issuer: "CN=Dev Intermediate,O=acme".into(),
+            cn: vec!["alice".into()],
+            o: vec!["acme".into()],
+            ou: vec!["payments".into(), "risk".into()],
+            san_dns: vec!["api.billing.svc.cluster.local".into()],
+            san_uri: vec![
+                "https://acme.example/alice".into(),
+                "spiffe://dev.local/ns/default/sa/alice".into(),
+            ],
+            san_email: vec!["alice@Acme.example".into()],
+            san_ip: vec!["10.1.2.3".parse::<IpAddr>().unwrap()],
+            spiffe_id: Some("spiffe://dev.local/ns/default/sa/alice".into()),
+            fingerprint: "ab".repeat(32),
+            spki: "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".into(),
+            serial: "1a2b".into(),
+            not_before: 0,
+            not_after: 4_000_000_000,
+            chain: vec![],
+        }
+    }
+
+    fn ca_id() -> Identity {
+        Identity {
+            trust: Arc::from("internal"),
+            pinned: None,
+            cert: Arc::new(cert()),
+        }
+    }
+
+    fn pinned_id() -> Identity {
+        Identity {
+            trust: Arc::from("lab"),
+            pinned: Some(Arc::from("ci-runner")),
+            cert: Arc::new(CertInfo {
+                subject: "CN=ci-runner".into(),
+                issuer: "CN=ci-runner".into(),
+                cn: vec!["ci-runner".into()],
+                o: vec![],
+                ou: vec![],
+                san_dns: vec![],
+                san_uri: vec![],
+                san_email: vec![],
+                san_ip: vec![],
+                spiffe_id: None,
+                ..cert()
+            }),
+        }
+    }
+
+    fn entry(keys: &[(&str, &str)]) -> AllowEntry {
+        AllowEntry {
+            matchers: keys
+                .iter()
+                .map(|(k, v)| Matcher::parse(k, v).unwrap())
+                .collect(),
+        }
+    }
+
+    fn route(
+        name: &str,
+        host: Option<&str>,
+        path: PathMatch,
+        methods: Option<&[Method]>,
+        allow: Vec<AllowEntry>,
+    ) -> Route {
+        Route {
+            name: Arc::from(name),
+            host: host.map(|h| HostPattern::parse(h).unwrap()),
+            path,
+            methods: methods.map(|m| m.to_vec()),
+            upstream: Arc::from("orders"),
+            allow,
+        }
+    }
+
+    /// Routes matching on host/path/method, every one allowing `authenticated: true`.
+    fn routing_policy() -> Policy {
+        let any = || vec![entry(&[("authenticated", "true")])];
+        Policy {
+            routes: vec![
+                route(
+                    "orders-host",
+                    Some("orders.internal"),
+                    PathMatch::prefix("/orders").unwrap(),
+                    Some(&[Method::GET, Method::HEAD]),
+                    any(),
+                ),
+                route(
+                    "wild",
+                    Some("*.internal"),
+                    PathMatch::prefix("/w").unwrap(),
+                    None,
+                    any(),
+                ),
+                route(
+                    "status",
+                    None,
+                    PathMatch::exact("/status").unwrap(),
+                    None,
+                    any(),
+                ),
+                route(
+                    "orders-write",
+                    None,
+                    PathMatch::prefix("/orders").unwrap(),
+                    Some(&[Method::POST]),
+                    any(),
+                ),
+                route(
+                    "first",
+                    None,
+                    PathMatch::prefix("/dup").unwrap(),
+                    None,
+                    any(),
+                ),
+                route(
+                    "second",
+                    None,
+                    PathMatch::prefix("/dup").unwrap(),
+                    None,
+                    any(),
+                ),
+                route(
+                    "nobody",
+                    None,
+                    PathMatch::exact("/nobody").unwrap(),
+                    None,
+                    vec![],
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn routing_table() {
+        let p = routing_policy();
+        let id = ca_id();
+        // (method, host, path, expected route or None)
+        let rows: &[(Method, Option<&str>, &str, Option<&str>)] = &[
+            (
+                Method::GET,
+                Some("orders.internal"),
+                "/orders",
+                Some("orders-host"),
+            ),
+            (
+                Method::HEAD,
+                Some("orders.internal"),
+                "/orders/42",
+                Some("orders-host"),
+            ),
+            (
+                Method::GET,
+                Some("orders.internal"),
+                "/orders/",
+                Some("orders-host"),
+            ),
+            (Method::GET, Some("orders.internal"), "/ordersX", None),
+            (Method::GET, None, "/orders", None),
+            (Method::GET, Some("other.example"), "/orders", None),
+            // method mismatch falls through to later routes
+            (
+                Method::POST,
+                Some("orders.internal"),
+                "/orders",
+                Some("orders-write"),
+            ),
+            (Method::DELETE, Some("orders.internal"), "/orders", None),
+            (Method::GET, Some("a.internal"), "/w", Some("wild")),
+            (Method::GET, Some("a.b.internal"), "/w", None),
+            (Method::GET, Some("internal"), "/w", None),
+            (Method::GET, None, "/status", Some("status")),
+            (Method::GET, Some("anything"), "/status", Some("status")),
+            (Method::GET, None, "/status/x", None),
+            (Method::GET, None, "/dup/x", Some("first")),
+        ];
+        for (m, host, path, want) in rows {
+            let req = RequestFacts {
+                method: m,
+                host: *host,
+                path,
+            };
+            let got = match authorize(&p, &id, &req) {
+                Decision::Allowed(permit) => Some(permit.route().name.to_string()),
+                Decision::NotAllowed { route } => panic!("{} denied", route.name),
+                Decision::NoRoute => None,
+            };
+            assert_eq!(got.as_deref(), *want, "{m} {host:?} {path}");
+        }
+        let req = RequestFacts {
+            method: &Method::GET,
+            host: None,
+            path: "/nobody",
+        };
+        assert!(
+            matches!(authorize(&p, &id, &req), Decision::NotAllowed { route } if &*route.name == "nobody")
+        );
+    }
+
+    #[test]
+    fn matcher_table() {
+        let ca = ca_id();
+        let pin = pinned_id();
+        let fp_colons = "AB:".repeat(31) + "AB";
+        let fp_other = "cd".repeat(32);
+        // (allow entry keys, identity, expect allowed)
+        type Row<'a> = (Vec<(&'a str, &'a str)>, &'a Identity, bool);
+        let rows: Vec<Row> = vec![
+            (vec![("trust", "internal")], &ca, true),
+            (vec![("trust", "lab")], &ca, false),
+            (vec![("pinned", "ci-runner")], &pin, true),
+            (vec![("pinned", "ci-runner")], &ca, false),
+            (vec![("trust", "lab"), ("pinned", "ci-runner")], &pin, true),
+            (vec![("subject", "CN=alice,OU=payments,O=acme")], &ca, true),
+            (
+                vec![("subject", "CN=alice, OU=payments, O=acme")],
+                &ca,
+                false,
+            ),
+            (vec![("issuer", "CN=Dev Intermediate,O=acme")], &ca, true),
+            (vec![("issuer", "CN=Other,O=acme")], &ca, false),
+            (vec![("cn", "alice")], &ca, true),
+            (vec![("cn", "ali*")], &ca, true),
+            (vec![("cn", "bob")], &ca, false),
+            (vec![("o", "ac*e")], &ca, true),
+            (vec![("ou", "risk")], &ca, true),
+            (vec![("ou", "ops")], &ca, false),
+            (vec![("cn", "alice"), ("ou", "ops")], &ca, false),
+            (
+                vec![("san_dns", "API.billing.svc.cluster.local")],
+                &ca,
+                true,
+            ),
+            (vec![("san_dns", "*.billing.svc.cluster.local")], &ca, true),
+            (vec![("san_dns", "*.svc.cluster.local")], &ca, false),
+            (vec![("san_uri", "https://acme.example/alice")], &ca, true),
+            (vec![("san_uri", "https://acme.example/*")], &ca, true),
+            (
+                vec![("san_uri", "https://acme.example/alice/*")],
+                &ca,
+                false,
+            ),
+            (
+                vec![("spiffe_id", "spiffe://dev.local/ns/default/sa/alice")],
+                &ca,
+                true,
+            ),
+            (
+                vec![("spiffe_id", "spiffe://dev.local/ns/default/*")],
+                &ca,
+                true,
+            ),
+            (
+                vec![("spiffe_id", "spiffe://dev.local/ns/prod/*")],
+                &ca,
+                false,
+            ),
+            (
+                vec![("spiffe_id", "spiffe://dev.local/ns/default/sa/alice")],
+                &pin,
+                false,
+            ),
+            (vec![("san_email", "alice@acme.example")], &ca, true),
+            (vec![("san_email", "Alice@acme.example")], &ca, false),
+            (vec![("san_ip", "10.1.2.3")], &ca, true),
+            (vec![("san_ip", "10.0.0.0/8")], &ca, true),
+            (vec![("san_ip", "192.168.0.0/16")], &ca, false),
+            (vec![("fingerprint", &fp_colons)], &ca, true),
+            (vec![("fingerprint", &fp_other)], &ca, false),
+            (
+                vec![("spki", "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc")],
+                &ca,
+                true,
+            ),
+            (
+                vec![("spki", "CAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg=")],
+                &ca,
+                false,
+            ),
+            (vec![("serial", "00:1A:2B")], &ca, true),
+            (vec![("serial", "1a2c")], &ca, false),
+            (vec![("authenticated", "true")], &ca, true),
+            (vec![("authenticated", "true")], &pin, true),
+        ];
+        for (keys, id, want) in rows {
+            let p = Policy {
+                routes: vec![route("r", None, PathMatch::Any, None, vec![entry(&keys)])],
+            };
+            let req = RequestFacts {
+                method: &Method::GET,
+                host: None,
+                path: "/",
+            };
+            let allowed = matches!(authorize(&p, id, &req), Decision::Allowed(_));
+            assert_eq!(allowed, want, "{keys:?} for {}", id.cert.subject);
+            let e = entry(&keys);
+            assert_eq!(e.mismatches(id).is_empty(), want, "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn any_entry_grants_and_reports_its_index() {
+        let p = Policy {
+            routes: vec![route(
+                "r",
+                None,
+                PathMatch::Any,
+                None,
+                vec![entry(&[("cn", "bob")]), entry(&[("ou", "payments")])],
+            )],
+        };
+        let req = RequestFacts {
+            method: &Method::GET,
+            host: None,
+            path: "/x",
+        };
+        match authorize(&p, &ca_id(), &req) {
+            Decision::Allowed(permit) => assert_eq!(permit.entry_index(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explain_helpers() {
+        let e = entry(&[
+            ("trust", "internal"),
+            ("spiffe_id", "spiffe://dev.local/ns/prod/*"),
+        ]);
+        assert_eq!(
+            e.describe(),
+            "trust=internal, spiffe_id=spiffe://dev.local/ns/prod/*"
+        );
+        assert_eq!(
+            e.mismatches(&ca_id()),
+            vec![
+                "spiffe_id: want spiffe://dev.local/ns/prod/*, have spiffe://dev.local/ns/default/sa/alice"
+                    .to_string()
+            ]
+        );
+        let r = route(
+            "orders-read",
+            Some("orders.internal"),
+            PathMatch::prefix("/orders").unwrap(),
+            Some(&[Method::GET, Method::HEAD]),
+            vec![],
+        );
+        assert_eq!(
+            r.describe_match(),
+            "host=orders.internal path_prefix=/orders methods=GET,HEAD"
+        );
+        let any = route("s", None, PathMatch::Any, None, vec![]);
+        assert_eq!(any.describe_match(), "any host any path any method");
+        assert_eq!(e.required_trust(&[]), Some("internal"));
+        assert_eq!(entry(&[("cn", "x")]).required_trust(&[]), None);
+    }
 }
