@@ -28,7 +28,10 @@ pub enum DevPkiError {
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} already exists (use --force to overwrite)")]
     Exists(PathBuf),
 }
@@ -134,8 +137,10 @@ pub fn write(dir: &Path, force: bool) -> Result<Vec<PathBuf>, DevPkiError> {
     for (name, contents) in &pki.files {
         let path = dir.join(name);
         let secret = name.ends_with(".key");
-        write_file(&path, contents.as_bytes(), secret)
-            .map_err(|source| DevPkiError::Io { path: path.clone(), source })?;
+        write_file(&path, contents.as_bytes(), secret).map_err(|source| DevPkiError::Io {
+            path: path.clone(),
+            source,
+        })?;
         written.push(path);
     }
     Ok(written)
@@ -259,7 +264,11 @@ impl TestCa {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<CertificateRevocationListDer<'static>, rcgen::Error> {
-        Ok(self.crl_params(revoked, this_update, next_update)?.signed_by(&self.issuer)?.der().clone())
+        Ok(self
+            .crl_params(revoked, this_update, next_update)?
+            .signed_by(&self.issuer)?
+            .der()
+            .clone())
     }
 
     /// Like [`TestCa::crl`], PEM encoded.
@@ -269,7 +278,9 @@ impl TestCa {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String, rcgen::Error> {
-        self.crl_params(revoked, this_update, next_update)?.signed_by(&self.issuer)?.pem()
+        self.crl_params(revoked, this_update, next_update)?
+            .signed_by(&self.issuer)?
+            .pem()
     }
 
     fn crl_params(
@@ -382,13 +393,19 @@ impl LeafSpec {
         dn.push(DnType::CommonName, self.cn.as_str());
         params.distinguished_name = dn;
         for d in &self.dns {
-            params.subject_alt_names.push(SanType::DnsName(d.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(d.as_str().try_into()?));
         }
         for u in &self.uris {
-            params.subject_alt_names.push(SanType::URI(u.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::URI(u.as_str().try_into()?));
         }
         for e in &self.emails {
-            params.subject_alt_names.push(SanType::Rfc822Name(e.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::Rfc822Name(e.as_str().try_into()?));
         }
         for ip in &self.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -457,4 +474,177 @@ fn pem_cert(der: &CertificateDer<'_>) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::CertInfo;
+
+    fn file<'a>(pki: &'a DevPki, name: &str) -> &'a str {
+        &pki.files.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+        use rustls_pki_types::pem::PemObject;
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn dev_pki_matches_spec() {
+        let pki = generate().unwrap();
+        let names: Vec<_> = pki.files.iter().map(|(n, _)| *n).collect();
+        for n in [
+            "ca.crt",
+            "ca.key",
+            "intermediate.crt",
+            "intermediate.key",
+            "server.crt",
+            "server.key",
+            "alice.crt",
+            "alice.key",
+            "bob.crt",
+            "bob.key",
+            "revoked.crt",
+            "revoked.key",
+            "expired.crt",
+            "expired.key",
+            "ci-runner.crt",
+            "ci-runner.key",
+            "rogue.crt",
+            "rogue.key",
+            "ca.crl",
+            "intermediate.crl",
+        ] {
+            assert!(names.contains(&n), "{n} missing");
+        }
+        for (n, pem) in &pki.files {
+            if n.ends_with(".key") {
+                assert!(
+                    pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+                    "{n} not PKCS#8"
+                );
+            }
+        }
+        assert_eq!(certs(file(&pki, "server.crt")).len(), 2);
+        let server = CertInfo::from_chain(&certs(file(&pki, "server.crt"))).unwrap();
+        assert_eq!(server.san_dns, vec!["localhost"]);
+        assert_eq!(server.san_ip.len(), 2);
+
+        let alice = CertInfo::from_chain(&certs(file(&pki, "alice.crt"))).unwrap();
+        assert_eq!(alice.subject, "CN=alice,OU=payments");
+        assert_eq!(
+            alice.spiffe_id.as_deref(),
+            Some("spiffe://dev.local/ns/default/sa/alice")
+        );
+        let bob = CertInfo::from_chain(&certs(file(&pki, "bob.crt"))).unwrap();
+        assert_eq!(bob.subject, "CN=bob");
+        assert_eq!(
+            bob.spiffe_id.as_deref(),
+            Some("spiffe://dev.local/ns/default/sa/bob")
+        );
+        let ci = CertInfo::from_chain(&certs(file(&pki, "ci-runner.crt"))).unwrap();
+        assert_eq!(ci.subject, ci.issuer);
+        let expired = CertInfo::from_chain(&certs(file(&pki, "expired.crt"))).unwrap();
+        assert!(expired.not_after < OffsetDateTime::now_utc().unix_timestamp());
+        assert!(alice.not_after - alice.not_before >= 3650 * 86400);
+    }
+
+    #[test]
+    fn dev_pki_verifies_as_spec_says() {
+        use std::sync::Arc;
+
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateRevocationListDer, UnixTime};
+
+        use crate::config::{self, CaTrust, CrlFile, Revocation, RevocationDepth, TrustKind};
+        use crate::tls::{Outcome, TrustVerifier};
+
+        let pki = generate().unwrap();
+        let crl = |name: &str| CrlFile {
+            path: PathBuf::from(name),
+            der: CertificateRevocationListDer::from_pem_slice(file(&pki, name).as_bytes()).unwrap(),
+            issuer: String::new(),
+            issuer_raw: Vec::new(),
+            this_update: 0,
+            next_update: None,
+        };
+        let pinned_ci = sha_of(&certs(file(&pki, "ci-runner.crt"))[0]);
+        let sources = vec![
+            config::TrustSource {
+                name: Arc::from("internal"),
+                kind: TrustKind::Ca(CaTrust {
+                    ca_path: PathBuf::from("ca.crt"),
+                    anchors: certs(file(&pki, "ca.crt")),
+                    crls: vec![crl("intermediate.crl"), crl("ca.crl")],
+                    revocation: Revocation {
+                        depth: RevocationDepth::Chain,
+                        allow_unknown_status: false,
+                        allow_expired_crl: false,
+                    },
+                    max_lifetime: None,
+                }),
+            },
+            config::TrustSource {
+                name: Arc::from("lab"),
+                kind: TrustKind::Pinned(config::PinnedTrust {
+                    entries: vec![config::PinnedEntry {
+                        name: Arc::from("ci-runner"),
+                        pin: config::Pin::Sha256(pinned_ci),
+                        owner: None,
+                        purpose: None,
+                        review_by: None,
+                    }],
+                    check_validity: true,
+                    on_overdue_review: config::OverdueAction::Warn,
+                }),
+            },
+        ];
+        let v = TrustVerifier::new(&sources).unwrap();
+        let inter = certs(file(&pki, "intermediate.crt"));
+        let check = |name: &str| {
+            let leaf = certs(file(&pki, name)).remove(0);
+            v.verify(&leaf, &inter, UnixTime::now())
+        };
+        assert_eq!(&*check("alice.crt").unwrap().trust, "internal");
+        assert_eq!(&*check("bob.crt").unwrap().trust, "internal");
+        assert_eq!(
+            check("ci-runner.crt").unwrap().pinned.as_deref(),
+            Some("ci-runner")
+        );
+        assert_eq!(check("revoked.crt").unwrap_err().outcome, Outcome::Revoked);
+        assert_eq!(check("expired.crt").unwrap_err().outcome, Outcome::Expired);
+        assert_eq!(
+            check("rogue.crt").unwrap_err().outcome,
+            Outcome::PinMismatch
+        );
+    }
+
+    fn sha_of(c: &CertificateDer<'_>) -> [u8; 32] {
+        crate::identity::sha256(c.as_ref())
+    }
+
+    #[test]
+    fn write_refuses_existing_files_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs-dev");
+        let written = write(&out, false).unwrap();
+        assert_eq!(written.len(), 20);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(out.join("ca.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let before = fs::read_to_string(out.join("ca.crt")).unwrap();
+        assert!(matches!(write(&out, false), Err(DevPkiError::Exists(_))));
+        assert_eq!(fs::read_to_string(out.join("ca.crt")).unwrap(), before);
+        write(&out, true).unwrap();
+        assert_ne!(fs::read_to_string(out.join("ca.crt")).unwrap(), before);
+    }
 }

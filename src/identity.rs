@@ -305,3 +305,147 @@ fn escape_value(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+    use super::*;
+    use crate::devpki::{LeafSpec, TestCa, TestCert};
+
+    fn self_signed(dn: DistinguishedName, sans: Vec<SanType>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x00, 0x0a, 0xbc]));
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn dn_is_rfc4514_last_rdn_first_with_escaping() {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "acme");
+        dn.push(DnType::OrganizationalUnitName, "payments");
+        dn.push(DnType::CommonName, "Doe, John");
+        let der = self_signed(dn, vec![]);
+        let info = CertInfo::from_chain(&[der]).unwrap();
+        assert_eq!(info.subject, r"CN=Doe\, John,OU=payments,O=acme,C=US");
+        assert_eq!(info.issuer, info.subject);
+        assert_eq!(info.cn, vec!["Doe, John"]);
+        assert_eq!(info.o, vec!["acme"]);
+        assert_eq!(info.ou, vec!["payments"]);
+        assert_eq!(info.serial, "0abc"); // leading zero bytes dropped, not nibbles
+    }
+
+    #[test]
+    fn escaping_rules() {
+        assert_eq!(escape_value("a+b;c<d>e\"f\\g"), r#"a\+b\;c\<d\>e\"f\\g"#);
+        assert_eq!(escape_value("#x"), r"\#x");
+        assert_eq!(escape_value("x#"), "x#");
+        assert_eq!(escape_value(" x "), r"\ x\ ");
+        assert_eq!(escape_value("café"), r"caf\C3\A9");
+        assert_eq!(escape_value("a=b"), "a=b");
+    }
+
+    #[test]
+    fn other_attribute_names_and_unknown_oids() {
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 25]),
+            "example",
+        );
+        dn.push(DnType::StateOrProvinceName, "CA");
+        dn.push(DnType::LocalityName, "SF");
+        dn.push(
+            DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            rcgen::DnValue::Ia5String("a@b.c".try_into().unwrap()),
+        );
+        dn.push(DnType::CustomDnType(vec![1, 2, 3, 4]), "zz");
+        dn.push(DnType::CommonName, "x");
+        let info = CertInfo::from_chain(&[self_signed(dn, vec![])]).unwrap();
+        // 1.2.3.4 = UTF8String "zz" dumped as DER: 0c 02 7a 7a.
+        assert_eq!(
+            info.subject,
+            "CN=x,1.2.3.4=#0C027A7A,emailAddress=a@b.c,L=SF,ST=CA,DC=example"
+        );
+    }
+
+    #[test]
+    fn sans_fingerprint_spki_validity() {
+        let ca = TestCa::root("root").unwrap();
+        let mut spec = LeafSpec::client("alice");
+        spec.ou = Some("payments".into());
+        spec.dns = vec!["Alice.Example.COM".into()];
+        spec.uris = vec![
+            "https://example.com/x".into(),
+            "spiffe://dev.local/ns/default/sa/alice".into(),
+        ];
+        spec.emails = vec!["alice@example.com".into()];
+        spec.ips = vec![
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        ];
+        let cert = ca.issue(&spec).unwrap();
+        let info = CertInfo::from_chain(&cert.chain).unwrap();
+        assert_eq!(info.subject, "CN=alice,OU=payments");
+        assert_eq!(info.issuer, "CN=root,O=certguard dev");
+        assert_eq!(info.san_dns, vec!["alice.example.com"]);
+        assert_eq!(info.san_uri.len(), 2);
+        assert_eq!(
+            info.spiffe_id.as_deref(),
+            Some("spiffe://dev.local/ns/default/sa/alice")
+        );
+        assert_eq!(info.san_email, vec!["alice@example.com"]);
+        assert_eq!(info.san_ip, spec.ips);
+        assert_eq!(info.fingerprint, hex_lower(&sha256(cert.cert.as_ref())));
+        assert_eq!(info.fingerprint.len(), 64);
+        let (_, x) = x509_parser::parse_x509_certificate(cert.cert.as_ref()).unwrap();
+        assert_eq!(info.spki, BASE64.encode(sha256(x.public_key().raw)));
+        assert!(info.spki.ends_with('='));
+        assert_eq!(info.serial, hex_lower(&cert.serial));
+        assert_eq!(info.not_before, spec.not_before.unix_timestamp());
+        assert_eq!(info.not_after, spec.not_after.unix_timestamp());
+        assert_eq!(info.chain, cert.chain);
+    }
+
+    #[test]
+    fn serial_forms() {
+        assert_eq!(serial_hex(&[0, 0]), "0");
+        assert_eq!(serial_hex(&[]), "0");
+        assert_eq!(serial_hex(&[0, 0x01, 0xff]), "01ff");
+        assert_eq!(serial_hex(&[0x7f]), "7f");
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            CertInfo::from_chain(&[]),
+            Err(IdentityError::Empty)
+        ));
+        let garbage = CertificateDer::from(vec![1, 2, 3]);
+        assert!(matches!(
+            CertInfo::from_chain(&[garbage]),
+            Err(IdentityError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn identity_new_takes_admission() {
+        let c = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
+        let info = Arc::new(CertInfo::from_chain(&c.chain).unwrap());
+        let id = Identity::new(
+            crate::tls::Admission {
+                trust: "lab".into(),
+                pinned: Some("ci".into()),
+            },
+            info.clone(),
+        );
+        assert_eq!(&*id.trust, "lab");
+        assert_eq!(id.pinned.as_deref(), Some("ci"));
+        assert_eq!(id.cert, info);
+    }
+}

@@ -138,13 +138,14 @@ impl CaSource {
 
     fn check_lifetime(&self, end_entity: &CertificateDer<'_>) -> Result<Admission, Rejection> {
         if let Some(max) = self.max_lifetime {
-            let (_, x509) = x509_parser::parse_x509_certificate(end_entity.as_ref()).map_err(
-                |e| Rejection {
-                    trust: Some(self.name.clone()),
-                    outcome: Outcome::InvalidCert,
-                    detail: format!("leaf cannot be parsed: {e}"),
-                },
-            )?;
+            let (_, x509) =
+                x509_parser::parse_x509_certificate(end_entity.as_ref()).map_err(|e| {
+                    Rejection {
+                        trust: Some(self.name.clone()),
+                        outcome: Outcome::InvalidCert,
+                        detail: format!("leaf cannot be parsed: {e}"),
+                    }
+                })?;
             let v = x509.validity();
             let lifetime = v.not_after.timestamp() - v.not_before.timestamp();
             let max_secs = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);

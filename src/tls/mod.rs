@@ -12,7 +12,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{ConfigBuilder, DigitallySignedStruct, WantsVerifier, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::{
+    ConfigBuilder, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+    WantsVerifier,
+};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::config;
@@ -97,7 +100,10 @@ impl TrustVerifier {
                     built.push(Source::Ca(s));
                 }
                 config::TrustKind::Pinned(p) => {
-                    built.push(Source::Pinned(pinned::PinnedSource::new(source.name.clone(), p)));
+                    built.push(Source::Pinned(pinned::PinnedSource::new(
+                        source.name.clone(),
+                        p,
+                    )));
                 }
             }
         }
@@ -153,10 +159,7 @@ impl TrustVerifier {
         {
             return Err(r.clone());
         }
-        let has_pinned = self
-            .sources
-            .iter()
-            .any(|s| matches!(s, Source::Pinned(_)));
+        let has_pinned = self.sources.iter().any(|s| matches!(s, Source::Pinned(_)));
         let outcome = if self_signed && has_pinned {
             Outcome::PinMismatch
         } else {
@@ -355,17 +358,17 @@ static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TL
 impl ServerTls {
     /// Load the server certificate and key (checking they match) and fix the protocol
     /// versions, ALPN and session-resumption settings for this snapshot.
-    pub fn new(listen: &config::Listen, verifier: Arc<TrustVerifier>) -> Result<ServerTls, TlsError> {
+    pub fn new(
+        listen: &config::Listen,
+        verifier: Arc<TrustVerifier>,
+    ) -> Result<ServerTls, TlsError> {
         let provider = verifier.provider.clone();
         if listen.cert_chain.is_empty() {
             return Err(TlsError::ServerCert("no certificate in the chain".into()));
         }
-        let cert = CertifiedKey::from_der(
-            listen.cert_chain.clone(),
-            listen.key.clone_key(),
-            &provider,
-        )
-        .map_err(|e| TlsError::ServerCert(e.to_string()))?;
+        let cert =
+            CertifiedKey::from_der(listen.cert_chain.clone(), listen.key.clone_key(), &provider)
+                .map_err(|e| TlsError::ServerCert(e.to_string()))?;
         let versions = match listen.min_tls_version {
             config::TlsVersion::V1_2 => TLS12_AND_13,
             config::TlsVersion::V1_3 => TLS13_ONLY,
@@ -484,7 +487,11 @@ mod tests {
         }
     }
 
-    fn ca_source(name: &str, ca: &TestCa, crls: Vec<CertificateRevocationListDer<'static>>) -> TrustSource {
+    fn ca_source(
+        name: &str,
+        ca: &TestCa,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> TrustSource {
         ca_source_with(name, ca, crls, default_revocation(), None)
     }
 
@@ -525,7 +532,12 @@ mod tests {
         }
     }
 
-    fn pinned_source(name: &str, entries: Vec<PinnedEntry>, check_validity: bool, on_overdue: OverdueAction) -> TrustSource {
+    fn pinned_source(
+        name: &str,
+        entries: Vec<PinnedEntry>,
+        check_validity: bool,
+        on_overdue: OverdueAction,
+    ) -> TrustSource {
         TrustSource {
             name: name.into(),
             kind: TrustKind::Pinned(PinnedTrust {
@@ -583,17 +595,31 @@ mod tests {
     fn ca_without_crls_admits_valid_client() {
         let p = pki();
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
-        ca_admits(&v, &p.inter.issue(&LeafSpec::client("alice")).unwrap(), "internal");
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
         assert_eq!(v.root_hint_subjects().len(), 1);
     }
 
     #[test]
     fn ca_with_crls_admits_valid_client() {
         let p = pki();
-        let (a, b) = (OffsetDateTime::now_utc() - Duration::days(1), OffsetDateTime::now_utc() + Duration::days(30));
-        let crls = vec![p.root.crl(&[], a, b).unwrap(), p.inter.crl(&[], a, b).unwrap()];
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
-        ca_admits(&v, &p.inter.issue(&LeafSpec::client("alice")).unwrap(), "internal");
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
     }
 
     #[test]
@@ -621,7 +647,10 @@ mod tests {
         let impostor = TestCa::root("test root").unwrap();
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
         let c = impostor.issue(&LeafSpec::client("mallory")).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::BadSignature));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::BadSignature)
+        );
     }
 
     #[test]
@@ -631,7 +660,10 @@ mod tests {
         let mut spec = LeafSpec::client("old");
         (spec.not_before, spec.not_after) = past();
         let c = p.inter.issue(&spec).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::Expired));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::Expired)
+        );
     }
 
     #[test]
@@ -642,7 +674,10 @@ mod tests {
         spec.not_before = OffsetDateTime::now_utc() + Duration::days(1);
         spec.not_after = OffsetDateTime::now_utc() + Duration::days(30);
         let c = p.inter.issue(&spec).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::NotYetValid));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::NotYetValid)
+        );
     }
 
     #[test]
@@ -650,13 +685,19 @@ mod tests {
         let p = pki();
         let c = p.inter.issue(&LeafSpec::client("revoked")).unwrap();
         let ok = p.inter.issue(&LeafSpec::client("ok")).unwrap();
-        let (a, b) = (OffsetDateTime::now_utc() - Duration::days(1), OffsetDateTime::now_utc() + Duration::days(30));
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
         let crls = vec![
             p.root.crl(&[], a, b).unwrap(),
             p.inter.crl(&[&c.serial], a, b).unwrap(),
         ];
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::Revoked));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::Revoked)
+        );
         ca_admits(&v, &ok, "internal");
     }
 
@@ -664,15 +705,22 @@ mod tests {
     fn unknown_revocation_status_and_allow() {
         let p = pki();
         let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
-        let (a, b) = (OffsetDateTime::now_utc() - Duration::days(1), OffsetDateTime::now_utc() + Duration::days(30));
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
         // Only the root's CRL: the leaf's issuer (the intermediate) has none.
         let crls = vec![p.root.crl(&[], a, b).unwrap()];
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::UnknownRevocationStatus));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::UnknownRevocationStatus)
+        );
 
         let mut rev = default_revocation();
         rev.allow_unknown_status = true;
-        let v = TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
         ca_admits(&v, &c, "internal");
     }
 
@@ -680,14 +728,18 @@ mod tests {
     fn end_entity_depth_skips_intermediate_status() {
         let p = pki();
         let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
-        let (a, b) = (OffsetDateTime::now_utc() - Duration::days(1), OffsetDateTime::now_utc() + Duration::days(30));
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
         // Only the intermediate's CRL: with depth chain the intermediate's own status is unknown.
         let crls = vec![p.inter.crl(&[], a, b).unwrap()];
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
         assert_eq!(rejected(&v, &c).1, Outcome::UnknownRevocationStatus);
         let mut rev = default_revocation();
         rev.depth = RevocationDepth::EndEntity;
-        let v = TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
         ca_admits(&v, &c, "internal");
     }
 
@@ -696,13 +748,20 @@ mod tests {
         let p = pki();
         let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
         let (a, b) = past();
-        let crls = vec![p.root.crl(&[], a, b).unwrap(), p.inter.crl(&[], a, b).unwrap()];
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
         let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::CrlExpired));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::CrlExpired)
+        );
 
         let mut rev = default_revocation();
         rev.allow_expired_crl = true;
-        let v = TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
         ca_admits(&v, &c, "internal");
     }
 
@@ -713,7 +772,10 @@ mod tests {
         let mut spec = LeafSpec::client("server-only");
         spec.eku = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let c = p.inter.issue(&spec).unwrap();
-        assert_eq!(rejected(&v, &c), (Some("internal".into()), Outcome::InvalidUsage));
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::InvalidUsage)
+        );
         // No EKU at all is acceptable for client auth.
         spec.eku = vec![];
         ca_admits(&v, &p.inter.issue(&spec).unwrap(), "internal");
@@ -723,10 +785,19 @@ mod tests {
     fn lifetime_exceeded() {
         let p = pki();
         let max = Some(StdDuration::from_secs(90 * 86400));
-        let v = TrustVerifier::new(&[ca_source_with("internal", &p.root, vec![], default_revocation(), max)])
-            .unwrap();
+        let v = TrustVerifier::new(&[ca_source_with(
+            "internal",
+            &p.root,
+            vec![],
+            default_revocation(),
+            max,
+        )])
+        .unwrap();
         let long = p.inter.issue(&LeafSpec::client("long")).unwrap(); // 366 days
-        assert_eq!(rejected(&v, &long), (Some("internal".into()), Outcome::LifetimeExceeded));
+        assert_eq!(
+            rejected(&v, &long),
+            (Some("internal".into()), Outcome::LifetimeExceeded)
+        );
         let mut spec = LeafSpec::client("short");
         spec.not_after = spec.not_before + Duration::days(30);
         ca_admits(&v, &p.inter.issue(&spec).unwrap(), "internal");
@@ -738,7 +809,12 @@ mod tests {
         let pin = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
         let v = TrustVerifier::new(&[
             ca_source("internal", &p.root, vec![]),
-            pinned_source("lab", vec![entry("ci", cert_pin(&pin), None)], true, OverdueAction::Warn),
+            pinned_source(
+                "lab",
+                vec![entry("ci", cert_pin(&pin), None)],
+                true,
+                OverdueAction::Warn,
+            ),
         ])
         .unwrap();
         let garbage = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02, 0x03]);
@@ -775,7 +851,10 @@ mod tests {
         let a = TestCert::self_signed(&LeafSpec::client("a")).unwrap();
         let v = TrustVerifier::new(&[pinned_source(
             "lab",
-            vec![entry("first", spki_pin(&a), None), entry("second", cert_pin(&a), None)],
+            vec![
+                entry("first", spki_pin(&a), None),
+                entry("second", cert_pin(&a), None),
+            ],
             true,
             OverdueAction::Warn,
         )])
@@ -790,7 +869,12 @@ mod tests {
         let p = pki();
         let v = TrustVerifier::new(&[
             ca_source("internal", &p.root, vec![]),
-            pinned_source("lab", vec![entry("a", cert_pin(&a), None)], true, OverdueAction::Warn),
+            pinned_source(
+                "lab",
+                vec![entry("a", cert_pin(&a), None)],
+                true,
+                OverdueAction::Warn,
+            ),
         ])
         .unwrap();
         assert_eq!(rejected(&v, &rogue), (None, Outcome::PinMismatch));
@@ -806,9 +890,11 @@ mod tests {
         (spec.not_before, spec.not_after) = past();
         let old = TestCert::self_signed(&spec).unwrap();
         let entries = || vec![entry("old", cert_pin(&old), None)];
-        let v = TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)]).unwrap();
+        let v = TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)])
+            .unwrap();
         assert_eq!(rejected(&v, &old), (Some("lab".into()), Outcome::Expired));
-        let v = TrustVerifier::new(&[pinned_source("lab", entries(), false, OverdueAction::Warn)]).unwrap();
+        let v = TrustVerifier::new(&[pinned_source("lab", entries(), false, OverdueAction::Warn)])
+            .unwrap();
         assert_eq!(verify(&v, &old).unwrap().pinned.as_deref(), Some("old"));
 
         let mut spec = LeafSpec::client("future");
@@ -821,7 +907,10 @@ mod tests {
             OverdueAction::Warn,
         )])
         .unwrap();
-        assert_eq!(rejected(&v, &future), (Some("lab".into()), Outcome::NotYetValid));
+        assert_eq!(
+            rejected(&v, &future),
+            (Some("lab".into()), Outcome::NotYetValid)
+        );
     }
 
     #[test]
@@ -832,19 +921,37 @@ mod tests {
         let entries = || {
             vec![
                 entry("a", cert_pin(&a), overdue),
-                entry("fresh", Pin::Sha256([7; 32]), Some(today + Duration::days(10))),
+                entry(
+                    "fresh",
+                    Pin::Sha256([7; 32]),
+                    Some(today + Duration::days(10)),
+                ),
                 entry("due-today", Pin::Sha256([8; 32]), Some(today)),
             ]
         };
-        let warn = TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)]).unwrap();
+        let warn =
+            TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)])
+                .unwrap();
         assert_eq!(verify(&warn, &a).unwrap().pinned.as_deref(), Some("a"));
         let overdue_names = warn.overdue_pins(today);
         assert_eq!(overdue_names.len(), 1);
         assert_eq!(&*overdue_names[0].0, "lab");
-        assert_eq!(overdue_names[0].1.iter().map(|n| n.to_string()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(
+            overdue_names[0]
+                .1
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            vec!["a"]
+        );
 
-        let deny = TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Deny)]).unwrap();
-        assert_eq!(rejected(&deny, &a), (Some("lab".into()), Outcome::ReviewOverdue));
+        let deny =
+            TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Deny)])
+                .unwrap();
+        assert_eq!(
+            rejected(&deny, &a),
+            (Some("lab".into()), Outcome::ReviewOverdue)
+        );
     }
 
     #[test]
@@ -855,13 +962,29 @@ mod tests {
         let v = TrustVerifier::new(&[
             ca_source("internal", &p.root, vec![]),
             ca_source("partner", &other, vec![]),
-            pinned_source("lab", vec![entry("ci-runner", cert_pin(&ci), None)], true, OverdueAction::Warn),
+            pinned_source(
+                "lab",
+                vec![entry("ci-runner", cert_pin(&ci), None)],
+                true,
+                OverdueAction::Warn,
+            ),
         ])
         .unwrap();
-        ca_admits(&v, &p.inter.issue(&LeafSpec::client("alice")).unwrap(), "internal");
-        ca_admits(&v, &other.issue(&LeafSpec::client("bob")).unwrap(), "partner");
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
+        ca_admits(
+            &v,
+            &other.issue(&LeafSpec::client("bob")).unwrap(),
+            "partner",
+        );
         let adm = verify(&v, &ci).unwrap();
-        assert_eq!((&*adm.trust, adm.pinned.as_deref()), ("lab", Some("ci-runner")));
+        assert_eq!(
+            (&*adm.trust, adm.pinned.as_deref()),
+            ("lab", Some("ci-runner"))
+        );
         assert_eq!(v.root_hint_subjects().len(), 2);
 
         // A failure of the source that built the chain is reported with that source.
@@ -890,7 +1013,9 @@ mod tests {
         assert_eq!(
             classify_failure(
                 None,
-                Some(&rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+                Some(&rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked
+                ))
             ),
             (None, Outcome::Revoked)
         );
@@ -899,7 +1024,8 @@ mod tests {
             outcome: Outcome::LifetimeExceeded,
             detail: String::new(),
         };
-        let err = rustls::Error::InvalidCertificate(Outcome::LifetimeExceeded.to_certificate_error());
+        let err =
+            rustls::Error::InvalidCertificate(Outcome::LifetimeExceeded.to_certificate_error());
         assert_eq!(
             classify_failure(Some(Err(rej)), Some(&err)),
             (Some("internal".into()), Outcome::LifetimeExceeded)
@@ -912,11 +1038,14 @@ mod tests {
             if o == Outcome::Success {
                 continue;
             }
-            assert_eq!(Outcome::from_certificate_error(&o.to_certificate_error()), match o {
-                Outcome::PinMismatch => Outcome::UnknownIssuer,
-                Outcome::LifetimeExceeded | Outcome::ReviewOverdue => Outcome::InvalidCert,
-                o => o,
-            });
+            assert_eq!(
+                Outcome::from_certificate_error(&o.to_certificate_error()),
+                match o {
+                    Outcome::PinMismatch => Outcome::UnknownIssuer,
+                    Outcome::LifetimeExceeded | Outcome::ReviewOverdue => Outcome::InvalidCert,
+                    o => o,
+                }
+            );
         }
     }
 
@@ -954,7 +1083,9 @@ mod tests {
             Ok(HandshakeSignatureValid::assertion())
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            provider().signature_verification_algorithms.supported_schemes()
+            provider()
+                .signature_verification_algorithms
+                .supported_schemes()
         }
     }
 
@@ -991,14 +1122,21 @@ mod tests {
         }
     }
 
-    fn client_config(chain: Vec<CertificateDer<'static>>, key: &TestCert, tls12: bool) -> ClientConfig {
+    fn client_config(
+        chain: Vec<CertificateDer<'static>>,
+        key: &TestCert,
+        tls12: bool,
+    ) -> ClientConfig {
         let provider = provider();
         let signing = provider
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(key.key_der.clone_key()))
             .unwrap();
-        let versions: &[&rustls::SupportedProtocolVersion] =
-            if tls12 { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
         ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
@@ -1010,7 +1148,10 @@ mod tests {
     }
 
     /// Pump bytes both ways until both sides are done; returns the server's error, if any.
-    fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) -> Option<rustls::Error> {
+    fn handshake(
+        client: &mut ClientConnection,
+        server: &mut ServerConnection,
+    ) -> Option<rustls::Error> {
         for _ in 0..20 {
             let mut buf = Vec::new();
             while client.wants_write() {
@@ -1031,7 +1172,11 @@ mod tests {
                 // The client may fail on the server's alert; the server's error is what counts.
                 let _ = client.process_new_packets();
             }
-            if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() && !server.wants_write() {
+            if !client.is_handshaking()
+                && !server.is_handshaking()
+                && !client.wants_write()
+                && !server.wants_write()
+            {
                 return None;
             }
         }
@@ -1051,7 +1196,12 @@ mod tests {
         let ci = TestCert::self_signed(&LeafSpec::client("ci-runner")).unwrap();
         let v = TrustVerifier::new(&[
             ca_source("internal", &p.root, vec![]),
-            pinned_source("lab", vec![entry("ci-runner", cert_pin(&ci), None)], true, OverdueAction::Warn),
+            pinned_source(
+                "lab",
+                vec![entry("ci-runner", cert_pin(&ci), None)],
+                true,
+                OverdueAction::Warn,
+            ),
         ])
         .unwrap();
         let tls = ServerTls::new(&listen(&server, version), Arc::new(v)).unwrap();
@@ -1060,19 +1210,27 @@ mod tests {
 
     fn run(tls: &ServerTls, client: ClientConfig) -> (HandshakeRecord, Option<rustls::Error>) {
         let (server_config, record) = tls.for_connection();
-        assert!(server_config.session_storage.can_cache() == false);
+        assert!(!server_config.session_storage.can_cache());
         let mut server = ServerConnection::new(server_config).unwrap();
         let mut client =
-            ClientConnection::new(Arc::new(client), ServerName::try_from("localhost").unwrap()).unwrap();
+            ClientConnection::new(Arc::new(client), ServerName::try_from("localhost").unwrap())
+                .unwrap();
         let err = handshake(&mut client, &mut server);
         (record, err)
     }
 
     #[test]
     fn handshake_valid_client_is_recorded() {
-        for (version, tls12) in [(config::TlsVersion::V1_2, false), (config::TlsVersion::V1_2, true), (config::TlsVersion::V1_3, false)] {
+        for (version, tls12) in [
+            (config::TlsVersion::V1_2, false),
+            (config::TlsVersion::V1_2, true),
+            (config::TlsVersion::V1_3, false),
+        ] {
             let s = setup(version);
-            let (record, err) = run(&s.tls, client_config(s.alice.chain.clone(), &s.alice, tls12));
+            let (record, err) = run(
+                &s.tls,
+                client_config(s.alice.chain.clone(), &s.alice, tls12),
+            );
             assert!(err.is_none(), "{err:?}");
             let adm = record.get().unwrap().unwrap();
             assert_eq!((&*adm.trust, adm.pinned), ("internal", None));
@@ -1080,7 +1238,10 @@ mod tests {
             let (record, err) = run(&s.tls, client_config(s.ci.chain.clone(), &s.ci, tls12));
             assert!(err.is_none(), "{err:?}");
             let adm = record.get().unwrap().unwrap();
-            assert_eq!((&*adm.trust, adm.pinned.as_deref()), ("lab", Some("ci-runner")));
+            assert_eq!(
+                (&*adm.trust, adm.pinned.as_deref()),
+                ("lab", Some("ci-runner"))
+            );
         }
     }
 
@@ -1108,7 +1269,10 @@ mod tests {
             err,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
         );
-        assert_eq!(classify_failure(record.get(), Some(&err)), (None, Outcome::PinMismatch));
+        assert_eq!(
+            classify_failure(record.get(), Some(&err)),
+            (None, Outcome::PinMismatch)
+        );
     }
 
     #[test]
@@ -1122,7 +1286,10 @@ mod tests {
             .with_no_client_auth();
         let (record, err) = run(&s.tls, client);
         let err = err.expect("handshake must fail");
-        assert_eq!(classify_failure(record.get(), Some(&err)), (None, Outcome::NoClientCert));
+        assert_eq!(
+            classify_failure(record.get(), Some(&err)),
+            (None, Outcome::NoClientCert)
+        );
     }
 
     #[test]
@@ -1130,6 +1297,9 @@ mod tests {
         let s = setup(config::TlsVersion::V1_3);
         let (record, err) = run(&s.tls, client_config(s.alice.chain.clone(), &s.alice, true));
         let err = err.expect("handshake must fail");
-        assert_eq!(classify_failure(record.get(), Some(&err)), (None, Outcome::ProtocolError));
+        assert_eq!(
+            classify_failure(record.get(), Some(&err)),
+            (None, Outcome::ProtocolError)
+        );
     }
 }

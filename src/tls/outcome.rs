@@ -81,9 +81,7 @@ impl Outcome {
     pub fn from_certificate_error(err: &CertificateError) -> Outcome {
         #[allow(deprecated)]
         match err {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                Outcome::Expired
-            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => Outcome::Expired,
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 Outcome::NotYetValid
             }
@@ -141,9 +139,9 @@ impl Outcome {
             Outcome::Success
             | Outcome::NoClientCert
             | Outcome::Timeout
-            | Outcome::ProtocolError => CertificateError::Other(OtherError(Arc::new(
-                OutcomeError { outcome: self },
-            ))),
+            | Outcome::ProtocolError => {
+                CertificateError::Other(OtherError(Arc::new(OutcomeError { outcome: self })))
+            }
         }
     }
 }
@@ -171,7 +169,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for o in Outcome::ALL {
             assert!(seen.insert(o.as_str()), "duplicate label {o}");
-            assert!(o.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(o
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
         assert_eq!(seen.len(), 16);
     }

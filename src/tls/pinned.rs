@@ -142,7 +142,10 @@ impl PinnedSource {
                 if review_by < now_dt.date() {
                     return Err(reject(
                         Outcome::ReviewOverdue,
-                        format!("pinned entry {} was due for review on {review_by}", entry.name),
+                        format!(
+                            "pinned entry {} was due for review on {review_by}",
+                            entry.name
+                        ),
                     ));
                 }
             }
