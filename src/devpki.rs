@@ -19,6 +19,7 @@ use time::{Duration, OffsetDateTime};
 
 /// File name and PEM contents of every file in the development PKI.
 pub struct DevPki {
+    /// `(file name, PEM contents)` in the order they are written.
     pub files: Vec<(&'static str, String)>,
 }
 
@@ -351,7 +352,9 @@ pub struct LeafSpec {
     pub emails: Vec<String>,
     /// Extended key usages; empty means no EKU extension.
     pub eku: Vec<ExtendedKeyUsagePurpose>,
+    /// Start of validity.
     pub not_before: OffsetDateTime,
+    /// End of validity.
     pub not_after: OffsetDateTime,
 }
 

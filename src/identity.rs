@@ -23,13 +23,19 @@ pub struct CertInfo {
     pub subject: String,
     /// Issuer DN, same form as `subject`.
     pub issuer: String,
+    /// Subject commonName values, in certificate order.
     pub cn: Vec<String>,
+    /// Subject organizationName values.
     pub o: Vec<String>,
+    /// Subject organizationalUnitName values.
     pub ou: Vec<String>,
     /// DNS SANs, lower-cased.
     pub san_dns: Vec<String>,
+    /// URI SANs, as written in the certificate.
     pub san_uri: Vec<String>,
+    /// Email (rfc822Name) SANs.
     pub san_email: Vec<String>,
+    /// IP address SANs.
     pub san_ip: Vec<IpAddr>,
     /// The first `spiffe://` URI SAN, if any.
     pub spiffe_id: Option<String>,
@@ -54,6 +60,7 @@ pub struct Identity {
     pub trust: Arc<str>,
     /// For pinned sources, the name of the pinned entry that matched.
     pub pinned: Option<Arc<str>>,
+    /// The parsed leaf certificate.
     pub cert: Arc<CertInfo>,
 }
 

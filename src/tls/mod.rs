@@ -24,7 +24,9 @@ pub use outcome::Outcome;
 /// Which trust source (and pinned entry) admitted a client: decided by the verifier itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admission {
+    /// Name of the trust source that admitted the client.
     pub trust: Arc<str>,
+    /// For pinned sources, the name of the entry that matched.
     pub pinned: Option<Arc<str>>,
 }
 
@@ -33,6 +35,7 @@ pub struct Admission {
 pub struct Rejection {
     /// The CA source that built a chain and then failed it; `None` is the `none` label.
     pub trust: Option<Arc<str>>,
+    /// The handshake outcome label.
     pub outcome: Outcome,
     /// Human explanation for logs and `explain` (never sent to the client).
     pub detail: String,
@@ -88,6 +91,8 @@ pub struct TrustVerifier {
 
 impl TrustVerifier {
     /// Build every trust source (webpki verifiers with parsed CRLs, decoded pins) once.
+    ///
+    /// CRLs are parsed here, once per snapshot (never per connection).
     pub fn new(sources: &[config::TrustSource]) -> Result<TrustVerifier, TlsError> {
         let provider = provider();
         let mut built = Vec::with_capacity(sources.len());
@@ -1290,6 +1295,44 @@ mod tests {
             classify_failure(record.get(), Some(&err)),
             (None, Outcome::NoClientCert)
         );
+    }
+
+    #[test]
+    fn session_resumption_store_is_per_snapshot() {
+        let p = pki();
+        let server = p.inter.issue(&LeafSpec::server("localhost")).unwrap();
+        let mut l = listen(&server, config::TlsVersion::V1_2);
+        l.session_resumption = true;
+        let v = Arc::new(TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap());
+        let a = ServerTls::new(&l, v.clone()).unwrap();
+        let b = ServerTls::new(&l, v).unwrap();
+        let (a1, _) = a.for_connection();
+        let (a2, _) = a.for_connection();
+        let (b1, _) = b.for_connection();
+        assert!(a1.session_storage.can_cache());
+        assert!(a1.ticketer.enabled());
+        assert!(Arc::ptr_eq(&a1.session_storage, &a2.session_storage));
+        assert!(Arc::ptr_eq(&a1.ticketer, &a2.ticketer));
+        assert!(!Arc::ptr_eq(&a1.session_storage, &b1.session_storage));
+        assert!(!Arc::ptr_eq(&a1.ticketer, &b1.ticketer));
+        assert_eq!(
+            a1.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn server_key_mismatch_is_an_error() {
+        let p = pki();
+        let server = p.inter.issue(&LeafSpec::server("localhost")).unwrap();
+        let other = p.inter.issue(&LeafSpec::server("localhost")).unwrap();
+        let mut l = listen(&server, config::TlsVersion::V1_2);
+        l.key = Arc::new(PrivateKeyDer::Pkcs8(other.key_der.clone_key()));
+        let v = Arc::new(TrustVerifier::new(&[]).unwrap());
+        assert!(matches!(
+            ServerTls::new(&l, v),
+            Err(TlsError::ServerCert(_))
+        ));
     }
 
     #[test]
