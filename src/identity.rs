@@ -3,7 +3,15 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use std::fmt::Write as _;
+
+use aws_lc_rs::digest;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
+use x509_parser::asn1_rs::{Any, Tag, ToDer};
+use x509_parser::extensions::GeneralName;
+use x509_parser::x509::X509Name;
 
 /// Fields of a client certificate that policy, XFCC, logs and the inventory use.
 ///
@@ -15,13 +23,19 @@ pub struct CertInfo {
     pub subject: String,
     /// Issuer DN, same form as `subject`.
     pub issuer: String,
+    /// Subject commonName values, in certificate order.
     pub cn: Vec<String>,
+    /// Subject organizationName values.
     pub o: Vec<String>,
+    /// Subject organizationalUnitName values.
     pub ou: Vec<String>,
     /// DNS SANs, lower-cased.
     pub san_dns: Vec<String>,
+    /// URI SANs, as written in the certificate.
     pub san_uri: Vec<String>,
+    /// Email (rfc822Name) SANs.
     pub san_email: Vec<String>,
+    /// IP address SANs.
     pub san_ip: Vec<IpAddr>,
     /// The first `spiffe://` URI SAN, if any.
     pub spiffe_id: Option<String>,
@@ -46,6 +60,7 @@ pub struct Identity {
     pub trust: Arc<str>,
     /// For pinned sources, the name of the pinned entry that matched.
     pub pinned: Option<Arc<str>>,
+    /// The parsed leaf certificate.
     pub cert: Arc<CertInfo>,
 }
 
@@ -56,4 +71,388 @@ pub enum IdentityError {
     Empty,
     #[error("certificate cannot be parsed: {0}")]
     Parse(String),
+}
+
+impl CertInfo {
+    /// Parse the leaf (first element of `chain`) into the fields policy and logs use.
+    ///
+    /// The chain is copied as presented; only the leaf is parsed.
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Result<CertInfo, IdentityError> {
+        let leaf = chain.first().ok_or(IdentityError::Empty)?;
+        let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| IdentityError::Parse(e.to_string()))?;
+
+        let subject = name_to_rfc4514(x509.subject());
+        let issuer = name_to_rfc4514(x509.issuer());
+        let cn = attr_strings(x509.subject(), OID_CN);
+        let o = attr_strings(x509.subject(), OID_O);
+        let ou = attr_strings(x509.subject(), OID_OU);
+
+        let mut san_dns = Vec::new();
+        let mut san_uri = Vec::new();
+        let mut san_email = Vec::new();
+        let mut san_ip = Vec::new();
+        let san = x509
+            .subject_alternative_name()
+            .map_err(|e| IdentityError::Parse(e.to_string()))?;
+        if let Some(san) = san {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => san_dns.push(d.to_ascii_lowercase()),
+                    GeneralName::URI(u) => san_uri.push((*u).to_string()),
+                    GeneralName::RFC822Name(e) => san_email.push((*e).to_string()),
+                    GeneralName::IPAddress(bytes) => {
+                        if let Some(ip) = ip_from_bytes(bytes) {
+                            san_ip.push(ip);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let spiffe_id = san_uri.iter().find(|u| u.starts_with("spiffe://")).cloned();
+
+        Ok(CertInfo {
+            subject,
+            issuer,
+            cn,
+            o,
+            ou,
+            san_dns,
+            san_uri,
+            san_email,
+            san_ip,
+            spiffe_id,
+            fingerprint: hex_lower(&sha256(leaf.as_ref())),
+            spki: BASE64.encode(sha256(x509.public_key().raw)),
+            serial: serial_hex(x509.raw_serial()),
+            not_before: x509.validity().not_before.timestamp(),
+            not_after: x509.validity().not_after.timestamp(),
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+        })
+    }
+}
+
+impl Identity {
+    /// Combine the verifier's admission with the parsed leaf.
+    pub fn new(admission: crate::tls::Admission, cert: Arc<CertInfo>) -> Identity {
+        Identity {
+            trust: admission.trust,
+            pinned: admission.pinned,
+            cert,
+        }
+    }
+}
+
+const OID_CN: &str = "2.5.4.3";
+const OID_O: &str = "2.5.4.10";
+const OID_OU: &str = "2.5.4.11";
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Lowercase hex without separators.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Serial number bytes as lowercase hex without leading zero bytes (`"0"` for zero).
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    if start == raw.len() {
+        "0".to_string()
+    } else {
+        hex_lower(&raw[start..])
+    }
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn attr_strings(name: &X509Name<'_>, oid: &str) -> Vec<String> {
+    name.iter_attributes()
+        .filter(|a| a.attr_type().to_id_string() == oid)
+        .filter_map(|a| attr_text(a.attr_value()))
+        .collect()
+}
+
+/// OpenSSL's short name for an attribute type (what `-nameopt RFC2253` prints).
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "title",
+        "2.5.4.13" => "description",
+        "2.5.4.15" => "businessCategory",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.41" => "name",
+        "2.5.4.42" => "GN",
+        "2.5.4.43" => "initials",
+        "2.5.4.44" => "generationQualifier",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "2.5.4.97" => "organizationIdentifier",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
+        _ => return None,
+    })
+}
+
+/// The value of a string-typed attribute as UTF-8, or `None` for non-string types.
+fn attr_text(value: &Any<'_>) -> Option<String> {
+    match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString => std::str::from_utf8(value.data).ok().map(str::to_string),
+        // T61String: OpenSSL treats the bytes as Latin-1.
+        Tag::T61String => Some(value.data.iter().map(|b| char::from(*b)).collect()),
+        Tag::BmpString => {
+            if value.data.len() % 2 != 0 {
+                return None;
+            }
+            let units: Vec<u16> = value
+                .data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        Tag::UniversalString => {
+            if value.data.len() % 4 != 0 {
+                return None;
+            }
+            value
+                .data
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+/// Format a Name the way `openssl x509 -nameopt RFC2253` does: RDNs in reverse order joined
+/// by `,`, multi-valued RDNs joined by `+`, RFC 4514 escaping, bytes outside printable ASCII
+/// as `\XX`, unknown attribute types as dotted OIDs with a `#`-hex DER value.
+pub fn name_to_rfc4514(name: &X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let oid = atv.attr_type().to_id_string();
+                    let value = atv.attr_value();
+                    match (short_name(&oid), attr_text(value)) {
+                        (Some(sn), Some(text)) => format!("{sn}={}", escape_value(&text)),
+                        (sn, _) => {
+                            let key = sn.map(str::to_string).unwrap_or(oid);
+                            let der = value.to_der_vec().unwrap_or_default();
+                            format!("{key}=#{}", hex_upper(&der))
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02X}");
+    }
+    s
+}
+
+/// RFC 4514 escaping as OpenSSL's `ASN1_STRFLGS_RFC2253` applies it.
+fn escape_value(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let last = bytes.len().saturating_sub(1);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            b'#' if i == 0 => out.push_str("\\#"),
+            b' ' if i == 0 || i == last => out.push_str("\\ "),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => {
+                let _ = write!(out, "\\{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+    use super::*;
+    use crate::devpki::{LeafSpec, TestCa, TestCert};
+
+    fn self_signed(dn: DistinguishedName, sans: Vec<SanType>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x00, 0x0a, 0xbc]));
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn dn_is_rfc4514_last_rdn_first_with_escaping() {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "acme");
+        dn.push(DnType::OrganizationalUnitName, "payments");
+        dn.push(DnType::CommonName, "Doe, John");
+        let der = self_signed(dn, vec![]);
+        let info = CertInfo::from_chain(&[der]).unwrap();
+        assert_eq!(info.subject, r"CN=Doe\, John,OU=payments,O=acme,C=US");
+        assert_eq!(info.issuer, info.subject);
+        assert_eq!(info.cn, vec!["Doe, John"]);
+        assert_eq!(info.o, vec!["acme"]);
+        assert_eq!(info.ou, vec!["payments"]);
+        assert_eq!(info.serial, "0abc"); // leading zero bytes dropped, not nibbles
+    }
+
+    #[test]
+    fn escaping_rules() {
+        assert_eq!(escape_value("a+b;c<d>e\"f\\g"), r#"a\+b\;c\<d\>e\"f\\g"#);
+        assert_eq!(escape_value("#x"), r"\#x");
+        assert_eq!(escape_value("x#"), "x#");
+        assert_eq!(escape_value(" x "), r"\ x\ ");
+        assert_eq!(escape_value("café"), r"caf\C3\A9");
+        assert_eq!(escape_value("a=b"), "a=b");
+    }
+
+    #[test]
+    fn other_attribute_names_and_unknown_oids() {
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 25]),
+            "example",
+        );
+        dn.push(DnType::StateOrProvinceName, "CA");
+        dn.push(DnType::LocalityName, "SF");
+        dn.push(
+            DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            rcgen::DnValue::Ia5String("a@b.c".try_into().unwrap()),
+        );
+        dn.push(DnType::CustomDnType(vec![1, 2, 3, 4]), "zz");
+        dn.push(DnType::CommonName, "x");
+        let info = CertInfo::from_chain(&[self_signed(dn, vec![])]).unwrap();
+        // 1.2.3.4 = UTF8String "zz" dumped as DER: 0c 02 7a 7a.
+        assert_eq!(
+            info.subject,
+            "CN=x,1.2.3.4=#0C027A7A,emailAddress=a@b.c,L=SF,ST=CA,DC=example"
+        );
+    }
+
+    #[test]
+    fn sans_fingerprint_spki_validity() {
+        let ca = TestCa::root("root").unwrap();
+        let mut spec = LeafSpec::client("alice");
+        spec.ou = Some("payments".into());
+        spec.dns = vec!["Alice.Example.COM".into()];
+        spec.uris = vec![
+            "https://example.com/x".into(),
+            "spiffe://dev.local/ns/default/sa/alice".into(),
+        ];
+        spec.emails = vec!["alice@example.com".into()];
+        spec.ips = vec![
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        ];
+        let cert = ca.issue(&spec).unwrap();
+        let info = CertInfo::from_chain(&cert.chain).unwrap();
+        assert_eq!(info.subject, "CN=alice,OU=payments");
+        assert_eq!(info.issuer, "CN=root,O=certguard dev");
+        assert_eq!(info.san_dns, vec!["alice.example.com"]);
+        assert_eq!(info.san_uri.len(), 2);
+        assert_eq!(
+            info.spiffe_id.as_deref(),
+            Some("spiffe://dev.local/ns/default/sa/alice")
+        );
+        assert_eq!(info.san_email, vec!["alice@example.com"]);
+        assert_eq!(info.san_ip, spec.ips);
+        assert_eq!(info.fingerprint, hex_lower(&sha256(cert.cert.as_ref())));
+        assert_eq!(info.fingerprint.len(), 64);
+        let (_, x) = x509_parser::parse_x509_certificate(cert.cert.as_ref()).unwrap();
+        assert_eq!(info.spki, BASE64.encode(sha256(x.public_key().raw)));
+        assert!(info.spki.ends_with('='));
+        assert_eq!(info.serial, hex_lower(&cert.serial));
+        assert_eq!(info.not_before, spec.not_before.unix_timestamp());
+        assert_eq!(info.not_after, spec.not_after.unix_timestamp());
+        assert_eq!(info.chain, cert.chain);
+    }
+
+    #[test]
+    fn serial_forms() {
+        assert_eq!(serial_hex(&[0, 0]), "0");
+        assert_eq!(serial_hex(&[]), "0");
+        assert_eq!(serial_hex(&[0, 0x01, 0xff]), "01ff");
+        assert_eq!(serial_hex(&[0x7f]), "7f");
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            CertInfo::from_chain(&[]),
+            Err(IdentityError::Empty)
+        ));
+        let garbage = CertificateDer::from(vec![1, 2, 3]);
+        assert!(matches!(
+            CertInfo::from_chain(&[garbage]),
+            Err(IdentityError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn identity_new_takes_admission() {
+        let c = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
+        let info = Arc::new(CertInfo::from_chain(&c.chain).unwrap());
+        let id = Identity::new(
+            crate::tls::Admission {
+                trust: "lab".into(),
+                pinned: Some("ci".into()),
+            },
+            info.clone(),
+        );
+        assert_eq!(&*id.trust, "lab");
+        assert_eq!(id.pinned.as_deref(), Some("ci"));
+        assert_eq!(id.cert, info);
+    }
 }

@@ -1,1 +1,202 @@
 //! CA trust sources: `WebPkiClientVerifier` with CRLs, revocation settings and `max_lifetime`.
+//!
+//! Revocation: rustls only builds webpki `RevocationOptions` when at least one CRL is
+//! configured, so a CA source with no CRLs performs no revocation check at all and
+//! `unknown_status: deny` has no effect on it (valid clients are admitted). With CRLs, a
+//! certificate whose issuer has no matching CRL is `unknown_revocation_status` unless
+//! `unknown_status: allow`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DistinguishedName, RootCertStore};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::{Admission, Outcome, Rejection, TlsError};
+use crate::config::{CaTrust, RevocationDepth};
+
+/// How many issuers to follow when deciding whether a presented chain reaches an anchor.
+const MAX_CHAIN_WALK: usize = 8;
+
+/// One CA trust source, built once per snapshot.
+#[derive(Debug)]
+pub struct CaSource {
+    name: Arc<str>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// Raw DER subjects of the anchors, for attributing failures to this source.
+    anchor_subjects: Vec<Vec<u8>>,
+    hints: Vec<DistinguishedName>,
+    max_lifetime: Option<Duration>,
+}
+
+impl CaSource {
+    /// Build the webpki verifier for `ca` (anchors, CRLs, revocation settings).
+    pub fn new(
+        name: Arc<str>,
+        ca: &CaTrust,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<CaSource, TlsError> {
+        let err = |reason: String| TlsError::Trust {
+            name: name.to_string(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        let mut anchor_subjects = Vec::with_capacity(ca.anchors.len());
+        for (i, anchor) in ca.anchors.iter().enumerate() {
+            roots
+                .add(anchor.clone())
+                .map_err(|e| err(format!("CA certificate #{}: {e}", i + 1)))?;
+            let (_, x509) = x509_parser::parse_x509_certificate(anchor.as_ref())
+                .map_err(|e| err(format!("CA certificate #{}: {e}", i + 1)))?;
+            anchor_subjects.push(x509.subject().as_raw().to_vec());
+        }
+        let hints = roots.subjects();
+
+        let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(ca.crls.iter().map(|c| c.der.clone()));
+        if ca.revocation.depth == RevocationDepth::EndEntity {
+            builder = builder.only_check_end_entity_revocation();
+        }
+        if ca.revocation.allow_unknown_status {
+            builder = builder.allow_unknown_revocation_status();
+        }
+        if !ca.revocation.allow_expired_crl {
+            builder = builder.enforce_revocation_expiration();
+        }
+        let verifier = builder.build().map_err(|e| err(e.to_string()))?;
+        Ok(CaSource {
+            name,
+            verifier,
+            anchor_subjects,
+            hints,
+            max_lifetime: ca.max_lifetime,
+        })
+    }
+
+    /// The source's name from the config.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Subjects of this source's anchors, for the CertificateRequest.
+    pub fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    /// Verify a presented chain against this source.
+    ///
+    /// A rejection carries `trust = Some(name)` only when the presented certificates lead to
+    /// one of this source's anchors (the chain was built, then failed); otherwise `None`, and
+    /// the outcome is `unknown_issuer` (or `invalid_cert` for an unparsable certificate).
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Admission, Rejection> {
+        match self
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(_) => self.check_lifetime(end_entity),
+            Err(e) => {
+                let outcome = Outcome::from_rustls_error(&e);
+                let detail = format!("{e}");
+                if outcome == Outcome::InvalidCert
+                    && matches!(
+                        e,
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+                    )
+                {
+                    return Err(Rejection {
+                        trust: None,
+                        outcome,
+                        detail,
+                    });
+                }
+                if outcome != Outcome::UnknownIssuer
+                    && self.reaches_anchor(end_entity, intermediates)
+                {
+                    Err(Rejection {
+                        trust: Some(self.name.clone()),
+                        outcome,
+                        detail,
+                    })
+                } else {
+                    Err(Rejection {
+                        trust: None,
+                        outcome: Outcome::UnknownIssuer,
+                        detail: format!("no chain to an anchor of {}: {detail}", self.name),
+                    })
+                }
+            }
+        }
+    }
+
+    fn check_lifetime(&self, end_entity: &CertificateDer<'_>) -> Result<Admission, Rejection> {
+        if let Some(max) = self.max_lifetime {
+            let (_, x509) =
+                x509_parser::parse_x509_certificate(end_entity.as_ref()).map_err(|e| {
+                    Rejection {
+                        trust: Some(self.name.clone()),
+                        outcome: Outcome::InvalidCert,
+                        detail: format!("leaf cannot be parsed: {e}"),
+                    }
+                })?;
+            let v = x509.validity();
+            let lifetime = v.not_after.timestamp() - v.not_before.timestamp();
+            let max_secs = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+            if lifetime > max_secs {
+                return Err(Rejection {
+                    trust: Some(self.name.clone()),
+                    outcome: Outcome::LifetimeExceeded,
+                    detail: format!(
+                        "certificate lifetime {lifetime}s exceeds max_lifetime {max_secs}s"
+                    ),
+                });
+            }
+        }
+        Ok(Admission {
+            trust: self.name.clone(),
+            pinned: None,
+        })
+    }
+
+    /// Whether the issuer names of the presented certificates lead to one of our anchors.
+    ///
+    /// Used only to attribute a failure webpki reported for reasons other than an unknown
+    /// issuer (webpki checks the leaf's dates and EKU before it looks for an issuer, so an
+    /// expired certificate from an unrelated CA must not count as this source's failure).
+    /// Never used to admit anything.
+    fn reaches_anchor(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> bool {
+        let Ok((_, leaf)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+            return false;
+        };
+        let parsed: Vec<_> = intermediates
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+            .map(|(_, c)| c)
+            .collect();
+        let mut issuer = leaf.issuer().as_raw();
+        for _ in 0..MAX_CHAIN_WALK {
+            if self.anchor_subjects.iter().any(|s| s.as_slice() == issuer) {
+                return true;
+            }
+            let next = parsed.iter().find(|c| {
+                c.subject().as_raw() == issuer && c.issuer().as_raw() != c.subject().as_raw()
+            });
+            match next {
+                Some(c) => issuer = c.issuer().as_raw(),
+                None => return false,
+            }
+        }
+        false
+    }
+}

@@ -1,6 +1,9 @@
 //! The closed set of handshake outcomes (SPEC section 6), shared by logs and metrics.
 
 use std::fmt;
+use std::sync::Arc;
+
+use rustls::{CertificateError, OtherError};
 
 /// Result of one TLS handshake, as counted by `certguard_tls_handshakes_total{outcome}`.
 ///
@@ -70,6 +73,87 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Classify a certificate error by its variant (never by its text).
+    ///
+    /// Errors our own verifiers wrap in [`CertificateError::Other`] carry their outcome and
+    /// are unwrapped here; other `Other` errors are `invalid_cert`.
+    pub fn from_certificate_error(err: &CertificateError) -> Outcome {
+        #[allow(deprecated)]
+        match err {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => Outcome::Expired,
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                Outcome::NotYetValid
+            }
+            CertificateError::Revoked => Outcome::Revoked,
+            CertificateError::UnknownIssuer => Outcome::UnknownIssuer,
+            CertificateError::UnknownRevocationStatus => Outcome::UnknownRevocationStatus,
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => Outcome::CrlExpired,
+            CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithm
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                Outcome::BadSignature
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                Outcome::InvalidUsage
+            }
+            CertificateError::Other(other) => match other.0.downcast_ref::<OutcomeError>() {
+                Some(e) => e.outcome,
+                None => Outcome::InvalidCert,
+            },
+            _ => Outcome::InvalidCert,
+        }
+    }
+
+    /// Classify a rustls error from a failed handshake by its variant.
+    ///
+    /// A CRL that cannot be used (bad signature, unsupported feature) leaves the revocation
+    /// status undetermined: `unknown_revocation_status`.
+    pub fn from_rustls_error(err: &rustls::Error) -> Outcome {
+        match err {
+            rustls::Error::NoCertificatesPresented => Outcome::NoClientCert,
+            rustls::Error::InvalidCertificate(e) => Outcome::from_certificate_error(e),
+            rustls::Error::InvalidCertRevocationList(_) => Outcome::UnknownRevocationStatus,
+            _ => Outcome::ProtocolError,
+        }
+    }
+
+    /// The standard certificate error whose TLS alert best describes this outcome, used when
+    /// our verifier rejects a client.
+    pub fn to_certificate_error(self) -> CertificateError {
+        match self {
+            Outcome::Expired => CertificateError::Expired,
+            Outcome::NotYetValid => CertificateError::NotValidYet,
+            Outcome::Revoked => CertificateError::Revoked,
+            Outcome::UnknownIssuer | Outcome::PinMismatch => CertificateError::UnknownIssuer,
+            Outcome::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+            Outcome::CrlExpired => CertificateError::ExpiredRevocationList,
+            Outcome::BadSignature => CertificateError::BadSignature,
+            Outcome::InvalidUsage => CertificateError::InvalidPurpose,
+            Outcome::LifetimeExceeded | Outcome::ReviewOverdue => {
+                CertificateError::ApplicationVerificationFailure
+            }
+            Outcome::InvalidCert => CertificateError::BadEncoding,
+            Outcome::Success
+            | Outcome::NoClientCert
+            | Outcome::Timeout
+            | Outcome::ProtocolError => {
+                CertificateError::Other(OtherError(Arc::new(OutcomeError { outcome: self })))
+            }
+        }
+    }
+}
+
+/// An outcome carried inside [`CertificateError::Other`] by our own verifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("client certificate rejected: {outcome}")]
+pub struct OutcomeError {
+    /// Why the certificate was rejected.
+    pub outcome: Outcome,
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -85,7 +169,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for o in Outcome::ALL {
             assert!(seen.insert(o.as_str()), "duplicate label {o}");
-            assert!(o.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(o
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
         assert_eq!(seen.len(), 16);
     }

@@ -1,1 +1,158 @@
 //! Pinned trust sources: our own verifier over SHA-256 certificate or SPKI pins.
+//!
+//! Pins are compared in constant time. The handshake signature is still verified by rustls
+//! (see the recording verifier in `mod.rs`), so a client must hold the pinned key.
+
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use subtle::ConstantTimeEq;
+
+use super::{Admission, Outcome, Rejection};
+use crate::config::{OverdueAction, Pin, PinnedTrust};
+use crate::identity::sha256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PinKind {
+    Cert,
+    Spki,
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: Arc<str>,
+    kind: PinKind,
+    hash: [u8; 32],
+    review_by: Option<time::Date>,
+}
+
+/// One pinned trust source, built once per snapshot.
+#[derive(Debug)]
+pub struct PinnedSource {
+    name: Arc<str>,
+    entries: Vec<Entry>,
+    check_validity: bool,
+    on_overdue_review: OverdueAction,
+}
+
+impl PinnedSource {
+    /// Build from the typed config (pins are already decoded there).
+    pub fn new(name: Arc<str>, pinned: &PinnedTrust) -> PinnedSource {
+        let entries = pinned
+            .entries
+            .iter()
+            .map(|e| {
+                let (kind, hash) = match &e.pin {
+                    Pin::Cert { sha256, .. } => (PinKind::Cert, *sha256),
+                    Pin::Sha256(h) => (PinKind::Cert, *h),
+                    Pin::Spki(h) => (PinKind::Spki, *h),
+                };
+                Entry {
+                    name: e.name.clone(),
+                    kind,
+                    hash,
+                    review_by: e.review_by,
+                }
+            })
+            .collect();
+        PinnedSource {
+            name,
+            entries,
+            check_validity: pinned.check_validity,
+            on_overdue_review: pinned.on_overdue_review,
+        }
+    }
+
+    /// The source's name from the config.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Names of the entries whose `review_by` date is before `today`, in config order.
+    pub fn overdue_entries(&self, today: time::Date) -> Vec<Arc<str>> {
+        self.entries
+            .iter()
+            .filter(|e| e.review_by.is_some_and(|d| d < today))
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// Check the leaf against the pins. A rejection carries `trust = Some(name)` when an entry
+    /// matched and then failed (dates, overdue review); `pin_mismatch` has `trust = None`.
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Result<Admission, Rejection> {
+        let (_, x509) =
+            x509_parser::parse_x509_certificate(end_entity.as_ref()).map_err(|e| Rejection {
+                trust: None,
+                outcome: Outcome::InvalidCert,
+                detail: format!("certificate cannot be parsed: {e}"),
+            })?;
+        let cert_hash = sha256(end_entity.as_ref());
+        let spki_hash = sha256(x509.public_key().raw);
+
+        // Compare against every entry so timing does not reveal which entry matched.
+        let mut matched: Option<&Entry> = None;
+        for entry in &self.entries {
+            let candidate = match entry.kind {
+                PinKind::Cert => &cert_hash,
+                PinKind::Spki => &spki_hash,
+            };
+            let eq: bool = entry.hash.ct_eq(candidate).into();
+            if eq && matched.is_none() {
+                matched = Some(entry);
+            }
+        }
+        let Some(entry) = matched else {
+            return Err(Rejection {
+                trust: None,
+                outcome: Outcome::PinMismatch,
+                detail: format!("certificate matches no pin of {}", self.name),
+            });
+        };
+        let reject = |outcome: Outcome, detail: String| Rejection {
+            trust: Some(self.name.clone()),
+            outcome,
+            detail,
+        };
+
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if self.check_validity {
+            let v = x509.validity();
+            if now_secs < v.not_before.timestamp() {
+                return Err(reject(
+                    Outcome::NotYetValid,
+                    format!("pinned certificate {} is not valid yet", entry.name),
+                ));
+            }
+            if now_secs > v.not_after.timestamp() {
+                return Err(reject(
+                    Outcome::Expired,
+                    format!("pinned certificate {} has expired", entry.name),
+                ));
+            }
+        }
+        if self.on_overdue_review == OverdueAction::Deny {
+            if let (Some(review_by), Ok(now_dt)) = (
+                entry.review_by,
+                time::OffsetDateTime::from_unix_timestamp(now_secs),
+            ) {
+                if review_by < now_dt.date() {
+                    return Err(reject(
+                        Outcome::ReviewOverdue,
+                        format!(
+                            "pinned entry {} was due for review on {review_by}",
+                            entry.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Admission {
+            trust: self.name.clone(),
+            pinned: Some(entry.name.clone()),
+        })
+    }
+}
