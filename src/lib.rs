@@ -22,7 +22,6 @@ pub mod report;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
-pub mod stubs;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
