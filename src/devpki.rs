@@ -90,7 +90,10 @@ pub fn generate() -> Result<DevPki, DevPkiError> {
     let ca_crl = root.crl_pem(&[], not_before, not_after)?;
     let inter_crl = inter.crl_pem(&[&revoked.serial], not_before, not_after)?;
 
-    let server_chain = format!("{}{}", server.cert_pem, inter.cert_pem);
+    // CA-issued leaves are written with the intermediate after them, so that clients such as
+    // curl (`--cert alice.crt`) present the whole chain: the trust anchor is the root alone.
+    let with_chain = |leaf: &TestCert| format!("{}{}", leaf.cert_pem, inter.cert_pem);
+    let server_chain = with_chain(&server);
     let files = vec![
         ("ca.crt", root.cert_pem.clone()),
         ("ca.key", root.key_pem()),
@@ -98,13 +101,13 @@ pub fn generate() -> Result<DevPki, DevPkiError> {
         ("intermediate.key", inter.key_pem()),
         ("server.crt", server_chain),
         ("server.key", server.key_pem.clone()),
-        ("alice.crt", alice.cert_pem.clone()),
+        ("alice.crt", with_chain(&alice)),
         ("alice.key", alice.key_pem.clone()),
-        ("bob.crt", bob.cert_pem.clone()),
+        ("bob.crt", with_chain(&bob)),
         ("bob.key", bob.key_pem.clone()),
-        ("revoked.crt", revoked.cert_pem.clone()),
+        ("revoked.crt", with_chain(&revoked)),
         ("revoked.key", revoked.key_pem.clone()),
-        ("expired.crt", expired.cert_pem.clone()),
+        ("expired.crt", with_chain(&expired)),
         ("expired.key", expired.key_pem.clone()),
         ("ci-runner.crt", ci.cert_pem.clone()),
         ("ci-runner.key", ci.key_pem.clone()),

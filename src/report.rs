@@ -119,12 +119,15 @@ pub fn check(config: &Config) -> Result<String, String> {
             TrustKind::Ca(ca) => {
                 let _ = writeln!(
                     s,
-                    "  {} (CA): {} anchor(s) from {}, {} CRL(s), revocation depth={:?} unknown_status={} expired_crl={}{}",
+                    "  {} (CA): {} anchor(s) from {}, {} CRL(s), revocation depth={} unknown_status={} expired_crl={}{}",
                     source.name,
                     ca.anchors.len(),
                     ca.ca_path.display(),
                     ca.crls.len(),
-                    ca.revocation.depth,
+                    match ca.revocation.depth {
+                        RevocationDepth::Chain => "chain",
+                        RevocationDepth::EndEntity => "end_entity",
+                    },
                     if ca.revocation.allow_unknown_status { "allow" } else { "deny" },
                     if ca.revocation.allow_expired_crl { "allow" } else { "deny" },
                     ca.max_lifetime.map(|d| format!(", max_lifetime={}d", d.as_secs() / 86_400)).unwrap_or_default(),
@@ -142,12 +145,15 @@ pub fn check(config: &Config) -> Result<String, String> {
             TrustKind::Pinned(p) => {
                 let _ = writeln!(
                     s,
-                    "  {} (pinned): {} entr{}, check_validity={}, on_overdue_review={:?}",
+                    "  {} (pinned): {} entr{}, check_validity={}, on_overdue_review={}",
                     source.name,
                     p.entries.len(),
                     if p.entries.len() == 1 { "y" } else { "ies" },
                     p.check_validity,
-                    p.on_overdue_review
+                    match p.on_overdue_review {
+                        crate::config::OverdueAction::Warn => "warn",
+                        crate::config::OverdueAction::Deny => "deny",
+                    }
                 );
                 for e in &p.entries {
                     let pin = match &e.pin {
