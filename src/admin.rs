@@ -1,8 +1,22 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/identities` over plain HTTP.
+//!
+//! Plain HTTP/1.1, meant for loopback or a pod-internal port. Every endpoint is a cheap read of
+//! shared state; nothing here can change the proxy's behaviour.
 
-use std::sync::atomic::AtomicBool;
+use std::convert::Infallible;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::inventory::Inventory;
@@ -10,18 +24,305 @@ use crate::metrics::Metrics;
 
 /// Shared state the admin endpoints read.
 pub struct AdminState {
+    /// Rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Rendered at `/identities`.
     pub inventory: Arc<Inventory>,
     /// True while the listener is bound, a snapshot is active and we are not draining.
     pub ready: Arc<AtomicBool>,
 }
 
+/// Prometheus text exposition format, version 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+const JSON_CONTENT_TYPE: &str = "application/json";
+/// Bounds how long a client may take to send a request head (slowloris on the admin port).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `shutdown`, how long open admin connections get to finish their current request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after an accept error that is not about one connection (e.g. out of file descriptors),
+/// so the loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serve admin requests on `listener` until `shutdown` resolves.
+///
+/// Accept errors are logged and the loop continues; each connection runs in its own task.
+/// When `shutdown` resolves the listener is closed, open connections are asked to close after
+/// their current request, and this returns once they have (or after a short grace period).
+/// To let probes observe `/readyz` 503 while the data plane drains, clear `state.ready` first
+/// and resolve `shutdown` only after the drain.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let _ = (listener, state, shutdown);
-    todo!("metrics helper")
+    let mut shutdown = std::pin::pin!(shutdown);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let watcher = graceful.watcher();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let response = respond(&state, req.method(), req.uri().path());
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+            Err(e) if is_per_connection_error(&e) => {
+                tracing::debug!(error = %e, "admin accept failed for one connection");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed; backing off");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin connections still open after the grace period; leaving them");
+    }
+}
+
+/// Errors that concern only the connection being accepted; the listener itself is fine.
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The whole admin API as a pure function of (state, method, path).
+///
+/// HEAD is answered like GET; hyper omits the body on the wire and keeps Content-Length.
+fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/identities");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => with_type(
+            StatusCode::OK,
+            METRICS_CONTENT_TYPE,
+            state.metrics.encode().into(),
+        ),
+        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+        "/identities" => with_type(
+            StatusCode::OK,
+            JSON_CONTENT_TYPE,
+            state.inventory.to_json().into(),
+        ),
+        _ => text(StatusCode::OK, "ok"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(
+        status,
+        TEXT_CONTENT_TYPE,
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Probes and scrapes must always see the live value.
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+
+    struct Running {
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start() -> Running {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::new());
+        metrics.init_trust_sources(["internal"]);
+        let state = Arc::new(AdminState {
+            metrics,
+            inventory: Arc::new(Inventory::new(16)),
+            ready: Arc::new(AtomicBool::new(true)),
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Running {
+            addr,
+            state,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    struct Reply {
+        status: u16,
+        head: String,
+        body: String,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+        }
+    }
+
+    async fn call(addr: SocketAddr, method: &str, path: &str) -> Reply {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+            .await
+            .expect("response in time")
+            .expect("read");
+        let raw = String::from_utf8(raw).expect("utf-8 response");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("complete head");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        Reply {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn endpoints() {
+        let r = start().await;
+
+        let health = call(r.addr, "GET", "/healthz").await;
+        assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+
+        let ready = call(r.addr, "GET", "/readyz").await;
+        assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
+
+        let m = call(r.addr, "GET", "/metrics").await;
+        assert_eq!(m.status, 200);
+        assert_eq!(m.header("content-type"), Some(METRICS_CONTENT_TYPE));
+        assert!(m
+            .body
+            .contains("# TYPE certguard_tls_handshakes_total counter"));
+        assert!(m
+            .body
+            .contains(r#"certguard_tls_handshakes_total{outcome="revoked",trust="internal"} 0"#));
+
+        let ids = call(r.addr, "GET", "/identities").await;
+        assert_eq!(ids.status, 200);
+        assert_eq!(ids.header("content-type"), Some(JSON_CONTENT_TYPE));
+        assert_eq!(ids.body, "[]");
+
+        let missing = call(r.addr, "GET", "/nope").await;
+        assert_eq!((missing.status, missing.body.as_str()), (404, "not found"));
+        let missing = call(r.addr, "POST", "/").await;
+        assert_eq!(missing.status, 404);
+
+        let post = call(r.addr, "POST", "/metrics").await;
+        assert_eq!(post.status, 405);
+        assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+        let head = call(r.addr, "HEAD", "/healthz").await;
+        assert_eq!(head.status, 200);
+        assert_eq!(head.body, "");
+        assert_eq!(head.header("content-length"), Some("2"));
+
+        let query = call(r.addr, "GET", "/healthz?verbose=1").await;
+        assert_eq!(query.status, 200);
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_flag() {
+        let r = start().await;
+        assert_eq!(call(r.addr, "GET", "/readyz").await.status, 200);
+        r.state.ready.store(false, Ordering::Release);
+        let not = call(r.addr, "GET", "/readyz").await;
+        assert_eq!((not.status, not.body.as_str()), (503, "not ready"));
+        // Liveness is unaffected by readiness.
+        assert_eq!(call(r.addr, "GET", "/healthz").await.status, 200);
+        r.state.ready.store(true, Ordering::Release);
+        assert_eq!(call(r.addr, "GET", "/readyz").await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn stops_accepting_on_shutdown() {
+        let mut r = start().await;
+        assert_eq!(call(r.addr, "GET", "/healthz").await.status, 200);
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut r.task)
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve did not panic");
+        assert!(TcpStream::connect(r.addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn idle_keep_alive_connection_does_not_block_shutdown() {
+        let mut r = start().await;
+        let mut s = TcpStream::connect(r.addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(());
+        }
+        // Well inside SHUTDOWN_GRACE: the idle connection is closed, not waited for.
+        tokio::time::timeout(Duration::from_secs(2), &mut r.task)
+            .await
+            .expect("serve returns promptly")
+            .expect("serve did not panic");
+    }
 }

@@ -1,32 +1,409 @@
 //! The bounded inventory of client identities seen, served at `/identities` (SPEC 6).
+//!
+//! An entry is one certificate as admitted by one trust source (and pinned entry): the key is
+//! `(fingerprint, trust, pinned)`, so the same certificate admitted by two sources is listed
+//! twice. Memory is bounded by `capacity`; the least recently seen entry is dropped first.
 
-use crate::identity::Identity;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::identity::{CertInfo, Identity};
+
+/// What identifies an inventory entry: one certificate as admitted by one source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    fingerprint: String,
+    trust: Arc<str>,
+    pinned: Option<Arc<str>>,
+}
+
+impl Key {
+    fn of(id: &Identity) -> Key {
+        Key {
+            fingerprint: id.cert.fingerprint.clone(),
+            trust: id.trust.clone(),
+            pinned: id.pinned.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Position in `Inner::order`; larger is more recent.
+    seq: u64,
+    cert: Arc<CertInfo>,
+    first_seen: OffsetDateTime,
+    last_seen: OffsetDateTime,
+    requests_allowed: u64,
+    requests_denied: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    /// Recency order: sequence number of the last touch -> key. The first element is the least
+    /// recently seen entry. Always holds exactly one element per entry.
+    order: BTreeMap<u64, Key>,
+    next_seq: u64,
+}
+
+impl Inner {
+    /// Find or create the entry for `id`, mark it as the most recently seen at `now`, evicting
+    /// the least recently seen entry if a new one does not fit. `None` only when capacity is 0.
+    fn touch(&mut self, id: &Identity, now: OffsetDateTime, capacity: usize) -> Option<&mut Entry> {
+        if capacity == 0 {
+            return None;
+        }
+        let key = Key::of(id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(old_seq) = self.entries.get(&key).map(|e| e.seq) {
+            self.order.remove(&old_seq);
+        } else {
+            while self.entries.len() >= capacity {
+                let Some((_, oldest)) = self.order.pop_first() else {
+                    break;
+                };
+                self.entries.remove(&oldest);
+            }
+        }
+        self.order.insert(seq, key.clone());
+        let entry = self.entries.entry(key).or_insert_with(|| Entry {
+            seq,
+            cert: id.cert.clone(),
+            first_seen: now,
+            last_seen: now,
+            requests_allowed: 0,
+            requests_denied: 0,
+        });
+        entry.seq = seq;
+        entry.last_seen = now;
+        // Same fingerprint means same certificate; keep the newest parse anyway.
+        entry.cert = id.cert.clone();
+        Some(entry)
+    }
+}
 
 /// Least recently seen identities are dropped first once `capacity` is reached.
+///
+/// All methods take a short `std::sync::Mutex`; none is ever held across an `.await`.
+#[derive(Debug)]
 pub struct Inventory {
-    _private: (),
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+/// One `/identities` element, with exactly the SPEC 6 keys in that order.
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    trust: &'a str,
+    pinned: Option<&'a str>,
+    subject: &'a str,
+    spiffe_id: Option<&'a str>,
+    san_dns: &'a [String],
+    fingerprint: &'a str,
+    serial: &'a str,
+    not_after: String,
+    first_seen: String,
+    last_seen: String,
+    requests_allowed: u64,
+    requests_denied: u64,
+}
+
+/// Earliest and latest instants RFC 3339 can write (years 0000 and 9999).
+const MIN_RFC3339_UNIX: i64 = -62_167_219_200;
+const MAX_RFC3339_UNIX: i64 = 253_402_300_799;
+
+/// `unix_seconds` as RFC 3339 UTC (`...Z`), clamped to the years RFC 3339 can express.
+fn rfc3339_unix(unix_seconds: i64) -> String {
+    let t = unix_seconds.clamp(MIN_RFC3339_UNIX, MAX_RFC3339_UNIX);
+    OffsetDateTime::from_unix_timestamp(t)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+/// RFC 3339 UTC with whole seconds.
+fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_default()
 }
 
 impl Inventory {
+    /// An empty inventory holding at most `capacity` entries (0 disables it).
     pub fn new(capacity: usize) -> Inventory {
-        let _ = capacity;
-        todo!("metrics helper")
+        Inventory {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The maximum number of entries kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of entries currently held.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when no identity has been recorded (or all were evicted).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Note a handshake by this identity (creates the entry, updates `last_seen`).
     pub fn seen(&self, id: &Identity) {
-        let _ = id;
-        todo!("metrics helper")
+        self.seen_at(id, OffsetDateTime::now_utc());
     }
 
     /// Count one request decision for this identity.
+    ///
+    /// Also refreshes `last_seen`, and re-creates the entry if it was evicted since the
+    /// handshake (a long-lived connection must not vanish from the inventory).
     pub fn request(&self, id: &Identity, allowed: bool) {
-        let _ = (id, allowed);
-        todo!("metrics helper")
+        self.request_at(id, allowed, OffsetDateTime::now_utc());
     }
 
     /// JSON array with exactly the SPEC 6 keys, most recently seen first.
     pub fn to_json(&self) -> String {
-        todo!("metrics helper")
+        let inner = self.lock();
+        let items: Vec<EntryJson<'_>> = inner
+            .order
+            .values()
+            .rev()
+            .filter_map(|key| inner.entries.get(key).map(|e| (key, e)))
+            .map(|(key, e)| EntryJson {
+                trust: &key.trust,
+                pinned: key.pinned.as_deref(),
+                subject: &e.cert.subject,
+                spiffe_id: e.cert.spiffe_id.as_deref(),
+                san_dns: &e.cert.san_dns,
+                fingerprint: &key.fingerprint,
+                serial: &e.cert.serial,
+                not_after: rfc3339_unix(e.cert.not_after),
+                first_seen: rfc3339(e.first_seen),
+                last_seen: rfc3339(e.last_seen),
+                requests_allowed: e.requests_allowed,
+                requests_denied: e.requests_denied,
+            })
+            .collect();
+        serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    fn seen_at(&self, id: &Identity, now: OffsetDateTime) {
+        self.lock().touch(id, now, self.capacity);
+    }
+
+    fn request_at(&self, id: &Identity, allowed: bool, now: OffsetDateTime) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.touch(id, now, self.capacity) {
+            if allowed {
+                e.requests_allowed += 1;
+            } else {
+                e.requests_denied += 1;
+            }
+        }
+    }
+
+    /// Nothing under this lock panics on peer input. Should a panic poison it anyway, the worst
+    /// left behind is one entry missing from the recency order, so keep serving.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use time::macros::datetime;
+
+    fn cert(fp: &str) -> Arc<CertInfo> {
+        Arc::new(CertInfo {
+            subject: format!("CN={fp},OU=payments"),
+            issuer: "CN=ca".into(),
+            cn: vec![fp.into()],
+            o: vec![],
+            ou: vec!["payments".into()],
+            san_dns: vec![format!("{fp}.svc")],
+            san_uri: vec![],
+            san_email: vec![],
+            san_ip: vec![],
+            spiffe_id: Some(format!("spiffe://dev.local/sa/{fp}")),
+            fingerprint: fp.into(),
+            spki: "AAAA".into(),
+            serial: "1f".into(),
+            not_before: 0,
+            not_after: 1_893_456_000, // 2030-01-01T00:00:00Z
+            chain: vec![],
+        })
+    }
+
+    fn id(fp: &str, trust: &str, pinned: Option<&str>) -> Identity {
+        Identity {
+            trust: trust.into(),
+            pinned: pinned.map(Into::into),
+            cert: cert(fp),
+        }
+    }
+
+    fn parse(inv: &Inventory) -> Vec<Value> {
+        match serde_json::from_str(&inv.to_json()) {
+            Ok(Value::Array(items)) => items,
+            other => panic!("not a JSON array: {other:?}"),
+        }
+    }
+
+    fn fingerprints(inv: &Inventory) -> Vec<String> {
+        parse(inv)
+            .iter()
+            .map(|v| v["fingerprint"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn json_objects_have_exactly_the_spec_keys() {
+        let inv = Inventory::new(10);
+        inv.seen_at(
+            &id("aa", "internal", None),
+            datetime!(2025-03-01 10:00:00.25 UTC),
+        );
+        inv.seen_at(
+            &id("bb", "lab", Some("ci-runner")),
+            datetime!(2025-03-01 10:00:01 UTC),
+        );
+        let items = parse(&inv);
+        assert_eq!(items.len(), 2);
+        let mut keys: Vec<&str> = match &items[0] {
+            Value::Object(m) => m.keys().map(String::as_str).collect(),
+            other => panic!("not an object: {other}"),
+        };
+        keys.sort_unstable();
+        let mut want = vec![
+            "trust",
+            "pinned",
+            "subject",
+            "spiffe_id",
+            "san_dns",
+            "fingerprint",
+            "serial",
+            "not_after",
+            "first_seen",
+            "last_seen",
+            "requests_allowed",
+            "requests_denied",
+        ];
+        want.sort_unstable();
+        assert_eq!(keys, want);
+
+        let pinned = &items[0];
+        assert_eq!(pinned["trust"], "lab");
+        assert_eq!(pinned["pinned"], "ci-runner");
+        let ca = &items[1];
+        assert_eq!(ca["trust"], "internal");
+        assert_eq!(ca["pinned"], Value::Null);
+        assert_eq!(ca["subject"], "CN=aa,OU=payments");
+        assert_eq!(ca["spiffe_id"], "spiffe://dev.local/sa/aa");
+        assert_eq!(ca["san_dns"], serde_json::json!(["aa.svc"]));
+        assert_eq!(ca["serial"], "1f");
+        assert_eq!(ca["not_after"], "2030-01-01T00:00:00Z");
+        assert_eq!(ca["first_seen"], "2025-03-01T10:00:00Z");
+        assert_eq!(ca["last_seen"], "2025-03-01T10:00:00Z");
+        assert_eq!(ca["requests_allowed"], 0);
+        assert_eq!(ca["requests_denied"], 0);
+    }
+
+    #[test]
+    fn null_spiffe_id_and_extreme_not_after() {
+        let inv = Inventory::new(1);
+        let mut c = (*cert("aa")).clone();
+        c.spiffe_id = None;
+        c.not_after = i64::MAX;
+        inv.seen(&Identity {
+            trust: "internal".into(),
+            pinned: None,
+            cert: Arc::new(c),
+        });
+        let items = parse(&inv);
+        assert_eq!(items[0]["spiffe_id"], Value::Null);
+        assert_eq!(items[0]["not_after"], "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn counts_and_timestamps() {
+        let inv = Inventory::new(10);
+        let alice = id("aa", "internal", None);
+        inv.seen_at(&alice, datetime!(2025-03-01 10:00:00 UTC));
+        inv.request_at(&alice, true, datetime!(2025-03-01 10:00:01 UTC));
+        inv.request_at(&alice, true, datetime!(2025-03-01 10:00:02 UTC));
+        inv.request_at(&alice, false, datetime!(2025-03-01 10:00:03 UTC));
+        assert_eq!(inv.len(), 1);
+        let items = parse(&inv);
+        assert_eq!(items[0]["requests_allowed"], 2);
+        assert_eq!(items[0]["requests_denied"], 1);
+        assert_eq!(items[0]["first_seen"], "2025-03-01T10:00:00Z");
+        assert_eq!(items[0]["last_seen"], "2025-03-01T10:00:03Z");
+    }
+
+    #[test]
+    fn same_cert_from_two_sources_is_two_entries() {
+        let inv = Inventory::new(10);
+        inv.seen(&id("aa", "internal", None));
+        inv.seen(&id("aa", "lab", Some("x")));
+        inv.seen(&id("aa", "lab", Some("y")));
+        inv.seen(&id("aa", "internal", None));
+        assert_eq!(inv.len(), 3);
+        let items = parse(&inv);
+        assert_eq!(items[0]["trust"], "internal");
+        assert_eq!(items[1]["pinned"], "y");
+        assert_eq!(items[2]["pinned"], "x");
+    }
+
+    #[test]
+    fn evicts_least_recently_seen_first() {
+        let inv = Inventory::new(3);
+        let (a, b, c, d, e) = (
+            id("a", "t", None),
+            id("b", "t", None),
+            id("c", "t", None),
+            id("d", "t", None),
+            id("e", "t", None),
+        );
+        inv.seen(&a);
+        inv.seen(&b);
+        inv.seen(&c);
+        assert_eq!(fingerprints(&inv), ["c", "b", "a"]);
+
+        // Touching `a` by handshake makes `b` the oldest.
+        inv.seen(&a);
+        inv.seen(&d);
+        assert_eq!(inv.len(), 3);
+        assert_eq!(fingerprints(&inv), ["d", "a", "c"]);
+
+        // Touching `c` by a request makes `a` the oldest.
+        inv.request(&c, false);
+        inv.seen(&e);
+        assert_eq!(fingerprints(&inv), ["e", "c", "d"]);
+
+        // A request by an evicted identity brings it back, as the most recent, with fresh counts.
+        inv.request(&a, true);
+        assert_eq!(fingerprints(&inv), ["a", "e", "c"]);
+        let items = parse(&inv);
+        assert_eq!(items[0]["requests_allowed"], 1);
+        assert_eq!(items[2]["requests_denied"], 1);
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let inv = Inventory::new(0);
+        inv.seen(&id("a", "t", None));
+        inv.request(&id("a", "t", None), true);
+        assert!(inv.is_empty());
+        assert_eq!(inv.to_json(), "[]");
     }
 }

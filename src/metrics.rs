@@ -3,90 +3,560 @@
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
 use crate::proxy::{Reason, UpstreamErrorKind};
 use crate::tls::Outcome;
 
+/// The `trust` label for handshakes no trust source admitted (and no CA source built a chain).
+pub const TRUST_NONE: &str = "none";
+/// The `route` label for requests answered before routing (400, 421).
+pub const ROUTE_NONE: &str = "none";
+
+/// Handshake duration buckets, seconds: 1ms .. 10s.
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Request and upstream duration buckets, seconds: 1ms .. 30s.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Every certguard metric, registered in `registry`.
+///
+/// Cheap to call from the data path: every method is a label lookup plus an atomic update.
 pub struct Metrics {
-    pub registry: prometheus::Registry,
+    /// The registry every metric below is registered in; `encode()` gathers from it.
+    pub registry: Registry,
+    tls_handshakes: IntCounterVec,
+    tls_handshake_duration: HistogramVec,
+    connections_active: IntGauge,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    config_generation: IntGauge,
+    crl_next_update: IntGaugeVec,
+    server_cert_not_after: IntGauge,
+    pinned_review_overdue: IntGaugeVec,
+}
+
+/// Register `c` in `registry`. The names and label sets are constants of this file, so a failure
+/// here is a programming error (duplicate or malformed name), caught by the unit tests.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names in metrics.rs are valid and unique");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition");
+    register(registry, c)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition");
+    register(registry, g)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid gauge definition");
+    register(registry, g)
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid histogram definition");
+    register(registry, h)
 }
 
 impl Metrics {
+    /// Create and register every SPEC 6 metric in a fresh registry.
+    ///
+    /// Series with fixed label sets that do not depend on config (reload results, handshake
+    /// duration results, and the `none` trust source) start at 0.
     pub fn new() -> Metrics {
-        todo!("metrics helper")
+        let r = Registry::new();
+        let m = Metrics {
+            tls_handshakes: counter_vec(
+                &r,
+                "certguard_tls_handshakes_total",
+                "TLS handshakes by the trust source that decided them and their outcome.",
+                &["trust", "outcome"],
+            ),
+            tls_handshake_duration: histogram_vec(
+                &r,
+                "certguard_tls_handshake_duration_seconds",
+                "Time from accept to the end of the TLS handshake, by result.",
+                &["result"],
+                HANDSHAKE_BUCKETS,
+            ),
+            connections_active: gauge(
+                &r,
+                "certguard_connections_active",
+                "Client connections currently open.",
+            ),
+            requests: counter_vec(
+                &r,
+                "certguard_requests_total",
+                "Requests by route, policy decision, reason and response status code.",
+                &["route", "decision", "reason", "code"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "certguard_request_duration_seconds",
+                "Time from request head received to response head sent, by route.",
+                &["route"],
+                REQUEST_BUCKETS,
+            ),
+            upstream_duration: histogram_vec(
+                &r,
+                "certguard_upstream_request_duration_seconds",
+                "Time until the upstream returned response headers, by upstream.",
+                &["upstream"],
+                REQUEST_BUCKETS,
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "certguard_upstream_errors_total",
+                "Failed upstream requests by upstream and kind (connect, timeout, reset, protocol).",
+                &["upstream", "kind"],
+            ),
+            reloads: counter_vec(
+                &r,
+                "certguard_reloads_total",
+                "Configuration reload attempts by result.",
+                &["result"],
+            ),
+            config_generation: gauge(
+                &r,
+                "certguard_config_generation",
+                "Generation number of the active configuration snapshot.",
+            ),
+            crl_next_update: gauge_vec(
+                &r,
+                "certguard_crl_next_update_timestamp_seconds",
+                "nextUpdate of each loaded CRL, Unix seconds, by trust source and file base name.",
+                &["trust", "file"],
+            ),
+            server_cert_not_after: gauge(
+                &r,
+                "certguard_server_cert_not_after_timestamp_seconds",
+                "notAfter of the serving certificate, Unix seconds.",
+            ),
+            pinned_review_overdue: gauge_vec(
+                &r,
+                "certguard_pinned_review_overdue",
+                "Number of pinned entries past their review_by date, by trust source.",
+                &["trust"],
+            ),
+            registry: r,
+        };
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
+            m.tls_handshake_duration.with_label_values(&[result]);
+        }
+        m.init_trust_sources([]);
+        m
     }
 
     /// Zero-initialise handshake outcome counters for these trust source names (plus `none`)
     /// and the reload counters, so `rate()` works from the first scrape.
+    ///
+    /// Safe to call again on every reload: existing series keep their counts, new names are
+    /// added. Series of trust sources removed from the config stay (counters never go back).
     pub fn init_trust_sources<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let _ = names.into_iter();
-        todo!("metrics helper")
+        for name in names.into_iter().chain(std::iter::once(TRUST_NONE)) {
+            for outcome in Outcome::ALL {
+                // Looking a series up creates it at 0 if absent and leaves it alone otherwise.
+                self.tls_handshakes
+                    .with_label_values(&[name, outcome.as_str()]);
+            }
+        }
+        for result in ["success", "failure"] {
+            self.reloads.with_label_values(&[result]);
+        }
     }
 
+    /// One finished (or failed, or timed out) handshake. `trust` is `None` when no trust source
+    /// is responsible for the outcome; it is then counted under `trust="none"`.
     pub fn handshake(&self, trust: Option<&str>, outcome: Outcome, duration: Duration) {
-        let _ = (trust, outcome, duration);
-        todo!("metrics helper")
+        let trust = trust.unwrap_or(TRUST_NONE);
+        self.tls_handshakes
+            .with_label_values(&[trust, outcome.as_str()])
+            .inc();
+        let result = if outcome == Outcome::Success {
+            "success"
+        } else {
+            "failure"
+        };
+        self.tls_handshake_duration
+            .with_label_values(&[result])
+            .observe(duration.as_secs_f64());
     }
 
+    /// A client connection was accepted.
     pub fn connection_opened(&self) {
-        todo!("metrics helper")
+        self.connections_active.inc();
     }
 
+    /// A client connection was closed (pair with every `connection_opened`).
     pub fn connection_closed(&self) {
-        todo!("metrics helper")
+        self.connections_active.dec();
     }
 
     /// One request decision. `route` is `None` for requests answered before routing (400/421).
-    pub fn request(&self, route: Option<&str>, allowed: bool, reason: Reason, code: u16, duration: Duration) {
-        let _ = (route, allowed, reason, code, duration);
-        todo!("metrics helper")
+    pub fn request(
+        &self,
+        route: Option<&str>,
+        allowed: bool,
+        reason: Reason,
+        code: u16,
+        duration: Duration,
+    ) {
+        let route = route.unwrap_or(ROUTE_NONE);
+        let decision = if allowed { "allowed" } else { "denied" };
+        let code = code.to_string();
+        self.requests
+            .with_label_values(&[route, decision, reason.as_str(), code.as_str()])
+            .inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(duration.as_secs_f64());
     }
 
+    /// Time until `upstream` returned response headers.
     pub fn upstream_duration(&self, upstream: &str, duration: Duration) {
-        let _ = (upstream, duration);
-        todo!("metrics helper")
+        self.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(duration.as_secs_f64());
     }
 
+    /// One failed upstream request.
     pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
-        let _ = (upstream, kind);
-        todo!("metrics helper")
+        self.upstream_errors
+            .with_label_values(&[upstream, kind.as_str()])
+            .inc();
     }
 
+    /// One reload attempt (SIGHUP or file watch).
     pub fn reload(&self, success: bool) {
-        let _ = success;
-        todo!("metrics helper")
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
     }
 
+    /// Generation of the snapshot now serving.
     pub fn set_generation(&self, generation: u64) {
-        let _ = generation;
-        todo!("metrics helper")
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// Replace all CRL nextUpdate gauges with these `(trust, file base name, unix seconds)`.
+    ///
+    /// Series not in `crls` disappear, so CRLs removed by a reload stop being reported.
     pub fn set_crl_next_updates(&self, crls: &[(String, String, i64)]) {
-        let _ = crls;
-        todo!("metrics helper")
+        self.crl_next_update.reset();
+        for (trust, file, next_update) in crls {
+            self.crl_next_update
+                .with_label_values(&[trust.as_str(), file.as_str()])
+                .set(*next_update);
+        }
     }
 
+    /// notAfter of the serving certificate (leaf), Unix seconds.
     pub fn set_server_cert_not_after(&self, unix_seconds: i64) {
-        let _ = unix_seconds;
-        todo!("metrics helper")
+        self.server_cert_not_after.set(unix_seconds);
     }
 
     /// Replace the overdue-review gauges: `(trust, number of overdue entries)`.
+    ///
+    /// Series not in `per_trust` disappear, so removed trust sources stop being reported.
     pub fn set_pinned_review_overdue(&self, per_trust: &[(String, usize)]) {
-        let _ = per_trust;
-        todo!("metrics helper")
+        self.pinned_review_overdue.reset();
+        for (trust, overdue) in per_trust {
+            self.pinned_review_overdue
+                .with_label_values(&[trust.as_str()])
+                .set(i64::try_from(*overdue).unwrap_or(i64::MAX));
+        }
     }
 
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        todo!("metrics helper")
+        let families = self.registry.gather();
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            // Only possible for malformed families, which our fixed definitions exclude; serve
+            // what was written rather than failing the scrape.
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample line for `name{labels}`, e.g. `series(&out, "x_total", r#"a="b""#)`.
+    fn value(out: &str, name: &str, labels: &str) -> Option<String> {
+        let prefix = if labels.is_empty() {
+            format!("{name} ")
+        } else {
+            format!("{name}{{{labels}}} ")
+        };
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+    }
+
+    #[test]
+    fn every_metric_has_its_spec_name_and_type() {
+        let m = Metrics::new();
+        // Vec metrics without any series are not exported; give each one.
+        m.init_trust_sources(["internal"]);
+        m.request(Some("r"), true, Reason::Ok, 200, Duration::from_millis(3));
+        m.upstream_duration("orders", Duration::from_millis(2));
+        m.upstream_error("orders", UpstreamErrorKind::Connect);
+        m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
+        m.set_pinned_review_overdue(&[("lab".into(), 0)]);
+        let out = m.encode();
+        let expected = [
+            ("certguard_tls_handshakes_total", "counter"),
+            ("certguard_tls_handshake_duration_seconds", "histogram"),
+            ("certguard_connections_active", "gauge"),
+            ("certguard_requests_total", "counter"),
+            ("certguard_request_duration_seconds", "histogram"),
+            ("certguard_upstream_request_duration_seconds", "histogram"),
+            ("certguard_upstream_errors_total", "counter"),
+            ("certguard_reloads_total", "counter"),
+            ("certguard_config_generation", "gauge"),
+            ("certguard_crl_next_update_timestamp_seconds", "gauge"),
+            ("certguard_server_cert_not_after_timestamp_seconds", "gauge"),
+            ("certguard_pinned_review_overdue", "gauge"),
+        ];
+        for (name, ty) in expected {
+            let type_line = format!("# TYPE {name} {ty}");
+            assert!(
+                out.lines().any(|l| l == type_line),
+                "missing `{type_line}` in:\n{out}"
+            );
+            assert!(
+                out.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+        }
+        let types = out.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(types, expected.len(), "unexpected extra metrics:\n{out}");
+    }
+
+    #[test]
+    fn all_outcomes_start_at_zero_for_each_source_and_none() {
+        let m = Metrics::new();
+        m.init_trust_sources(["internal", "lab"]);
+        let out = m.encode();
+        for trust in ["internal", "lab", "none"] {
+            for o in Outcome::ALL {
+                let labels = format!(r#"outcome="{}",trust="{trust}""#, o.as_str());
+                assert_eq!(
+                    value(&out, "certguard_tls_handshakes_total", &labels).as_deref(),
+                    Some("0"),
+                    "{labels}"
+                );
+            }
+        }
+        for result in ["success", "failure"] {
+            let labels = format!(r#"result="{result}""#);
+            assert_eq!(
+                value(&out, "certguard_reloads_total", &labels).as_deref(),
+                Some("0")
+            );
+        }
+    }
+
+    #[test]
+    fn reinit_keeps_counts_and_adds_new_sources() {
+        let m = Metrics::new();
+        m.init_trust_sources(["internal"]);
+        m.handshake(Some("internal"), Outcome::Revoked, Duration::from_millis(5));
+        m.reload(true);
+        m.init_trust_sources(["internal", "lab"]);
+        let out = m.encode();
+        assert_eq!(
+            value(
+                &out,
+                "certguard_tls_handshakes_total",
+                r#"outcome="revoked",trust="internal""#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(
+                &out,
+                "certguard_tls_handshakes_total",
+                r#"outcome="pin_mismatch",trust="lab""#
+            )
+            .as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            value(&out, "certguard_reloads_total", r#"result="success""#).as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn counts_appear_with_exact_labels() {
+        let m = Metrics::new();
+        m.handshake(Some("internal"), Outcome::Success, Duration::from_millis(4));
+        m.handshake(None, Outcome::UnknownIssuer, Duration::from_millis(2));
+        m.handshake(None, Outcome::UnknownIssuer, Duration::from_millis(2));
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        m.request(
+            Some("orders-read"),
+            true,
+            Reason::Ok,
+            200,
+            Duration::from_millis(12),
+        );
+        m.request(
+            None,
+            false,
+            Reason::SniMismatch,
+            421,
+            Duration::from_micros(80),
+        );
+        m.request(
+            Some("orders-read"),
+            true,
+            Reason::UpstreamError,
+            504,
+            Duration::from_secs(30),
+        );
+        m.upstream_error("orders", UpstreamErrorKind::Timeout);
+        m.upstream_duration("orders", Duration::from_millis(7));
+        m.reload(false);
+        m.set_generation(7);
+        m.set_server_cert_not_after(1_900_000_000);
+        let out = m.encode();
+        let cases = [
+            (
+                "certguard_tls_handshakes_total",
+                r#"outcome="success",trust="internal""#,
+                "1",
+            ),
+            (
+                "certguard_tls_handshakes_total",
+                r#"outcome="unknown_issuer",trust="none""#,
+                "2",
+            ),
+            (
+                "certguard_tls_handshake_duration_seconds_count",
+                r#"result="failure""#,
+                "2",
+            ),
+            (
+                "certguard_tls_handshake_duration_seconds_count",
+                r#"result="success""#,
+                "1",
+            ),
+            ("certguard_connections_active", "", "1"),
+            (
+                "certguard_requests_total",
+                r#"code="200",decision="allowed",reason="ok",route="orders-read""#,
+                "1",
+            ),
+            (
+                "certguard_requests_total",
+                r#"code="421",decision="denied",reason="sni_mismatch",route="none""#,
+                "1",
+            ),
+            (
+                "certguard_requests_total",
+                r#"code="504",decision="allowed",reason="upstream_error",route="orders-read""#,
+                "1",
+            ),
+            (
+                "certguard_request_duration_seconds_count",
+                r#"route="orders-read""#,
+                "2",
+            ),
+            (
+                "certguard_request_duration_seconds_bucket",
+                r#"route="orders-read",le="0.025""#,
+                "1",
+            ),
+            (
+                "certguard_request_duration_seconds_bucket",
+                r#"route="orders-read",le="30""#,
+                "2",
+            ),
+            (
+                "certguard_upstream_errors_total",
+                r#"kind="timeout",upstream="orders""#,
+                "1",
+            ),
+            (
+                "certguard_upstream_request_duration_seconds_count",
+                r#"upstream="orders""#,
+                "1",
+            ),
+            ("certguard_reloads_total", r#"result="failure""#, "1"),
+            ("certguard_config_generation", "", "7"),
+            (
+                "certguard_server_cert_not_after_timestamp_seconds",
+                "",
+                "1900000000",
+            ),
+        ];
+        for (name, labels, want) in cases {
+            assert_eq!(
+                value(&out, name, labels).as_deref(),
+                Some(want),
+                "{name}{{{labels}}} in:\n{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn replacing_gauges_drops_removed_series() {
+        let m = Metrics::new();
+        m.set_crl_next_updates(&[
+            ("internal".into(), "ca.crl".into(), 100),
+            ("internal".into(), "intermediate.crl".into(), 200),
+        ]);
+        m.set_pinned_review_overdue(&[("lab".into(), 2), ("old".into(), 1)]);
+        m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 300)]);
+        m.set_pinned_review_overdue(&[("lab".into(), 1)]);
+        let out = m.encode();
+        let crl = "certguard_crl_next_update_timestamp_seconds";
+        assert_eq!(
+            value(&out, crl, r#"file="ca.crl",trust="internal""#).as_deref(),
+            Some("300")
+        );
+        assert!(!out.contains("intermediate.crl"));
+        let pin = "certguard_pinned_review_overdue";
+        assert_eq!(value(&out, pin, r#"trust="lab""#).as_deref(), Some("1"));
+        assert!(!out.contains(r#"trust="old""#));
     }
 }

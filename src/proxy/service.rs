@@ -157,7 +157,7 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Result<Res
             fingerprint: Some(&id.cert.fingerprint),
             method: method.as_str(),
             host: facts.host.as_deref(),
-            path: facts.path.as_deref(),
+            path: facts.path.as_deref().unwrap_or(""),
             route: facts.route.as_deref(),
             upstream: facts.upstream.as_deref(),
             decision: if answer.allowed { "allowed" } else { "denied" },
@@ -171,6 +171,8 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Result<Res
 
 async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, facts: &mut Facts) -> Answer {
     let (mut parts, body) = req.into_parts();
+    // The raw path until normalization succeeds (logged for refused targets).
+    facts.path = Some(parts.uri.path().to_owned());
 
     // Framing: only HTTP/1 has Content-Length/Transfer-Encoding ambiguity.
     if !ctx.http2 {

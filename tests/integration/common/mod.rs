@@ -15,7 +15,7 @@ use certguard::Proxy;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
-pub use client::{body, empty, read, tls_config, Conn};
+pub use client::{empty, read, tls_config, Conn};
 pub use upstream::Upstream;
 
 /// Every certificate the tests need, generated fresh.
