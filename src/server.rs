@@ -281,7 +281,7 @@ async fn handle_connection(
         idle: listen.idle_timeout,
     };
     let max_header_bytes = listen.max_header_bytes;
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new((!http2).then_some(max_header_bytes)));
     let ctx = Arc::new(ConnContext::new(
         state.clone(),
         conn_id,
@@ -385,6 +385,7 @@ where
                 conn.as_mut().drain();
                 draining = true;
             }
+            _ = activity.changed.notified() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
                 match activity.expired(limits, Instant::now()) {
                     Some(Expiry::HeaderRead) => {
@@ -419,15 +420,77 @@ pub struct Activity {
     /// 1 + milliseconds since `epoch` when the first byte of a pending request head arrived;
     /// 0 when no head is pending.
     head_started: AtomicU64,
+    /// Wakes the connection's timer when a request head starts (its deadline moves earlier).
+    changed: Notify,
+    /// HTTP/1 only: the raw bytes of the pending request head, for the framing check below.
+    head: Option<std::sync::Mutex<HeadSniffer>>,
+    /// The last request head carried both Content-Length and Transfer-Encoding.
+    framing_conflict: std::sync::atomic::AtomicBool,
+}
+
+/// Collects the raw bytes of one HTTP/1 request head. hyper resolves Content-Length plus
+/// Transfer-Encoding by dropping Content-Length before the service sees the request; SPEC 4
+/// wants such requests refused, so the conflict is detected here, on the bytes themselves.
+#[derive(Default)]
+struct HeadSniffer {
+    bytes: Vec<u8>,
+    /// The head was complete (or too large) and has been judged.
+    done: bool,
+    limit: usize,
+}
+
+impl HeadSniffer {
+    /// Feed bytes read while no request is in flight. Returns `Some(conflict)` once the head is
+    /// complete.
+    fn feed(&mut self, data: &[u8]) -> Option<bool> {
+        if self.done {
+            return None;
+        }
+        let room = self.limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+        let end = find(&self.bytes, b"\r\n\r\n");
+        if end.is_none() && self.bytes.len() < self.limit {
+            return None;
+        }
+        self.done = true;
+        let head = &self.bytes[..end.unwrap_or(self.bytes.len())];
+        let mut cl = false;
+        let mut te = false;
+        for line in head.split(|b| *b == b'\n').skip(1) {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            cl |= name.eq_ignore_ascii_case(b"content-length");
+            te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+        }
+        Some(cl && te)
+    }
+
+    fn reset(&mut self) {
+        self.bytes.clear();
+        self.done = false;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 impl Activity {
-    fn new() -> Activity {
+    /// `sniff_limit`: for HTTP/1 connections, how many bytes of a request head to inspect.
+    fn new(sniff_limit: Option<usize>) -> Activity {
         Activity {
             epoch: Instant::now(),
             last: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
+            changed: Notify::new(),
+            head: sniff_limit.map(|limit| {
+                std::sync::Mutex::new(HeadSniffer {
+                    limit,
+                    ..HeadSniffer::default()
+                })
+            }),
+            framing_conflict: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -435,20 +498,39 @@ impl Activity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn on_read(&self) {
+    fn on_read(&self, data: &[u8]) {
         let now = self.now_ms();
         self.last.store(now, Ordering::Relaxed);
         if self.inflight.load(Ordering::Acquire) == 0 {
-            let _ = self
+            if self
                 .head_started
-                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.changed.notify_one();
+            }
+            if let Some(head) = &self.head {
+                let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(conflict) = head.feed(data) {
+                    self.framing_conflict.store(conflict, Ordering::Release);
+                }
+            }
         }
+    }
+
+    /// Whether the request head just parsed had both Content-Length and Transfer-Encoding.
+    /// Reading it clears it.
+    pub fn take_framing_conflict(&self) -> bool {
+        self.framing_conflict.swap(false, Ordering::AcqRel)
     }
 
     /// A request head was parsed: the header-read timer stops, the idle timer pauses.
     pub fn request_started(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
+        if let Some(head) = &self.head {
+            head.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
         InflightGuard(self.clone())
     }
 
@@ -505,7 +587,7 @@ impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.on_read();
+            this.activity.on_read(&buf.filled()[before..]);
         }
         res
     }

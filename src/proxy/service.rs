@@ -174,9 +174,15 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
     // The raw path until normalization succeeds (logged for refused targets).
     facts.path = Some(parts.uri.path().to_owned());
 
-    // Framing: only HTTP/1 has Content-Length/Transfer-Encoding ambiguity.
+    // Framing: only HTTP/1 has Content-Length/Transfer-Encoding ambiguity. hyper drops
+    // Content-Length when Transfer-Encoding is present, so that case is caught on the raw head.
     if !ctx.http2 {
-        if let Err(e) = framing::check(&parts.headers) {
+        let conflict = if ctx.activity.take_framing_conflict() {
+            Err(framing::FramingError::LengthAndChunked)
+        } else {
+            framing::check(&parts.headers)
+        };
+        if let Err(e) = conflict {
             tracing::debug!(conn_id = ctx.conn_id, error = %e, "ambiguous framing");
             let mut response = fixed(StatusCode::BAD_REQUEST);
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

@@ -188,7 +188,7 @@ async fn http2_client_over_alpn() {
     assert_eq!(c.get("localhost", "/nothing").await.0, 404);
     // gRPC-style trailers survive the proxy.
     let resp = c
-        .send(Request::get("https://localhost/trailers").body(empty()).unwrap())
+        .send(Request::get("https://localhost/trailers").header("te", "trailers").body(empty()).unwrap())
         .await
         .unwrap();
     let collected = resp.into_body().collect().await.unwrap();

@@ -55,6 +55,10 @@ pub async fn connect_tls(
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // An HTTP/2 server speaks first (SETTINGS); a rejection surfaces on the first request.
+        return Ok(tls);
+    }
     // In TLS 1.3 the server's verdict on the client certificate arrives after the client's
     // handshake finished: read once (with a short timeout) so that a rejection surfaces here.
     use tokio::io::AsyncReadExt;
