@@ -29,7 +29,11 @@ pub async fn serve(listener: TcpListener) {
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let received = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let received = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()

@@ -106,7 +106,11 @@ impl Proxy {
         }));
         let reload_settings = state.current.load().config.reload.clone();
         let watcher = if reload_settings.watch {
-            match reload::spawn_watcher(state.current.clone(), state.metrics.clone(), reload_settings.debounce) {
+            match reload::spawn_watcher(
+                state.current.clone(),
+                state.metrics.clone(),
+                reload_settings.debounce,
+            ) {
                 Ok(handle) => Some(handle),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot watch configuration files; SIGHUP still reloads");
@@ -152,9 +156,14 @@ impl Proxy {
             w.abort();
         }
         let _ = self.server.await;
-        let drained = tokio::time::timeout(grace, self.state.drained()).await.is_ok();
+        let drained = tokio::time::timeout(grace, self.state.drained())
+            .await
+            .is_ok();
         if !drained {
-            tracing::warn!(open = self.state.open_connections(), "shutdown_grace elapsed with connections still open");
+            tracing::warn!(
+                open = self.state.open_connections(),
+                "shutdown_grace elapsed with connections still open"
+            );
         }
         let _ = self.admin_stop.send(());
         let _ = self.admin.await;

@@ -11,7 +11,11 @@ use certguard::config::{Config, LogFormat, Logging};
 use certguard::Proxy;
 
 #[derive(Parser)]
-#[command(name = "certguard", version, about = "mTLS-terminating reverse proxy with policy enforcement")]
+#[command(
+    name = "certguard",
+    version,
+    about = "mTLS-terminating reverse proxy with policy enforcement"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,7 +24,12 @@ struct Cli {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// Configuration file.
-    #[arg(short, long, env = "CERTGUARD_CONFIG", default_value = "config/certguard.yaml")]
+    #[arg(
+        short,
+        long,
+        env = "CERTGUARD_CONFIG",
+        default_value = "config/certguard.yaml"
+    )]
     config: PathBuf,
 }
 
@@ -97,7 +106,11 @@ fn load(path: &Path) -> Option<Config> {
     match Config::load(path) {
         Ok(c) => Some(c),
         Err(errors) => {
-            eprintln!("{}: {} configuration error(s):", path.display(), errors.0.len());
+            eprintln!(
+                "{}: {} configuration error(s):",
+                path.display(),
+                errors.0.len()
+            );
             for e in &errors.0 {
                 eprintln!("  {e}");
             }
@@ -110,7 +123,9 @@ fn init_logging(logging: &Logging) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let _ = match logging.format {
         LogFormat::Json => builder
             .json()
@@ -209,9 +224,16 @@ impl DemoInfo {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let cwd = std::env::current_dir().unwrap_or_default();
-        let certs = certs.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(certs);
+        let certs = certs
+            .strip_prefix(&cwd)
+            .map(Path::to_path_buf)
+            .unwrap_or(certs);
         DemoInfo {
-            upstreams: config.upstreams.iter().map(|u| u.authority.to_string()).collect(),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| u.authority.to_string())
+                .collect(),
             certs,
         }
     }
@@ -291,7 +313,10 @@ fn health(admin: &str) -> ExitCode {
         let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        stream.write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
         let mut head = [0u8; 16];
         let mut n = 0;
         while n < head.len() {

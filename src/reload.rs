@@ -23,7 +23,10 @@ pub enum ReloadError {
 
 /// Load `path`, build a new snapshot and swap it in. Returns the new generation.
 pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, ReloadError> {
-    let _serialized = current.reload_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serialized = current
+        .reload_lock
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = build(path, current);
     match result {
         Ok(snapshot) => {
@@ -46,7 +49,11 @@ pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, 
 fn build(path: &Path, current: &Current) -> Result<Snapshot, ReloadError> {
     let config = Config::load(path)?;
     let previous = current.load();
-    Ok(Snapshot::build(config, current.next_generation(), Some(&previous))?)
+    Ok(Snapshot::build(
+        config,
+        current.next_generation(),
+        Some(&previous),
+    )?)
 }
 
 fn warn_restart_needed(old: &Config, new: &Config) {
@@ -174,7 +181,11 @@ fn watched_files(current: &Current) -> Vec<PathBuf> {
     files
 }
 
-fn update_watches(watcher: &mut notify::RecommendedWatcher, dirs: &mut HashSet<PathBuf>, files: &[PathBuf]) {
+fn update_watches(
+    watcher: &mut notify::RecommendedWatcher,
+    dirs: &mut HashSet<PathBuf>,
+    files: &[PathBuf],
+) {
     for file in files {
         let dir = match file.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -26,7 +26,10 @@ pub struct Explanation {
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -71,7 +74,9 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 }
                 if ca.revocation.depth == RevocationDepth::Chain && !ca.crls.is_empty() {
                     for anchor in &ca.anchors {
-                        let Ok(info) = CertInfo::from_chain(std::slice::from_ref(anchor)) else { continue };
+                        let Ok(info) = CertInfo::from_chain(std::slice::from_ref(anchor)) else {
+                            continue;
+                        };
                         if !ca.crls.iter().any(|c| c.issuer == info.subject) {
                             out.push(format!(
                                 "trust.{name}.crl: no CRL issued by CA '{}' in the bundle (revocation depth: chain)",
@@ -107,10 +112,19 @@ pub fn check(config: &Config) -> Result<String, String> {
     TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
     let mut s = String::new();
     let _ = writeln!(s, "configuration {} is valid", config.source.display());
-    let _ = writeln!(s, "\nlisten {} (admin {})", config.listen.address, config.admin.address);
+    let _ = writeln!(
+        s,
+        "\nlisten {} (admin {})",
+        config.listen.address, config.admin.address
+    );
     if let Some(leaf) = config.listen.cert_chain.first() {
         if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
-            let _ = writeln!(s, "  server certificate {} (expires {})", info.subject, rfc3339(info.not_after));
+            let _ = writeln!(
+                s,
+                "  server certificate {} (expires {})",
+                info.subject,
+                rfc3339(info.not_after)
+            );
         }
     }
     let _ = writeln!(s, "\ntrust sources:");
@@ -138,7 +152,9 @@ pub fn check(config: &Config) -> Result<String, String> {
                         "    CRL {} by {} (nextUpdate {})",
                         crl.path.display(),
                         crl.issuer,
-                        crl.next_update.map(rfc3339).unwrap_or_else(|| "none".into())
+                        crl.next_update
+                            .map(rfc3339)
+                            .unwrap_or_else(|| "none".into())
                     );
                 }
             }
@@ -167,7 +183,9 @@ pub fn check(config: &Config) -> Result<String, String> {
                         e.name,
                         e.owner.as_deref().unwrap_or("-"),
                         e.purpose.as_deref().unwrap_or("-"),
-                        e.review_by.map(|d| d.to_string()).unwrap_or_else(|| "-".into())
+                        e.review_by
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "-".into())
                     );
                 }
             }
@@ -175,7 +193,13 @@ pub fn check(config: &Config) -> Result<String, String> {
     }
     let _ = writeln!(s, "\nroutes (first match wins) and access matrix:");
     for (i, route) in config.policy.routes.iter().enumerate() {
-        let _ = writeln!(s, "  [{i}] {}: {} -> upstream {}", route.name, route.describe_match(), route.upstream);
+        let _ = writeln!(
+            s,
+            "  [{i}] {}: {} -> upstream {}",
+            route.name,
+            route.describe_match(),
+            route.upstream
+        );
         if route.allow.is_empty() {
             let _ = writeln!(s, "      (no allow entries: every request is denied)");
         }
@@ -189,7 +213,11 @@ pub fn check(config: &Config) -> Result<String, String> {
         }
     }
     let warnings = warnings(config);
-    let _ = writeln!(s, "\nwarnings: {}", if warnings.is_empty() { "none" } else { "" });
+    let _ = writeln!(
+        s,
+        "\nwarnings: {}",
+        if warnings.is_empty() { "none" } else { "" }
+    );
     for w in warnings {
         let _ = writeln!(s, "  - {w}");
     }
@@ -197,7 +225,13 @@ pub fn check(config: &Config) -> Result<String, String> {
 }
 
 /// The `explain` report for one certificate file and one request.
-pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str>, target: &str) -> Result<Explanation, String> {
+pub fn explain(
+    config: &Config,
+    cert: &Path,
+    method: &str,
+    host_arg: Option<&str>,
+    target: &str,
+) -> Result<Explanation, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -206,8 +240,12 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
         return Err(format!("{}: no certificate found", cert.display()));
     };
     let info = CertInfo::from_chain(&chain).map_err(|e| format!("{}: {e}", cert.display()))?;
-    let method: http::Method = method.parse().map_err(|_| format!("invalid method {method:?}"))?;
-    let uri: http::Uri = target.parse().map_err(|_| format!("invalid request target {target:?}"))?;
+    let method: http::Method = method
+        .parse()
+        .map_err(|_| format!("invalid method {method:?}"))?;
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| format!("invalid request target {target:?}"))?;
     let verifier = TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
     let now = UnixTime::now();
 
@@ -218,8 +256,17 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
     let _ = writeln!(s, "  serial       {}", info.serial);
     let _ = writeln!(s, "  fingerprint  {}", info.fingerprint);
     let _ = writeln!(s, "  spki         {}", info.spki);
-    let _ = writeln!(s, "  validity     {} .. {}", rfc3339(info.not_before), rfc3339(info.not_after));
-    let _ = writeln!(s, "  spiffe_id    {}", info.spiffe_id.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        s,
+        "  validity     {} .. {}",
+        rfc3339(info.not_before),
+        rfc3339(info.not_after)
+    );
+    let _ = writeln!(
+        s,
+        "  spiffe_id    {}",
+        info.spiffe_id.as_deref().unwrap_or("-")
+    );
     let _ = writeln!(s, "  san_dns      {}", join(&info.san_dns));
     let _ = writeln!(s, "  san_uri      {}", join(&info.san_uri));
 
@@ -230,7 +277,9 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
                 let _ = writeln!(
                     s,
                     "  {name}: admits{}",
-                    a.pinned.map(|p| format!(" (pinned entry {p})")).unwrap_or_default()
+                    a.pinned
+                        .map(|p| format!(" (pinned entry {p})"))
+                        .unwrap_or_default()
                 );
             }
             Err(r) => {
@@ -239,12 +288,19 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
         }
     }
 
-    let _ = writeln!(s, "\nrequest {method} {target}{}", host_arg.map(|h| format!(" host {h}")).unwrap_or_default());
+    let _ = writeln!(
+        s,
+        "\nrequest {method} {target}{}",
+        host_arg.map(|h| format!(" host {h}")).unwrap_or_default()
+    );
     let target = match normalize::normalize(&method, &uri) {
         Ok(t) => t,
         Err(e) => {
             let _ = writeln!(s, "decision: DENIED with 400 (bad request target: {e})");
-            return Ok(Explanation { text: s, allowed: false });
+            return Ok(Explanation {
+                text: s,
+                allowed: false,
+            });
         }
     };
     let host = match host_arg {
@@ -252,7 +308,10 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
             Some(h) => Some(h),
             None => {
                 let _ = writeln!(s, "decision: DENIED with 400 (invalid host {h:?})");
-                return Ok(Explanation { text: s, allowed: false });
+                return Ok(Explanation {
+                    text: s,
+                    allowed: false,
+                });
             }
         },
         None => None,
@@ -276,7 +335,10 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
                 r.outcome,
                 r.trust.as_deref().unwrap_or("none")
             );
-            return Ok(Explanation { text: s, allowed: false });
+            return Ok(Explanation {
+                text: s,
+                allowed: false,
+            });
         }
     };
     let identity = Identity::new(admission, std::sync::Arc::new(info));
@@ -290,7 +352,12 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
         Decision::Allowed(permit) => {
             let route = permit.route();
             let entry = &route.allow[permit.entry_index()];
-            let _ = writeln!(s, "  route        {} ({})", route.name, route.describe_match());
+            let _ = writeln!(
+                s,
+                "  route        {} ({})",
+                route.name,
+                route.describe_match()
+            );
             let _ = writeln!(
                 s,
                 "decision: ALLOWED by allow[{}] {} -> upstream {}",
@@ -301,7 +368,12 @@ pub fn explain(config: &Config, cert: &Path, method: &str, host_arg: Option<&str
             true
         }
         Decision::NotAllowed { route } => {
-            let _ = writeln!(s, "  route        {} ({})", route.name, route.describe_match());
+            let _ = writeln!(
+                s,
+                "  route        {} ({})",
+                route.name,
+                route.describe_match()
+            );
             let _ = writeln!(s, "decision: DENIED with 403: no allow entry matches");
             if route.allow.is_empty() {
                 let _ = writeln!(s, "  the route has no allow entries");

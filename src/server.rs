@@ -43,7 +43,11 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    pub fn new(current: Arc<Current>, metrics: Arc<Metrics>, inventory: Arc<Inventory>) -> ProxyState {
+    pub fn new(
+        current: Arc<Current>,
+        metrics: Arc<Metrics>,
+        inventory: Arc<Inventory>,
+    ) -> ProxyState {
         ProxyState {
             current,
             metrics,
@@ -92,7 +96,11 @@ impl Drop for OpenGuard {
 }
 
 /// Accept connections until `shutdown` becomes true. Never returns early on accept errors.
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let max = state.current.load().config.listen.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max));
     // Connections waiting for a slot are bounded too, so a flood cannot grow tasks unboundedly.
@@ -115,10 +123,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, mut shutdown: 
             }
         };
         let _ = tcp.set_nodelay(true);
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => None,
-        };
+        let permit = slots.clone().try_acquire_owned().ok();
         let state = state.clone();
         let slots = slots.clone();
         let waiting = waiting.clone();
@@ -176,14 +181,22 @@ async fn handshake(snapshot: &Snapshot, tcp: TcpStream) -> Result<Established, F
         outcome: Outcome::Timeout,
         detail: format!("handshake not complete within {timeout:?}"),
     };
-    let start = match tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp)).await {
-        Err(_) => return Err(timed_out(None)),
-        Ok(Err(e)) => {
-            let (trust, outcome) = tls::classify_failure(None, rustls_error(&e));
-            return Err(Failed { sni: None, trust, outcome, detail: e.to_string() });
-        }
-        Ok(Ok(start)) => start,
-    };
+    let start =
+        match tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp))
+            .await
+        {
+            Err(_) => return Err(timed_out(None)),
+            Ok(Err(e)) => {
+                let (trust, outcome) = tls::classify_failure(None, rustls_error(&e));
+                return Err(Failed {
+                    sni: None,
+                    trust,
+                    outcome,
+                    detail: e.to_string(),
+                });
+            }
+            Ok(Ok(start)) => start,
+        };
     let sni = start
         .client_hello()
         .server_name()
@@ -197,7 +210,12 @@ async fn handshake(snapshot: &Snapshot, tcp: TcpStream) -> Result<Established, F
                 Some(Err(rejection)) => rejection.detail,
                 _ => e.to_string(),
             };
-            return Err(Failed { sni, trust, outcome, detail });
+            return Err(Failed {
+                sni,
+                trust,
+                outcome,
+                detail,
+            });
         }
         Ok(Ok(stream)) => stream,
     };
@@ -230,7 +248,8 @@ async fn handshake(snapshot: &Snapshot, tcp: TcpStream) -> Result<Established, F
                 detail: r.detail,
             })?,
     };
-    let cert = CertInfo::from_chain(&chain).map_err(|e| fail(Outcome::InvalidCert, e.to_string()))?;
+    let cert =
+        CertInfo::from_chain(&chain).map_err(|e| fail(Outcome::InvalidCert, e.to_string()))?;
     Ok(Established {
         stream,
         sni,
@@ -240,7 +259,8 @@ async fn handshake(snapshot: &Snapshot, tcp: TcpStream) -> Result<Established, F
 }
 
 fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 async fn handle_connection(
@@ -259,7 +279,13 @@ async fn handle_connection(
             state
                 .metrics
                 .handshake(f.trust.as_deref(), f.outcome, started.elapsed());
-            crate::audit::handshake_failure_line(peer, f.sni.as_deref(), f.trust.as_deref(), f.outcome, &f.detail);
+            crate::audit::handshake_failure_line(
+                peer,
+                f.sni.as_deref(),
+                f.trust.as_deref(),
+                f.outcome,
+                &f.detail,
+            );
             return;
         }
     };
@@ -304,7 +330,13 @@ async fn handle_connection(
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-        drive(builder.serve_connection(io, svc), &activity, limits, shutdown).await;
+        drive(
+            builder.serve_connection(io, svc),
+            &activity,
+            limits,
+            shutdown,
+        )
+        .await;
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -365,8 +397,12 @@ struct Limits {
 
 /// Serve one connection until it ends, applying the header-read and idle timeouts and
 /// draining on shutdown.
-async fn drive<C, E>(conn: C, activity: &Activity, limits: Limits, mut shutdown: watch::Receiver<bool>)
-where
+async fn drive<C, E>(
+    conn: C,
+    activity: &Activity,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
     C: Drainable<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -582,7 +618,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
@@ -594,7 +634,11 @@ impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

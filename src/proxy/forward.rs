@@ -78,7 +78,10 @@ impl UpstreamClient {
     }
 
     /// Send `req` (its URI already absolute) and wait for response headers within `timeout`.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
@@ -94,7 +97,10 @@ impl UpstreamClient {
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     let detail = error_chain(e);
     if e.is_connect() {
-        return UpstreamError { kind: UpstreamErrorKind::Connect, detail };
+        return UpstreamError {
+            kind: UpstreamErrorKind::Connect,
+            detail,
+        };
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
@@ -107,11 +113,17 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
             return UpstreamError { kind, detail };
         }
         if s.downcast_ref::<std::io::Error>().is_some() {
-            return UpstreamError { kind: UpstreamErrorKind::Reset, detail };
+            return UpstreamError {
+                kind: UpstreamErrorKind::Reset,
+                detail,
+            };
         }
         source = s.source();
     }
-    UpstreamError { kind: UpstreamErrorKind::Reset, detail }
+    UpstreamError {
+        kind: UpstreamErrorKind::Reset,
+        detail,
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -34,14 +34,15 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, plus the non-standard `keep-alive` and
 /// `proxy-connection`), always removed; `te: trailers` is put back by [`strip_hop_by_hop`].
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Trailer` is end-to-end (RFC 9110 6.6.2) and is kept: an HTTP/1.1 hop only sends the
+/// trailer fields it declares, so removing it would drop gRPC trailers.
+const HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
     TE,
-    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
 ];
@@ -692,7 +693,7 @@ mod tests {
                     ("upgrade", "websocket"),
                     ("accept", "*/*"),
                 ],
-                &[("accept", "*/*")],
+                &[("trailer", "grpc-status"), ("accept", "*/*")],
             ),
             // Headers named in Connection are removed (comma lists, several lines, any case).
             (
@@ -790,4 +791,3 @@ mod tests {
         }
     }
 }
-

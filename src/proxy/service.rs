@@ -78,7 +78,8 @@ impl ConnContext {
     /// chain only when the generation changed since the handshake, or once the leaf expired.
     fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
         let now = UnixTime::now();
-        let expired = i64::try_from(now.as_secs()).unwrap_or(i64::MAX) > self.identity.cert.not_after;
+        let expired =
+            i64::try_from(now.as_secs()).unwrap_or(i64::MAX) > self.identity.cert.not_after;
         if snap.generation == self.generation && !expired {
             return Ok(self.identity.clone());
         }
@@ -128,7 +129,10 @@ struct Answer {
 }
 
 /// hyper service entry point for one request.
-pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let guard = ctx.activity.request_started();
     let method = req.method().clone();
@@ -138,12 +142,17 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Result<Res
     let status = answer.response.status().as_u16();
     let elapsed = started.elapsed();
     let state = &ctx.state;
-    state
-        .metrics
-        .request(facts.route.as_deref(), answer.allowed, answer.reason, status, elapsed);
-    state
-        .inventory
-        .request(answer.identity.as_ref().unwrap_or(&ctx.identity), answer.allowed);
+    state.metrics.request(
+        facts.route.as_deref(),
+        answer.allowed,
+        answer.reason,
+        status,
+        elapsed,
+    );
+    state.inventory.request(
+        answer.identity.as_ref().unwrap_or(&ctx.identity),
+        answer.allowed,
+    );
     if snap.config.logging.access_log {
         let id = answer.identity.as_ref().unwrap_or(&ctx.identity);
         audit::request_line(&RequestAudit {
@@ -166,10 +175,21 @@ pub async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Result<Res
             duration_ms: elapsed.as_secs_f64() * 1000.0,
         });
     }
-    Ok(answer.response.map(|body| GuardedBody { inner: body, _guard: guard }.boxed()))
+    Ok(answer.response.map(|body| {
+        GuardedBody {
+            inner: body,
+            _guard: guard,
+        }
+        .boxed()
+    }))
 }
 
-async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, facts: &mut Facts) -> Answer {
+async fn pipeline(
+    ctx: &ConnContext,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    facts: &mut Facts,
+) -> Answer {
     let (mut parts, body) = req.into_parts();
     // The raw path until normalization succeeds (logged for refused targets).
     facts.path = Some(parts.uri.path().to_owned());
@@ -185,7 +205,9 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
         if let Err(e) = conflict {
             tracing::debug!(conn_id = ctx.conn_id, error = %e, "ambiguous framing");
             let mut response = fixed(StatusCode::BAD_REQUEST);
-            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
             return deny(response, Reason::BadRequest, None);
         }
     }
@@ -214,7 +236,11 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
     let host = match host::request_host(&parts, ctx.sni.as_deref(), listen.require_sni_match) {
         Ok(h) => h,
         Err(HostError::SniMismatch) => {
-            return deny(fixed(StatusCode::MISDIRECTED_REQUEST), Reason::SniMismatch, None);
+            return deny(
+                fixed(StatusCode::MISDIRECTED_REQUEST),
+                Reason::SniMismatch,
+                None,
+            );
         }
         Err(HostError::Bad(why)) => {
             tracing::debug!(conn_id = ctx.conn_id, why, "bad host");
@@ -242,10 +268,20 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
         path: &target.path,
     };
     let permit = match policy::authorize(&snap.config.policy, &identity, &request) {
-        Decision::NoRoute => return deny(fixed(StatusCode::NOT_FOUND), Reason::NoRoute, Some(identity)),
+        Decision::NoRoute => {
+            return deny(
+                fixed(StatusCode::NOT_FOUND),
+                Reason::NoRoute,
+                Some(identity),
+            )
+        }
         Decision::NotAllowed { route } => {
             facts.route = Some(route.name.clone());
-            return deny(fixed(StatusCode::FORBIDDEN), Reason::NotAllowed, Some(identity));
+            return deny(
+                fixed(StatusCode::FORBIDDEN),
+                Reason::NotAllowed,
+                Some(identity),
+            );
         }
         Decision::Allowed(permit) => permit,
     };
@@ -270,7 +306,9 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
     } else {
         headers::is_upgrade_request(&parts.headers)
     };
-    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<OnUpgrade>());
+    let client_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<OnUpgrade>());
 
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::apply_forward(
@@ -281,7 +319,9 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
         client_host.as_ref(),
     );
     if let Some(value) = &upgrade {
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, value.clone());
     }
     if let Some(h) = &client_host {
@@ -302,7 +342,15 @@ async fn pipeline(ctx: &ConnContext, snap: &Snapshot, req: Request<Incoming>, fa
         parts.headers.remove(HOST);
     }
     let upstream_req = Request::from_parts(parts, body.boxed());
-    forward(ctx, upstream, permit, upstream_req, client_upgrade, identity).await
+    forward(
+        ctx,
+        upstream,
+        permit,
+        upstream_req,
+        client_upgrade,
+        identity,
+    )
+    .await
 }
 
 async fn forward(
@@ -339,7 +387,12 @@ async fn forward(
                             tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
                         }
                     }
-                    (c, u) => tracing::debug!(conn_id, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade failed"),
+                    (c, u) => tracing::debug!(
+                        conn_id,
+                        client_ok = c.is_ok(),
+                        upstream_ok = u.is_ok(),
+                        "upgrade failed"
+                    ),
                 }
             });
             // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
@@ -389,11 +442,16 @@ pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
         StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
         _ => "error\n",
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -407,7 +465,10 @@ impl Body for GuardedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {

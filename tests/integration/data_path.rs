@@ -49,7 +49,10 @@ const ROUTES: &str = r#"  - name: status
 
 fn config(env: &Env, extra: &str) -> String {
     // A second upstream on a port nothing listens on, for 502.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     env.yaml(ROUTES, extra).replace(
         "admin:\n",
         &format!("  down:\n    url: http://{dead}\n    connect_timeout: 500ms\nadmin:\n"),
@@ -57,9 +60,13 @@ fn config(env: &Env, extra: &str) -> String {
 }
 
 async fn conn(env: &Env, proxy: &certguard::Proxy, who: &certguard::devpki::TestCert) -> Conn {
-    Conn::open(proxy.listen_addr, env.client(who, &[b"http/1.1"]), "localhost")
-        .await
-        .expect("handshake should succeed")
+    Conn::open(
+        proxy.listen_addr,
+        env.client(who, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .expect("handshake should succeed")
 }
 
 #[tokio::test]
@@ -71,12 +78,27 @@ async fn allowed_client_reaches_upstream_with_xfcc() {
     assert_eq!(status, 200);
     let seen = env.upstream.last();
     assert_eq!(seen.path, "/api/orders?id=7");
-    let xfcc = seen.headers.get("x-forwarded-client-cert").expect("xfcc").to_str().unwrap().to_owned();
+    let xfcc = seen
+        .headers
+        .get("x-forwarded-client-cert")
+        .expect("xfcc")
+        .to_str()
+        .unwrap()
+        .to_owned();
     let hash = common::sha256_hex(env.pki.alice.cert.as_ref());
     assert!(xfcc.starts_with(&format!("Hash={hash};")), "xfcc = {xfcc}");
-    assert!(xfcc.contains("Subject=\"CN=alice,OU=payments\""), "xfcc = {xfcc}");
-    assert!(xfcc.contains("URI=spiffe://test.local/ns/default/sa/alice"), "xfcc = {xfcc}");
-    assert!(xfcc.contains("DNS=alice.billing.svc.cluster.local"), "xfcc = {xfcc}");
+    assert!(
+        xfcc.contains("Subject=\"CN=alice,OU=payments\""),
+        "xfcc = {xfcc}"
+    );
+    assert!(
+        xfcc.contains("URI=spiffe://test.local/ns/default/sa/alice"),
+        "xfcc = {xfcc}"
+    );
+    assert!(
+        xfcc.contains("DNS=alice.billing.svc.cluster.local"),
+        "xfcc = {xfcc}"
+    );
     assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
     assert_eq!(seen.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
     assert_eq!(seen.headers.get("x-forwarded-host").unwrap(), "localhost");
@@ -87,7 +109,10 @@ async fn authenticated_but_not_allowed_is_403_and_no_route_is_404() {
     let env = Env::new().await;
     let proxy = env.start(&config(&env, "")).await;
     let mut bob = conn(&env, &proxy, &env.pki.bob).await;
-    assert_eq!(bob.get("localhost", "/status").await, (200, bob_status_body(&env)));
+    assert_eq!(
+        bob.get("localhost", "/status").await,
+        (200, bob_status_body(&env))
+    );
     let (status, body) = bob.get("localhost", "/api/orders").await;
     assert_eq!((status, body.as_str()), (403, "forbidden\n"));
     let (status, body) = bob.get("localhost", "/admin").await;
@@ -105,7 +130,12 @@ fn bob_status_body(env: &Env) -> String {
     let headers: serde_json::Map<String, serde_json::Value> = last
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_owned())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_owned()),
+            )
+        })
         .collect();
     serde_json::json!({ "method": last.method, "path": last.path, "headers": headers }).to_string()
 }
@@ -124,11 +154,19 @@ async fn bad_certificates_fail_the_handshake() {
         ("self-signed", &p.rogue),
     ];
     for (what, cert) in cases {
-        let result = Conn::open(proxy.listen_addr, env.client(cert, &[b"http/1.1"]), "localhost").await;
+        let result = Conn::open(
+            proxy.listen_addr,
+            env.client(cert, &[b"http/1.1"]),
+            "localhost",
+        )
+        .await;
         assert!(result.is_err(), "{what}: handshake should fail");
     }
     let anonymous = Conn::open(proxy.listen_addr, env.anonymous(), "localhost").await;
-    assert!(anonymous.is_err(), "no client certificate: handshake should fail");
+    assert!(
+        anonymous.is_err(),
+        "no client certificate: handshake should fail"
+    );
     // Nothing reached the upstream, and a good client still works.
     assert!(env.upstream.seen().is_empty());
     let mut alice = conn(&env, &proxy, &p.alice).await;
@@ -138,12 +176,26 @@ async fn bad_certificates_fail_the_handshake() {
 #[tokio::test]
 async fn max_lifetime_rejects_long_lived_certificates() {
     let env = Env::new().await;
-    let yaml = config(&env, "").replace("    crl: [intermediate.crl, ca.crl]\n", "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 90d\n");
+    let yaml = config(&env, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 90d\n",
+    );
     let proxy = env.start(&yaml).await;
     // alice's certificate lives 366 days, as does long_lived: both exceed 90d.
-    let rejected = Conn::open(proxy.listen_addr, env.client(&env.pki.long_lived, &[b"http/1.1"]), "localhost").await;
-    assert!(rejected.is_err(), "over max_lifetime must fail the handshake");
-    let yaml = config(&env, "").replace("    crl: [intermediate.crl, ca.crl]\n", "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 500d\n");
+    let rejected = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.long_lived, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await;
+    assert!(
+        rejected.is_err(),
+        "over max_lifetime must fail the handshake"
+    );
+    let yaml = config(&env, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 500d\n",
+    );
     let proxy2 = env.start(&yaml).await;
     let mut ok = conn(&env, &proxy2, &env.pki.long_lived).await;
     assert_eq!(ok.get("localhost", "/slow?ms=1").await.0, 200);
@@ -156,7 +208,10 @@ async fn client_sent_xfcc_never_reaches_upstream() {
     let mut c = conn(&env, &proxy, &env.pki.alice).await;
     let req = Request::get("/api/x")
         .header("host", "localhost")
-        .header("x-forwarded-client-cert", "Hash=deadbeef;Subject=\"CN=admin\"")
+        .header(
+            "x-forwarded-client-cert",
+            "Hash=deadbeef;Subject=\"CN=admin\"",
+        )
         .header("client-cert", ":Zm9v:")
         .header("client-cert-chain", ":Zm9v:")
         .header("x-forwarded-for", "10.0.0.1")
@@ -165,10 +220,17 @@ async fn client_sent_xfcc_never_reaches_upstream() {
     let (status, _) = read(c.send(req).await.unwrap()).await;
     assert_eq!(status, 200);
     let seen = env.upstream.last();
-    let xfcc: Vec<_> = seen.headers.get_all("x-forwarded-client-cert").iter().collect();
+    let xfcc: Vec<_> = seen
+        .headers
+        .get_all("x-forwarded-client-cert")
+        .iter()
+        .collect();
     assert_eq!(xfcc.len(), 1);
     let xfcc = xfcc[0].to_str().unwrap();
-    assert!(!xfcc.contains("deadbeef") && !xfcc.contains("CN=admin"), "spoofed xfcc leaked: {xfcc}");
+    assert!(
+        !xfcc.contains("deadbeef") && !xfcc.contains("CN=admin"),
+        "spoofed xfcc leaked: {xfcc}"
+    );
     assert!(seen.headers.get("client-cert").is_none());
     assert!(seen.headers.get("client-cert-chain").is_none());
     assert_eq!(seen.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
@@ -178,9 +240,13 @@ async fn client_sent_xfcc_never_reaches_upstream() {
 async fn http2_client_over_alpn() {
     let env = Env::new().await;
     let proxy = env.start(&config(&env, "")).await;
-    let mut c = Conn::open(proxy.listen_addr, env.client(&env.pki.alice, &[b"h2", b"http/1.1"]), "localhost")
-        .await
-        .unwrap();
+    let mut c = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"h2", b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert!(c.http2, "server should select h2");
     for _ in 0..3 {
         assert_eq!(c.get("localhost", "/api/h2").await.0, 200);
@@ -188,11 +254,21 @@ async fn http2_client_over_alpn() {
     assert_eq!(c.get("localhost", "/nothing").await.0, 404);
     // gRPC-style trailers survive the proxy.
     let resp = c
-        .send(Request::get("https://localhost/trailers").header("te", "trailers").body(empty()).unwrap())
+        .send(
+            Request::get("https://localhost/trailers")
+                .header("te", "trailers")
+                .body(empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("trailers forwarded");
+    let trailers = collected.trailers().cloned().unwrap_or_else(|| {
+        panic!(
+            "trailers forwarded; upstream saw {:?}",
+            env.upstream.last().headers
+        )
+    });
     assert_eq!(trailers.get("grpc-status").unwrap(), "0");
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
 }
@@ -200,7 +276,10 @@ async fn http2_client_over_alpn() {
 #[tokio::test]
 async fn h2c_upstream() {
     let env = Env::new().await;
-    let yaml = config(&env, "").replace(&format!("url: http://{}", env.upstream.addr), &format!("url: h2c://{}", env.upstream.addr));
+    let yaml = config(&env, "").replace(
+        &format!("url: http://{}", env.upstream.addr),
+        &format!("url: h2c://{}", env.upstream.addr),
+    );
     let proxy = env.start(&yaml).await;
     let mut c = conn(&env, &proxy, &env.pki.alice).await;
     assert_eq!(c.get("localhost", "/api/via-h2c").await.0, 200);
@@ -234,11 +313,17 @@ async fn large_streamed_request_body_arrives_intact() {
     let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut chunks = Vec::with_capacity(chunk_count);
     for i in 0..chunk_count {
-        let chunk: Vec<u8> = (0..65536u32).map(|j| ((j * 31 + i as u32 * 7) % 251) as u8).collect();
+        let chunk: Vec<u8> = (0..65536u32)
+            .map(|j| ((j * 31 + i as u32 * 7) % 251) as u8)
+            .collect();
         hasher.update(&chunk);
         chunks.push(Ok::<_, std::io::Error>(Frame::data(Bytes::from(chunk))));
     }
-    let expected = format!("{} {}", chunk_count * 65536, common::upstream::hex(hasher.finish().as_ref()));
+    let expected = format!(
+        "{} {}",
+        chunk_count * 65536,
+        common::upstream::hex(hasher.finish().as_ref())
+    );
     let stream = futures_util::stream::iter(chunks);
     let req = Request::post("/upload")
         .header("host", "localhost")
@@ -274,9 +359,23 @@ async fn curl_allowed_denied_and_rejected() {
         let ca = ca.to_str().unwrap().to_owned();
         let url = url.clone();
         let resolve = resolve.clone();
-        let crt = crt.map(|(c, k)| (c.to_str().unwrap().to_owned(), k.to_str().unwrap().to_owned()));
+        let crt = crt.map(|(c, k)| {
+            (
+                c.to_str().unwrap().to_owned(),
+                k.to_str().unwrap().to_owned(),
+            )
+        });
         tokio::task::spawn_blocking(move || {
-            let mut args = vec!["--resolve".to_owned(), resolve, "--cacert".to_owned(), ca, "-o".to_owned(), "/dev/null".to_owned(), "-w".to_owned(), "%{http_code}".to_owned()];
+            let mut args = vec![
+                "--resolve".to_owned(),
+                resolve,
+                "--cacert".to_owned(),
+                ca,
+                "-o".to_owned(),
+                "/dev/null".to_owned(),
+                "-w".to_owned(),
+                "%{http_code}".to_owned(),
+            ];
             if let Some((c, k)) = crt {
                 args.extend(["--cert".to_owned(), c, "--key".to_owned(), k]);
             }
@@ -290,11 +389,28 @@ async fn curl_allowed_denied_and_rejected() {
     let (code, status) = run(Some((&bob_crt, &bob_key))).await.unwrap();
     assert_eq!((code, status.as_str()), (0, "403"));
     let (code, _) = run(Some((&rev_crt, &rev_key))).await.unwrap();
-    assert_ne!(code, 0, "revoked certificate must fail the handshake under curl");
+    assert_ne!(
+        code, 0,
+        "revoked certificate must fail the handshake under curl"
+    );
     let (code, _) = run(None).await.unwrap();
-    assert_ne!(code, 0, "no client certificate must fail the handshake under curl");
-    let xfcc = env.upstream.last().headers.get("x-forwarded-client-cert").unwrap().to_str().unwrap().to_owned();
-    assert!(xfcc.starts_with(&format!("Hash={}", common::sha256_hex(env.pki.alice.cert.as_ref()))));
+    assert_ne!(
+        code, 0,
+        "no client certificate must fail the handshake under curl"
+    );
+    let xfcc = env
+        .upstream
+        .last()
+        .headers
+        .get("x-forwarded-client-cert")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(xfcc.starts_with(&format!(
+        "Hash={}",
+        common::sha256_hex(env.pki.alice.cert.as_ref())
+    )));
 }
 
 #[tokio::test]
@@ -312,13 +428,25 @@ async fn check_reports_every_mistake_with_its_key_path() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for key in ["listen.handshake_timeout", "routes[2].allow[0].trust", "upstreams.app.colour"] {
+    for key in [
+        "listen.handshake_timeout",
+        "routes[2].allow[0].trust",
+        "upstreams.app.colour",
+    ] {
         assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
     }
     // And the valid config passes.
     let good = env.write("good.yaml", &config(&env, ""));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certguard")).args(["check", "-c"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certguard"))
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

@@ -31,16 +31,29 @@ const ROUTES: &str = r#"  - name: status
       - cn: alice"#;
 
 async fn alice(env: &Env, proxy: &certguard::Proxy) -> Conn {
-    Conn::open(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost")
-        .await
-        .unwrap()
+    Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap()
 }
 
 /// Send raw bytes over a fresh mTLS connection as alice and read until close or `wait`.
-async fn raw_exchange(env: &Env, proxy: &certguard::Proxy, request: &[u8], wait: Duration) -> String {
-    let mut tls = client::connect_tls(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost")
-        .await
-        .unwrap();
+async fn raw_exchange(
+    env: &Env,
+    proxy: &certguard::Proxy,
+    request: &[u8],
+    wait: Duration,
+) -> String {
+    let mut tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     tls.write_all(request).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(wait, tls.read_to_end(&mut buf)).await;
@@ -52,7 +65,13 @@ async fn dot_segments_are_judged_and_forwarded_normalized() {
     let env = Env::new().await;
     let proxy = env.start(&env.yaml(ROUTES, "")).await;
     // bob may use /status but not /admin: /status/../admin is /admin for policy too.
-    let mut bob = Conn::open(proxy.listen_addr, env.client(&env.pki.bob, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut bob = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.bob, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(bob.get("localhost", "/status").await.0, 200);
     assert_eq!(bob.get("localhost", "/status/../admin").await.0, 403);
     assert_eq!(bob.get("localhost", "/status/%2e%2e/admin").await.0, 403);
@@ -62,10 +81,20 @@ async fn dot_segments_are_judged_and_forwarded_normalized() {
     assert_eq!(a.get("localhost", "/a/./b//c?x=1").await.0, 200);
     assert_eq!(env.upstream.last().path, "/a/b/c?x=1");
     let before = env.upstream.seen().len();
-    for bad in ["/admin%2Fsecret", "/a%5Cb", "/%00", "/%zz", "/../etc/passwd"] {
+    for bad in [
+        "/admin%2Fsecret",
+        "/a%5Cb",
+        "/%00",
+        "/%zz",
+        "/../etc/passwd",
+    ] {
         assert_eq!(a.get("localhost", bad).await.0, 400, "{bad}");
     }
-    assert_eq!(env.upstream.seen().len(), before, "rejected targets must not reach the upstream");
+    assert_eq!(
+        env.upstream.seen().len(),
+        before,
+        "rejected targets must not reach the upstream"
+    );
 }
 
 #[tokio::test]
@@ -74,23 +103,44 @@ async fn host_must_match_sni_over_http1_and_http2() {
     let proxy = env.start(&env.yaml(ROUTES, "")).await;
     let mut a = alice(&env, &proxy).await;
     assert_eq!(a.get("localhost", "/x").await.0, 200);
-    assert_eq!(a.get("LOCALHOST.:8443", "/x").await.0, 200, "case, port and trailing dot are ignored");
+    assert_eq!(
+        a.get("LOCALHOST.:8443", "/x").await.0,
+        200,
+        "case, port and trailing dot are ignored"
+    );
     let (status, body) = a.get("other.internal", "/x").await;
     assert_eq!((status, body.as_str()), (421, "misdirected request\n"));
     // HTTP/2: a connection for localhost must not be reused for another host.
-    let mut h2 = Conn::open(proxy.listen_addr, env.client(&env.pki.alice, &[b"h2"]), "localhost").await.unwrap();
+    let mut h2 = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"h2"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert!(h2.http2);
     assert_eq!(h2.get("localhost", "/x").await.0, 200);
     assert_eq!(h2.get("other.internal", "/x").await.0, 421);
     // A missing Host on HTTP/1.1 is a 400.
-    let resp = raw_exchange(&env, &proxy, b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n", Duration::from_secs(3)).await;
+    let resp = raw_exchange(
+        &env,
+        &proxy,
+        b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
 }
 
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let env = Env::new().await;
-    let proxy = env.start(&env.yaml(ROUTES, "").replace("  handshake_timeout: 5s\n", "  handshake_timeout: 5s\n  max_header_bytes: 16384\n")).await;
+    let proxy = env
+        .start(&env.yaml(ROUTES, "").replace(
+            "  handshake_timeout: 5s\n",
+            "  handshake_timeout: 5s\n  max_header_bytes: 16384\n",
+        ))
+        .await;
     let mut a = alice(&env, &proxy).await;
     let req = Request::get("/x")
         .header("host", "localhost")
@@ -115,9 +165,16 @@ async fn smuggling_framing_is_rejected_with_400_and_close() {
     for (i, raw) in cases.iter().enumerate() {
         let resp = raw_exchange(&env, &proxy, raw, Duration::from_secs(3)).await;
         assert!(resp.starts_with("HTTP/1.1 400"), "case {i}: {resp}");
-        assert_eq!(resp.matches("HTTP/1.1").count(), 1, "case {i}: the connection must close after the 400: {resp}");
+        assert_eq!(
+            resp.matches("HTTP/1.1").count(),
+            1,
+            "case {i}: the connection must close after the 400: {resp}"
+        );
     }
-    assert!(env.upstream.seen().is_empty(), "the upstream must never see an ambiguous request");
+    assert!(
+        env.upstream.seen().is_empty(),
+        "the upstream must never see an ambiguous request"
+    );
     // Invalid chunking in an otherwise fine request.
     let resp = raw_exchange(
         &env,
@@ -126,18 +183,30 @@ async fn smuggling_framing_is_rejected_with_400_and_close() {
         Duration::from_secs(3),
     )
     .await;
-    assert!(!resp.starts_with("HTTP/1.1 200"), "invalid chunking must not succeed: {resp}");
+    assert!(
+        !resp.starts_with("HTTP/1.1 200"),
+        "invalid chunking must not succeed: {resp}"
+    );
 }
 
 #[tokio::test]
 async fn stalled_request_is_cut_off_while_others_are_served() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace("  handshake_timeout: 5s\n", "  handshake_timeout: 5s\n  header_read_timeout: 1s\n");
+    let yaml = env.yaml(ROUTES, "").replace(
+        "  handshake_timeout: 5s\n",
+        "  handshake_timeout: 5s\n  header_read_timeout: 1s\n",
+    );
     let proxy = env.start(&yaml).await;
-    let mut slow = client::connect_tls(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost")
+    let mut slow = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    slow.write_all(b"GET /x HTTP/1.1\r\nHost: local")
         .await
         .unwrap();
-    slow.write_all(b"GET /x HTTP/1.1\r\nHost: local").await.unwrap();
     let started = std::time::Instant::now();
     let mut other = alice(&env, &proxy).await;
     for _ in 0..3 {
@@ -146,21 +215,39 @@ async fn stalled_request_is_cut_off_while_others_are_served() {
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await;
     let elapsed = started.elapsed();
-    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the stalled connection must be closed, got {n:?}");
-    assert!(elapsed >= Duration::from_millis(900), "closed too early: {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(8), "closed too late: {elapsed:?}");
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the stalled connection must be closed, got {n:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "closed too late: {elapsed:?}"
+    );
     assert_eq!(other.get("localhost", "/x").await.0, 200);
 }
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace("  handshake_timeout: 5s\n", "  handshake_timeout: 5s\n  idle_timeout: 1s\n  header_read_timeout: 30s\n");
+    let yaml = env.yaml(ROUTES, "").replace(
+        "  handshake_timeout: 5s\n",
+        "  handshake_timeout: 5s\n  idle_timeout: 1s\n  header_read_timeout: 30s\n",
+    );
     let proxy = env.start(&yaml).await;
-    let mut tls = client::connect_tls(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost")
+    let mut tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 65536];
     let n = tls.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -168,13 +255,19 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let mut rest = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "idle connection was not closed");
-    assert!(started.elapsed() >= Duration::from_millis(800), "closed before idle_timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed before idle_timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_refused_and_serving_continues() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace("  handshake_timeout: 5s\n", "  handshake_timeout: 5s\n  max_connections: 2\n");
+    let yaml = env.yaml(ROUTES, "").replace(
+        "  handshake_timeout: 5s\n",
+        "  handshake_timeout: 5s\n  max_connections: 2\n",
+    );
     let proxy = env.start(&yaml).await;
     let mut first = alice(&env, &proxy).await;
     let mut second = alice(&env, &proxy).await;
@@ -183,10 +276,17 @@ async fn connections_beyond_max_connections_are_refused_and_serving_continues() 
     // A third connection gets no handshake while both slots are held.
     let third = tokio::time::timeout(
         Duration::from_secs(5),
-        Conn::open(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost"),
+        Conn::open(
+            proxy.listen_addr,
+            env.client(&env.pki.alice, &[b"http/1.1"]),
+            "localhost",
+        ),
     )
     .await;
-    assert!(matches!(third, Ok(Err(_))), "third connection should be refused");
+    assert!(
+        matches!(third, Ok(Err(_))),
+        "third connection should be refused"
+    );
     // Existing connections keep working, and a slot freed is usable again.
     assert_eq!(first.get("localhost", "/x").await.0, 200);
     drop(second);
@@ -199,23 +299,41 @@ async fn connections_beyond_max_connections_are_refused_and_serving_continues() 
 async fn websocket_echo_through_the_proxy() {
     let env = Env::new().await;
     let proxy = env.start(&env.yaml(ROUTES, "")).await;
-    let tls = client::connect_tls(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost")
+    let tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
         .await
-        .unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/ws", tls).await.expect("websocket handshake");
+        .expect("websocket handshake");
     assert_eq!(resp.status().as_u16(), 101);
     for msg in ["hello", "through", "certguard"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(msg.into())).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(msg.into()))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(echoed.into_text().unwrap(), msg);
     }
     // bob is not allowed on /ws: the upgrade request itself is denied.
-    let tls = client::connect_tls(proxy.listen_addr, env.client(&env.pki.bob, &[b"http/1.1"]), "localhost")
-        .await
-        .unwrap();
+    let tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.bob, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     let denied = tokio_tungstenite::client_async("wss://localhost/ws", tls).await;
     match denied {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
         other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
     }
 }

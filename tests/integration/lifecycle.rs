@@ -19,7 +19,8 @@ const ROUTES: &str = r#"  - name: any
 const WATCH: &str = "reload:\n  watch: true\n  debounce: 200ms\n";
 
 fn watching(env: &Env, routes: &str, extra: &str) -> String {
-    env.yaml(routes, extra).replace("reload:\n  watch: false\n", WATCH)
+    env.yaml(routes, extra)
+        .replace("reload:\n  watch: false\n", WATCH)
 }
 
 /// Poll `f` until it returns true, for up to 10 seconds.
@@ -38,41 +39,83 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-async fn handshake_ok(env: &Env, proxy: &certguard::Proxy, cert: &certguard::devpki::TestCert) -> bool {
-    Conn::open(proxy.listen_addr, env.client(cert, &[b"http/1.1"]), "localhost").await.is_ok()
+async fn handshake_ok(
+    env: &Env,
+    proxy: &certguard::Proxy,
+    cert: &certguard::devpki::TestCert,
+) -> bool {
+    Conn::open(
+        proxy.listen_addr,
+        env.client(cert, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crl_replaced_atomically_revokes_new_and_open_connections() {
     let env = Env::new().await;
     let proxy = env.start(&watching(&env, ROUTES, "")).await;
-    let mut open = Conn::open(proxy.listen_addr, env.client(&env.pki.bob, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut open = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.bob, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(open.get("localhost", "/before").await.0, 200);
     let generation = proxy.generation();
     env.write_crls(&[&env.pki.revoked, &env.pki.bob]);
-    eventually("new handshakes by bob are refused", || async { !handshake_ok(&env, &proxy, &env.pki.bob).await }).await;
+    eventually("new handshakes by bob are refused", || async {
+        !handshake_ok(&env, &proxy, &env.pki.bob).await
+    })
+    .await;
     assert!(proxy.generation() > generation);
     let (status, body) = open.get("localhost", "/after").await;
     assert_eq!((status, body.as_str()), (403, "forbidden\n"));
     // alice is unaffected.
     assert!(handshake_ok(&env, &proxy, &env.pki.alice).await);
     let text = scrape(&proxy).await;
-    assert_eq!(metric(&text, "certguard_requests_total", &[("reason", "revoked"), ("code", "403")]), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_requests_total",
+            &[("reason", "revoked"), ("code", "403")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_pin_cuts_off_new_and_open_connections() {
     let env = Env::new().await;
-    let pinned = "  lab:\n    pinned:\n      - name: ci-runner\n        cert: ci-runner.crt\nroutes:\n";
+    let pinned =
+        "  lab:\n    pinned:\n      - name: ci-runner\n        cert: ci-runner.crt\nroutes:\n";
     let with_pin = watching(&env, ROUTES, "").replacen("routes:\n", pinned, 1);
     let proxy = env.start(&with_pin).await;
-    let mut open = Conn::open(proxy.listen_addr, env.client(&env.pki.ci, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut open = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.ci, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(open.get("localhost", "/x").await.0, 200);
     // Remove the pin (the pinned source keeps another entry so the config stays valid).
     let other = certguard::devpki::TestCert::self_signed(&LeafSpec::client("other")).unwrap();
     env.write("other.crt", &other.cert_pem);
-    env.write("certguard.yaml", &with_pin.replace("      - name: ci-runner\n        cert: ci-runner.crt\n", "      - name: other\n        cert: other.crt\n"));
-    eventually("new handshakes by ci-runner are refused", || async { !handshake_ok(&env, &proxy, &env.pki.ci).await }).await;
+    env.write(
+        "certguard.yaml",
+        &with_pin.replace(
+            "      - name: ci-runner\n        cert: ci-runner.crt\n",
+            "      - name: other\n        cert: other.crt\n",
+        ),
+    );
+    eventually("new handshakes by ci-runner are refused", || async {
+        !handshake_ok(&env, &proxy, &env.pki.ci).await
+    })
+    .await;
     assert_eq!(open.get("localhost", "/x").await.0, 403);
 }
 
@@ -80,7 +123,13 @@ async fn removing_a_pin_cuts_off_new_and_open_connections() {
 async fn server_certificate_rotation_keeps_open_connections() {
     let env = Env::new().await;
     let proxy = env.start(&watching(&env, ROUTES, "")).await;
-    let mut open = Conn::open(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut open = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(open.get("localhost", "/x").await.0, 200);
     let mut spec = LeafSpec::server("localhost");
     spec.cn = "localhost-rotated".into();
@@ -88,20 +137,33 @@ async fn server_certificate_rotation_keeps_open_connections() {
     let rotated = env.pki.inter.issue(&spec).unwrap();
     // Key first, then cert: in between, the pair does not match and that reload is rejected.
     env.write("server.key", &rotated.key_pem);
-    env.write("server.crt", &format!("{}{}", rotated.cert_pem, env.pki.inter.cert_pem));
+    env.write(
+        "server.crt",
+        &format!("{}{}", rotated.cert_pem, env.pki.inter.cert_pem),
+    );
     let want = rotated.cert.clone();
     eventually("new handshakes present the rotated certificate", || {
         let config = env.client(&env.pki.alice, &[b"http/1.1"]);
         let want = want.clone();
         async move {
             match client::connect_tls(proxy.listen_addr, config, "localhost").await {
-                Ok(tls) => tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()) == Some(want),
+                Ok(tls) => {
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first().cloned())
+                        == Some(want)
+                }
                 Err(_) => false,
             }
         }
     })
     .await;
-    assert_eq!(open.get("localhost", "/still").await.0, 200, "the open connection keeps working");
+    assert_eq!(
+        open.get("localhost", "/still").await.0,
+        200,
+        "the open connection keeps working"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,27 +174,54 @@ async fn invalid_config_keeps_the_last_good_snapshot() {
     let generation = proxy.generation();
     env.write("certguard.yaml", "listen: [this is: not valid\n");
     eventually("the failed reload is counted", || async {
-        metric(&scrape(&proxy).await, "certguard_reloads_total", &[("result", "failure")]) >= 1.0
+        metric(
+            &scrape(&proxy).await,
+            "certguard_reloads_total",
+            &[("result", "failure")],
+        ) >= 1.0
     })
     .await;
     assert_eq!(proxy.generation(), generation);
-    let mut c = Conn::open(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost").await.unwrap();
-    assert_eq!(c.get("localhost", "/x").await.0, 200, "traffic continues under the old snapshot");
+    let mut c = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.get("localhost", "/x").await.0,
+        200,
+        "traffic continues under the old snapshot"
+    );
     // A semantically broken config (undefined upstream) is rejected as well.
-    env.write("certguard.yaml", &yaml.replace("    upstream: app\n", "    upstream: nowhere\n"));
+    env.write(
+        "certguard.yaml",
+        &yaml.replace("    upstream: app\n", "    upstream: nowhere\n"),
+    );
     eventually("the second failure is counted", || async {
-        metric(&scrape(&proxy).await, "certguard_reloads_total", &[("result", "failure")]) >= 2.0
+        metric(
+            &scrape(&proxy).await,
+            "certguard_reloads_total",
+            &[("result", "failure")],
+        ) >= 2.0
     })
     .await;
     assert_eq!(c.get("localhost", "/x").await.0, 200);
     // The fix is picked up: the new config no longer allows anything on /x.
     let fixed = yaml.replace("      - authenticated: true", "      - cn: nobody");
     env.write("certguard.yaml", &fixed);
-    eventually("the fixed config is active", || async { proxy.generation() > generation }).await;
+    eventually("the fixed config is active", || async {
+        proxy.generation() > generation
+    })
+    .await;
     assert_eq!(c.get("localhost", "/x").await.0, 403);
     let text = scrape(&proxy).await;
     assert!(metric(&text, "certguard_reloads_total", &[("result", "success")]) >= 1.0);
-    assert_eq!(metric(&text, "certguard_config_generation", &[]), proxy.generation() as f64);
+    assert_eq!(
+        metric(&text, "certguard_config_generation", &[]),
+        proxy.generation() as f64
+    );
 }
 
 #[cfg(unix)]
@@ -149,27 +238,47 @@ async fn kubernetes_symlink_swap_is_detected() {
     symlink("..v1", tls.join("..data")).unwrap();
     symlink("..data/tls.crt", tls.join("tls.crt")).unwrap();
     symlink("..data/tls.key", tls.join("tls.key")).unwrap();
-    let yaml = watching(&env, ROUTES, "").replace("  cert: server.crt\n  key: server.key\n", "  cert: tls/tls.crt\n  key: tls/tls.key\n");
+    let yaml = watching(&env, ROUTES, "").replace(
+        "  cert: server.crt\n  key: server.key\n",
+        "  cert: tls/tls.crt\n  key: tls/tls.key\n",
+    );
     let proxy = env.start(&yaml).await;
     let generation = proxy.generation();
 
     let rotated = env.pki.inter.issue(&LeafSpec::server("localhost")).unwrap();
     let v2 = tls.join("..v2");
     std::fs::create_dir_all(&v2).unwrap();
-    std::fs::write(v2.join("tls.crt"), format!("{}{}", rotated.cert_pem, env.pki.inter.cert_pem)).unwrap();
+    std::fs::write(
+        v2.join("tls.crt"),
+        format!("{}{}", rotated.cert_pem, env.pki.inter.cert_pem),
+    )
+    .unwrap();
     std::fs::write(v2.join("tls.key"), &rotated.key_pem).unwrap();
     symlink("..v2", tls.join("..data_tmp")).unwrap();
     std::fs::rename(tls.join("..data_tmp"), tls.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
 
-    eventually("the swapped certificate is served", || async { proxy.generation() > generation }).await;
-    let c = client::connect_tls(proxy.listen_addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost").await.unwrap();
+    eventually("the swapped certificate is served", || async {
+        proxy.generation() > generation
+    })
+    .await;
+    let c = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(c.get_ref().1.peer_certificates().unwrap()[0], rotated.cert);
 }
 
 /// A free loopback port (bound then released).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Binary(Child);
@@ -194,7 +303,11 @@ fn spawn_binary(config: &Path) -> Binary {
 }
 
 fn health(admin: &str) -> bool {
-    Command::new(env!("CARGO_BIN_EXE_certguard")).args(["health", "--admin", admin]).status().unwrap().success()
+    Command::new(env!("CARGO_BIN_EXE_certguard"))
+        .args(["health", "--admin", admin])
+        .status()
+        .unwrap()
+        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,30 +316,65 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = env
         .yaml(ROUTES, "runtime:\n  shutdown_grace: 10s\n")
-        .replace("  address: \"127.0.0.1:0\"\n  cert:", &format!("  address: \"127.0.0.1:{port}\"\n  cert:"))
-        .replace("admin:\n  address: \"127.0.0.1:0\"", &format!("admin:\n  address: \"127.0.0.1:{admin_port}\""));
+        .replace(
+            "  address: \"127.0.0.1:0\"\n  cert:",
+            &format!("  address: \"127.0.0.1:{port}\"\n  cert:"),
+        )
+        .replace(
+            "admin:\n  address: \"127.0.0.1:0\"",
+            &format!("admin:\n  address: \"127.0.0.1:{admin_port}\""),
+        );
     let config = env.write("certguard.yaml", &yaml);
     let mut child = spawn_binary(&config);
     let admin = format!("127.0.0.1:{admin_port}");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually("the binary is ready", || {
         let admin = admin.clone();
-        async move { tokio::task::spawn_blocking(move || health(&admin)).await.unwrap() }
+        async move {
+            tokio::task::spawn_blocking(move || health(&admin))
+                .await
+                .unwrap()
+        }
     })
     .await;
-    assert!(!health(&format!("127.0.0.1:{}", free_port())), "health must fail where nothing listens");
+    assert!(
+        !health(&format!("127.0.0.1:{}", free_port())),
+        "health must fail where nothing listens"
+    );
 
-    let mut c = Conn::open(addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut c = Conn::open(
+        addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     let slow = tokio::spawn(async move { c.get("localhost", "/slow?ms=1500").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Draining: no new connections, not ready.
-    let refused = Conn::open(addr, env.client(&env.pki.alice, &[b"http/1.1"]), "localhost").await;
-    assert!(refused.is_err(), "new connections must be refused while draining");
+    let refused = Conn::open(
+        addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "new connections must be refused while draining"
+    );
     let (status, body) = slow.await.unwrap();
-    assert_eq!((status, body.as_str()), (200, "slow done"), "the in-flight request completes");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "slow done"),
+        "the in-flight request completes"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {

@@ -29,7 +29,10 @@ const ROUTES: &str = r#"  - name: status
       - authenticated: true"#;
 
 fn config(env: &Env) -> String {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     env.yaml(ROUTES, "")
         .replace("admin:\n", &format!("  down:\n    url: http://{dead}\n    connect_timeout: 500ms\nadmin:\n"))
         .replacen(
@@ -39,7 +42,12 @@ fn config(env: &Env) -> String {
         )
 }
 
-async fn wait_for(proxy: &certguard::Proxy, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+async fn wait_for(
+    proxy: &certguard::Proxy,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = scrape(proxy).await;
@@ -57,17 +65,47 @@ async fn scraped_counters_match_a_scripted_mix() {
     let p = &env.pki;
     let before = scrape(&proxy).await;
     // Zero-initialized series exist before any traffic.
-    assert!(before.contains("certguard_tls_handshakes_total{outcome=\"revoked\",trust=\"internal\"} 0"), "{before}");
+    assert!(
+        before.contains("certguard_tls_handshakes_total{outcome=\"revoked\",trust=\"internal\"} 0"),
+        "{before}"
+    );
     assert!(before.contains("certguard_reloads_total{result=\"failure\"} 0"));
-    assert_eq!(metric(&before, "certguard_pinned_review_overdue", &[("trust", "lab")]), 1.0);
+    assert_eq!(
+        metric(
+            &before,
+            "certguard_pinned_review_overdue",
+            &[("trust", "lab")]
+        ),
+        1.0
+    );
 
     let failures: [&TestCert; 4] = [&p.stranger, &p.revoked, &p.expired, &p.rogue];
     for cert in failures {
-        assert!(Conn::open(proxy.listen_addr, env.client(cert, &[b"http/1.1"]), "localhost").await.is_err());
+        assert!(Conn::open(
+            proxy.listen_addr,
+            env.client(cert, &[b"http/1.1"]),
+            "localhost"
+        )
+        .await
+        .is_err());
     }
-    assert!(Conn::open(proxy.listen_addr, env.anonymous(), "localhost").await.is_err());
-    let mut alice = Conn::open(proxy.listen_addr, env.client(&p.alice, &[b"http/1.1"]), "localhost").await.unwrap();
-    let mut bob = Conn::open(proxy.listen_addr, env.client(&p.bob, &[b"http/1.1"]), "localhost").await.unwrap();
+    assert!(Conn::open(proxy.listen_addr, env.anonymous(), "localhost")
+        .await
+        .is_err());
+    let mut alice = Conn::open(
+        proxy.listen_addr,
+        env.client(&p.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let mut bob = Conn::open(
+        proxy.listen_addr,
+        env.client(&p.bob, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(alice.get("localhost", "/api/a").await.0, 200);
     assert_eq!(alice.get("localhost", "/api/b").await.0, 200);
     assert_eq!(bob.get("localhost", "/status").await.0, 200);
@@ -76,17 +114,42 @@ async fn scraped_counters_match_a_scripted_mix() {
     assert_eq!(alice.get("localhost", "/down").await.0, 502);
     assert_eq!(alice.get("other.host", "/api/a").await.0, 421);
 
-    let text = wait_for(&proxy, "certguard_tls_handshakes_total", &[("outcome", "no_client_cert")], 1.0).await;
-    let hs = |trust: &str, outcome: &str| metric(&text, "certguard_tls_handshakes_total", &[("trust", trust), ("outcome", outcome)]);
+    let text = wait_for(
+        &proxy,
+        "certguard_tls_handshakes_total",
+        &[("outcome", "no_client_cert")],
+        1.0,
+    )
+    .await;
+    let hs = |trust: &str, outcome: &str| {
+        metric(
+            &text,
+            "certguard_tls_handshakes_total",
+            &[("trust", trust), ("outcome", outcome)],
+        )
+    };
     assert_eq!(hs("internal", "success"), 2.0);
     assert_eq!(hs("none", "unknown_issuer"), 1.0);
     assert_eq!(hs("internal", "revoked"), 1.0);
     assert_eq!(hs("internal", "expired"), 1.0);
     assert_eq!(hs("none", "pin_mismatch"), 1.0);
     assert_eq!(hs("none", "no_client_cert"), 1.0);
-    assert_eq!(metric(&text, "certguard_tls_handshakes_total", &[]), 7.0, "no other handshakes were counted");
+    assert_eq!(
+        metric(&text, "certguard_tls_handshakes_total", &[]),
+        7.0,
+        "no other handshakes were counted"
+    );
     let req = |route: &str, decision: &str, reason: &str, code: &str| {
-        metric(&text, "certguard_requests_total", &[("route", route), ("decision", decision), ("reason", reason), ("code", code)])
+        metric(
+            &text,
+            "certguard_requests_total",
+            &[
+                ("route", route),
+                ("decision", decision),
+                ("reason", reason),
+                ("code", code),
+            ],
+        )
     };
     assert_eq!(req("api", "allowed", "ok", "200"), 2.0);
     assert_eq!(req("status", "allowed", "ok", "200"), 1.0);
@@ -95,12 +158,44 @@ async fn scraped_counters_match_a_scripted_mix() {
     assert_eq!(req("down", "allowed", "upstream_error", "502"), 1.0);
     assert_eq!(req("none", "denied", "sni_mismatch", "421"), 1.0);
     assert_eq!(metric(&text, "certguard_requests_total", &[]), 7.0);
-    assert_eq!(metric(&text, "certguard_upstream_errors_total", &[("upstream", "down"), ("kind", "connect")]), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_upstream_errors_total",
+            &[("upstream", "down"), ("kind", "connect")]
+        ),
+        1.0
+    );
     assert_eq!(metric(&text, "certguard_connections_active", &[]), 2.0);
-    assert_eq!(metric(&text, "certguard_request_duration_seconds_count", &[("route", "api")]), 3.0);
-    assert!(metric(&text, "certguard_upstream_request_duration_seconds_count", &[("upstream", "app")]) >= 3.0);
-    assert!(metric(&text, "certguard_crl_next_update_timestamp_seconds", &[("trust", "internal"), ("file", "intermediate.crl")]) > 1.7e9);
-    assert!(metric(&text, "certguard_server_cert_not_after_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_request_duration_seconds_count",
+            &[("route", "api")]
+        ),
+        3.0
+    );
+    assert!(
+        metric(
+            &text,
+            "certguard_upstream_request_duration_seconds_count",
+            &[("upstream", "app")]
+        ) >= 3.0
+    );
+    assert!(
+        metric(
+            &text,
+            "certguard_crl_next_update_timestamp_seconds",
+            &[("trust", "internal"), ("file", "intermediate.crl")]
+        ) > 1.7e9
+    );
+    assert!(
+        metric(
+            &text,
+            "certguard_server_cert_not_after_timestamp_seconds",
+            &[]
+        ) > 1.7e9
+    );
     assert_eq!(metric(&text, "certguard_config_generation", &[]), 1.0);
     // Label values never come from paths or certificate text.
     for leaked in ["/api/a", "/nope", "alice", "CN="] {
@@ -111,11 +206,22 @@ async fn scraped_counters_match_a_scripted_mix() {
 }
 
 fn promtool_lint(text: &str) {
-    let promtool = std::env::var("PROMTOOL").ok().filter(|p| !p.is_empty()).or_else(|| {
-        Command::new("promtool").arg("--version").output().ok().filter(|o| o.status.success()).map(|_| "promtool".into())
-    });
+    let promtool = std::env::var("PROMTOOL")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| {
+            Command::new("promtool")
+                .arg("--version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| "promtool".into())
+        });
     let Some(promtool) = promtool else {
-        assert!(std::env::var("CI").is_err(), "promtool is required in CI (.ci/run installs it)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required in CI (.ci/run installs it)"
+        );
         eprintln!("promtool not installed: skipping the metrics lint (run .ci/run to install it)");
         return;
     };
@@ -127,7 +233,12 @@ fn promtool_lint(text: &str) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -145,12 +256,24 @@ async fn identities_inventory_and_readiness() {
     assert_eq!(admin_get(&proxy, "/healthz").await.0, 200);
     assert_eq!(admin_get(&proxy, "/nope").await.0, 404);
     let p = &env.pki;
-    let mut alice = Conn::open(proxy.listen_addr, env.client(&p.alice, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut alice = Conn::open(
+        proxy.listen_addr,
+        env.client(&p.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     for _ in 0..3 {
         assert_eq!(alice.get("localhost", "/api/x").await.0, 200);
     }
     assert_eq!(alice.get("localhost", "/nope").await.0, 404);
-    let mut ci = Conn::open(proxy.listen_addr, env.client(&p.ci, &[b"http/1.1"]), "localhost").await.unwrap();
+    let mut ci = Conn::open(
+        proxy.listen_addr,
+        env.client(&p.ci, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
     assert_eq!(ci.get("localhost", "/api/x").await.0, 200);
     assert_eq!(ci.get("localhost", "/status").await.0, 403);
 
@@ -158,7 +281,12 @@ async fn identities_inventory_and_readiness() {
     assert_eq!(status, 200);
     let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(list.len(), 2, "{body}");
-    let find = |fp: &str| list.iter().find(|v| v["fingerprint"] == fp).unwrap_or_else(|| panic!("{fp} missing: {body}")).clone();
+    let find = |fp: &str| {
+        list.iter()
+            .find(|v| v["fingerprint"] == fp)
+            .unwrap_or_else(|| panic!("{fp} missing: {body}"))
+            .clone()
+    };
     let a = find(&crate::common::sha256_hex(p.alice.cert.as_ref()));
     assert_eq!(a["trust"], "internal");
     assert_eq!(a["pinned"], serde_json::Value::Null);
@@ -175,17 +303,35 @@ async fn identities_inventory_and_readiness() {
     keys.sort();
     assert_eq!(
         keys,
-        ["fingerprint", "first_seen", "last_seen", "not_after", "pinned", "requests_allowed", "requests_denied", "san_dns", "serial", "spiffe_id", "subject", "trust"]
+        [
+            "fingerprint",
+            "first_seen",
+            "last_seen",
+            "not_after",
+            "pinned",
+            "requests_allowed",
+            "requests_denied",
+            "san_dns",
+            "serial",
+            "spiffe_id",
+            "subject",
+            "trust"
+        ]
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     let env = Env::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let yaml = config(&env)
-        .replace("  address: \"127.0.0.1:0\"\n  cert:", &format!("  address: \"127.0.0.1:{port}\"\n  cert:"))
-        + "logging:\n  format: json\n  level: info\n";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = config(&env).replace(
+        "  address: \"127.0.0.1:0\"\n  cert:",
+        &format!("  address: \"127.0.0.1:{port}\"\n  cert:"),
+    ) + "logging:\n  format: json\n  level: info\n";
     let path = env.write("certguard.yaml", &yaml);
     let mut child = Command::new(env!("CARGO_BIN_EXE_certguard"))
         .args(["run", "-c"])
@@ -197,14 +343,18 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut bob = None;
     for _ in 0..100 {
-        if let Ok(c) = Conn::open(addr, env.client(&env.pki.bob, &[b"http/1.1"]), "localhost").await {
+        if let Ok(c) = Conn::open(addr, env.client(&env.pki.bob, &[b"http/1.1"]), "localhost").await
+        {
             bob = Some(c);
             break;
         }
@@ -212,12 +362,20 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     }
     let mut bob = bob.expect("binary did not start");
     assert_eq!(bob.get("localhost", "/api/secret?token=abc").await.0, 403);
-    assert!(Conn::open(addr, env.client(&env.pki.revoked, &[b"http/1.1"]), "localhost").await.is_err());
+    assert!(Conn::open(
+        addr,
+        env.client(&env.pki.revoked, &[b"http/1.1"]),
+        "localhost"
+    )
+    .await
+    .is_err());
     let fingerprint = crate::common::sha256_hex(env.pki.bob.cert.as_ref());
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut request_line, mut handshake_line) = (None, None);
     while Instant::now() < deadline && (request_line.is_none() || handshake_line.is_none()) {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             panic!("log line is not JSON: {line}");
         };
@@ -236,7 +394,15 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     assert_eq!(r["fingerprint"], fingerprint.as_str());
     assert_eq!(r["path"], "/api/secret");
     assert_eq!(r["trust"], "internal");
-    for key in ["conn_id", "peer", "sni", "subject", "method", "host", "duration_ms"] {
+    for key in [
+        "conn_id",
+        "peer",
+        "sni",
+        "subject",
+        "method",
+        "host",
+        "duration_ms",
+    ] {
         assert!(r.get(key).is_some(), "audit line lacks {key}: {r}");
     }
     let h = handshake_line.expect("no audit line for the failed handshake");
@@ -259,7 +425,13 @@ async fn explain_agrees_with_the_live_proxy() {
         ("rogue", &p.rogue),
         ("stranger", &p.stranger),
     ];
-    let requests = [("GET", "/api/x"), ("GET", "/status"), ("POST", "/api/x"), ("GET", "/status/../api/y"), ("GET", "/other")];
+    let requests = [
+        ("GET", "/api/x"),
+        ("GET", "/status"),
+        ("POST", "/api/x"),
+        ("GET", "/status/../api/y"),
+        ("GET", "/other"),
+    ];
     let mut compared = 0;
     for (name, cert) in clients {
         let (crt, _) = env.client_files(name, cert);
@@ -275,9 +447,18 @@ async fn explain_agrees_with_the_live_proxy() {
             let explained = match out.status.code() {
                 Some(0) => true,
                 Some(1) => false,
-                other => panic!("explain failed ({other:?}): {}", String::from_utf8_lossy(&out.stderr)),
+                other => panic!(
+                    "explain failed ({other:?}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
             };
-            let live = match Conn::open(proxy.listen_addr, env.client(cert, &[b"http/1.1"]), "localhost").await {
+            let live = match Conn::open(
+                proxy.listen_addr,
+                env.client(cert, &[b"http/1.1"]),
+                "localhost",
+            )
+            .await
+            {
                 Err(_) => false,
                 Ok(mut c) => {
                     let req = http::Request::builder()
@@ -290,7 +471,12 @@ async fn explain_agrees_with_the_live_proxy() {
                     status == 200
                 }
             };
-            assert_eq!(explained, live, "{name} {method} {path}: explain says {explained}, proxy says {live}\n{}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(
+                explained,
+                live,
+                "{name} {method} {path}: explain says {explained}, proxy says {live}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             compared += 1;
         }
     }

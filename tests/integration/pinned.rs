@@ -12,7 +12,11 @@ fn spki_b64(cert: &TestCert) -> String {
 }
 
 fn colons(hex: &str) -> String {
-    hex.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap().to_uppercase()).collect::<Vec<_>>().join(":")
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[tokio::test]
@@ -63,25 +67,57 @@ routes:
       - pinned: ci-runner"#;
     let yaml = env.yaml(routes, "").replacen("routes:\n", &trust, 1);
     let proxy = env.start(&yaml).await;
-    let open = |cert: &TestCert| Conn::open(proxy.listen_addr, env.client(cert, &[b"http/1.1"]), "localhost");
+    let open = |cert: &TestCert| {
+        Conn::open(
+            proxy.listen_addr,
+            env.client(cert, &[b"http/1.1"]),
+            "localhost",
+        )
+    };
 
     let mut alice = open(&env.pki.alice).await.unwrap();
     assert_eq!(alice.get("localhost", "/partners/x").await.0, 200);
     assert_eq!(alice.get("localhost", "/lab/x").await.0, 403);
-    let mut imp = open(&impostor).await.expect("the impostor is a pinned client");
-    assert_eq!(imp.get("localhost", "/partners/x").await.0, 403, "same CN, wrong trust source");
+    let mut imp = open(&impostor)
+        .await
+        .expect("the impostor is a pinned client");
+    assert_eq!(
+        imp.get("localhost", "/partners/x").await.0,
+        403,
+        "same CN, wrong trust source"
+    );
     assert_eq!(imp.get("localhost", "/lab/x").await.0, 200);
-    for (name, cert) in [("sha256", &by_sha), ("sha256 with colons", &by_sha_colons), ("spki", &by_spki), ("cert", &env.pki.ci)] {
-        let mut c = open(cert).await.unwrap_or_else(|e| panic!("pinned by {name} should be admitted: {e}"));
+    for (name, cert) in [
+        ("sha256", &by_sha),
+        ("sha256 with colons", &by_sha_colons),
+        ("spki", &by_spki),
+        ("cert", &env.pki.ci),
+    ] {
+        let mut c = open(cert)
+            .await
+            .unwrap_or_else(|e| panic!("pinned by {name} should be admitted: {e}"));
         assert_eq!(c.get("localhost", "/lab/x").await.0, 200, "{name}");
     }
     let mut ci = open(&env.pki.ci).await.unwrap();
     assert_eq!(ci.get("localhost", "/deploy").await.0, 200);
     let mut legacy = open(&by_sha).await.unwrap();
-    assert_eq!(legacy.get("localhost", "/deploy").await.0, 403, "only the ci-runner pin may deploy");
-    assert!(open(&env.pki.rogue).await.is_err(), "an unpinned self-signed certificate is refused");
+    assert_eq!(
+        legacy.get("localhost", "/deploy").await.0,
+        403,
+        "only the ci-runner pin may deploy"
+    );
+    assert!(
+        open(&env.pki.rogue).await.is_err(),
+        "an unpinned self-signed certificate is refused"
+    );
     let xfcc = env.upstream.last();
-    assert!(xfcc.headers.get("x-forwarded-client-cert").unwrap().to_str().unwrap().starts_with(&format!("Hash={}", sha256_hex(env.pki.ci.cert.as_ref()))));
+    assert!(xfcc
+        .headers
+        .get("x-forwarded-client-cert")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with(&format!("Hash={}", sha256_hex(env.pki.ci.cert.as_ref()))));
 }
 
 #[tokio::test]
@@ -92,24 +128,45 @@ async fn pinned_lifecycle_rules_apply_at_the_handshake() {
     spec.not_before = now - time::Duration::days(30);
     spec.not_after = now - time::Duration::days(1);
     let expired = TestCert::self_signed(&spec).unwrap();
-    let routes = "  - name: all\n    path_prefix: /\n    upstream: app\n    allow:\n      - trust: lab";
+    let routes =
+        "  - name: all\n    path_prefix: /\n    upstream: app\n    allow:\n      - trust: lab";
     let trust = |check_validity: bool, action: &str| {
         format!(
             "  lab:\n    check_validity: {check_validity}\n    on_overdue_review: {action}\n    pinned:\n      - name: old-tool\n        sha256: \"{}\"\n      - name: ci-runner\n        cert: ci-runner.crt\n        review_by: 2020-01-01\nroutes:\n",
             sha256_hex(expired.cert.as_ref())
         )
     };
-    let strict = env.start(&env.yaml(routes, "").replacen("routes:\n", &trust(true, "deny"), 1)).await;
+    let strict = env
+        .start(
+            &env.yaml(routes, "")
+                .replacen("routes:\n", &trust(true, "deny"), 1),
+        )
+        .await;
     let open = |proxy: &certguard::Proxy, cert: &TestCert| {
         let config = env.client(cert, &[b"http/1.1"]);
         let addr = proxy.listen_addr;
         async move { Conn::open(addr, config, "localhost").await }
     };
-    assert!(open(&strict, &expired).await.is_err(), "expired pinned certificate is refused");
-    assert!(open(&strict, &env.pki.ci).await.is_err(), "overdue review with deny is refused");
-    let lax = env.start(&env.yaml(routes, "").replacen("routes:\n", &trust(false, "warn"), 1)).await;
-    let mut c = open(&lax, &expired).await.expect("check_validity: false admits the expired pin");
+    assert!(
+        open(&strict, &expired).await.is_err(),
+        "expired pinned certificate is refused"
+    );
+    assert!(
+        open(&strict, &env.pki.ci).await.is_err(),
+        "overdue review with deny is refused"
+    );
+    let lax = env
+        .start(
+            &env.yaml(routes, "")
+                .replacen("routes:\n", &trust(false, "warn"), 1),
+        )
+        .await;
+    let mut c = open(&lax, &expired)
+        .await
+        .expect("check_validity: false admits the expired pin");
     assert_eq!(c.get("localhost", "/x").await.0, 200);
-    let mut c = open(&lax, &env.pki.ci).await.expect("overdue review with warn is admitted");
+    let mut c = open(&lax, &env.pki.ci)
+        .await
+        .expect("overdue review with warn is admitted");
     assert_eq!(c.get("localhost", "/x").await.0, 200);
 }

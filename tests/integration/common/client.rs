@@ -65,7 +65,10 @@ pub async fn connect_tls(
     let mut probe = [0u8; 1];
     match tokio::time::timeout(std::time::Duration::from_millis(300), tls.read(&mut probe)).await {
         Err(_) => Ok(tls),
-        Ok(Ok(0)) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by server")),
+        Ok(Ok(0)) => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed by server",
+        )),
         Ok(Ok(_)) => panic!("server sent application data before any request"),
         Ok(Err(e)) => Err(e),
     }
@@ -84,23 +87,34 @@ pub struct Conn {
 
 impl Conn {
     /// Connect and speak HTTP/2 if the server selected it over ALPN, else HTTP/1.1.
-    pub async fn open(addr: SocketAddr, config: Arc<rustls::ClientConfig>, sni: &str) -> Result<Conn, std::io::Error> {
+    pub async fn open(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> Result<Conn, std::io::Error> {
         let tls = connect_tls(addr, config, sni).await?;
         let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         let sender = if http2 {
-            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(std::io::Error::other)?;
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn);
             Sender::H2(s)
         } else {
-            let (s, conn) = hyper::client::conn::http1::handshake(io).await.map_err(std::io::Error::other)?;
+            let (s, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
             tokio::spawn(conn.with_upgrades());
             Sender::H1(s)
         };
         Ok(Conn { sender, http2 })
     }
 
-    pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         match &mut self.sender {
             Sender::H1(s) => {
                 s.ready().await?;
@@ -116,9 +130,14 @@ impl Conn {
     /// GET `path` with Host `host`; returns status and body text.
     pub async fn get(&mut self, host: &str, path: &str) -> (u16, String) {
         let req = if self.http2 {
-            Request::get(format!("https://{host}{path}")).body(empty()).unwrap()
+            Request::get(format!("https://{host}{path}"))
+                .body(empty())
+                .unwrap()
         } else {
-            Request::get(path).header("host", host).body(empty()).unwrap()
+            Request::get(path)
+                .header("host", host)
+                .body(empty())
+                .unwrap()
         };
         let resp = self.send(req).await.expect("request failed");
         read(resp).await
@@ -127,6 +146,11 @@ impl Conn {
 
 pub async fn read(resp: Response<Incoming>) -> (u16, String) {
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -139,8 +139,14 @@ impl Env {
         let later = now + time::Duration::days(30);
         let serials: Vec<&[u8]> = revoked.iter().map(|c| c.serial.as_slice()).collect();
         let earlier = now - time::Duration::minutes(5);
-        self.write("intermediate.crl", &self.pki.inter.crl_pem(&serials, earlier, later).unwrap());
-        self.write("ca.crl", &self.pki.root.crl_pem(&[], earlier, later).unwrap());
+        self.write(
+            "intermediate.crl",
+            &self.pki.inter.crl_pem(&serials, earlier, later).unwrap(),
+        );
+        self.write(
+            "ca.crl",
+            &self.pki.root.crl_pem(&[], earlier, later).unwrap(),
+        );
     }
 
     /// A complete config: the standard listen/trust/upstream sections plus `routes`
@@ -196,12 +202,18 @@ reload:
         for c in &cert.chain {
             chain.push_str(&pem(c));
         }
-        (self.write(&format!("{name}.crt"), &chain), self.write(&format!("{name}.key"), &cert.key_pem))
+        (
+            self.write(&format!("{name}.crt"), &chain),
+            self.write(&format!("{name}.key"), &cert.key_pem),
+        )
     }
 }
 
 pub fn identity(cert: &TestCert) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    (cert.chain.clone(), PrivateKeyDer::Pkcs8(cert.key_der.clone_key()))
+    (
+        cert.chain.clone(),
+        PrivateKeyDer::Pkcs8(cert.key_der.clone_key()),
+    )
 }
 
 pub fn pem(der: &CertificateDer<'_>) -> String {
@@ -228,15 +240,25 @@ pub async fn scrape(proxy: &Proxy) -> String {
 /// GET an admin path over plain HTTP.
 pub async fn admin_get(proxy: &Proxy, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(proxy.admin_addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
+    let mut s = tokio::net::TcpStream::connect(proxy.admin_addr)
         .await
         .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -254,7 +276,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if n != name {
                 return None;
             }
-            let ok = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()

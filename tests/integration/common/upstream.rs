@@ -46,12 +46,17 @@ impl Upstream {
         let recorder = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let recorder = recorder.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(recorder.clone(), req));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .await;
                 });
             }
         });
@@ -74,8 +79,15 @@ fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).boxed()
 }
 
-async fn handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+async fn handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         path: path.clone(),
@@ -99,7 +111,10 @@ async fn handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Resu
         let mut n = 0usize;
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
-                return Ok(Response::builder().status(StatusCode::BAD_REQUEST).body(full("body error")).unwrap());
+                return Ok(Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .body(full("body error"))
+                    .unwrap());
             };
             if let Some(data) = frame.data_ref() {
                 n += data.len();
@@ -117,15 +132,24 @@ async fn handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Resu
             Ok(Frame::trailers(trailers)),
         ];
         let body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)));
-        return Ok(Response::new(body));
+        // HTTP/1.1 sends only declared trailer fields.
+        return Ok(Response::builder()
+            .header("trailer", "grpc-status")
+            .body(body)
+            .unwrap());
     }
     if p == "/ws" {
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return Ok(Response::builder().status(StatusCode::BAD_REQUEST).body(full("not websocket")).unwrap());
+            return Ok(Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(full("not websocket"))
+                .unwrap());
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
             let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -133,10 +157,8 @@ async fn handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Resu
             )
             .await;
             while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() || msg.is_binary() {
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
                 }
             }
         });
@@ -152,9 +174,15 @@ async fn handle(seen: Arc<Mutex<Vec<Seen>>>, mut req: Request<Incoming>) -> Resu
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_owned())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_owned()),
+            )
+        })
         .collect();
-    let doc = serde_json::json!({ "method": req.method().as_str(), "path": path, "headers": headers });
+    let doc =
+        serde_json::json!({ "method": req.method().as_str(), "path": path, "headers": headers });
     Ok(Response::new(full(doc.to_string())))
 }
 
