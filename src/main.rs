@@ -268,6 +268,24 @@ impl DemoInfo {
     }
 }
 
+/// `config/../certs-dev` -> `certs-dev`, without touching the file system.
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn check(path: &Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::from(1);
