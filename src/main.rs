@@ -123,9 +123,11 @@ fn init_logging(logging: &Logging) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi);
     let _ = match logging.format {
         LogFormat::Json => builder
             .json()
@@ -224,6 +226,7 @@ impl DemoInfo {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let cwd = std::env::current_dir().unwrap_or_default();
+        let certs = lexical(&certs);
         let certs = certs
             .strip_prefix(&cwd)
             .map(Path::to_path_buf)
