@@ -482,3 +482,54 @@ async fn explain_agrees_with_the_live_proxy() {
     }
     assert!(compared >= 10);
 }
+
+#[tokio::test]
+async fn stalled_and_garbage_handshakes_are_counted_as_timeout_and_protocol_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new().await;
+    let yaml = config(&env).replace("  handshake_timeout: 5s\n", "  handshake_timeout: 500ms\n");
+    let proxy = env.start(&yaml).await;
+    // A client that connects and never speaks is dropped after handshake_timeout.
+    let mut silent = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "silent client must be disconnected"
+    );
+    // A client that speaks plain HTTP to the TLS port is a protocol error.
+    let mut plain = tokio::net::TcpStream::connect(proxy.listen_addr)
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
+    let text = wait_for(
+        &proxy,
+        "certguard_tls_handshakes_total",
+        &[("outcome", "protocol_error")],
+        1.0,
+    )
+    .await;
+    let hs = |outcome: &str| {
+        metric(
+            &text,
+            "certguard_tls_handshakes_total",
+            &[("trust", "none"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(hs("timeout"), 1.0);
+    assert_eq!(hs("protocol_error"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_tls_handshake_duration_seconds_count",
+            &[("result", "failure")]
+        ),
+        2.0
+    );
+}
