@@ -15,7 +15,8 @@
 #   HTTP2=0            1 = HTTP/2 (h2 via ALPN to certguard, h2c prior knowledge direct)
 #   HANDSHAKES=2000    requests of the new-connection-per-request pair (0 = skip that pair)
 #   ROUTES=50          routes in the generated policy; requests match the last one
-#   ACCESS_LOG=true    certguard's per-request audit log (written to a file in the temp dir)
+#   ACCESS_LOG=true    certguard's per-request audit log, written to a file in the temp dir
+#                      (about 0.5 KB per request; removed on exit unless KEEP_TMP=1)
 #   WORKERS=auto       certguard runtime.worker_threads
 #   RESULTS=           a directory to copy oha's JSON reports and the summary into
 #   KEEP_TMP=0         1 = keep the temp dir (configs, PKI, logs) for inspection
@@ -397,7 +398,9 @@ main() {
   measure proxy "$proxy_pid" "$proxy_url" "$warm" "$run" "${common[@]}" "${client[@]}"
   if ((HANDSHAKES > 0)); then
     # HTTP/1.1 with one connection (and for certguard one full mTLS handshake) per request;
-    # bounded by count, not time, so that fast plain-HTTP connects cannot exhaust ports.
+    # bounded by count, not time, so that fast plain-HTTP connects cannot exhaust ports. oha
+    # offers TLS session resumption; certguard's default (session_resumption: false) declines
+    # it, so every one of these is a full handshake with client-certificate verification.
     local hs=(-c "$CONNECTIONS" --disable-keepalive) hs_warm=''
     ((WARMUP == 0)) || hs_warm="-n $((HANDSHAKES / 5 + 1))"
     measure direct_newconn "$echo_pid" "$direct_url" "$hs_warm" "-n $HANDSHAKES" "${hs[@]}"

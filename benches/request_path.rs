@@ -11,9 +11,12 @@
 //! | `authorize` | `policy::authorize` on a 50-route policy  | linear scan of the route paths     |
 //! | `headers`   | XFCC element, hop-by-hop strip, forward   | cloning the request's header map  |
 //!
-//! `cargo bench --bench request_path` runs them (about a minute and a half on 2 cores);
-//! `cargo test --all-targets` runs each once as a smoke test, and the setup asserts that every
-//! case really takes the code path its name says (allowed, denied, no route, rejected target).
+//! `cargo bench --bench request_path` runs them (about a minute and a half on 2 cores, once
+//! built); `cargo bench --bench request_path -- authorize` runs one group, and the table then
+//! shows only what this run measured. `cargo test --all-targets` runs each benchmark once as a
+//! smoke test, and the setup asserts that every case really takes the code path its name says
+//! (allowed, denied, no route, rejected target). Ratios of ~1.5x move between runs on a busy
+//! machine; compare runs by ratio, and distrust small differences.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -38,17 +41,18 @@ struct Pairs(Vec<Pair>);
 struct Pair {
     group: &'static str,
     case: String,
+    /// Criterion's id below the group: `function/parameter` or just `function`.
     subject: String,
     baseline: String,
 }
 
 impl Pairs {
-    fn add(&mut self, group: &'static str, case: &str, subject: &str, baseline: &str) {
+    fn add(&mut self, group: &'static str, case: &str, subject: String, baseline: String) {
         self.0.push(Pair {
             group,
             case: case.to_owned(),
-            subject: subject.to_owned(),
-            baseline: baseline.to_owned(),
+            subject,
+            baseline,
         });
     }
 }
@@ -100,7 +104,12 @@ fn bench_normalize(c: &mut Criterion, pairs: &mut Pairs) {
         group.bench_with_input(BenchmarkId::new("normalize", case), &uri, |b, u| {
             b.iter(|| normalize(black_box(&Method::GET), black_box(u)))
         });
-        pairs.add("normalize", case, "normalize", "uri_parse");
+        pairs.add(
+            "normalize",
+            case,
+            format!("normalize/{case}"),
+            format!("uri_parse/{case}"),
+        );
     }
     group.finish();
 }
@@ -385,7 +394,12 @@ fn bench_authorize(c: &mut Criterion, pairs: &mut Pairs, config: &Config, alice:
                 )
             })
         });
-        pairs.add("authorize", case, "authorize", "linear_path_scan");
+        pairs.add(
+            "authorize",
+            case,
+            format!("authorize/{case}"),
+            format!("linear_path_scan/{case}"),
+        );
     }
     group.finish();
 }
@@ -508,7 +522,12 @@ fn bench_headers(c: &mut Criterion, pairs: &mut Pairs, config: &Config, alice: &
         "strip_hop_by_hop",
         "strip_and_apply_forward",
     ] {
-        pairs.add("headers", subject, subject, "clone_header_map");
+        pairs.add(
+            "headers",
+            subject,
+            subject.to_owned(),
+            "clone_header_map".to_owned(),
+        );
     }
 }
 
@@ -532,23 +551,12 @@ fn output_directory() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/criterion"))
 }
 
-/// Median time per iteration in ns of one benchmark, if this run measured it.
-fn median_ns(
-    out: &Path,
-    group: &str,
-    function: &str,
-    case: Option<&str>,
-    since: SystemTime,
-) -> Option<f64> {
-    let mut path = out.join(group).join(function);
-    if let Some(case) = case {
-        path.push(case);
-    }
-    path.push("new");
-    path.push("estimates.json");
+/// Median time per iteration in ns of benchmark `group/id`, if this run measured it.
+fn median_ns(out: &Path, group: &str, id: &str, since: SystemTime) -> Option<f64> {
+    let path = out.join(group).join(id).join("new").join("estimates.json");
     let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
     if modified < since {
-        return None; // left over from an earlier run (e.g. this one was filtered)
+        return None; // left over from an earlier run (this one was filtered)
     }
     let text = std::fs::read_to_string(&path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -558,20 +566,10 @@ fn median_ns(
 fn print_ratios(out: &Path, pairs: &Pairs, since: SystemTime) {
     let mut rows = Vec::new();
     for p in &pairs.0 {
-        // Groups whose subject and baseline vary per case use `function/case` ids; `headers`
-        // has one shared baseline and plain function ids.
-        let (subject, baseline) = if p.group == "headers" {
-            (
-                median_ns(out, p.group, &p.subject, None, since),
-                median_ns(out, p.group, &p.baseline, None, since),
-            )
-        } else {
-            (
-                median_ns(out, p.group, &p.subject, Some(&p.case), since),
-                median_ns(out, p.group, &p.baseline, Some(&p.case), since),
-            )
-        };
+        let subject = median_ns(out, p.group, &p.subject, since);
+        let baseline = median_ns(out, p.group, &p.baseline, since);
         if let (Some(s), Some(b)) = (subject, baseline) {
+            let function = |id: &str| id.split('/').next().unwrap_or_default().to_owned();
             rows.push(format!(
                 "{:<10} {:<26} {:>12.1} {:>12.1} {:>8.2}x  ({} / {})",
                 p.group,
@@ -579,8 +577,8 @@ fn print_ratios(out: &Path, pairs: &Pairs, since: SystemTime) {
                 s,
                 b,
                 s / b,
-                p.subject,
-                p.baseline
+                function(&p.subject),
+                function(&p.baseline),
             ));
         }
     }
