@@ -551,16 +551,26 @@ fn output_directory() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/criterion"))
 }
 
-/// Median time per iteration in ns of benchmark `group/id`, if this run measured it.
-fn median_ns(out: &Path, group: &str, id: &str, since: SystemTime) -> Option<f64> {
-    let path = out.join(group).join(id).join("new").join("estimates.json");
+/// One file criterion wrote for benchmark `group/id` in this run (not left from an earlier one,
+/// as happens to the benchmarks a filtered run skips).
+fn read_json(
+    out: &Path,
+    group: &str,
+    id: &str,
+    file: &str,
+    since: SystemTime,
+) -> Option<serde_json::Value> {
+    let path = out.join(group).join(id).join("new").join(file);
     let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
     if modified < since {
-        return None; // left over from an earlier run (this one was filtered)
+        return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
+    serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()
+}
+
+/// Median time per iteration in ns.
+fn median_ns(out: &Path, group: &str, id: &str, since: SystemTime) -> Option<f64> {
+    read_json(out, group, id, "estimates.json", since)?["median"]["point_estimate"].as_f64()
 }
 
 fn print_ratios(out: &Path, pairs: &Pairs, since: SystemTime) {
@@ -571,7 +581,7 @@ fn print_ratios(out: &Path, pairs: &Pairs, since: SystemTime) {
         if let (Some(s), Some(b)) = (subject, baseline) {
             let function = |id: &str| id.split('/').next().unwrap_or_default().to_owned();
             rows.push(format!(
-                "{:<10} {:<26} {:>12.1} {:>12.1} {:>8.2}x  ({} / {})",
+                "{:<10} {:<24} {:>11.1} {:>11.1} {:>7.2}x  {} / {}",
                 p.group,
                 p.case,
                 s,
@@ -588,7 +598,7 @@ fn print_ratios(out: &Path, pairs: &Pairs, since: SystemTime) {
     println!();
     println!("Ratios against the baseline measured in this run (median ns per iteration):");
     println!(
-        "{:<10} {:<26} {:>12} {:>12} {:>9}",
+        "{:<10} {:<24} {:>11} {:>11} {:>8}  subject / baseline",
         "group", "case", "subject ns", "baseline ns", "ratio"
     );
     for r in rows {
