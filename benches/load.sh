@@ -7,7 +7,16 @@
 # starts is stopped on exit. What it needs and does not find, it installs (oha with cargo, jq
 # and curl with apt-get), as .ci/run does.
 #
-# Usage: benches/load.sh            (from anywhere inside the repository)
+# Usage: benches/load.sh   (from any directory; about 30 s once built, plus a few minutes the
+#        first time for `cargo install oha`, which needs rustc 1.88 or newer)
+#
+# Reading it: "ratio certguard / direct" below 1 for req/s and above 1 for latency and CPU
+# mean certguard costs that much more than serving the request directly. "cpu ms/1k req" is
+# the CPU time (user + system, all threads) of the process under load per 1000 requests: the
+# echo upstream's in the direct phase, certguard's alone (not the upstream's) in the proxy
+# phase. oha, certguard and the echo upstream share the machine's CPUs, so req/s is bounded by
+# all three; CPU per request is the steadier figure. Memory: certguard's peak RSS against the
+# echo process's, which is the same binary serving plain HTTP.
 # Settings (environment):
 #   DURATION=10        seconds per measured keep-alive phase
 #   WARMUP=2           seconds of unmeasured load before each phase (0 = none)
