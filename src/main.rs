@@ -119,14 +119,20 @@ fn load(path: &Path) -> Option<Config> {
     }
 }
 
-fn init_logging(logging: &Logging) {
+/// Install the global subscriber. Log lines are written by a background thread so that the
+/// per-request audit line never waits on stdout; the queue blocks rather than drops when full
+/// (audit lines must not be lost). Keep the returned guard alive: dropping it flushes.
+fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_ansi(ansi);
     let _ = match logging.format {
         LogFormat::Json => builder
@@ -136,13 +142,14 @@ fn init_logging(logging: &Logging) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 fn serve(path: &Path, demo: bool) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::from(2);
     };
-    init_logging(&config.logging);
+    let _log_guard = init_logging(&config.logging);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = config.runtime.worker_threads {
