@@ -78,6 +78,14 @@ impl ProxyState {
 /// Counts a connection as open for metrics and drain, until dropped.
 struct OpenGuard(Arc<ProxyState>);
 
+/// What one client connection holds while it is open: its `max_connections` slot and its place
+/// in the open-connection count. Shared with an upgraded (WebSocket) tunnel, which outlives
+/// the HTTP connection that created it.
+pub struct Lease {
+    _open: OpenGuard,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
 impl OpenGuard {
     fn new(state: &Arc<ProxyState>) -> OpenGuard {
         state.open.fetch_add(1, Ordering::AcqRel);
@@ -129,7 +137,7 @@ pub async fn serve(
         let waiting = waiting.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _slot = match permit {
+            let slot = match permit {
                 Some(p) => p,
                 None => {
                     let Ok(_queued) = waiting.try_acquire_owned() else {
@@ -146,7 +154,11 @@ pub async fn serve(
                 }
             };
             let snapshot = state.current.load();
-            handle_connection(state, snapshot, tcp, peer, shutdown).await;
+            let lease = Arc::new(Lease {
+                _open: OpenGuard::new(&state),
+                _slot: slot,
+            });
+            handle_connection(state, snapshot, tcp, peer, lease, shutdown).await;
         });
     }
 }
@@ -268,9 +280,9 @@ async fn handle_connection(
     snapshot: Arc<Snapshot>,
     tcp: TcpStream,
     peer: SocketAddr,
+    lease: Arc<Lease>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _open = OpenGuard::new(&state);
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let established = match handshake(&snapshot, tcp).await {
@@ -317,7 +329,9 @@ async fn handle_connection(
         identity,
         snapshot.generation,
         activity.clone(),
+        lease,
     ));
+    let recorder = ctx.clone();
     drop(snapshot);
     let io = TokioIo::new(ActivityIo {
         inner: stream,
@@ -346,13 +360,14 @@ async fn handle_connection(
             .header_read_timeout(None)
             .max_buf_size(max_header_bytes.max(8192))
             .max_header_size(max_header_bytes);
-        drive(
+        let refused = drive(
             builder.serve_connection(io, svc).with_upgrades(),
             &activity,
             limits,
             shutdown,
         )
         .await;
+        service::record_refused(&recorder, refused.as_ref());
     }
 }
 
@@ -397,14 +412,14 @@ struct Limits {
 
 /// Serve one connection until it ends, applying the header-read and idle timeouts and
 /// draining on shutdown.
-async fn drive<C, E>(
+async fn drive<C>(
     conn: C,
     activity: &Activity,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) where
-    C: Drainable<Output = Result<(), E>>,
-    E: std::fmt::Display,
+) -> Option<hyper::Error>
+where
+    C: Drainable<Output = Result<(), hyper::Error>>,
 {
     tokio::pin!(conn);
     let mut draining = false;
@@ -412,10 +427,13 @@ async fn drive<C, E>(
         let deadline = activity.deadline(limits);
         tokio::select! {
             res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
+                return match res {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                        Some(e)
+                    }
+                };
             }
             _ = shutdown.wait_for(|s| *s), if !draining => {
                 conn.as_mut().drain();
@@ -426,14 +444,18 @@ async fn drive<C, E>(
                 match activity.expired(limits, Instant::now()) {
                     Some(Expiry::HeaderRead) => {
                         tracing::debug!("header_read_timeout: closing connection");
-                        return;
+                        return None;
+                    }
+                    Some(Expiry::Stalled) => {
+                        tracing::debug!("client stopped reading for idle_timeout: closing connection");
+                        return None;
                     }
                     Some(Expiry::Idle) if !draining => {
                         conn.as_mut().drain();
                         draining = true;
                     }
                     // Already draining and still idle: the peer ignores GOAWAY/close.
-                    Some(Expiry::Idle) => return,
+                    Some(Expiry::Idle) => return None,
                     None => {}
                 }
             }
@@ -444,6 +466,8 @@ async fn drive<C, E>(
 enum Expiry {
     HeaderRead,
     Idle,
+    /// A response is in flight but the client has not accepted a byte for `idle_timeout`.
+    Stalled,
 }
 
 /// Per-connection activity, updated by the IO wrapper and by request handling.
@@ -456,7 +480,11 @@ pub struct Activity {
     /// 1 + milliseconds since `epoch` when the first byte of a pending request head arrived;
     /// 0 when no head is pending.
     head_started: AtomicU64,
-    /// Wakes the connection's timer when a request head starts (its deadline moves earlier).
+    /// 1 + milliseconds since `epoch` since when writes to the client have been blocked (the
+    /// client stopped reading); 0 while writes make progress.
+    write_blocked: AtomicU64,
+    /// Wakes the connection's timer when a request head starts or writes block (its deadline
+    /// moves earlier).
     changed: Notify,
     /// HTTP/1 only: the raw bytes of the pending request head, for the framing check below.
     head: Option<std::sync::Mutex<HeadSniffer>>,
@@ -483,8 +511,11 @@ impl HeadSniffer {
             return None;
         }
         let room = self.limit.saturating_sub(self.bytes.len());
+        // Search only the new bytes (and the 3 before them), so a head trickled in byte by byte
+        // costs linear, not quadratic, time.
+        let from = self.bytes.len().saturating_sub(3);
         self.bytes.extend_from_slice(&data[..data.len().min(room)]);
-        let end = find(&self.bytes, b"\r\n\r\n");
+        let end = find(&self.bytes[from..], b"\r\n\r\n").map(|i| from + i);
         if end.is_none() && self.bytes.len() < self.limit {
             return None;
         }
@@ -519,6 +550,7 @@ impl Activity {
             last: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             changed: Notify::new(),
             head: sniff_limit.map(|limit| {
                 std::sync::Mutex::new(HeadSniffer {
@@ -554,6 +586,21 @@ impl Activity {
         }
     }
 
+    fn on_write(&self, blocked: bool) {
+        if blocked {
+            let now = self.now_ms();
+            if self
+                .write_blocked
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.changed.notify_one();
+            }
+        } else {
+            self.write_blocked.store(0, Ordering::Release);
+        }
+    }
+
     /// Whether the request head just parsed had both Content-Length and Transfer-Encoding.
     /// Reading it clears it.
     pub fn take_framing_conflict(&self) -> bool {
@@ -576,7 +623,10 @@ impl Activity {
 
     fn deadline(&self, limits: Limits) -> Instant {
         if self.inflight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + limits.idle;
+            return match self.write_blocked.load(Ordering::Acquire) {
+                0 => Instant::now() + limits.idle,
+                since => self.at(since - 1) + limits.idle,
+            };
         }
         let head = self.head_started.load(Ordering::Acquire);
         match limits.header_read {
@@ -587,7 +637,10 @@ impl Activity {
 
     fn expired(&self, limits: Limits, now: Instant) -> Option<Expiry> {
         if self.inflight.load(Ordering::Acquire) > 0 {
-            return None;
+            return match self.write_blocked.load(Ordering::Acquire) {
+                0 => None,
+                since => (now >= self.at(since - 1) + limits.idle).then_some(Expiry::Stalled),
+            };
         }
         let head = self.head_started.load(Ordering::Acquire);
         if let (Some(hr), true) = (limits.header_read, head != 0) {
@@ -652,7 +705,10 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let res = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.on_write(res.is_pending());
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -27,7 +27,7 @@ use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
 use crate::identity::Identity;
 use crate::policy::{self, Decision, Permit, RequestFacts};
-use crate::server::{Activity, InflightGuard, ProxyState};
+use crate::server::{Activity, InflightGuard, Lease, ProxyState};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;
 
@@ -47,6 +47,8 @@ pub struct ConnContext {
     /// The identity re-verified against a later snapshot, cached per generation.
     rechecked: Mutex<Option<(u64, Result<Identity, Rejection>)>>,
     activity: Arc<Activity>,
+    /// The connection's slot and open-count entry, kept by upgraded tunnels too.
+    lease: Arc<Lease>,
 }
 
 impl ConnContext {
@@ -60,6 +62,7 @@ impl ConnContext {
         identity: Identity,
         generation: u64,
         activity: Arc<Activity>,
+        lease: Arc<Lease>,
     ) -> ConnContext {
         ConnContext {
             state,
@@ -71,6 +74,7 @@ impl ConnContext {
             generation,
             rechecked: Mutex::new(None),
             activity,
+            lease,
         }
     }
 
@@ -139,22 +143,49 @@ pub async fn handle(
     let snap = ctx.state.current.load();
     let mut facts = Facts::default();
     let answer = pipeline(&ctx, &snap, req, &mut facts).await;
-    let status = answer.response.status().as_u16();
-    let elapsed = started.elapsed();
+    record(
+        &ctx,
+        snap.config.logging.access_log,
+        &Record {
+            method: method.as_str(),
+            facts: &facts,
+            allowed: answer.allowed,
+            reason: answer.reason,
+            status: answer.response.status().as_u16(),
+            identity: answer.identity.as_ref().unwrap_or(&ctx.identity),
+            elapsed: started.elapsed(),
+        },
+    );
+    Ok(answer.response.map(|body| {
+        GuardedBody {
+            inner: body,
+            _guard: guard,
+        }
+        .boxed()
+    }))
+}
+
+/// One request decision, as metrics, the inventory and the audit log see it.
+struct Record<'a> {
+    method: &'a str,
+    facts: &'a Facts,
+    allowed: bool,
+    reason: Reason,
+    status: u16,
+    identity: &'a Identity,
+    elapsed: std::time::Duration,
+}
+
+/// Count and log one request decision: exactly once per request, whoever answered it.
+fn record(ctx: &ConnContext, access_log: bool, r: &Record<'_>) {
     let state = &ctx.state;
-    state.metrics.request(
-        facts.route.as_deref(),
-        answer.allowed,
-        answer.reason,
-        status,
-        elapsed,
-    );
-    state.inventory.request(
-        answer.identity.as_ref().unwrap_or(&ctx.identity),
-        answer.allowed,
-    );
-    if snap.config.logging.access_log {
-        let id = answer.identity.as_ref().unwrap_or(&ctx.identity);
+    let f = r.facts;
+    state
+        .metrics
+        .request(f.route.as_deref(), r.allowed, r.reason, r.status, r.elapsed);
+    state.inventory.request(r.identity, r.allowed);
+    if access_log {
+        let id = r.identity;
         audit::request_line(&RequestAudit {
             conn_id: ctx.conn_id,
             peer: ctx.peer,
@@ -164,24 +195,44 @@ pub async fn handle(
             subject: Some(&id.cert.subject),
             spiffe_id: id.cert.spiffe_id.as_deref(),
             fingerprint: Some(&id.cert.fingerprint),
-            method: method.as_str(),
-            host: facts.host.as_deref(),
-            path: facts.path.as_deref().unwrap_or(""),
-            route: facts.route.as_deref(),
-            upstream: facts.upstream.as_deref(),
-            decision: if answer.allowed { "allowed" } else { "denied" },
-            reason: answer.reason,
-            status,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            method: r.method,
+            host: f.host.as_deref(),
+            path: f.path.as_deref().unwrap_or(""),
+            route: f.route.as_deref(),
+            upstream: f.upstream.as_deref(),
+            decision: if r.allowed { "allowed" } else { "denied" },
+            reason: r.reason,
+            status: r.status,
+            duration_ms: r.elapsed.as_secs_f64() * 1000.0,
         });
     }
-    Ok(answer.response.map(|body| {
-        GuardedBody {
-            inner: body,
-            _guard: guard,
-        }
-        .boxed()
-    }))
+}
+
+/// Count a request that hyper refused before it reached [`handle`] (an oversized head gets
+/// 431, an unparsable one 400), given the error its connection ended with.
+pub fn record_refused(ctx: &ConnContext, error: Option<&hyper::Error>) {
+    let Some(e) = error else { return };
+    let status = if e.is_parse_too_large() {
+        431
+    } else if e.is_parse() {
+        400
+    } else {
+        return;
+    };
+    let access_log = ctx.state.current.load().config.logging.access_log;
+    record(
+        ctx,
+        access_log,
+        &Record {
+            method: "-",
+            facts: &Facts::default(),
+            allowed: false,
+            reason: Reason::BadRequest,
+            status,
+            identity: &ctx.identity,
+            elapsed: std::time::Duration::ZERO,
+        },
+    );
 }
 
 async fn pipeline(
@@ -341,6 +392,11 @@ async fn pipeline(
     if upstream.config.scheme == UpstreamScheme::H2c {
         parts.headers.remove(HOST);
     }
+    let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = ClientBody {
+        inner: body,
+        failed: client_failed.clone(),
+    };
     let upstream_req = Request::from_parts(parts, body.boxed());
     forward(
         ctx,
@@ -349,6 +405,7 @@ async fn pipeline(
         upstream_req,
         client_upgrade,
         identity,
+        &client_failed,
     )
     .await
 }
@@ -360,6 +417,7 @@ async fn forward(
     req: Request<super::forward::UpstreamBody>,
     client_upgrade: Option<OnUpgrade>,
     identity: Identity,
+    client_failed: &std::sync::atomic::AtomicBool,
 ) -> Answer {
     let name = &permit.route().upstream;
     let metrics = &ctx.state.metrics;
@@ -368,6 +426,16 @@ async fn forward(
     metrics.upstream_duration(name, started.elapsed());
     let mut response = match result {
         Ok(r) => r,
+        Err(e) if client_failed.load(std::sync::atomic::Ordering::Acquire) => {
+            // The exchange failed because the client's own body was malformed (e.g. invalid
+            // chunking), not because of the upstream.
+            tracing::debug!(conn_id = ctx.conn_id, error = %e, "client request body failed");
+            let mut response = fixed(StatusCode::BAD_REQUEST);
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return deny(response, Reason::BadRequest, Some(identity));
+        }
         Err(e) => {
             metrics.upstream_error(name, e.kind);
             tracing::warn!(conn_id = ctx.conn_id, upstream = %name, error = %e, "upstream request failed");
@@ -378,7 +446,10 @@ async fn forward(
         if let Some(client) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut response);
             let conn_id = ctx.conn_id;
+            // The tunnel keeps the connection's slot and open-count entry until it ends.
+            let lease = ctx.lease.clone();
             tokio::spawn(async move {
+                let _lease = lease;
                 match (client.await, upstream_side.await) {
                     (Ok(c), Ok(u)) => {
                         let mut c = TokioIo::new(c);
@@ -453,6 +524,36 @@ pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The client's request body on its way upstream; notes when reading it failed, so that the
+/// failure is charged to the client (400) rather than to the upstream (502).
+struct ClientBody {
+    inner: Incoming,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &res {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        res
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body that keeps the request counted as in flight until it is finished.

@@ -151,6 +151,18 @@ async fn oversized_headers_get_431() {
     assert_eq!(status.ok(), Some(431));
     let mut b = alice(&env, &proxy).await;
     assert_eq!(b.get("localhost", "/x").await.0, 200);
+    // hyper answers the 431 itself; it is still counted, once, as a denied request.
+    let text = crate::common::scrape(&proxy).await;
+    let labels = [
+        ("route", "none"),
+        ("decision", "denied"),
+        ("reason", "bad_request"),
+        ("code", "431"),
+    ];
+    assert_eq!(
+        crate::common::metric(&text, "certguard_requests_total", &labels),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -184,9 +196,51 @@ async fn smuggling_framing_is_rejected_with_400_and_close() {
     )
     .await;
     assert!(
-        !resp.starts_with("HTTP/1.1 200"),
-        "invalid chunking must not succeed: {resp}"
+        resp.starts_with("HTTP/1.1 400"),
+        "invalid chunking must get 400: {resp}"
     );
+    let text = crate::common::scrape(&proxy).await;
+    assert_eq!(
+        crate::common::metric(&text, "certguard_upstream_errors_total", &[]),
+        0.0,
+        "a client's bad body is not an upstream error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_idle_timeout() {
+    let env = Env::new().await;
+    let yaml = env.yaml(ROUTES, "").replace(
+        "  handshake_timeout: 5s\n",
+        "  handshake_timeout: 5s\n  idle_timeout: 1s\n",
+    );
+    let proxy = env.start(&yaml).await;
+    let mut tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    // Ask for 256 MiB and never read: the proxy's writes block once the socket buffers fill.
+    tls.write_all(b"GET /big?mb=256 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = crate::common::scrape(&proxy).await;
+        if crate::common::metric(&text, "certguard_connections_active", &[]) == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(tls);
+    let mut other = alice(&env, &proxy).await;
+    assert_eq!(other.get("localhost", "/x").await.0, 200);
 }
 
 #[tokio::test]
@@ -310,6 +364,12 @@ async fn websocket_echo_through_the_proxy() {
         .await
         .expect("websocket handshake");
     assert_eq!(resp.status().as_u16(), 101);
+    // The tunnel holds its connection's slot: it is still an open connection after the 101.
+    let text = crate::common::scrape(&proxy).await;
+    assert_eq!(
+        crate::common::metric(&text, "certguard_connections_active", &[]),
+        1.0
+    );
     for msg in ["hello", "through", "certguard"] {
         ws.send(tokio_tungstenite::tungstenite::Message::Text(msg.into()))
             .await

@@ -124,6 +124,20 @@ async fn handle(
         let hash = hex(ctx.finish().as_ref());
         return Ok(Response::new(full(format!("{n} {hash}"))));
     }
+    if p == "/big" {
+        // `mb` MiB streamed in 64 KiB chunks, for clients that stop reading.
+        let mb: usize = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("mb="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let chunk = Bytes::from(vec![b'x'; 65536]);
+        let frames = (0..mb * 16).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(
+            futures_util::stream::iter(frames),
+        ))));
+    }
     if p == "/trailers" {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
