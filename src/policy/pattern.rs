@@ -147,7 +147,22 @@ fn check_route_path(key: &str, p: &str) -> Result<(), String> {
              requests are matched after normalization"
         ));
     }
-    Ok(())
+    // Requests are matched after normalization (SPEC 4 step 1), so a route written in any
+    // other spelling (`%7E` for `~`, lower-case hex, a raw `;`, ...) could never match.
+    let uri: http::Uri = p
+        .parse()
+        .map_err(|_| format!("`{key}` `{p}` is not a valid request path"))?;
+    match crate::proxy::normalize::normalize(&http::Method::GET, &uri) {
+        Ok(t) if t.path == p => Ok(()),
+        Ok(t) => Err(format!(
+            "`{key}` must be written in normalized form: `{}` (requests are matched after \
+             normalization, so `{p}` would never match)",
+            t.path
+        )),
+        Err(e) => Err(format!(
+            "`{key}` `{p}` can never match: requests with such a path are refused with 400 ({e})"
+        )),
+    }
 }
 
 impl PathMatch {
@@ -634,6 +649,27 @@ mod tests {
         );
         for bad in ["orders", "/orders/*", "/a//b", "/a/../b", "/a?x=1", ""] {
             assert!(PathMatch::prefix(bad).is_err(), "{bad}");
+        }
+        // Not in normalized form: would never match a (normalized) request path.
+        for (bad, want) in [
+            ("/a%7Eb", Some("`/a~b`")),
+            ("/a%2cb", Some("`/a%2Cb`")),
+            ("/a{b}", Some("`/a%7Bb%7D`")),
+            ("/admin;x", None),
+            ("/a%2Fb", None),
+            ("/a%zz", None),
+            ("/a b", None),
+        ] {
+            for r in [PathMatch::exact(bad), PathMatch::prefix(bad)] {
+                let err = r.expect_err(bad);
+                if let Some(want) = want {
+                    assert!(err.contains("normalized form") && err.contains(want), "{err}");
+                }
+            }
+        }
+        for good in ["/a~b", "/a%2Cb", "/caf%C3%A9", "/a:b@c", "/orders/"] {
+            assert!(PathMatch::exact(good).is_ok(), "{good}");
+            assert!(PathMatch::prefix(good).is_ok(), "{good}");
         }
     }
 
