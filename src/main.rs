@@ -163,7 +163,6 @@ fn serve(path: &Path, demo: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let grace = config.runtime.shutdown_grace;
         let demo_info = demo.then(|| DemoInfo::from_config(&config));
         if let Some(info) = &demo_info {
             for addr in &info.upstreams {
@@ -189,7 +188,9 @@ fn serve(path: &Path, demo: bool) -> ExitCode {
             info.print(&proxy);
         }
         wait_for_signals(&proxy).await;
-        tracing::info!("shutting down: draining connections");
+        // Read at shutdown time, not at start: `runtime.shutdown_grace` is reloadable.
+        let grace = proxy.state.current.load().config.runtime.shutdown_grace;
+        tracing::info!(grace = ?grace, "shutting down: draining connections");
         proxy.shutdown(grace).await;
         ExitCode::SUCCESS
     })
