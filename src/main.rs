@@ -126,6 +126,15 @@ fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuar
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Audit lines (SPEC 6) are a record, not diagnostics: emit them whatever `logging.level`
+    // (or RUST_LOG) says. `logging.access_log: false` is what turns the request line off.
+    let filter = match format!("{}=info", certguard::audit::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(e) => {
+            eprintln!("certguard: cannot enable the audit log target: {e}");
+            filter
+        }
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
