@@ -71,7 +71,11 @@ fn warn_restart_needed(old: &Config, new: &Config) {
         tracing::warn!(old = ?old.runtime.worker_threads, new = ?new.runtime.worker_threads, "runtime.worker_threads changed: takes effect only after a restart");
     }
     if old.reload.watch != new.reload.watch {
-        tracing::warn!(old = old.reload.watch, new = new.reload.watch, "reload.watch changed: takes effect only after a restart");
+        tracing::warn!(
+            old = old.reload.watch,
+            new = new.reload.watch,
+            "reload.watch changed: takes effect only after a restart"
+        );
     }
     if old.reload.debounce != new.reload.debounce {
         tracing::warn!(old = ?old.reload.debounce, new = ?new.reload.debounce, "reload.debounce changed: takes effect only after a restart");

@@ -691,7 +691,10 @@ mod tests {
             for r in [PathMatch::exact(bad), PathMatch::prefix(bad)] {
                 let err = r.expect_err(bad);
                 if let Some(want) = want {
-                    assert!(err.contains("normalized form") && err.contains(want), "{err}");
+                    assert!(
+                        err.contains("normalized form") && err.contains(want),
+                        "{err}"
+                    );
                 }
             }
         }
