@@ -126,6 +126,15 @@ fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuar
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Audit lines (SPEC 6) are a record, not diagnostics: emit them whatever `logging.level`
+    // (or RUST_LOG) says. `logging.access_log: false` is what turns the request line off.
+    let filter = match format!("{}=info", certguard::audit::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(e) => {
+            eprintln!("certguard: cannot enable the audit log target: {e}");
+            filter
+        }
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -163,7 +172,6 @@ fn serve(path: &Path, demo: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let grace = config.runtime.shutdown_grace;
         let demo_info = demo.then(|| DemoInfo::from_config(&config));
         if let Some(info) = &demo_info {
             for addr in &info.upstreams {
@@ -189,7 +197,9 @@ fn serve(path: &Path, demo: bool) -> ExitCode {
             info.print(&proxy);
         }
         wait_for_signals(&proxy).await;
-        tracing::info!("shutting down: draining connections");
+        // Read at shutdown time, not at start: `runtime.shutdown_grace` is reloadable.
+        let grace = proxy.state.current.load().config.runtime.shutdown_grace;
+        tracing::info!(grace = ?grace, "shutting down: draining connections");
         proxy.shutdown(grace).await;
         ExitCode::SUCCESS
     })

@@ -66,6 +66,26 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     if old.listen.max_connections != new.listen.max_connections {
         tracing::warn!("listen.max_connections changed: takes effect only after a restart");
     }
+    // `runtime.shutdown_grace` is read at shutdown time, so it reloads like everything else.
+    if old.runtime.worker_threads != new.runtime.worker_threads {
+        tracing::warn!(old = ?old.runtime.worker_threads, new = ?new.runtime.worker_threads, "runtime.worker_threads changed: takes effect only after a restart");
+    }
+    if old.reload.watch != new.reload.watch {
+        tracing::warn!(
+            old = old.reload.watch,
+            new = new.reload.watch,
+            "reload.watch changed: takes effect only after a restart"
+        );
+    }
+    if old.reload.debounce != new.reload.debounce {
+        tracing::warn!(old = ?old.reload.debounce, new = ?new.reload.debounce, "reload.debounce changed: takes effect only after a restart");
+    }
+    if old.logging.level != new.logging.level {
+        tracing::warn!(old = %old.logging.level, new = %new.logging.level, "logging.level changed: takes effect only after a restart");
+    }
+    if old.logging.format != new.logging.format {
+        tracing::warn!(old = ?old.logging.format, new = ?new.logging.format, "logging.format changed: takes effect only after a restart");
+    }
 }
 
 /// Set the gauges that describe a snapshot (generation, CRL nextUpdate, server certificate

@@ -72,15 +72,27 @@ pub fn warnings(config: &Config) -> Vec<String> {
                         _ => {}
                     }
                 }
-                if ca.revocation.depth == RevocationDepth::Chain && !ca.crls.is_empty() {
+                if ca.crls.is_empty() {
+                    // rustls checks revocation only when at least one CRL is loaded; without
+                    // one, `unknown_status: deny` has nothing to act on.
+                    out.push(format!(
+                        "trust.{name}: no CRLs configured: revocation is not checked for this source"
+                    ));
+                } else if ca.revocation.depth == RevocationDepth::Chain {
                     for anchor in &ca.anchors {
-                        let Ok(info) = CertInfo::from_chain(std::slice::from_ref(anchor)) else {
+                        // Compare DER Names, as the verifier does: two DNs can render alike
+                        // and still differ (string types, attribute order), or vice versa.
+                        let Ok((_, cert)) = x509_parser::parse_x509_certificate(anchor) else {
                             continue;
                         };
-                        if !ca.crls.iter().any(|c| c.issuer == info.subject) {
+                        let raw = cert.subject().as_raw();
+                        if !ca.crls.iter().any(|c| c.issuer_raw == raw) {
+                            // Rendered the same way (RFC 4514) as CRL issuers in `check`.
+                            let shown = CertInfo::from_chain(std::slice::from_ref(anchor))
+                                .map(|i| i.subject)
+                                .unwrap_or_else(|_| cert.subject().to_string());
                             out.push(format!(
-                                "trust.{name}.crl: no CRL issued by CA '{}' in the bundle (revocation depth: chain)",
-                                info.subject
+                                "trust.{name}.crl: no CRL issued by CA '{shown}' in the bundle (revocation depth: chain)"
                             ));
                         }
                     }
@@ -400,5 +412,67 @@ fn join(v: &[String]) -> String {
         "-".into()
     } else {
         v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use time::{Duration, OffsetDateTime};
+
+    use super::*;
+    use crate::devpki::{LeafSpec, TestCa};
+
+    #[test]
+    fn crl_warnings() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let now = OffsetDateTime::now_utc();
+        let (this, next) = (now - Duration::days(1), now + Duration::days(30));
+        let server_ca = TestCa::root("server ca").unwrap();
+        let server = server_ca.issue(&LeafSpec::server("localhost")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        // `good`: its own CRL. `wrong`: a CRL by another CA only. `nocrl`: no CRL at all.
+        // `wrong_leaf_only` checks only leaves, so the anchor's own CRL is not required.
+        let good = TestCa::root("good ca").unwrap();
+        let wrong = TestCa::root("wrong ca").unwrap();
+        let none = TestCa::root("no crl ca").unwrap();
+        for (file, ca) in [("good", &good), ("wrong", &wrong), ("none", &none)] {
+            fs::write(d.join(format!("{file}.crt")), &ca.cert_pem).unwrap();
+        }
+        fs::write(d.join("good.crl"), good.crl_pem(&[], this, next).unwrap()).unwrap();
+        let yaml = "listen: { cert: server.crt, key: server.key }
+trust:
+  good: { ca: good.crt, crl: [good.crl] }
+  wrong: { ca: wrong.crt, crl: [good.crl] }
+  wrong_leaf_only:
+    ca: wrong.crt
+    crl: [good.crl]
+    revocation: { depth: end_entity }
+  nocrl: { ca: none.crt }
+upstreams:
+  app: { url: http://127.0.0.1:9000 }
+routes:
+  - name: all
+    path_prefix: /
+    upstream: app
+    allow: [{ authenticated: true }]
+";
+        let config = Config::from_yaml(yaml, &d.join("certguard.yaml")).unwrap();
+        let w = warnings(&config);
+        assert_eq!(
+            w,
+            vec![
+                format!(
+                    "trust.wrong.crl: no CRL issued by CA '{}' in the bundle (revocation depth: chain)",
+                    CertInfo::from_chain(std::slice::from_ref(&wrong.cert)).unwrap().subject
+                ),
+                "trust.nocrl: no CRLs configured: revocation is not checked for this source"
+                    .to_string(),
+            ],
+            "{w:#?}"
+        );
     }
 }

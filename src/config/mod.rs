@@ -1003,6 +1003,37 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
     }
 
     #[test]
+    fn route_paths_must_be_normalized() {
+        let (dir, _) = setup();
+        let yaml = full("").replace(
+            "routes:\n",
+            "routes:
+  - name: tilde
+    path: /a%7Eb
+    upstream: orders
+    allow: [{ authenticated: true }]
+  - name: lower-hex
+    path_prefix: /x%2cy
+    upstream: orders
+    allow: [{ authenticated: true }]
+  - name: params
+    path_prefix: /admin;x
+    upstream: orders
+    allow: [{ authenticated: true }]
+",
+        );
+        let r = load(&dir, &yaml);
+        let e = error_at(r, "routes[0].path");
+        assert!(e.message.contains("`/a~b`"), "{}", e.message);
+        let r = load(&dir, &yaml);
+        let e = error_at(r, "routes[1].path_prefix");
+        assert!(e.message.contains("`/x%2Cy`"), "{}", e.message);
+        let r = load(&dir, &yaml);
+        let e = error_at(r, "routes[2].path_prefix");
+        assert!(e.message.contains("400"), "{}", e.message);
+    }
+
+    #[test]
     fn other_value_errors() {
         let (dir, _) = setup();
         let yaml = full(

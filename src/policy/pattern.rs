@@ -6,7 +6,7 @@
 //! reaches [`super::authorize`].
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use base64::Engine as _;
 
@@ -65,8 +65,22 @@ fn valid_dns_name(name: &str) -> bool {
 impl HostPattern {
     /// Parse a route `host:`: an exact name, or `*.suffix` meaning exactly one extra label.
     /// Lower-cased; a trailing dot is dropped (hosts are compared after the same normalization).
+    ///
+    /// An IPv6 literal may be given with or without brackets (`[::1]` or `::1`); it is stored
+    /// as the bracketed, canonical form that request hosts normalize to (`[::1]`).
     pub fn parse(s: &str) -> Result<HostPattern, String> {
         let s = non_empty(s)?.to_ascii_lowercase();
+        if let Some(inner) = s.strip_prefix('[') {
+            return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+                Some(Ok(addr)) => Ok(HostPattern::Exact(format!("[{addr}]"))),
+                _ => Err(format!(
+                    "invalid host `{s}`: brackets take an IPv6 address without a port (`[::1]`)"
+                )),
+            };
+        }
+        if let Ok(addr) = s.parse::<Ipv6Addr>() {
+            return Ok(HostPattern::Exact(format!("[{addr}]")));
+        }
         let s = s.strip_suffix('.').unwrap_or(&s);
         if let Some(suffix) = s.strip_prefix("*.") {
             if suffix.contains('*') || !valid_dns_name(suffix) {
@@ -147,7 +161,22 @@ fn check_route_path(key: &str, p: &str) -> Result<(), String> {
              requests are matched after normalization"
         ));
     }
-    Ok(())
+    // Requests are matched after normalization (SPEC 4 step 1), so a route written in any
+    // other spelling (`%7E` for `~`, lower-case hex, a raw `;`, ...) could never match.
+    let uri: http::Uri = p
+        .parse()
+        .map_err(|_| format!("`{key}` `{p}` is not a valid request path"))?;
+    match crate::proxy::normalize::normalize(&http::Method::GET, &uri) {
+        Ok(t) if t.path == p => Ok(()),
+        Ok(t) => Err(format!(
+            "`{key}` must be written in normalized form: `{}` (requests are matched after \
+             normalization, so `{p}` would never match)",
+            t.path
+        )),
+        Err(e) => Err(format!(
+            "`{key}` `{p}` can never match: requests with such a path are refused with 400 ({e})"
+        )),
+    }
 }
 
 impl PathMatch {
@@ -609,7 +638,21 @@ mod tests {
             assert!(HostPattern::parse(bad).is_err(), "{bad} should be rejected");
         }
         assert!(HostPattern::parse("127.0.0.1").is_ok());
-        assert!(HostPattern::parse("::1").is_ok());
+        // IPv6: request hosts normalize to the bracketed canonical form (`[::1]:8443` ->
+        // `[::1]`), so route hosts are stored the same way, with or without brackets.
+        for given in ["::1", "[::1]", "[0:0:0:0:0:0:0:1]", "0::1"] {
+            let p = HostPattern::parse(given).unwrap();
+            assert_eq!(p, HostPattern::Exact("[::1]".into()), "{given}");
+            assert_eq!(p.to_string(), "[::1]");
+            let req = crate::proxy::host::normalize_host("[::1]:8443");
+            assert!(p.matches(req.as_deref()), "{given}");
+        }
+        assert!(HostPattern::parse("[FE80::AB]")
+            .unwrap()
+            .matches(crate::proxy::host::normalize_host("[fe80::ab]").as_deref()));
+        for bad in ["[::1]:8443", "[::1", "[example.com]", "[]", "[127.0.0.1]"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad} should be rejected");
+        }
     }
 
     #[test]
@@ -634,6 +677,30 @@ mod tests {
         );
         for bad in ["orders", "/orders/*", "/a//b", "/a/../b", "/a?x=1", ""] {
             assert!(PathMatch::prefix(bad).is_err(), "{bad}");
+        }
+        // Not in normalized form: would never match a (normalized) request path.
+        for (bad, want) in [
+            ("/a%7Eb", Some("`/a~b`")),
+            ("/a%2cb", Some("`/a%2Cb`")),
+            ("/a{b}", Some("`/a%7Bb%7D`")),
+            ("/admin;x", None),
+            ("/a%2Fb", None),
+            ("/a%zz", None),
+            ("/a b", None),
+        ] {
+            for r in [PathMatch::exact(bad), PathMatch::prefix(bad)] {
+                let err = r.expect_err(bad);
+                if let Some(want) = want {
+                    assert!(
+                        err.contains("normalized form") && err.contains(want),
+                        "{err}"
+                    );
+                }
+            }
+        }
+        for good in ["/a~b", "/a%2Cb", "/caf%C3%A9", "/a:b@c", "/orders/"] {
+            assert!(PathMatch::exact(good).is_ok(), "{good}");
+            assert!(PathMatch::prefix(good).is_ok(), "{good}");
         }
     }
 

@@ -6,7 +6,8 @@
 //! normalized once, and the normalized path is both what policy matches and what is forwarded;
 //! whatever cannot be made unambiguous is refused with 400 instead of being guessed at.
 //!
-//! The normalized path contains only unreserved characters, sub-delims, `:`, `@`, `/` and
+//! The normalized path contains only unreserved characters, sub-delims other than `;`, `:`,
+//! `@`, `/` and
 //! `%XX` escapes with uppercase hex digits (never of an unreserved byte, `/`, `\` or a control
 //! byte). It starts with `/`, has no empty, `.` or `..` segments, and ends with `/` only if the
 //! original did (or ended in a `.`/`..` segment).
@@ -52,11 +53,12 @@ pub enum BadTarget {
     /// A raw backslash, control byte, space or `#` in the path.
     #[error("invalid character in path")]
     InvalidCharacter,
-    /// A segment that is `.` or `..` followed by `;parameters` (`/..;/admin`): servlet
-    /// containers strip path parameters and then resolve the dot segment, so the upstream
-    /// would see a different path than policy did.
-    #[error("dot-segment with path parameters")]
-    DotSegmentParameters,
+    /// A raw `;` anywhere in the path (`/admin;x/secret`, `/..;/admin`): servlet containers
+    /// (Tomcat, Jetty, Spring) strip `;parameters` from each segment before routing and
+    /// resolve dot segments afterwards, so the upstream would see a different path than
+    /// policy did. An encoded `%3B` is not a separator and is kept as is.
+    #[error("path parameters (`;`) in path")]
+    PathParameters,
 }
 
 /// Normalize the request target of `method` (`uri` as hyper parsed it).
@@ -108,7 +110,8 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Allowed raw in the normalized path: unreserved, sub-delims, ":", "@" and "/".
+/// Allowed raw in the normalized path: unreserved, sub-delims, ":", "@" and "/" (a raw `;`
+/// is refused before this is consulted).
 fn is_path_char(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
@@ -171,6 +174,8 @@ fn decode_path(raw: &[u8]) -> Result<String, BadTarget> {
         match b {
             // Some upstreams (IIS, some Windows file servers) treat `\` as `/`.
             b'\\' | b' ' | b'#' | 0x00..=0x1f | 0x7f => return Err(BadTarget::InvalidCharacter),
+            // `;params` are stripped by servlet containers before routing (see PathParameters).
+            b';' => return Err(BadTarget::PathParameters),
             _ if is_path_char(b) => out.push(char::from(b)),
             // `"`, `{`, `}`, `[`, `]`, `^`, `|`, `<`, `>`, '`' and non-ASCII bytes: one
             // canonical (escaped) spelling, equivalent for any RFC 3986 upstream.
@@ -196,10 +201,6 @@ fn remove_dot_segments(path: &str) -> Result<String, BadTarget> {
                 trailing_slash = true;
             }
             _ => {
-                let before_params = segment.split(';').next().unwrap_or(segment);
-                if before_params == "." || before_params == ".." {
-                    return Err(BadTarget::DotSegmentParameters);
-                }
                 stack.push(segment);
                 trailing_slash = false;
             }
@@ -308,16 +309,24 @@ mod tests {
             ("/a[b]", ok("/a%5Bb%5D")),
             ("/a^b", ok("/a%5Eb")),
             ("/café", ok("/caf%C3%A9")),
-            ("/a:b@c!$&'()*+,;=d", ok("/a:b@c!$&'()*+,;=d")),
+            ("/a:b@c!$&'()*+,=d", ok("/a:b@c!$&'()*+,=d")),
             // Raw backslash.
             ("/a\\b", Err(InvalidCharacter)),
             ("/..\\admin", Err(InvalidCharacter)),
-            // Dot segments with path parameters (Tomcat `..;`).
-            ("/public/..;/admin", Err(DotSegmentParameters)),
-            ("/public/.;x/admin", Err(DotSegmentParameters)),
-            ("/public/%2e%2e;/admin", Err(DotSegmentParameters)),
-            ("/a;b/c", ok("/a;b/c")),
-            ("/a/..x;/b", ok("/a/..x;/b")),
+            // Path parameters (`;`): servlet containers strip them, so refuse any raw `;`.
+            ("/public/..;/admin", Err(PathParameters)),
+            ("/..;/admin", Err(PathParameters)),
+            ("/public/.;x/admin", Err(PathParameters)),
+            ("/public/%2e%2e;/admin", Err(PathParameters)),
+            ("/admin;x/secret", Err(PathParameters)),
+            ("/a;b", Err(PathParameters)),
+            ("/a;b/c", Err(PathParameters)),
+            ("/a/..x;/b", Err(PathParameters)),
+            ("/a;", Err(PathParameters)),
+            // Encoded `;` is not a separator and is kept; `;` in the query is untouched.
+            ("/a%3Bb", ok("/a%3Bb")),
+            ("/a%3bb", ok("/a%3Bb")),
+            ("/a?x=1;2", ok("/a?x=1;2")),
             // Query string kept verbatim.
             ("/a?x=../..", ok("/a?x=../..")),
             ("/a/../b?%2F=%00&y=%zz", ok("/b?%2F=%00&y=%zz")),
