@@ -327,7 +327,7 @@ async fn handle_connection(
         sni,
         http2,
         identity,
-        snapshot.generation,
+        &snapshot,
         activity.clone(),
         lease,
     ));

@@ -17,6 +17,10 @@ pub struct Snapshot {
     pub config: Config,
     pub tls: ServerTls,
     pub upstreams: Upstreams,
+    /// Sorted Unix times at which this snapshot's verdicts change without a reload: CRL
+    /// nextUpdate (with `expired_crl: deny`) and the day after a pinned `review_by` (with
+    /// `on_overdue_review: deny`). Open connections are re-verified when one passes.
+    deadlines: Vec<i64>,
 }
 
 impl Snapshot {
@@ -29,12 +33,20 @@ impl Snapshot {
         let verifier = Arc::new(TrustVerifier::new(&config.trust)?);
         let tls = ServerTls::new(&config.listen, verifier)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
+        let deadlines = deadlines(&config);
         Ok(Snapshot {
             generation,
             config,
             tls,
             upstreams,
+            deadlines,
         })
+    }
+
+    /// How many of this snapshot's verdict-changing deadlines have passed at `now` (Unix
+    /// seconds). A connection verified when this was `n` must be verified again once it is not.
+    pub fn passed_deadlines(&self, now: i64) -> usize {
+        self.deadlines.partition_point(|d| *d <= now)
     }
 
     pub fn verifier(&self) -> &Arc<TrustVerifier> {
@@ -73,4 +85,26 @@ impl Current {
     pub fn store(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
     }
+}
+
+fn deadlines(config: &Config) -> Vec<i64> {
+    use crate::config::{OverdueAction, TrustKind};
+    let mut out = Vec::new();
+    for source in &config.trust {
+        match &source.kind {
+            TrustKind::Ca(ca) if !ca.revocation.allow_expired_crl => {
+                out.extend(ca.crls.iter().filter_map(|c| c.next_update));
+            }
+            TrustKind::Pinned(p) if p.on_overdue_review == OverdueAction::Deny => {
+                // Overdue from the day after review_by (UTC).
+                out.extend(p.entries.iter().filter_map(|e| {
+                    let day = e.review_by?.next_day()?;
+                    Some(day.midnight().assume_utc().unix_timestamp())
+                }));
+            }
+            _ => {}
+        }
+    }
+    out.sort_unstable();
+    out
 }

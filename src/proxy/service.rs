@@ -34,6 +34,9 @@ use crate::tls::Rejection;
 /// Response body sent to clients.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// (snapshot generation, deadlines passed): while it is unchanged, so is the verdict.
+type RecheckKey = (u64, usize);
+
 /// What one connection knows about itself, shared by its requests.
 pub struct ConnContext {
     state: Arc<ProxyState>,
@@ -44,8 +47,11 @@ pub struct ConnContext {
     /// The identity established at the handshake, under `generation`.
     identity: Identity,
     generation: u64,
-    /// The identity re-verified against a later snapshot, cached per generation.
-    rechecked: Mutex<Option<(u64, Result<Identity, Rejection>)>>,
+    /// How many of the snapshot's time deadlines had passed at the handshake.
+    passed: usize,
+    /// The identity re-verified against a later snapshot (or after a deadline passed), cached
+    /// per (generation, passed deadlines).
+    rechecked: Mutex<Option<(RecheckKey, Result<Identity, Rejection>)>>,
     activity: Arc<Activity>,
     /// The connection's slot and open-count entry, kept by upgraded tunnels too.
     lease: Arc<Lease>,
@@ -60,10 +66,11 @@ impl ConnContext {
         sni: Option<String>,
         http2: bool,
         identity: Identity,
-        generation: u64,
+        snapshot: &Snapshot,
         activity: Arc<Activity>,
         lease: Arc<Lease>,
     ) -> ConnContext {
+        let now = i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX);
         ConnContext {
             state,
             conn_id,
@@ -71,7 +78,8 @@ impl ConnContext {
             sni,
             http2,
             identity,
-            generation,
+            generation: snapshot.generation,
+            passed: snapshot.passed_deadlines(now),
             rechecked: Mutex::new(None),
             activity,
             lease,
@@ -82,15 +90,16 @@ impl ConnContext {
     /// chain only when the generation changed since the handshake, or once the leaf expired.
     fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
         let now = UnixTime::now();
-        let expired =
-            i64::try_from(now.as_secs()).unwrap_or(i64::MAX) > self.identity.cert.not_after;
-        if snap.generation == self.generation && !expired {
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let expired = now_secs > self.identity.cert.not_after;
+        let key = (snap.generation, snap.passed_deadlines(now_secs));
+        if key == (self.generation, self.passed) && !expired {
             return Ok(self.identity.clone());
         }
         if !expired {
             if let Ok(guard) = self.rechecked.lock() {
-                if let Some((generation, result)) = guard.as_ref() {
-                    if *generation == snap.generation {
+                if let Some((cached, result)) = guard.as_ref() {
+                    if *cached == key {
                         return result.clone();
                     }
                 }
@@ -109,7 +118,7 @@ impl ConnContext {
             }),
         };
         if let Ok(mut guard) = self.rechecked.lock() {
-            *guard = Some((snap.generation, result.clone()));
+            *guard = Some((key, result.clone()));
         }
         result
     }

@@ -386,3 +386,52 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
     assert!(!health(&admin), "health fails once the process is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_passing_its_next_update_reaches_open_connections_without_a_reload() {
+    let env = Env::new().await;
+    let now = time::OffsetDateTime::now_utc();
+    let next_update = now + time::Duration::seconds(3);
+    let this_update = now - time::Duration::minutes(5);
+    let crl = env
+        .pki
+        .inter
+        .crl_pem(&[], this_update, next_update)
+        .unwrap();
+    env.write("intermediate.crl", &crl);
+    // expired_crl: deny is the default.
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    let mut open = Conn::open(
+        proxy.listen_addr,
+        env.client(&env.pki.bob, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(open.get("localhost", "/before").await.0, 200);
+    let generation = proxy.generation();
+    let wait = (next_update - time::OffsetDateTime::now_utc())
+        .whole_milliseconds()
+        .max(0) as u64
+        + 1500;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert_eq!(proxy.generation(), generation, "no reload happened");
+    assert_eq!(
+        open.get("localhost", "/after").await.0,
+        403,
+        "the open connection is re-verified"
+    );
+    assert!(
+        !handshake_ok(&env, &proxy, &env.pki.bob).await,
+        "new handshakes fail with crl_expired"
+    );
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_tls_handshakes_total",
+            &[("trust", "internal"), ("outcome", "crl_expired")]
+        ),
+        1.0
+    );
+}
