@@ -432,8 +432,8 @@ fn ca_trust(
     for (i, c) in src.crl.iter().flatten().enumerate() {
         let crl_key = format!("{key}.crl[{i}]");
         if let Some((path, bytes)) = files.read(errs, &crl_key, c) {
-            match pki::parse_crl(&path, &bytes) {
-                Ok(crl) => crls.push(crl),
+            match pki::parse_crls(&path, &bytes) {
+                Ok(found) => crls.extend(found),
                 Err(e) => errs.push(&crl_key, e),
             }
         }

@@ -410,7 +410,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("invalid duration `{t}`: number too large"))?;
     let secs_per = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" => {
+            return Some(Duration::from_millis(n))
+                .filter(|d| *d <= MAX_DURATION)
+                .ok_or_else(|| format!("invalid duration `{t}`: at most 36500d (100 years)"))
+        }
         "s" => 1,
         "m" => 60,
         "h" => 3600,
@@ -424,8 +428,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     n.checked_mul(secs_per)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("invalid duration `{t}`: too large"))
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("invalid duration `{t}`: at most 36500d (100 years)"))
 }
+
+/// The longest duration a config may name. Timeouts are added to the current time, and an
+/// absurd value would overflow that addition in every connection task.
+const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -500,6 +509,11 @@ mod tests {
             now - time::Duration::days(30),
         );
         fs::write(pki.join("expired.crl"), stale.pem().unwrap()).unwrap();
+        fs::write(
+            pki.join("bundle.crl"),
+            fresh.pem().unwrap() + &stale.pem().unwrap(),
+        )
+        .unwrap();
 
         let pin_key = KeyPair::generate().unwrap();
         let mut pin = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -580,6 +594,30 @@ routes:
                     .unwrap_or_else(|| panic!("no error at {key}: {e}"))
             }
         }
+    }
+
+    #[test]
+    fn every_crl_of_a_pem_bundle_is_loaded() {
+        let (dir, _) = setup();
+        let yaml = full("").replace(
+            "crl: [pki/ca.crl, pki/ca.crl.der, pki/expired.crl]",
+            "crl: [pki/bundle.crl]",
+        );
+        let c = load(&dir, &yaml).unwrap();
+        let TrustKind::Ca(ca) = &c.trust[0].kind else {
+            panic!()
+        };
+        assert_eq!(ca.crls.len(), 2, "both blocks of the bundle");
+        assert_ne!(ca.crls[0].der, ca.crls[1].der);
+        assert!(ca.crls.iter().all(|c| c.path.ends_with("bundle.crl")));
+
+        // A bundle with one broken block is an error at that file's key, not a partial load.
+        let pki = dir.path().join("pki");
+        let good = fs::read_to_string(pki.join("ca.crl")).unwrap();
+        let broken = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+        fs::write(pki.join("bundle.crl"), good + broken).unwrap();
+        let e = error_at(load(&dir, &yaml), "trust.internal.crl[0]");
+        assert!(e.message.contains("CRL #2"), "{}", e.message);
     }
 
     #[test]
@@ -1079,6 +1117,7 @@ runtime: { worker_threads: 0, shutdown_grace: forever }",
             (" 5m ", Duration::from_secs(300)),
             ("2h", Duration::from_secs(7200)),
             ("90d", Duration::from_secs(90 * 86_400)),
+            ("36500d", Duration::from_secs(36_500 * 86_400)),
         ];
         for (s, want) in ok {
             assert_eq!(parse_duration(s), Ok(want), "{s}");
@@ -1093,6 +1132,10 @@ runtime: { worker_threads: 0, shutdown_grace: forever }",
             "10sec",
             "1w",
             "99999999999999999999d",
+            // Fits in a u64 of seconds, but would overflow `Instant + timeout`.
+            "18000000000000000000s",
+            "36501d",
+            "18446744073709551615ms",
         ] {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.contains("invalid duration"), "{bad}: {e}");

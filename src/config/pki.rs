@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::CrlFile;
@@ -84,92 +84,58 @@ pub fn parse_key_pem(
     Ok(key)
 }
 
-/// A CRL file, PEM (detected by `-----BEGIN`) or DER.
-pub fn parse_crl(path: &Path, bytes: &[u8]) -> Result<CrlFile, String> {
+/// The CRLs of one file: every `X509 CRL` block of a PEM file (a bundle of the root's and the
+/// intermediates' CRLs is common, and ignoring all but the first would silently drop
+/// revocations), or one DER CRL.
+pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
     let is_pem = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .is_some_and(|start| bytes[start..].starts_with(b"-----BEGIN"));
-    let der = if is_pem {
-        CertificateRevocationListDer::from_pem_slice(bytes).map_err(|e| match e {
-            pem::Error::NoItemsFound => {
-                format!("{}: no PEM X509 CRL block found", path.display())
-            }
-            other => format!("{}: invalid PEM: {}", path.display(), pem_error(&other)),
-        })?
-    } else {
-        CertificateRevocationListDer::from(bytes.to_vec())
-    };
-    let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
-        .map_err(|e| format!("{}: not a valid X.509 CRL: {e}", path.display()))?;
-    let issuer = rfc4514(crl.issuer());
-    let issuer_raw = crl.issuer().as_raw().to_vec();
-    let this_update = crl.last_update().timestamp();
-    let next_update = crl.next_update().map(|t| t.timestamp());
-    Ok(CrlFile {
-        path: path.to_path_buf(),
-        der,
-        issuer,
-        issuer_raw,
-        this_update,
-        next_update,
-    })
-}
-
-/// A DN as RFC 4514 the way `openssl -nameopt RFC2253` prints it: last RDN first, `,` without
-/// spaces, multi-valued RDNs joined with `+`, non-string values as `#` + hex DER.
-pub fn rfc4514(name: &X509Name<'_>) -> String {
-    let rdns: Vec<String> = name
-        .iter_rdn()
-        .map(|rdn| {
-            let parts: Vec<String> = rdn
-                .iter()
-                .map(|atv| {
-                    let oid = atv.attr_type();
-                    let key = match oid.to_id_string().as_str() {
-                        "2.5.4.3" => "CN".to_string(),
-                        "2.5.4.6" => "C".to_string(),
-                        "2.5.4.7" => "L".to_string(),
-                        "2.5.4.8" => "ST".to_string(),
-                        "2.5.4.9" => "street".to_string(),
-                        "2.5.4.10" => "O".to_string(),
-                        "2.5.4.11" => "OU".to_string(),
-                        "2.5.4.5" => "serialNumber".to_string(),
-                        "0.9.2342.19200300.100.1.25" => "DC".to_string(),
-                        "0.9.2342.19200300.100.1.1" => "UID".to_string(),
-                        "1.2.840.113549.1.9.1" => "emailAddress".to_string(),
-                        other => other.to_string(),
-                    };
-                    let value = match atv.as_str() {
-                        Ok(s) => escape_rfc4514(s),
-                        Err(_) => {
-                            let hex: String =
-                                atv.as_slice().iter().map(|b| format!("{b:02x}")).collect();
-                            format!("#{hex}")
-                        }
-                    };
-                    format!("{key}={value}")
-                })
-                .collect();
-            parts.join("+")
-        })
-        .collect();
-    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
-}
-
-fn escape_rfc4514(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let n = s.chars().count();
-    for (i, c) in s.chars().enumerate() {
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
-            || (i == 0 && (c == '#' || c == ' '))
-            || (i + 1 == n && c == ' ');
-        if special {
-            out.push('\\');
+    let ders = if is_pem {
+        let mut ders = Vec::new();
+        for item in CertificateRevocationListDer::pem_slice_iter(bytes) {
+            ders.push(
+                item.map_err(|e| format!("{}: invalid PEM: {}", path.display(), pem_error(&e)))?,
+            );
         }
-        out.push(c);
-    }
-    out
+        if ders.is_empty() {
+            return Err(format!("{}: no PEM X509 CRL block found", path.display()));
+        }
+        ders
+    } else {
+        vec![CertificateRevocationListDer::from(bytes.to_vec())]
+    };
+    let many = ders.len() > 1;
+    ders.into_iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let (issuer, issuer_raw, this_update, next_update) = {
+                let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
+                    let which = if many {
+                        format!(" (CRL #{})", i + 1)
+                    } else {
+                        String::new()
+                    };
+                    format!("{}{which}: not a valid X.509 CRL: {e}", path.display())
+                })?;
+                (
+                    crate::identity::name_to_rfc4514(crl.issuer()),
+                    crl.issuer().as_raw().to_vec(),
+                    crl.last_update().timestamp(),
+                    crl.next_update().map(|t| t.timestamp()),
+                )
+            };
+            Ok(CrlFile {
+                path: path.to_path_buf(),
+                der,
+                issuer,
+                issuer_raw,
+                this_update,
+                next_update,
+            })
+        })
+        .collect()
 }
 
 /// SHA-256 of `data`.

@@ -132,13 +132,14 @@ fn one_label_below(name: &str, suffix: &str) -> bool {
     if name.len() <= suffix.len() + 1 {
         return false;
     }
-    let split = name.len() - suffix.len();
-    let (head, tail) = name.split_at(split);
-    if !tail.eq_ignore_ascii_case(suffix) {
+    // Bytes, not str: `name` can come from a client certificate's DNS SAN, which may hold
+    // non-ASCII text, and a str split inside a multi-byte character would panic.
+    let (head, tail) = name.as_bytes().split_at(name.len() - suffix.len());
+    if !tail.eq_ignore_ascii_case(suffix.as_bytes()) {
         return false;
     }
-    match head.strip_suffix('.') {
-        Some(label) => !label.is_empty() && !label.contains('.') && !label.contains('*'),
+    match head.strip_suffix(b".") {
+        Some(label) => !label.is_empty() && !label.contains(&b'.') && !label.contains(&b'*'),
         None => false,
     }
 }
@@ -621,6 +622,11 @@ mod tests {
             ("*.internal", Some("internal"), false),
             ("*.internal", Some(".internal"), false),
             ("*.internal", Some("xinternal"), false),
+            // Non-ASCII where the suffix would start (a DNS SAN can hold any UTF-8): no
+            // match, and no panic from splitting inside a character.
+            ("*.internal", Some("xé.internal"), true),
+            ("*.billing.svc", Some("xéilling.svc"), false),
+            ("*.ab", Some("€b"), false),
         ];
         for (pat, host, want) in rows {
             let p = HostPattern::parse(pat).unwrap();
@@ -729,6 +735,10 @@ mod tests {
         assert!(!w.matches("a.b.billing.svc"));
         assert!(!w.matches("billing.svc"));
         assert!(!w.matches("*.billing.svc"));
+        // A certificate's SAN may be any UTF-8; splitting it must not panic.
+        assert!(!w.matches("x\u{e9}illing.svc"));
+        assert!(DnsPattern::parse("b.svc").unwrap().matches("B.SVC"));
+        assert!(!DnsPattern::parse("b.svc").unwrap().matches("\u{e9}.svc"));
         assert!(DnsPattern::parse("a.*.svc").is_err());
         assert!(DnsPattern::parse("api*.svc").is_err());
 
