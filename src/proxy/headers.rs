@@ -31,13 +31,17 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Connection-specific in an `Upgrade: h2c` request (RFC 7540 3.2.1); never relayed, so an
+/// upstream cannot be talked into an h2c upgrade that would bypass per-request policy.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, plus the non-standard `keep-alive` and
 /// `proxy-connection`), always removed; `te: trailers` is put back by [`strip_hop_by_hop`].
 /// `Trailer` is end-to-end (RFC 9110 6.6.2) and is kept: an HTTP/1.1 hop only sends the
 /// trailer fields it declares, so removing it would drop gRPC trailers.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
+    HTTP2_SETTINGS,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     PROXY_AUTHENTICATE,
@@ -90,14 +94,77 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` header's value when the request asks for a protocol upgrade (`Connection`
-/// contains the token `upgrade`, case-insensitively, and an `Upgrade` header is present);
-/// `None` otherwise. With several `Upgrade` lines, the first.
-pub fn is_upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
-    if tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
-        headers.get(UPGRADE).cloned()
-    } else {
-        None
+/// The `Upgrade` header's value when the request is a WebSocket opening handshake: a GET
+/// whose `Connection` contains the token `upgrade` (case-insensitively) and whose only
+/// `Upgrade` token is `websocket`. `None` for anything else.
+///
+/// Only WebSocket is relayed. After a `101` the connection is a raw tunnel that no request
+/// policy sees, so an upgrade to another protocol (`h2c` above all, the "h2c smuggling" trick)
+/// would let one permitted request open a channel for unchecked ones. Other upgrade requests
+/// are forwarded as ordinary requests with `Upgrade` removed (it is hop-by-hop).
+pub fn websocket_upgrade(method: &http::Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    if method != http::Method::GET
+        || !tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
+        return None;
+    }
+    let mut upgrade = tokens(headers, &UPGRADE);
+    match (upgrade.next(), upgrade.next()) {
+        (Some(t), None) if t.eq_ignore_ascii_case("websocket") => {
+            Some(HeaderValue::from_static("websocket"))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the response to a relayed WebSocket request really switched to WebSocket (a
+/// `101` whose `Upgrade` is `websocket`). Any other `101` is an upstream protocol error.
+pub fn is_websocket_switch(headers: &HeaderMap) -> bool {
+    let mut upgrade = tokens(headers, &UPGRADE);
+    matches!(
+        (upgrade.next(), upgrade.next()),
+        (Some(t), None) if t.eq_ignore_ascii_case("websocket")
+    )
+}
+
+/// Headers that certguard removes or sets itself, or that carry framing and routing. A client
+/// header whose name equals one of these once `_` is read as `-` (`X_Forwarded_Client_Cert`)
+/// is removed: CGI, WSGI, PHP and Rails-style upstreams fold `_` and `-` together, so it would
+/// arrive there as the very header certguard vouches for. (nginx drops every header with an
+/// underscore by default; Envoy has `headers_with_underscores_action` for this.)
+const PROTECTED: [&str; 16] = [
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Remove every header whose name contains `_` and reads as a [`PROTECTED`] name or as one of
+/// `strip` when `_` is taken for `-`.
+fn remove_underscore_aliases(headers: &mut HeaderMap, strip: &[HeaderName]) {
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            let dashed = name.as_str().replace('_', "-");
+            PROTECTED.contains(&dashed.as_str()) || strip.iter().any(|s| s.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
     }
 }
 
@@ -223,7 +290,8 @@ pub fn xfcc_element(cert: &CertInfo, fields: &[XfccField]) -> String {
 
 /// Apply the `forward` section to a request's headers: remove inbound
 /// `x-forwarded-client-cert`/`client-cert`/`client-cert-chain`/`strip_headers` (keeping the
-/// inbound XFCC value only for `append`), add XFCC per mode, and X-Forwarded-For/-Proto/-Host.
+/// inbound XFCC value only for `append`) and their `_` spellings (see [`PROTECTED`]), add XFCC
+/// per mode, and X-Forwarded-For/-Proto/-Host.
 /// `host` is the Host as the client sent it (for X-Forwarded-Host).
 ///
 /// XFCC modes: `sanitize_set` replaces every inbound XFCC line with ours; `append` joins the
@@ -243,6 +311,7 @@ pub fn apply_forward(
     peer: IpAddr,
     host: Option<&http::HeaderValue>,
 ) {
+    remove_underscore_aliases(headers, &forward.strip_headers);
     headers.remove(CLIENT_CERT);
     headers.remove(CLIENT_CERT_CHAIN);
     for name in &forward.strip_headers {
@@ -750,44 +819,124 @@ mod tests {
 
     #[test]
     fn upgrade_detection() {
-        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
         let cases: &[Case] = &[
             (
+                "GET",
                 &[("connection", "upgrade"), ("upgrade", "websocket")],
-                Some("websocket"),
+                true,
             ),
             (
+                "GET",
                 &[
                     ("connection", "keep-alive, Upgrade"),
-                    ("upgrade", "websocket"),
+                    ("upgrade", "WebSocket"),
                 ],
-                Some("websocket"),
+                true,
             ),
+            // Only WebSocket is relayed: h2c (request smuggling past policy) and anything
+            // else are not upgrades as far as certguard is concerned.
             (
+                "GET",
                 &[
                     ("connection", "keep-alive"),
-                    ("connection", "UPGRADE"),
+                    ("connection", "UPGRADE, HTTP2-Settings"),
+                    ("upgrade", "h2c"),
+                    ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ],
+                false,
+            ),
+            (
+                "GET",
+                &[("connection", "upgrade"), ("upgrade", "websocket, h2c")],
+                false,
+            ),
+            (
+                "GET",
+                &[
+                    ("connection", "upgrade"),
+                    ("upgrade", "websocket"),
                     ("upgrade", "h2c"),
                 ],
-                Some("h2c"),
+                false,
             ),
-            (&[("upgrade", "websocket")], None),
-            (&[("connection", "upgrade")], None),
             (
-                &[("connection", "upgraded"), ("upgrade", "websocket")],
-                None,
+                "GET",
+                &[("connection", "upgrade"), ("upgrade", "foo/1")],
+                false,
             ),
-            (&[], None),
+            // WebSocket opens with GET only (RFC 6455 4.1).
+            (
+                "POST",
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+                false,
+            ),
+            ("GET", &[("upgrade", "websocket")], false),
+            ("GET", &[("connection", "upgrade")], false),
+            (
+                "GET",
+                &[("connection", "upgraded"), ("upgrade", "websocket")],
+                false,
+            ),
+            ("GET", &[], false),
         ];
-        for (input, want) in cases {
+        for (method, input, want) in cases {
             let h = map(input);
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
             assert_eq!(
-                is_upgrade_request(&h)
+                websocket_upgrade(&method, &h)
                     .as_ref()
                     .map(|v| v.to_str().expect("ascii")),
-                *want,
-                "{input:?}"
+                want.then_some("websocket"),
+                "{method} {input:?}"
             );
         }
+        assert!(is_websocket_switch(&map(&[("upgrade", "websocket")])));
+        assert!(!is_websocket_switch(&map(&[("upgrade", "h2c")])));
+        assert!(!is_websocket_switch(&map(&[])));
+    }
+
+    #[test]
+    fn h2c_upgrade_headers_are_not_relayed() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, map(&[("accept", "*/*")]));
+    }
+
+    #[test]
+    fn underscore_spellings_of_protected_headers_are_removed() {
+        let mut f = forward(XfccMode::Append, true);
+        f.strip_headers = vec![HeaderName::from_static("x-internal-role")];
+        let mut h = map(&[
+            ("x_forwarded_client_cert", "Hash=evil"),
+            ("X_Forwarded_For", "10.0.0.1"),
+            ("client_cert", ":MIIB:"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "5"),
+            ("x_internal_role", "admin"),
+            ("x_request_id", "kept"),
+            ("my_header", "kept"),
+        ]);
+        apply_forward(&mut h, &f, &cert(), IpAddr::V4(Ipv4Addr::LOCALHOST), None);
+        for gone in [
+            "x_forwarded_client_cert",
+            "x_forwarded_for",
+            "client_cert",
+            "transfer_encoding",
+            "content_length",
+            "x_internal_role",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} must be removed");
+        }
+        assert_eq!(all(&h, "x_request_id"), vec!["kept"]);
+        assert_eq!(all(&h, "my_header"), vec!["kept"]);
+        // `append` keeps only a genuine inbound XFCC, never the underscore spelling.
+        assert_eq!(all(&h, "x-forwarded-client-cert").len(), 1);
+        assert!(!all(&h, "x-forwarded-client-cert")[0].contains("evil"));
     }
 }

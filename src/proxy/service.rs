@@ -245,7 +245,7 @@ pub fn record_refused(ctx: &ConnContext, error: Option<&hyper::Error>) {
 }
 
 async fn pipeline(
-    ctx: &ConnContext,
+    ctx: &Arc<ConnContext>,
     snap: &Snapshot,
     req: Request<Incoming>,
     facts: &mut Facts,
@@ -364,7 +364,7 @@ async fn pipeline(
     let upgrade = if ctx.http2 {
         None
     } else {
-        headers::is_upgrade_request(&parts.headers)
+        headers::websocket_upgrade(&parts.method, &parts.headers)
     };
     let client_upgrade = upgrade
         .as_ref()
@@ -420,7 +420,7 @@ async fn pipeline(
 }
 
 async fn forward(
-    ctx: &ConnContext,
+    ctx: &Arc<ConnContext>,
     upstream: &UpstreamClient,
     permit: Permit<'_>,
     req: Request<super::forward::UpstreamBody>,
@@ -452,19 +452,41 @@ async fn forward(
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
+        let Some(client) =
+            client_upgrade.filter(|_| headers::is_websocket_switch(response.headers()))
+        else {
+            // A 101 to a request that was not a WebSocket upgrade, or to another protocol:
+            // relaying it would open a tunnel no policy sees.
+            metrics.upstream_error(name, super::UpstreamErrorKind::Protocol);
+            tracing::warn!(conn_id = ctx.conn_id, upstream = %name, "upstream switched protocols unasked; refusing");
+            return upstream_failure(StatusCode::BAD_GATEWAY, identity);
+        };
+        {
             let upstream_side = hyper::upgrade::on(&mut response);
             let conn_id = ctx.conn_id;
             // The tunnel keeps the connection's slot and open-count entry until it ends.
             let lease = ctx.lease.clone();
+            let ctx = ctx.clone();
             tokio::spawn(async move {
                 let _lease = lease;
                 match (client.await, upstream_side.await) {
                     (Ok(c), Ok(u)) => {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
+                        tokio::select! {
+                            r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
+                                }
+                            }
+                            rejection = revoked(&ctx) => {
+                                tracing::info!(
+                                    conn_id,
+                                    outcome = %rejection.outcome,
+                                    detail = %rejection.detail,
+                                    "identity no longer valid under the current snapshot: closing tunnel"
+                                );
+                            }
                         }
                     }
                     (c, u) => tracing::debug!(
@@ -490,6 +512,25 @@ async fn forward(
         allowed: true,
         reason: Reason::Ok,
         identity: Some(identity),
+    }
+}
+
+/// How often an upgraded tunnel re-checks its connection's identity. A tunnel carries no
+/// further requests, so SPEC 5.3 ("revocation reaches open connections") is enforced on it
+/// by this timer instead; the check is a generation compare unless something changed.
+const TUNNEL_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resolves once the connection's identity no longer verifies under the current snapshot
+/// (revoked by a new CRL, pin removed, certificate expired).
+async fn revoked(ctx: &ConnContext) -> Rejection {
+    let mut tick = tokio::time::interval(TUNNEL_RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snap = ctx.state.current.load();
+        if let Err(rejection) = ctx.current_identity(&snap) {
+            return rejection;
+        }
     }
 }
 

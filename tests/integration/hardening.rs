@@ -397,3 +397,119 @@ async fn websocket_echo_through_the_proxy() {
         other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
     }
 }
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_relayed() {
+    let env = Env::new().await;
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    // h2c upgrade (the "h2c smuggling" trick): forwarded as a plain request, without the
+    // upgrade headers, so the upstream cannot open a tunnel past per-request policy.
+    let h2c = b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+        Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    let reply = raw_exchange(&env, &proxy, h2c, Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = env.upstream.last();
+    assert_eq!(seen.path, "/status");
+    for h in ["upgrade", "http2-settings"] {
+        assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
+    }
+    // An HTTP2-Settings header not named in Connection is still never relayed.
+    let sneaky = b"GET /status HTTP/1.1\r\nHost: localhost\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    let reply = raw_exchange(&env, &proxy, sneaky, Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(env.upstream.last().headers.get("http2-settings").is_none());
+
+    // An upstream that answers 101 to anything: certguard refuses to open the tunnel.
+    let ask =
+        b"GET /switch HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+    let reply = raw_exchange(&env, &proxy, ask, Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    let plain = b"GET /switch HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(&env, &proxy, plain, Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    let text = crate::common::scrape(&proxy).await;
+    assert_eq!(
+        crate::common::metric(
+            &text,
+            "certguard_upstream_errors_total",
+            &[("upstream", "app"), ("kind", "protocol")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn underscore_spellings_of_identity_headers_never_reach_the_upstream() {
+    let env = Env::new().await;
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    let req = b"GET /status HTTP/1.1\r\nHost: localhost\r\nX_Forwarded_Client_Cert: Hash=evil\r\n\
+        X_Forwarded_For: 10.9.9.9\r\nClient_Cert: :AAAA:\r\nX_Request_Id: abc\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(&env, &proxy, req, Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let seen = env.upstream.last();
+    for h in ["x_forwarded_client_cert", "x_forwarded_for", "client_cert"] {
+        assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
+    }
+    assert_eq!(seen.headers["x_request_id"], "abc");
+    assert!(!seen.headers["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .contains("evil"));
+}
+
+#[tokio::test]
+async fn revocation_closes_an_open_websocket_tunnel() {
+    let env = Env::new().await;
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    let tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .expect("websocket handshake");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        "before".into(),
+    ))
+    .await
+    .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap(), "before");
+
+    // Revoke alice: the tunnel carries no further requests, yet it must not keep working.
+    env.write_crls(&[&env.pki.revoked, &env.pki.alice]);
+    proxy.reload().expect("reload");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel stayed open after revocation");
+    // Its connection slot is released with it (polled: the client may see the close a moment
+    // before the tunnel task has finished).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = crate::common::scrape(&proxy).await;
+        let active = crate::common::metric(&text, "certguard_connections_active", &[]);
+        if active == 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {active} active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

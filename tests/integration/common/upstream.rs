@@ -152,6 +152,15 @@ async fn handle(
             .body(body)
             .unwrap());
     }
+    if p == "/switch" {
+        // A careless upstream that switches protocols whenever asked (or not asked).
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(full(""))
+            .unwrap());
+    }
     if p == "/ws" {
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
             return Ok(Response::builder()
