@@ -13,9 +13,12 @@ pub enum FramingError {
     /// Both `Content-Length` and `Transfer-Encoding` (RFC 9112 6.3: a smuggling signal).
     #[error("both Content-Length and Transfer-Encoding")]
     LengthAndChunked,
-    /// `Transfer-Encoding` whose final coding is not `chunked`, that applies `chunked` more
-    /// than once, that is empty, or that is not readable as ASCII.
-    #[error("Transfer-Encoding whose final coding is not chunked")]
+    /// `Transfer-Encoding` other than exactly `chunked`: a final coding that is not
+    /// `chunked` (SPEC 4), `chunked` applied more than once, an empty or non-ASCII value, or
+    /// another coding before `chunked` (`gzip, chunked`). certguard removes the chunking and
+    /// `Transfer-Encoding` is hop-by-hop, so a `gzip` coding could not be relayed faithfully:
+    /// the upstream would receive gzip bytes as a plain body.
+    #[error("Transfer-Encoding other than chunked")]
     NotChunked,
     /// Several `Content-Length` values (header lines or a comma list) that differ, or a value
     /// that is not a plain decimal number.
@@ -30,8 +33,7 @@ fn trim_ows(s: &str) -> &str {
 /// Check the request head's framing headers (HTTP/1.x only; HTTP/2 framing is by frames).
 ///
 /// Transfer codings are read across every `Transfer-Encoding` line as one comma-separated
-/// list, trimmed and case-insensitive; the last one must be `chunked` and `chunked` must occur
-/// only once. Identical `Content-Length` values (`5, 5`, or two `5` lines) are accepted as
+/// list, trimmed and case-insensitive; it must consist of `chunked` alone. Identical `Content-Length` values (`5, 5`, or two `5` lines) are accepted as
 /// RFC 9110 8.6 allows; they are compared as numbers, and each must be ASCII digits only.
 pub fn check(headers: &HeaderMap) -> Result<(), FramingError> {
     let has_te = headers.contains_key(TRANSFER_ENCODING);
@@ -45,20 +47,20 @@ pub fn check(headers: &HeaderMap) -> Result<(), FramingError> {
 }
 
 fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), FramingError> {
-    let mut last = None;
-    let mut chunked_count = 0usize;
+    let mut codings = 0usize;
     for value in headers.get_all(TRANSFER_ENCODING) {
         let text = value.to_str().map_err(|_| FramingError::NotChunked)?;
         for coding in text.split(',').map(trim_ows).filter(|c| !c.is_empty()) {
-            if coding.eq_ignore_ascii_case("chunked") {
-                chunked_count += 1;
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(FramingError::NotChunked);
             }
-            last = Some(coding);
+            codings += 1;
         }
     }
-    match last {
-        Some(coding) if coding.eq_ignore_ascii_case("chunked") && chunked_count == 1 => Ok(()),
-        _ => Err(FramingError::NotChunked),
+    if codings == 1 {
+        Ok(())
+    } else {
+        Err(FramingError::NotChunked)
     }
 }
 
@@ -130,9 +132,13 @@ mod tests {
             (&[(te, b"chunked")], Ok(())),
             (&[(te, b"Chunked")], Ok(())),
             (&[(te, b" CHUNKED ")], Ok(())),
-            (&[(te, b"gzip, chunked")], Ok(())),
-            (&[(te, b"gzip"), (te, b"chunked")], Ok(())),
-            (&[(te, b"gzip,chunked,")], Ok(())),
+            (&[(te, b"chunked,")], Ok(())),
+            (&[(te, b", chunked")], Ok(())),
+            // Another coding before chunked could not be relayed faithfully.
+            (&[(te, b"gzip, chunked")], Err(NotChunked)),
+            (&[(te, b"gzip"), (te, b"chunked")], Err(NotChunked)),
+            (&[(te, b"gzip,chunked,")], Err(NotChunked)),
+            (&[(te, b"identity, chunked")], Err(NotChunked)),
             (&[(te, b"chunked, gzip")], Err(NotChunked)),
             (&[(te, b"chunked"), (te, b"gzip")], Err(NotChunked)),
             (&[(te, b"gzip")], Err(NotChunked)),
