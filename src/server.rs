@@ -29,6 +29,8 @@ use crate::tls::{self, Outcome};
 /// How long a connection accepted at the `max_connections` cap may wait for a free slot
 /// before it is closed.
 const CAP_WAIT: Duration = Duration::from_secs(1);
+/// How long an idle connection that was asked to close may take to do so.
+const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 /// HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 
@@ -423,8 +425,11 @@ where
 {
     tokio::pin!(conn);
     let mut draining = false;
+    // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
+    // may take to say goodbye before it is dropped.
+    let mut goodbye_until: Option<Instant> = None;
     loop {
-        let deadline = activity.deadline(limits);
+        let deadline = goodbye_until.unwrap_or_else(|| activity.deadline(limits));
         tokio::select! {
             res = conn.as_mut() => {
                 return match res {
@@ -441,6 +446,17 @@ where
             }
             _ = activity.changed.notified() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
+                if let Some(until) = goodbye_until {
+                    if Instant::now() >= until {
+                        if activity.inflight.load(Ordering::Acquire) == 0 {
+                            tracing::debug!("idle connection did not close after GOAWAY: dropping it");
+                            return None;
+                        }
+                        // A request slipped in before the GOAWAY: back to the normal timers.
+                        goodbye_until = None;
+                    }
+                    continue;
+                }
                 match activity.expired(limits, Instant::now()) {
                     Some(Expiry::HeaderRead) => {
                         tracing::debug!("header_read_timeout: closing connection");
@@ -450,12 +466,13 @@ where
                         tracing::debug!("client stopped reading for idle_timeout: closing connection");
                         return None;
                     }
-                    Some(Expiry::Idle) if !draining => {
-                        conn.as_mut().drain();
-                        draining = true;
+                    Some(Expiry::Idle) => {
+                        if !draining {
+                            conn.as_mut().drain();
+                            draining = true;
+                        }
+                        goodbye_until = Some(Instant::now() + IDLE_GOODBYE);
                     }
-                    // Already draining and still idle: the peer ignores GOAWAY/close.
-                    Some(Expiry::Idle) => return None,
                     None => {}
                 }
             }
@@ -473,7 +490,8 @@ enum Expiry {
 /// Per-connection activity, updated by the IO wrapper and by request handling.
 pub struct Activity {
     epoch: Instant,
-    /// Milliseconds since `epoch` of the last read, or of the end of the last response.
+    /// Milliseconds since `epoch` of the connection's start or of the end of the last
+    /// response: where the idle timer starts.
     last: AtomicU64,
     /// Requests whose response body has not finished.
     inflight: AtomicUsize,
@@ -567,8 +585,10 @@ impl Activity {
     }
 
     fn on_read(&self, data: &[u8]) {
+        // A read does not count as activity for `idle_timeout`: only requests do. Otherwise an
+        // HTTP/2 client could hold a connection (and its slot) forever with PING or
+        // WINDOW_UPDATE frames, and an HTTP/1 client with a head trickled past its timer.
         let now = self.now_ms();
-        self.last.store(now, Ordering::Relaxed);
         if self.inflight.load(Ordering::Acquire) == 0 {
             if self
                 .head_started
@@ -692,7 +712,10 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let res = this.inner.poll_write(cx, buf);
+        this.activity.on_write(res.is_pending());
+        res
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_flush(cx)

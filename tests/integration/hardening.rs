@@ -513,3 +513,49 @@ async fn revocation_closes_an_open_websocket_tunnel() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let env = Env::new().await;
+    let yaml = env.yaml(ROUTES, "").replace(
+        "  handshake_timeout: 5s\n",
+        "  handshake_timeout: 5s\n  idle_timeout: 1s\n",
+    );
+    let proxy = env.start(&yaml).await;
+    let tls = client::connect_tls(
+        proxy.listen_addr,
+        env.client(&env.pki.alice, &[b"h2"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // A client that PINGs every 200 ms, whether or not a request is open.
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let (mut sender, conn) = builder
+        .handshake::<_, crate::common::client::ReqBody>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = sender
+        .send_request(Request::get("https://localhost/x").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(crate::common::read(resp).await.0, 200);
+    let idle_since = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "a PINGing client kept an idle connection open"
+    );
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(800),
+        "closed before idle_timeout"
+    );
+}
