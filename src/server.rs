@@ -22,6 +22,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::identity::{CertInfo, Identity};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
+use crate::proxy::framing::StreamTracker;
 use crate::proxy::service::{self, ConnContext};
 use crate::snapshot::{Current, Snapshot};
 use crate::tls::{self, Outcome};
@@ -504,60 +505,9 @@ pub struct Activity {
     /// Wakes the connection's timer when a request head starts or writes block (its deadline
     /// moves earlier).
     changed: Notify,
-    /// HTTP/1 only: the raw bytes of the pending request head, for the framing check below.
-    head: Option<std::sync::Mutex<HeadSniffer>>,
-    /// The last request head carried both Content-Length and Transfer-Encoding.
-    framing_conflict: std::sync::atomic::AtomicBool,
-}
-
-/// Collects the raw bytes of one HTTP/1 request head. hyper resolves Content-Length plus
-/// Transfer-Encoding by dropping Content-Length before the service sees the request; SPEC 4
-/// wants such requests refused, so the conflict is detected here, on the bytes themselves.
-#[derive(Default)]
-struct HeadSniffer {
-    bytes: Vec<u8>,
-    /// The head was complete (or too large) and has been judged.
-    done: bool,
-    limit: usize,
-}
-
-impl HeadSniffer {
-    /// Feed bytes read while no request is in flight. Returns `Some(conflict)` once the head is
-    /// complete.
-    fn feed(&mut self, data: &[u8]) -> Option<bool> {
-        if self.done {
-            return None;
-        }
-        let room = self.limit.saturating_sub(self.bytes.len());
-        // Search only the new bytes (and the 3 before them), so a head trickled in byte by byte
-        // costs linear, not quadratic, time.
-        let from = self.bytes.len().saturating_sub(3);
-        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
-        let end = find(&self.bytes[from..], b"\r\n\r\n").map(|i| from + i);
-        if end.is_none() && self.bytes.len() < self.limit {
-            return None;
-        }
-        self.done = true;
-        let head = &self.bytes[..end.unwrap_or(self.bytes.len())];
-        let mut cl = false;
-        let mut te = false;
-        for line in head.split(|b| *b == b'\n').skip(1) {
-            let name = line.split(|b| *b == b':').next().unwrap_or_default();
-            let name = name.trim_ascii();
-            cl |= name.eq_ignore_ascii_case(b"content-length");
-            te |= name.eq_ignore_ascii_case(b"transfer-encoding");
-        }
-        Some(cl && te)
-    }
-
-    fn reset(&mut self) {
-        self.bytes.clear();
-        self.done = false;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    /// HTTP/1 only: follows the raw request stream to judge every head's framing (see
+    /// [`StreamTracker`]).
+    stream: Option<std::sync::Mutex<StreamTracker>>,
 }
 
 impl Activity {
@@ -570,13 +520,7 @@ impl Activity {
             head_started: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
             changed: Notify::new(),
-            head: sniff_limit.map(|limit| {
-                std::sync::Mutex::new(HeadSniffer {
-                    limit,
-                    ..HeadSniffer::default()
-                })
-            }),
-            framing_conflict: std::sync::atomic::AtomicBool::new(false),
+            stream: sniff_limit.map(|limit| std::sync::Mutex::new(StreamTracker::new(limit))),
         }
     }
 
@@ -597,12 +541,9 @@ impl Activity {
             {
                 self.changed.notify_one();
             }
-            if let Some(head) = &self.head {
-                let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(conflict) = head.feed(data) {
-                    self.framing_conflict.store(conflict, Ordering::Release);
-                }
-            }
+        }
+        if let Some(stream) = &self.stream {
+            stream.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
         }
     }
 
@@ -621,19 +562,18 @@ impl Activity {
         }
     }
 
-    /// Whether the request head just parsed had both Content-Length and Transfer-Encoding.
-    /// Reading it clears it.
+    /// Whether the next request's head (in stream order) had both Content-Length and
+    /// Transfer-Encoding. Call once per request.
     pub fn take_framing_conflict(&self) -> bool {
-        self.framing_conflict.swap(false, Ordering::AcqRel)
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take_verdict())
     }
 
     /// A request head was parsed: the header-read timer stops, the idle timer pauses.
     pub fn request_started(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
-        if let Some(head) = &self.head {
-            head.lock().unwrap_or_else(|p| p.into_inner()).reset();
-        }
         InflightGuard(self.clone())
     }
 

@@ -85,6 +85,248 @@ fn check_content_length(headers: &HeaderMap) -> Result<(), FramingError> {
     Ok(())
 }
 
+/// Follows an HTTP/1 request stream through the bytes hyper reads, so that every request head
+/// (pipelined ones included) is judged for Content-Length plus Transfer-Encoding.
+///
+/// hyper resolves that conflict by dropping Content-Length before the service sees the
+/// request, and SPEC 4 wants such requests refused, so the conflict must be seen on the raw
+/// bytes. The tracker parses heads with httparse (the parser hyper uses, so bare-LF heads end
+/// where hyper's end) and skips bodies by their framing (Content-Length, or chunked as hyper
+/// decodes it) to find the next head. One verdict per head is queued, in order; the service
+/// takes them in the same order as hyper hands it the requests. On anything it cannot follow
+/// (a parse error, an upgrade's raw bytes, a head over the size limit) it stops for good: hyper
+/// refuses the same bytes or the connection has stopped being HTTP/1.
+#[derive(Debug)]
+pub struct StreamTracker {
+    state: Track,
+    /// Bytes of an incomplete head, chunk-size line, chunk terminator or trailer section.
+    buf: Vec<u8>,
+    /// Largest head (and trailer section) followed; larger ones end the tracking.
+    limit: usize,
+    /// One entry per complete head not yet taken: did it carry both framing headers?
+    verdicts: std::collections::VecDeque<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Track {
+    Head,
+    /// Content-Length body bytes still to come.
+    Body(u64),
+    ChunkSize,
+    /// Chunk data bytes still to come.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    Trailers,
+    /// Stopped following the stream.
+    Lost,
+}
+
+/// Longest chunk-size line (with extensions) followed.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Header lines httparse is given room for; hyper's own default limit is 100.
+const MAX_HEADERS: usize = 128;
+
+impl StreamTracker {
+    /// A tracker for heads of at most `limit` bytes.
+    pub fn new(limit: usize) -> StreamTracker {
+        StreamTracker {
+            state: Track::Head,
+            buf: Vec::new(),
+            limit,
+            verdicts: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The verdict for the oldest head not yet taken: `true` when it had both Content-Length
+    /// and Transfer-Encoding. `false` when there is none (the tracker stopped following).
+    pub fn take_verdict(&mut self) -> bool {
+        self.verdicts.pop_front().unwrap_or(false)
+    }
+
+    /// Follow the next bytes of the stream, in the order they were read.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            data = match self.state {
+                Track::Lost => return,
+                Track::Head => self.head(data),
+                Track::Body(left) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+                    self.state = match left - n as u64 {
+                        0 => Track::Head,
+                        rest => Track::Body(rest),
+                    };
+                    &data[n..]
+                }
+                Track::ChunkSize => self.chunk_size(data),
+                Track::ChunkData(left) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+                    self.state = match left - n as u64 {
+                        0 => Track::ChunkEnd,
+                        rest => Track::ChunkData(rest),
+                    };
+                    &data[n..]
+                }
+                Track::ChunkEnd => self.chunk_end(data),
+                Track::Trailers => self.trailers(data),
+            };
+        }
+    }
+
+    fn lose(&mut self) {
+        self.state = Track::Lost;
+        self.buf = Vec::new();
+    }
+
+    fn head<'a>(&mut self, mut data: &'a [u8]) -> &'a [u8] {
+        if self.buf.is_empty() {
+            // Empty lines before a request line are skipped (RFC 9112 2.2), by httparse too.
+            let start = data
+                .iter()
+                .position(|b| *b != b'\r' && *b != b'\n')
+                .unwrap_or(data.len());
+            data = &data[start..];
+            if data.is_empty() {
+                return data;
+            }
+        }
+        let old = self.buf.len();
+        let take = data.len().min(self.limit.saturating_sub(old));
+        self.buf.extend_from_slice(&data[..take]);
+        // Parse only when the new bytes (with the 2 before them) can hold the blank line
+        // that ends a head; a head trickled in byte by byte then costs linear time.
+        let from = old.saturating_sub(2);
+        let ends = self.buf[from..].windows(2).any(|w| w == b"\n\n")
+            || self.buf[from..].windows(3).any(|w| w == b"\n\r\n");
+        if !ends {
+            if self.buf.len() >= self.limit {
+                self.lose();
+            }
+            return &data[take..];
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if self.buf.len() >= self.limit {
+                    self.lose();
+                }
+                return &data[take..];
+            }
+            Err(_) => {
+                self.lose();
+                return &[];
+            }
+        };
+        let mut length: Option<&[u8]> = None;
+        let mut te = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                length.get_or_insert(h.value);
+            }
+        }
+        self.verdicts.push_back(te && length.is_some());
+        self.state = if te {
+            // hyper reads the body as chunked whenever Transfer-Encoding is present (or
+            // refuses the request).
+            Track::ChunkSize
+        } else {
+            match length.map(parse_length) {
+                None | Some(Some(0)) => Track::Head,
+                Some(Some(n)) => Track::Body(n),
+                Some(None) => Track::Lost,
+            }
+        };
+        self.buf.clear();
+        // `len` counts bytes of `buf`, which held `old` bytes before this read.
+        &data[len.saturating_sub(old).min(data.len())..]
+    }
+
+    /// Buffer up to the end of a line; `None` while incomplete (or when lost).
+    fn line<'a>(&mut self, data: &'a [u8], max: usize) -> (Option<usize>, &'a [u8]) {
+        match data.iter().position(|b| *b == b'\n') {
+            Some(i) if self.buf.len() + i < max => {
+                self.buf.extend_from_slice(&data[..=i]);
+                (Some(self.buf.len()), &data[i + 1..])
+            }
+            None if self.buf.len() + data.len() < max => {
+                self.buf.extend_from_slice(data);
+                (None, &[])
+            }
+            _ => {
+                self.lose();
+                (None, &[])
+            }
+        }
+    }
+
+    fn chunk_size<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let (done, rest) = self.line(data, MAX_CHUNK_LINE);
+        if done.is_none() {
+            return rest;
+        }
+        match httparse::parse_chunk_size(&self.buf) {
+            Ok(httparse::Status::Complete((_, 0))) => self.state = Track::Trailers,
+            Ok(httparse::Status::Complete((_, size))) => self.state = Track::ChunkData(size),
+            _ => {
+                self.lose();
+                return &[];
+            }
+        }
+        self.buf.clear();
+        rest
+    }
+
+    fn chunk_end<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let (done, rest) = self.line(data, 3);
+        if done.is_none() {
+            return rest;
+        }
+        if self.buf == b"\r\n" {
+            self.buf.clear();
+            self.state = Track::ChunkSize;
+            rest
+        } else {
+            self.lose();
+            &[]
+        }
+    }
+
+    fn trailers<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        // Trailer lines until an empty one; each line is buffered, then dropped.
+        let limit = self.limit;
+        let (done, rest) = self.line(data, limit);
+        if done.is_none() {
+            return rest;
+        }
+        if self.buf == b"\r\n" || self.buf == b"\n" {
+            self.state = Track::Head;
+        }
+        self.buf.clear();
+        rest
+    }
+}
+
+/// A Content-Length value as hyper reads it (digits, identical comma-separated repeats).
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut length = None;
+    for item in text.split(',').map(trim_ows) {
+        if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = item.parse().ok()?;
+        match length {
+            Some(prev) if prev != n => return None,
+            _ => length = Some(n),
+        }
+    }
+    length
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +402,85 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(&check(&headers(pairs)), want, "{pairs:?}");
         }
+    }
+
+    /// Feed `stream` in pieces of `step` bytes; the verdicts in order.
+    fn verdicts(stream: &[u8], step: usize) -> Vec<bool> {
+        let mut t = StreamTracker::new(65536);
+        for piece in stream.chunks(step) {
+            t.feed(piece);
+        }
+        let mut out = Vec::new();
+        while !t.verdicts.is_empty() {
+            out.push(t.take_verdict());
+        }
+        out
+    }
+
+    #[test]
+    fn tracker_judges_every_head_of_a_stream() {
+        let smuggle = "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let get = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        let post_cl = "POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello\r\n\r\nGET";
+        let post_chunked = "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
+        let bare_lf =
+            "POST /d HTTP/1.1\nHost: a\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        let cases: &[(String, Vec<bool>)] = &[
+            (get.to_string(), vec![false]),
+            (smuggle.to_string(), vec![true]),
+            // Pipelined: the second head is judged too, after a body-less GET...
+            (format!("{get}{smuggle}"), vec![false, true]),
+            // ...after a Content-Length body that looks like a head...
+            (format!("{post_cl}{smuggle}"), vec![false, true]),
+            // ...and after a chunked body with extensions and trailers.
+            (format!("{post_chunked}{smuggle}{get}"), vec![false, true, false]),
+            // Bare LF line ends (httparse, like hyper, accepts them).
+            (bare_lf.to_string(), vec![true]),
+            (format!("{get}{bare_lf}"), vec![false, true]),
+            // Empty lines before a request line are skipped.
+            (format!("\r\n\r\n{smuggle}"), vec![true]),
+            // Content-Length and Transfer-Encoding in either order, any case.
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nCONTENT-LENGTH: 3\r\n\r\n0\r\n\r\n"
+                    .to_string(),
+                vec![true],
+            ),
+        ];
+        for (stream, want) in cases {
+            for step in [1, 2, 7, 64, stream.len()] {
+                assert_eq!(
+                    &verdicts(stream.as_bytes(), step),
+                    want,
+                    "step {step}: {stream:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tracker_stops_on_what_it_cannot_follow() {
+        // Garbage, an oversized head, a bad chunk size, a bad Content-Length: no verdicts
+        // after that point (and never a panic).
+        let get = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        for junk in [
+            &b"\x00\x01 not http\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
+        ] {
+            let mut stream = junk.to_vec();
+            stream.extend_from_slice(get);
+            let v = verdicts(&stream, 3);
+            assert!(v.len() <= 1 && v.iter().all(|c| !c), "{junk:?}: {v:?}");
+        }
+        let mut t = StreamTracker::new(64);
+        t.feed(&[b'a'; 100]);
+        t.feed(get);
+        assert!(
+            t.verdicts.is_empty(),
+            "a head over the limit ends the tracking"
+        );
+        assert!(!t.take_verdict());
     }
 }

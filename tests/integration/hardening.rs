@@ -187,6 +187,28 @@ async fn smuggling_framing_is_rejected_with_400_and_close() {
         env.upstream.seen().is_empty(),
         "the upstream must never see an ambiguous request"
     );
+    // The same conflict in a pipelined second request, and with bare-LF line ends (which
+    // hyper accepts): the first request is answered, the smuggling one gets 400 and the close.
+    let pipelined: [&[u8]; 2] = [
+        b"GET /status HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /x HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhelloGET /status HTTP/1.1\nHost: localhost\n\
+          Content-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n",
+    ];
+    for (i, raw) in pipelined.iter().enumerate() {
+        let resp = raw_exchange(&env, &proxy, raw, Duration::from_secs(3)).await;
+        let statuses: Vec<&str> = resp
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| resp.get(at + 9..at + 12))
+            .collect();
+        assert_eq!(statuses, ["200", "400"], "pipelined case {i}: {resp}");
+    }
+    let seen: Vec<String> = env.upstream.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(
+        seen,
+        ["/status", "/upload"],
+        "only the unambiguous requests are relayed"
+    );
     // Invalid chunking in an otherwise fine request.
     let resp = raw_exchange(
         &env,
