@@ -533,14 +533,13 @@ impl Activity {
         // HTTP/2 client could hold a connection (and its slot) forever with PING or
         // WINDOW_UPDATE frames, and an HTTP/1 client with a head trickled past its timer.
         let now = self.now_ms();
-        if self.inflight.load(Ordering::Acquire) == 0 {
-            if self
+        if self.inflight.load(Ordering::Acquire) == 0
+            && self
                 .head_started
                 .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
-            {
-                self.changed.notify_one();
-            }
+        {
+            self.changed.notify_one();
         }
         if let Some(stream) = &self.stream {
             stream.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
