@@ -156,7 +156,7 @@ pub fn check(config: &Config) -> Result<String, String> {
                     },
                     if ca.revocation.allow_unknown_status { "allow" } else { "deny" },
                     if ca.revocation.allow_expired_crl { "allow" } else { "deny" },
-                    ca.max_lifetime.map(|d| format!(", max_lifetime={}d", d.as_secs() / 86_400)).unwrap_or_default(),
+                    ca.max_lifetime.map(|d| format!(", max_lifetime={}", duration_text(d))).unwrap_or_default(),
                 );
                 for crl in &ca.crls {
                     let _ = writeln!(
@@ -415,6 +415,22 @@ fn join(v: &[String]) -> String {
     }
 }
 
+/// A duration in the largest config unit that writes it exactly (`90d`, `36h`, `1500ms`).
+fn duration_text(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;
@@ -474,5 +490,14 @@ routes:
             ],
             "{w:#?}"
         );
+    }
+
+    #[test]
+    fn durations_print_exactly() {
+        use std::time::Duration;
+        assert_eq!(duration_text(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(duration_text(Duration::from_secs(36 * 3600)), "36h");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_text(Duration::ZERO), "0ms");
     }
 }

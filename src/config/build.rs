@@ -422,7 +422,9 @@ fn ca_trust(
     let mut anchors = None;
     let mut ca_path = PathBuf::new();
     if let Some((path, bytes)) = files.read(errs, &ca_key, ca) {
-        match pki::parse_cert_pem(&path, &bytes) {
+        match pki::parse_cert_pem(&path, &bytes)
+            .and_then(|certs| pki::check_anchors(&path, &certs).map(|()| certs))
+        {
             Ok(certs) => anchors = Some(certs),
             Err(e) => errs.push(&ca_key, e),
         }

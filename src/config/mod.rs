@@ -445,6 +445,7 @@ mod tests {
         KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
     };
     use tempfile::TempDir;
+    use x509_parser::prelude::FromDer;
 
     use super::*;
     use crate::policy::pattern;
@@ -618,6 +619,57 @@ routes:
         fs::write(pki.join("bundle.crl"), good + broken).unwrap();
         let e = error_at(load(&dir, &yaml), "trust.internal.crl[0]");
         assert!(e.message.contains("CRL #2"), "{}", e.message);
+    }
+
+    /// A DER TLV.
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 128 => out.push(n as u8),
+            n => {
+                out.push(0x82);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    #[test]
+    fn a_crl_the_verifier_cannot_use_is_a_config_error_at_its_key() {
+        // A well-formed v1 CRL without nextUpdate: x509-parser reads it, webpki (and so the
+        // verifier) does not. It must be refused at its key, not when the listener starts.
+        let alg = [
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
+            0x00,
+        ];
+        let name = der(
+            0x30,
+            &der(
+                0x31,
+                &der(
+                    0x30,
+                    &[&[0x06, 0x03, 0x55, 0x04, 0x03][..], &der(0x0c, b"x")].concat(),
+                ),
+            ),
+        );
+        let tbs = der(
+            0x30,
+            &[&alg[..], &name, &der(0x17, b"250101000000Z")].concat(),
+        );
+        let crl = der(0x30, &[&tbs[..], &alg, &[0x03, 0x02, 0x00, 0x00]].concat());
+        assert!(
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&crl).is_ok(),
+            "the test CRL must at least parse"
+        );
+        let (dir, _) = setup();
+        fs::write(dir.path().join("pki/v1.crl"), &crl).unwrap();
+        let yaml = full("").replace(
+            "crl: [pki/ca.crl, pki/ca.crl.der, pki/expired.crl]",
+            "crl: [pki/ca.crl, pki/v1.crl]",
+        );
+        let e = error_at(load(&dir, &yaml), "trust.internal.crl[1]");
+        assert!(e.message.contains("not usable"), "{}", e.message);
     }
 
     #[test]

@@ -110,6 +110,20 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
     ders.into_iter()
         .enumerate()
         .map(|(i, der)| {
+            // The verifier parses CRLs with webpki, which is stricter than x509-parser (version
+            // 2 only, nextUpdate required): refuse here what it would refuse, at this key.
+            webpki::OwnedCertRevocationList::from_der(der.as_ref()).map_err(|e| {
+                let which = if many {
+                    format!(" (CRL #{})", i + 1)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{}{which}: CRL not usable for verification: {e:?} \
+                     (a v2 CRL with nextUpdate is required)",
+                    path.display()
+                )
+            })?;
             let (issuer, issuer_raw, this_update, next_update) = {
                 let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
                     let which = if many {
@@ -136,6 +150,21 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
             })
         })
         .collect()
+}
+
+/// Check that every certificate of a CA bundle is usable as a trust anchor (what the
+/// verifier will require).
+pub fn check_anchors(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(), String> {
+    for (i, cert) in certs.iter().enumerate() {
+        webpki::anchor_from_trusted_cert(cert).map_err(|e| {
+            format!(
+                "{}: certificate #{} is not usable as a trust anchor: {e:?}",
+                path.display(),
+                i + 1
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// SHA-256 of `data`.
