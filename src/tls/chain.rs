@@ -30,6 +30,31 @@ pub struct CaSource {
     anchor_subjects: Vec<Vec<u8>>,
     hints: Vec<DistinguishedName>,
     max_lifetime: Option<Duration>,
+    /// The anchors as webpki sees them, and the provider's signature algorithms: to tell
+    /// whether a rejected chain was really signed up to one of them (see [`Self::attribute`]).
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
+}
+
+/// Whose failure a rejected chain is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attribution {
+    /// Signed up to one of this source's anchors: the verifier's reason stands.
+    Ours,
+    /// Names lead to one of this source's anchors, signatures do not verify.
+    Forged,
+    /// Nothing to do with this source.
+    NotOurs,
+}
+
+/// An EKU policy that accepts any EKU: used only to ask "does a signed path to an anchor
+/// exist?" after the real verifier has already refused the certificate.
+struct AnyUsage;
+
+impl webpki::ExtendedKeyUsageValidator for AnyUsage {
+    fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        Ok(())
+    }
 }
 
 impl CaSource {
@@ -45,15 +70,22 @@ impl CaSource {
         };
         let mut roots = RootCertStore::empty();
         let mut anchor_subjects = Vec::with_capacity(ca.anchors.len());
+        let mut anchors = Vec::with_capacity(ca.anchors.len());
         for (i, anchor) in ca.anchors.iter().enumerate() {
             roots
                 .add(anchor.clone())
                 .map_err(|e| err(format!("CA certificate #{}: {e}", i + 1)))?;
+            anchors.push(
+                webpki::anchor_from_trusted_cert(anchor)
+                    .map_err(|e| err(format!("CA certificate #{}: {e}", i + 1)))?
+                    .to_owned(),
+            );
             let (_, x509) = x509_parser::parse_x509_certificate(anchor.as_ref())
                 .map_err(|e| err(format!("CA certificate #{}: {e}", i + 1)))?;
             anchor_subjects.push(x509.subject().as_raw().to_vec());
         }
         let hints = roots.subjects();
+        let algorithms = provider.signature_verification_algorithms.all;
 
         let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .with_crls(ca.crls.iter().map(|c| c.der.clone()));
@@ -73,6 +105,8 @@ impl CaSource {
             anchor_subjects,
             hints,
             max_lifetime: ca.max_lifetime,
+            anchors,
+            algorithms,
         })
     }
 
@@ -117,13 +151,28 @@ impl CaSource {
                         detail,
                     });
                 }
-                if outcome != Outcome::UnknownIssuer
-                    && self.reaches_anchor(end_entity, intermediates)
-                {
+                let attribution = match outcome {
+                    Outcome::UnknownIssuer => Attribution::NotOurs,
+                    // Names lead here but a signature failed: a forgery of this CA's names.
+                    Outcome::BadSignature if self.reaches_anchor(end_entity, intermediates) => {
+                        Attribution::Forged
+                    }
+                    _ => self.attribute(end_entity, intermediates),
+                };
+                if attribution == Attribution::Ours {
                     Err(Rejection {
                         trust: Some(self.name.clone()),
                         outcome,
                         detail,
+                    })
+                } else if attribution == Attribution::Forged {
+                    Err(Rejection {
+                        trust: Some(self.name.clone()),
+                        outcome: Outcome::BadSignature,
+                        detail: format!(
+                            "the chain names an anchor of {} but its signatures do not verify ({detail})",
+                            self.name
+                        ),
                     })
                 } else {
                     Err(Rejection {
@@ -163,6 +212,61 @@ impl CaSource {
             trust: self.name.clone(),
             pinned: None,
         })
+    }
+
+    /// Whether a failure the verifier reported (other than an unknown issuer) belongs to this
+    /// source: the presented chain is signed up to one of its anchors (SPEC 3: "if a CA
+    /// source built a chain to one of its anchors").
+    ///
+    /// webpki checks the leaf's dates and EKU before it looks for an issuer, so the verifier's
+    /// error alone cannot tell an expired certificate of this CA from an expired one of an
+    /// unrelated CA that happens to use the same issuer name. The path is therefore built
+    /// again with webpki, signatures checked, at a time inside the leaf's validity, with any
+    /// EKU accepted and no revocation. When even that cannot decide (an intermediate expired
+    /// at that time as well), the issuer names decide. A chain whose names lead to an anchor
+    /// but whose signatures fail is [`Attribution::Forged`].
+    fn attribute(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Attribution {
+        let by_names = |forged: bool| match self.reaches_anchor(end_entity, intermediates) {
+            true if forged => Attribution::Forged,
+            true => Attribution::Ours,
+            false => Attribution::NotOurs,
+        };
+        let Ok(leaf) = webpki::EndEntityCert::try_from(end_entity) else {
+            return Attribution::NotOurs;
+        };
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) else {
+            return Attribution::NotOurs;
+        };
+        let (from, to) = (
+            parsed.validity().not_before.timestamp(),
+            parsed.validity().not_after.timestamp(),
+        );
+        let inside = from.saturating_add(to.saturating_sub(from) / 2);
+        let at =
+            UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(inside).unwrap_or(0)));
+        match leaf.verify_for_usage(
+            self.algorithms,
+            &self.anchors,
+            intermediates,
+            at,
+            AnyUsage,
+            None,
+            None,
+        ) {
+            Ok(_) => Attribution::Ours,
+            Err(webpki::Error::UnknownIssuer) => Attribution::NotOurs,
+            Err(
+                webpki::Error::InvalidSignatureForPublicKey
+                | webpki::Error::SignatureAlgorithmMismatch
+                | webpki::Error::UnsupportedSignatureAlgorithmContext(_)
+                | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_),
+            ) => by_names(true),
+            Err(_) => by_names(false),
+        }
     }
 
     /// Whether the issuer names of the presented certificates lead to one of our anchors.

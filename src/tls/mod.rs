@@ -998,6 +998,27 @@ mod tests {
         let c = other.issue(&spec).unwrap();
         assert_eq!(rejected(&v, &c), (Some("partner".into()), Outcome::Expired));
 
+        // A CA that copies the partner root's name with another key: its expired or
+        // serverAuth-only certificates were never signed by the partner, so the verifier's
+        // first complaint (dates, EKU) is not the partner's failure; they are forgeries of its
+        // name, `bad_signature`, as when their dates are fine.
+        let impostor = TestCa::root("partner root").unwrap();
+        let forged = (Some("partner".into()), Outcome::BadSignature);
+        let c = impostor.issue(&spec).unwrap();
+        assert_eq!(rejected(&v, &c), forged);
+        let mut sa = LeafSpec::client("sa");
+        sa.eku = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let c = impostor.issue(&sa).unwrap();
+        assert_eq!(rejected(&v, &c), forged);
+        let c = impostor.issue(&LeafSpec::client("fine-dates")).unwrap();
+        assert_eq!(rejected(&v, &c), forged);
+        // ...while the real partner's serverAuth-only certificate is the partner's failure.
+        let c = other.issue(&sa).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("partner".into()), Outcome::InvalidUsage)
+        );
+
         let each = v.verify_each(&ci.chain[0], &[], now());
         let names: Vec<_> = each.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, ["internal", "partner", "lab"]);
