@@ -145,28 +145,56 @@ async fn bad_certificates_fail_the_handshake() {
     let env = Env::new().await;
     let proxy = env.start(&config(&env, "")).await;
     let p = &env.pki;
+    // SPEC 3: a CA source that built a chain reports its own failure under its name; anything
+    // else is unknown_issuer with trust="none" (no pinned source here, so a self-signed
+    // certificate is unknown_issuer too).
     let cases = [
-        ("unknown CA", &p.stranger),
-        ("revoked", &p.revoked),
-        ("expired", &p.expired),
-        ("not yet valid", &p.not_yet_valid),
-        ("serverAuth-only EKU", &p.server_auth_only),
-        ("self-signed", &p.rogue),
+        ("unknown CA", &p.stranger, "none", "unknown_issuer"),
+        ("revoked", &p.revoked, "internal", "revoked"),
+        ("expired", &p.expired, "internal", "expired"),
+        (
+            "not yet valid",
+            &p.not_yet_valid,
+            "internal",
+            "not_yet_valid",
+        ),
+        (
+            "serverAuth-only EKU",
+            &p.server_auth_only,
+            "internal",
+            "invalid_usage",
+        ),
+        ("self-signed", &p.rogue, "none", "unknown_issuer"),
     ];
-    for (what, cert) in cases {
-        let result = Conn::open(
-            proxy.listen_addr,
-            env.client(cert, &[b"http/1.1"]),
-            "localhost",
-        )
-        .await;
-        assert!(result.is_err(), "{what}: handshake should fail");
+    for (what, cert, trust, outcome) in cases {
+        let config = env.client(cert, &[b"http/1.1"]);
+        common::assert_rejected(&proxy, &config, trust, outcome, what).await;
     }
-    let anonymous = Conn::open(proxy.listen_addr, env.anonymous(), "localhost").await;
-    assert!(
-        anonymous.is_err(),
-        "no client certificate: handshake should fail"
+    common::assert_rejected(
+        &proxy,
+        &env.anonymous(),
+        "none",
+        "no_client_cert",
+        "no client certificate",
+    )
+    .await;
+    // alice's certificate without alice's key: the handshake signature does not verify.
+    let other =
+        certguard::devpki::TestCert::self_signed(&certguard::devpki::LeafSpec::client("other"))
+            .unwrap();
+    let stolen = common::client::mismatched_key_config(
+        &p.root.cert,
+        p.alice.chain.clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(other.key_der.clone_key()),
     );
+    common::assert_rejected(
+        &proxy,
+        &stolen,
+        "internal",
+        "bad_signature",
+        "certificate without its key",
+    )
+    .await;
     // Nothing reached the upstream, and a good client still works.
     assert!(env.upstream.seen().is_empty());
     let mut alice = conn(&env, &proxy, &p.alice).await;
@@ -181,17 +209,15 @@ async fn max_lifetime_rejects_long_lived_certificates() {
         "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 90d\n",
     );
     let proxy = env.start(&yaml).await;
-    // alice's certificate lives 366 days, as does long_lived: both exceed 90d.
-    let rejected = Conn::open(
-        proxy.listen_addr,
-        env.client(&env.pki.long_lived, &[b"http/1.1"]),
-        "localhost",
+    // long_lived lives 401 days, over 90d.
+    common::assert_rejected(
+        &proxy,
+        &env.client(&env.pki.long_lived, &[b"http/1.1"]),
+        "internal",
+        "lifetime_exceeded",
+        "over max_lifetime",
     )
     .await;
-    assert!(
-        rejected.is_err(),
-        "over max_lifetime must fail the handshake"
-    );
     let yaml = config(&env, "").replace(
         "    crl: [intermediate.crl, ca.crl]\n",
         "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 500d\n",
