@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use certguard::devpki::TestCert;
 
-use crate::common::{admin_get, client, metric, scrape, Conn, Env};
+use crate::common::{admin_get, client, metric, scrape, verdict, Conn, Env, Verdict};
 
 const ROUTES: &str = r#"  - name: status
     path: /status
@@ -399,6 +399,45 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     assert!(h.get("peer").is_some() && h.get("sni").is_some(), "{h}");
 }
 
+/// What `certguard explain` predicts, read from its exit code and its `decision:` line
+/// (src/report.rs): a status code, or the handshake outcome and trust source.
+fn explained(stdout: &str, exit: Option<i32>) -> Verdict {
+    let decision = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("decision: "))
+        .unwrap_or_else(|| panic!("no decision line:\n{stdout}"));
+    let verdict = if decision.starts_with("ALLOWED") {
+        Verdict::Status(200)
+    } else if let Some(code) = decision.strip_prefix("DENIED with ") {
+        Verdict::Status(code[..3].parse().unwrap())
+    } else if let Some(rest) = decision.strip_prefix(
+        "DENIED: no trust source admits this certificate; the handshake fails with outcome ",
+    ) {
+        // "<outcome> (trust <name>)"
+        let (outcome, trust) = rest
+            .strip_suffix(')')
+            .and_then(|r| r.split_once(" (trust "))
+            .unwrap_or_else(|| panic!("unexpected decision line: {decision}"));
+        Verdict::Rejected {
+            trust: trust.to_owned(),
+            outcome: outcome.to_owned(),
+        }
+    } else {
+        panic!("unexpected decision line: {decision}");
+    };
+    let want_exit = if verdict == Verdict::Status(200) {
+        0
+    } else {
+        1
+    };
+    assert_eq!(
+        exit,
+        Some(want_exit),
+        "exit code for {verdict:?}:\n{stdout}"
+    );
+    verdict
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_agrees_with_the_live_proxy() {
     let env = Env::new().await;
@@ -406,11 +445,12 @@ async fn explain_agrees_with_the_live_proxy() {
     let proxy = env.start(&yaml).await;
     let config_path = env.path("certguard.yaml");
     let p = &env.pki;
-    let clients: [(&str, &TestCert); 6] = [
+    let clients: [(&str, &TestCert); 7] = [
         ("alice", &p.alice),
         ("bob", &p.bob),
         ("ci", &p.ci),
         ("revoked", &p.revoked),
+        ("expired", &p.expired),
         ("rogue", &p.rogue),
         ("stranger", &p.stranger),
     ];
@@ -421,7 +461,7 @@ async fn explain_agrees_with_the_live_proxy() {
         ("GET", "/status/../api/y"),
         ("GET", "/other"),
     ];
-    let mut compared = 0;
+    let mut compared = Vec::new();
     for (name, cert) in clients {
         let (crt, _) = env.client_files(name, cert);
         for (method, path) in requests {
@@ -433,38 +473,53 @@ async fn explain_agrees_with_the_live_proxy() {
                 .args(["--method", method, "--host", "localhost", path])
                 .output()
                 .unwrap();
-            let explained = match out.status.code() {
-                Some(0) => true,
-                Some(1) => false,
-                other => panic!(
-                    "explain failed ({other:?}): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            };
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                matches!(out.status.code(), Some(0 | 1)),
+                "explain failed ({:?}): {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let predicted = explained(&stdout, out.status.code());
             let req = http::Request::builder()
                 .method(method)
                 .uri(path)
                 .header("host", "localhost")
                 .body(crate::common::empty())
                 .unwrap();
-            let live = client::request_once(
-                proxy.listen_addr,
-                env.client(cert, &[b"http/1.1"]),
-                "localhost",
-                req,
-            )
-            .await
-                == Ok(200);
+            let live = verdict(&proxy, env.client(cert, &[b"http/1.1"]), req).await;
             assert_eq!(
-                explained,
-                live,
-                "{name} {method} {path}: explain says {explained}, proxy says {live}\n{}",
-                String::from_utf8_lossy(&out.stdout)
+                predicted, live,
+                "{name} {method} {path}: explain and the proxy disagree\n{stdout}"
             );
-            compared += 1;
+            compared.push(live);
         }
     }
-    assert!(compared >= 10);
+    assert!(compared.len() >= 10);
+    // The pairs cover every kind of result, so agreement is not trivial.
+    for want in [
+        Verdict::Status(200),
+        Verdict::Status(403),
+        Verdict::Status(404),
+        Verdict::Rejected {
+            trust: "internal".into(),
+            outcome: "revoked".into(),
+        },
+        Verdict::Rejected {
+            trust: "internal".into(),
+            outcome: "expired".into(),
+        },
+        Verdict::Rejected {
+            trust: "none".into(),
+            outcome: "pin_mismatch".into(),
+        },
+        Verdict::Rejected {
+            trust: "none".into(),
+            outcome: "unknown_issuer".into(),
+        },
+    ] {
+        assert!(compared.contains(&want), "no pair produced {want:?}");
+    }
 }
 
 #[tokio::test]

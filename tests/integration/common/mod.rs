@@ -357,3 +357,44 @@ pub async fn assert_rejected(
         "{what}: expected one handshake counted as trust={trust} outcome={outcome}"
     );
 }
+
+/// What the live proxy made of one (certificate, request) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The handshake failed, counted with this trust source and outcome label.
+    Rejected { trust: String, outcome: String },
+    /// The handshake succeeded and the request got this status.
+    Status(u16),
+}
+
+/// Send `req` on a fresh connection presenting what `config` presents, and report the
+/// status, or the handshake failure as the proxy counted it.
+pub async fn verdict(
+    proxy: &Proxy,
+    config: Arc<rustls::ClientConfig>,
+    req: http::Request<client::ReqBody>,
+) -> Verdict {
+    let before = scrape(proxy).await;
+    let result = client::request_once(proxy.listen_addr, config, "localhost", req).await;
+    let counted = handshakes_since(proxy, &before, 1.0).await;
+    let [(trust, outcome, delta)] = &counted[..] else {
+        panic!("expected exactly one handshake to be counted, got {counted:?} ({result:?})");
+    };
+    assert_eq!(*delta, 1.0, "{counted:?}");
+    match result {
+        Ok(status) => {
+            assert_eq!(outcome, "success", "a response after a failed handshake");
+            Verdict::Status(status)
+        }
+        Err(e) => {
+            assert_ne!(
+                outcome, "success",
+                "the request failed after a successful handshake: {e}"
+            );
+            Verdict::Rejected {
+                trust: trust.clone(),
+                outcome: outcome.clone(),
+            }
+        }
+    }
+}
