@@ -439,6 +439,63 @@ async fn curl_allowed_denied_and_rejected() {
     )));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2_allowed_and_denied() {
+    let version = std::process::Command::new("curl")
+        .arg("-V")
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("HTTP2"),
+        "this test needs a curl built with HTTP/2 support"
+    );
+    let env = Env::new().await;
+    let proxy = env.start(&config(&env, "")).await;
+    let ca = env.path("ca.crt").to_str().unwrap().to_owned();
+    let port = proxy.listen_addr.port();
+    let mut seen = Vec::new();
+    for (name, cert) in [("alice", &env.pki.alice), ("bob", &env.pki.bob)] {
+        let (crt, key) = env.client_files(name, cert);
+        let args: Vec<String> = [
+            "--http2",
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "--cacert",
+            &ca,
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &format!("https://localhost:{port}/api/curl-h2"),
+        ]
+        .map(str::to_owned)
+        .into();
+        let result = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&refs)
+        })
+        .await
+        .unwrap();
+        seen.push((name, result));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("alice", (0, "200 2".to_owned())),
+            ("bob", (0, "403 2".to_owned()))
+        ],
+        "(curl exit code, \"status http-version\")"
+    );
+    // Only alice's request went through.
+    let upstream = env.upstream.seen();
+    assert_eq!(upstream.len(), 1);
+    assert_eq!(upstream[0].path, "/api/curl-h2");
+}
+
 #[tokio::test]
 async fn check_reports_every_mistake_with_its_key_path() {
     let env = Env::new().await;
