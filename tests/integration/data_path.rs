@@ -145,28 +145,56 @@ async fn bad_certificates_fail_the_handshake() {
     let env = Env::new().await;
     let proxy = env.start(&config(&env, "")).await;
     let p = &env.pki;
+    // SPEC 3: a CA source that built a chain reports its own failure under its name; anything
+    // else is unknown_issuer with trust="none" (no pinned source here, so a self-signed
+    // certificate is unknown_issuer too).
     let cases = [
-        ("unknown CA", &p.stranger),
-        ("revoked", &p.revoked),
-        ("expired", &p.expired),
-        ("not yet valid", &p.not_yet_valid),
-        ("serverAuth-only EKU", &p.server_auth_only),
-        ("self-signed", &p.rogue),
+        ("unknown CA", &p.stranger, "none", "unknown_issuer"),
+        ("revoked", &p.revoked, "internal", "revoked"),
+        ("expired", &p.expired, "internal", "expired"),
+        (
+            "not yet valid",
+            &p.not_yet_valid,
+            "internal",
+            "not_yet_valid",
+        ),
+        (
+            "serverAuth-only EKU",
+            &p.server_auth_only,
+            "internal",
+            "invalid_usage",
+        ),
+        ("self-signed", &p.rogue, "none", "unknown_issuer"),
     ];
-    for (what, cert) in cases {
-        let result = Conn::open(
-            proxy.listen_addr,
-            env.client(cert, &[b"http/1.1"]),
-            "localhost",
-        )
-        .await;
-        assert!(result.is_err(), "{what}: handshake should fail");
+    for (what, cert, trust, outcome) in cases {
+        let config = env.client(cert, &[b"http/1.1"]);
+        common::assert_rejected(&proxy, &config, trust, outcome, what).await;
     }
-    let anonymous = Conn::open(proxy.listen_addr, env.anonymous(), "localhost").await;
-    assert!(
-        anonymous.is_err(),
-        "no client certificate: handshake should fail"
+    common::assert_rejected(
+        &proxy,
+        &env.anonymous(),
+        "none",
+        "no_client_cert",
+        "no client certificate",
+    )
+    .await;
+    // alice's certificate without alice's key: the handshake signature does not verify.
+    let other =
+        certguard::devpki::TestCert::self_signed(&certguard::devpki::LeafSpec::client("other"))
+            .unwrap();
+    let stolen = common::client::mismatched_key_config(
+        &p.root.cert,
+        p.alice.chain.clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(other.key_der.clone_key()),
     );
+    common::assert_rejected(
+        &proxy,
+        &stolen,
+        "internal",
+        "bad_signature",
+        "certificate without its key",
+    )
+    .await;
     // Nothing reached the upstream, and a good client still works.
     assert!(env.upstream.seen().is_empty());
     let mut alice = conn(&env, &proxy, &p.alice).await;
@@ -181,17 +209,15 @@ async fn max_lifetime_rejects_long_lived_certificates() {
         "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 90d\n",
     );
     let proxy = env.start(&yaml).await;
-    // alice's certificate lives 366 days, as does long_lived: both exceed 90d.
-    let rejected = Conn::open(
-        proxy.listen_addr,
-        env.client(&env.pki.long_lived, &[b"http/1.1"]),
-        "localhost",
+    // long_lived lives 401 days, over 90d.
+    common::assert_rejected(
+        &proxy,
+        &env.client(&env.pki.long_lived, &[b"http/1.1"]),
+        "internal",
+        "lifetime_exceeded",
+        "over max_lifetime",
     )
     .await;
-    assert!(
-        rejected.is_err(),
-        "over max_lifetime must fail the handshake"
-    );
     let yaml = config(&env, "").replace(
         "    crl: [intermediate.crl, ca.crl]\n",
         "    crl: [intermediate.crl, ca.crl]\n    max_lifetime: 500d\n",
@@ -411,6 +437,63 @@ async fn curl_allowed_denied_and_rejected() {
         "Hash={}",
         common::sha256_hex(env.pki.alice.cert.as_ref())
     )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http2_allowed_and_denied() {
+    let version = std::process::Command::new("curl")
+        .arg("-V")
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("HTTP2"),
+        "this test needs a curl built with HTTP/2 support"
+    );
+    let env = Env::new().await;
+    let proxy = env.start(&config(&env, "")).await;
+    let ca = env.path("ca.crt").to_str().unwrap().to_owned();
+    let port = proxy.listen_addr.port();
+    let mut seen = Vec::new();
+    for (name, cert) in [("alice", &env.pki.alice), ("bob", &env.pki.bob)] {
+        let (crt, key) = env.client_files(name, cert);
+        let args: Vec<String> = [
+            "--http2",
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "--cacert",
+            &ca,
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &format!("https://localhost:{port}/api/curl-h2"),
+        ]
+        .map(str::to_owned)
+        .into();
+        let result = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&refs)
+        })
+        .await
+        .unwrap();
+        seen.push((name, result));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("alice", (0, "200 2".to_owned())),
+            ("bob", (0, "403 2".to_owned()))
+        ],
+        "(curl exit code, \"status http-version\")"
+    );
+    // Only alice's request went through.
+    let upstream = env.upstream.seen();
+    assert_eq!(upstream.len(), 1);
+    assert_eq!(upstream[0].path, "/api/curl-h2");
 }
 
 #[tokio::test]

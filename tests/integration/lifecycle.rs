@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use certguard::devpki::LeafSpec;
 
-use crate::common::{client, metric, scrape, Conn, Env};
+use crate::common::{assert_rejected, client, metric, scrape, Conn, Env};
 
 const ROUTES: &str = r#"  - name: any
     path_prefix: /
@@ -39,14 +39,15 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Whether the proxy admits `cert` (a verdict, never a guess: see [`client::admitted`]).
 async fn handshake_ok(
     env: &Env,
     proxy: &certguard::Proxy,
     cert: &certguard::devpki::TestCert,
 ) -> bool {
-    Conn::open(
+    client::admitted(
         proxy.listen_addr,
-        env.client(cert, &[b"http/1.1"]),
+        &env.client(cert, &[b"http/1.1"]),
         "localhost",
     )
     .await
@@ -421,17 +422,82 @@ async fn a_crl_passing_its_next_update_reaches_open_connections_without_a_reload
         403,
         "the open connection is re-verified"
     );
-    assert!(
-        !handshake_ok(&env, &proxy, &env.pki.bob).await,
-        "new handshakes fail with crl_expired"
-    );
-    let text = scrape(&proxy).await;
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.bob, &[b"http/1.1"]),
+        "internal",
+        "crl_expired",
+        "a new handshake after the CRL's nextUpdate",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_on_an_open_connection_is_refused_on_its_next_request() {
+    let env = Env::new().await;
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    // X.509 validity has whole seconds; the proxy refuses once now > notAfter.
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let mut spec = LeafSpec::client("short-lived");
+    spec.not_after = now + time::Duration::seconds(5);
+    let short = env.pki.inter.issue(&spec).unwrap();
+    let not_after = spec.not_after.unix_timestamp();
+    let mut open = Conn::open(
+        proxy.listen_addr,
+        env.client(&short, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let (status, _) = open.get("localhost", "/before").await;
     assert_eq!(
+        status,
+        200,
+        "admitted while the certificate is valid (now {}, notAfter {not_after})",
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    );
+    // Wait for the wall clock (the proxy's clock) to pass notAfter; no reload happens.
+    let generation = proxy.generation();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while time::OffsetDateTime::now_utc().unix_timestamp() <= not_after {
+        assert!(Instant::now() < deadline, "the clock never passed notAfter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = open.get("localhost", "/after").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "forbidden\n"),
+        "SPEC 5.3: expired since the handshake"
+    );
+    assert_eq!(proxy.generation(), generation, "no reload was involved");
+    let text = scrape(&proxy).await;
+    let denied = |reason: &str| {
         metric(
             &text,
-            "certguard_tls_handshakes_total",
-            &[("trust", "internal"), ("outcome", "crl_expired")]
-        ),
+            "certguard_requests_total",
+            &[("decision", "denied"), ("reason", reason), ("code", "403")],
+        )
+    };
+    assert_eq!(denied("revoked"), 1.0, "{text}");
+    assert_eq!(denied("not_allowed"), 0.0);
+    assert_eq!(
+        metric(&text, "certguard_requests_total", &[("code", "200")]),
         1.0
     );
+    assert_eq!(
+        env.upstream.seen().len(),
+        1,
+        "the request after expiry never reached the upstream"
+    );
+    // A new handshake with the same certificate is refused as expired.
+    assert_rejected(
+        &proxy,
+        &env.client(&short, &[b"http/1.1"]),
+        "internal",
+        "expired",
+        "a new handshake after notAfter",
+    )
+    .await;
 }

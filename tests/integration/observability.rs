@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use certguard::devpki::TestCert;
 
-use crate::common::{admin_get, metric, scrape, Conn, Env};
+use crate::common::{admin_get, client, metric, scrape, verdict, Conn, Env, Verdict};
 
 const ROUTES: &str = r#"  - name: status
     path: /status
@@ -81,17 +81,16 @@ async fn scraped_counters_match_a_scripted_mix() {
 
     let failures: [&TestCert; 4] = [&p.stranger, &p.revoked, &p.expired, &p.rogue];
     for cert in failures {
-        assert!(Conn::open(
-            proxy.listen_addr,
-            env.client(cert, &[b"http/1.1"]),
-            "localhost"
-        )
-        .await
-        .is_err());
+        let config = env.client(cert, &[b"http/1.1"]);
+        assert!(client::admitted(proxy.listen_addr, &config, "localhost")
+            .await
+            .is_err());
     }
-    assert!(Conn::open(proxy.listen_addr, env.anonymous(), "localhost")
-        .await
-        .is_err());
+    assert!(
+        client::admitted(proxy.listen_addr, &env.anonymous(), "localhost")
+            .await
+            .is_err()
+    );
     let mut alice = Conn::open(
         proxy.listen_addr,
         env.client(&p.alice, &[b"http/1.1"]),
@@ -114,13 +113,8 @@ async fn scraped_counters_match_a_scripted_mix() {
     assert_eq!(alice.get("localhost", "/down").await.0, 502);
     assert_eq!(alice.get("other.host", "/api/a").await.0, 421);
 
-    let text = wait_for(
-        &proxy,
-        "certguard_tls_handshakes_total",
-        &[("outcome", "no_client_cert")],
-        1.0,
-    )
-    .await;
+    // Every handshake has been counted (failures are counted after the client saw its alert).
+    let text = wait_for(&proxy, "certguard_tls_handshakes_total", &[], 7.0).await;
     let hs = |trust: &str, outcome: &str| {
         metric(
             &text,
@@ -362,13 +356,8 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     }
     let mut bob = bob.expect("binary did not start");
     assert_eq!(bob.get("localhost", "/api/secret?token=abc").await.0, 403);
-    assert!(Conn::open(
-        addr,
-        env.client(&env.pki.revoked, &[b"http/1.1"]),
-        "localhost"
-    )
-    .await
-    .is_err());
+    let revoked = env.client(&env.pki.revoked, &[b"http/1.1"]);
+    assert!(client::admitted(addr, &revoked, "localhost").await.is_err());
     let fingerprint = crate::common::sha256_hex(env.pki.bob.cert.as_ref());
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut request_line, mut handshake_line) = (None, None);
@@ -410,6 +399,45 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
     assert!(h.get("peer").is_some() && h.get("sni").is_some(), "{h}");
 }
 
+/// What `certguard explain` predicts, read from its exit code and its `decision:` line
+/// (src/report.rs): a status code, or the handshake outcome and trust source.
+fn explained(stdout: &str, exit: Option<i32>) -> Verdict {
+    let decision = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("decision: "))
+        .unwrap_or_else(|| panic!("no decision line:\n{stdout}"));
+    let verdict = if decision.starts_with("ALLOWED") {
+        Verdict::Status(200)
+    } else if let Some(code) = decision.strip_prefix("DENIED with ") {
+        Verdict::Status(code[..3].parse().unwrap())
+    } else if let Some(rest) = decision.strip_prefix(
+        "DENIED: no trust source admits this certificate; the handshake fails with outcome ",
+    ) {
+        // "<outcome> (trust <name>)"
+        let (outcome, trust) = rest
+            .strip_suffix(')')
+            .and_then(|r| r.split_once(" (trust "))
+            .unwrap_or_else(|| panic!("unexpected decision line: {decision}"));
+        Verdict::Rejected {
+            trust: trust.to_owned(),
+            outcome: outcome.to_owned(),
+        }
+    } else {
+        panic!("unexpected decision line: {decision}");
+    };
+    let want_exit = if verdict == Verdict::Status(200) {
+        0
+    } else {
+        1
+    };
+    assert_eq!(
+        exit,
+        Some(want_exit),
+        "exit code for {verdict:?}:\n{stdout}"
+    );
+    verdict
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_agrees_with_the_live_proxy() {
     let env = Env::new().await;
@@ -417,11 +445,12 @@ async fn explain_agrees_with_the_live_proxy() {
     let proxy = env.start(&yaml).await;
     let config_path = env.path("certguard.yaml");
     let p = &env.pki;
-    let clients: [(&str, &TestCert); 6] = [
+    let clients: [(&str, &TestCert); 7] = [
         ("alice", &p.alice),
         ("bob", &p.bob),
         ("ci", &p.ci),
         ("revoked", &p.revoked),
+        ("expired", &p.expired),
         ("rogue", &p.rogue),
         ("stranger", &p.stranger),
     ];
@@ -432,7 +461,7 @@ async fn explain_agrees_with_the_live_proxy() {
         ("GET", "/status/../api/y"),
         ("GET", "/other"),
     ];
-    let mut compared = 0;
+    let mut compared = Vec::new();
     for (name, cert) in clients {
         let (crt, _) = env.client_files(name, cert);
         for (method, path) in requests {
@@ -444,43 +473,53 @@ async fn explain_agrees_with_the_live_proxy() {
                 .args(["--method", method, "--host", "localhost", path])
                 .output()
                 .unwrap();
-            let explained = match out.status.code() {
-                Some(0) => true,
-                Some(1) => false,
-                other => panic!(
-                    "explain failed ({other:?}): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            };
-            let live = match Conn::open(
-                proxy.listen_addr,
-                env.client(cert, &[b"http/1.1"]),
-                "localhost",
-            )
-            .await
-            {
-                Err(_) => false,
-                Ok(mut c) => {
-                    let req = http::Request::builder()
-                        .method(method)
-                        .uri(path)
-                        .header("host", "localhost")
-                        .body(crate::common::empty())
-                        .unwrap();
-                    let status = c.send(req).await.unwrap().status().as_u16();
-                    status == 200
-                }
-            };
-            assert_eq!(
-                explained,
-                live,
-                "{name} {method} {path}: explain says {explained}, proxy says {live}\n{}",
-                String::from_utf8_lossy(&out.stdout)
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                matches!(out.status.code(), Some(0 | 1)),
+                "explain failed ({:?}): {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
             );
-            compared += 1;
+            let predicted = explained(&stdout, out.status.code());
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "localhost")
+                .body(crate::common::empty())
+                .unwrap();
+            let live = verdict(&proxy, env.client(cert, &[b"http/1.1"]), req).await;
+            assert_eq!(
+                predicted, live,
+                "{name} {method} {path}: explain and the proxy disagree\n{stdout}"
+            );
+            compared.push(live);
         }
     }
-    assert!(compared >= 10);
+    assert!(compared.len() >= 10);
+    // The pairs cover every kind of result, so agreement is not trivial.
+    for want in [
+        Verdict::Status(200),
+        Verdict::Status(403),
+        Verdict::Status(404),
+        Verdict::Rejected {
+            trust: "internal".into(),
+            outcome: "revoked".into(),
+        },
+        Verdict::Rejected {
+            trust: "internal".into(),
+            outcome: "expired".into(),
+        },
+        Verdict::Rejected {
+            trust: "none".into(),
+            outcome: "pin_mismatch".into(),
+        },
+        Verdict::Rejected {
+            trust: "none".into(),
+            outcome: "unknown_issuer".into(),
+        },
+    ] {
+        assert!(compared.contains(&want), "no pair produced {want:?}");
+    }
 }
 
 #[tokio::test]

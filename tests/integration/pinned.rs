@@ -2,7 +2,10 @@
 
 use certguard::devpki::{LeafSpec, TestCert};
 
-use crate::common::{sha256_hex, Conn, Env};
+use rustls::pki_types::PrivateKeyDer;
+
+use crate::common::client::mismatched_key_config;
+use crate::common::{assert_rejected, sha256_hex, Conn, Env};
 
 fn spki_b64(cert: &TestCert) -> String {
     use base64::Engine as _;
@@ -106,10 +109,28 @@ routes:
         403,
         "only the ci-runner pin may deploy"
     );
-    assert!(
-        open(&env.pki.rogue).await.is_err(),
-        "an unpinned self-signed certificate is refused"
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.rogue, &[b"http/1.1"]),
+        "none",
+        "pin_mismatch",
+        "an unpinned self-signed certificate",
+    )
+    .await;
+    // ci-runner's certificate presented by a client without ci-runner's key.
+    let stolen = mismatched_key_config(
+        &env.pki.root.cert,
+        env.pki.ci.chain.clone(),
+        PrivateKeyDer::Pkcs8(by_sha.key_der.clone_key()),
     );
+    assert_rejected(
+        &proxy,
+        &stolen,
+        "lab",
+        "bad_signature",
+        "a pinned certificate without its key",
+    )
+    .await;
     let xfcc = env.upstream.last();
     assert!(xfcc
         .headers
@@ -147,14 +168,22 @@ async fn pinned_lifecycle_rules_apply_at_the_handshake() {
         let addr = proxy.listen_addr;
         async move { Conn::open(addr, config, "localhost").await }
     };
-    assert!(
-        open(&strict, &expired).await.is_err(),
-        "expired pinned certificate is refused"
-    );
-    assert!(
-        open(&strict, &env.pki.ci).await.is_err(),
-        "overdue review with deny is refused"
-    );
+    assert_rejected(
+        &strict,
+        &env.client(&expired, &[b"http/1.1"]),
+        "lab",
+        "expired",
+        "an expired pinned certificate",
+    )
+    .await;
+    assert_rejected(
+        &strict,
+        &env.client(&env.pki.ci, &[b"http/1.1"]),
+        "lab",
+        "review_overdue",
+        "overdue review with deny",
+    )
+    .await;
     let lax = env
         .start(
             &env.yaml(routes, "")

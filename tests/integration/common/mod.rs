@@ -5,6 +5,7 @@
 pub mod client;
 pub mod upstream;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,4 +283,118 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// Every `certguard_tls_handshakes_total` series in a scrape, keyed by (trust, outcome).
+pub fn handshake_counts(text: &str) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix("certguard_tls_handshakes_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let mut trust = None;
+        let mut outcome = None;
+        // Label values come from config names and fixed sets: no commas or quotes inside.
+        for pair in labels.split(',') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let v = v.trim_matches('"').to_owned();
+            match k {
+                "trust" => trust = Some(v),
+                "outcome" => outcome = Some(v),
+                _ => {}
+            }
+        }
+        let (Some(trust), Some(outcome)) = (trust, outcome) else {
+            panic!("handshake series without trust/outcome: {line}");
+        };
+        out.insert((trust, outcome), value.parse().unwrap());
+    }
+    out
+}
+
+/// Scrape until the proxy has counted at least `n` handshakes more than in `before` (for up
+/// to 10 s: the server counts a failure after sending its alert, so the client may see the
+/// verdict first), then return every (trust, outcome) series that changed, with its delta.
+pub async fn handshakes_since(proxy: &Proxy, before: &str, n: f64) -> Vec<(String, String, f64)> {
+    let before = handshake_counts(before);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = handshake_counts(&scrape(proxy).await);
+        let counted: f64 = after.values().sum::<f64>() - before.values().sum::<f64>();
+        if counted >= n || std::time::Instant::now() > deadline {
+            return after
+                .into_iter()
+                .filter_map(|((trust, outcome), count)| {
+                    let delta = count - before.get(&(trust.clone(), outcome.clone()))?;
+                    (delta != 0.0).then_some((trust, outcome, delta))
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Assert that the proxy refuses the client `config` presents, and counts exactly that one
+/// handshake as `certguard_tls_handshakes_total{trust, outcome}`.
+pub async fn assert_rejected(
+    proxy: &Proxy,
+    config: &rustls::ClientConfig,
+    trust: &str,
+    outcome: &str,
+    what: &str,
+) {
+    let before = scrape(proxy).await;
+    let verdict = client::admitted(proxy.listen_addr, config, "localhost").await;
+    assert!(verdict.is_err(), "{what}: the proxy admitted the client");
+    assert_eq!(
+        handshakes_since(proxy, &before, 1.0).await,
+        vec![(trust.to_owned(), outcome.to_owned(), 1.0)],
+        "{what}: expected one handshake counted as trust={trust} outcome={outcome}"
+    );
+}
+
+/// What the live proxy made of one (certificate, request) pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The handshake failed, counted with this trust source and outcome label.
+    Rejected { trust: String, outcome: String },
+    /// The handshake succeeded and the request got this status.
+    Status(u16),
+}
+
+/// Send `req` on a fresh connection presenting what `config` presents, and report the
+/// status, or the handshake failure as the proxy counted it.
+pub async fn verdict(
+    proxy: &Proxy,
+    config: Arc<rustls::ClientConfig>,
+    req: http::Request<client::ReqBody>,
+) -> Verdict {
+    let before = scrape(proxy).await;
+    let result = client::request_once(proxy.listen_addr, config, "localhost", req).await;
+    let counted = handshakes_since(proxy, &before, 1.0).await;
+    let [(trust, outcome, delta)] = &counted[..] else {
+        panic!("expected exactly one handshake to be counted, got {counted:?} ({result:?})");
+    };
+    assert_eq!(*delta, 1.0, "{counted:?}");
+    match result {
+        Ok(status) => {
+            assert_eq!(outcome, "success", "a response after a failed handshake");
+            Verdict::Status(status)
+        }
+        Err(e) => {
+            assert_ne!(
+                outcome, "success",
+                "the request failed after a successful handshake: {e}"
+            );
+            Verdict::Rejected {
+                trust: trust.clone(),
+                outcome: outcome.clone(),
+            }
+        }
+    }
 }
