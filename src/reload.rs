@@ -89,13 +89,14 @@ fn warn_restart_needed(old: &Config, new: &Config) {
 }
 
 /// Set the gauges that describe a snapshot (generation, CRL nextUpdate, server certificate
-/// notAfter, overdue pinned reviews) and log overdue pinned entries.
+/// notAfter, the pinned review dates behind the overdue gauge) and log overdue pinned entries.
+/// The overdue gauge itself is computed at scrape time; the log line only here.
 pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
     metrics.set_generation(snapshot.generation);
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
     let mut crls = Vec::new();
-    let mut overdue = Vec::new();
+    let mut reviews = Vec::new();
     let today = time::OffsetDateTime::now_utc().date();
     for source in &config.trust {
         match &source.kind {
@@ -112,10 +113,8 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                 }
             }
             TrustKind::Pinned(pinned) => {
-                let mut n = 0;
                 for entry in &pinned.entries {
                     if let Some(review_by) = entry.review_by.filter(|d| *d < today) {
-                        n += 1;
                         tracing::warn!(
                             trust = %source.name,
                             pinned = %entry.name,
@@ -126,12 +125,13 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                         );
                     }
                 }
-                overdue.push((source.name.to_string(), n));
+                let dates = pinned.entries.iter().filter_map(|e| e.review_by).collect();
+                reviews.push((source.name.to_string(), dates));
             }
         }
     }
     metrics.set_crl_next_updates(&crls);
-    metrics.set_pinned_review_overdue(&overdue);
+    metrics.set_pinned_reviews(reviews);
     if let Some(not_after) = config
         .listen
         .cert_chain
