@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use notify::Watcher;
 
-use crate::config::{Config, TrustKind};
+use crate::config::{Config, FileDigests, TrustKind};
 use crate::metrics::Metrics;
 use crate::snapshot::{Current, Snapshot};
 
@@ -23,12 +23,32 @@ pub enum ReloadError {
 
 /// Load `path`, build a new snapshot and swap it in. Returns the new generation.
 pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, ReloadError> {
+    reload_tracked(path, current, metrics).0
+}
+
+/// [`reload`], also returning every file the attempt read with the digest of what it read,
+/// whether or not the attempt succeeded: the watcher retries when one of them changes.
+pub fn reload_tracked(
+    path: &Path,
+    current: &Current,
+    metrics: &Metrics,
+) -> (Result<u64, ReloadError>, FileDigests) {
     let _serialized = current
         .reload_lock
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let result = build(path, current);
-    match result {
+    let (loaded, digests) = Config::load_tracked(path);
+    let result = loaded.map_err(ReloadError::from).and_then(|config| {
+        let previous = current.load();
+        // Reloads are serialized by `reload_lock`, so no other snapshot is stored meanwhile and
+        // a failed build uses up no generation number.
+        Ok(Snapshot::build(
+            config,
+            previous.generation + 1,
+            Some(&previous),
+        )?)
+    });
+    let result = match result {
         Ok(snapshot) => {
             let generation = snapshot.generation;
             warn_restart_needed(&current.load().config, &snapshot.config);
@@ -43,17 +63,8 @@ pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, 
             tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
             Err(e)
         }
-    }
-}
-
-fn build(path: &Path, current: &Current) -> Result<Snapshot, ReloadError> {
-    let config = Config::load(path)?;
-    let previous = current.load();
-    Ok(Snapshot::build(
-        config,
-        current.next_generation(),
-        Some(&previous),
-    )?)
+    };
+    (result, digests)
 }
 
 fn warn_restart_needed(old: &Config, new: &Config) {
