@@ -338,6 +338,8 @@ impl WatchTask {
     async fn run(mut self) {
         // The files may have changed between being read and being watched: compare once.
         let mut pending = true;
+        // Not restarted by unrelated events, so they cannot postpone the poll.
+        let mut poll_at = Instant::now() + UNWATCHED_POLL;
         loop {
             if !pending {
                 let poll = !self.failed.is_empty();
@@ -352,7 +354,8 @@ impl WatchTask {
                         }
                         self.follow_reload()
                     }
-                    () = tokio::time::sleep(UNWATCHED_POLL), if poll => {
+                    () = tokio::time::sleep_until(poll_at), if poll => {
+                        poll_at = Instant::now() + UNWATCHED_POLL;
                         self.track(self.tracked.digests.clone());
                         true
                     }
