@@ -1,6 +1,7 @@
 //! Prometheus metrics (SPEC section 6): one struct owning its `Registry`, no global statics.
 //! Label values come only from config names and fixed enums.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -11,6 +12,7 @@ use prometheus::{
 
 use crate::proxy::{Reason, UpstreamErrorKind};
 use crate::tls::Outcome;
+use time::Date;
 
 /// The `trust` label for handshakes no trust source admitted (and no CA source built a chain).
 pub const TRUST_NONE: &str = "none";
@@ -42,8 +44,19 @@ pub struct Metrics {
     reloads: IntCounterVec,
     config_generation: IntGauge,
     crl_next_update: IntGaugeVec,
+    /// `(trust, file)` label sets of `crl_next_update` now exported, so that a replacement
+    /// removes only the ones that went away (a reset would leave scrapes with no series).
+    crl_labels: Mutex<Vec<(String, String)>>,
     server_cert_not_after: IntGauge,
     pinned_review_overdue: IntGaugeVec,
+    /// `(trust, review_by dates of its pinned entries)` of the current snapshot. The overdue
+    /// gauge is computed from these at every scrape, so a date passing on a running proxy counts.
+    pinned_reviews: Mutex<Vec<(String, Vec<Date>)>>,
+}
+
+/// Lock `m`, ignoring poisoning: the guarded data are label lists, valid after any panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Register `c` in `registry`. The names and label sets are constants of this file, so a failure
@@ -151,6 +164,7 @@ impl Metrics {
                 "nextUpdate of each loaded CRL, Unix seconds, by trust source and file base name.",
                 &["trust", "file"],
             ),
+            crl_labels: Mutex::new(Vec::new()),
             server_cert_not_after: gauge(
                 &r,
                 "certguard_server_cert_not_after_timestamp_seconds",
@@ -162,6 +176,7 @@ impl Metrics {
                 "Number of pinned entries past their review_by date, by trust source.",
                 &["trust"],
             ),
+            pinned_reviews: Mutex::new(Vec::new()),
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -265,14 +280,27 @@ impl Metrics {
 
     /// Replace all CRL nextUpdate gauges with these `(trust, file base name, unix seconds)`.
     ///
-    /// Series not in `crls` disappear, so CRLs removed by a reload stop being reported.
+    /// Series not in `crls` disappear, so CRLs removed by a reload stop being reported. The
+    /// others are updated in place: a concurrent scrape never sees them missing.
     pub fn set_crl_next_updates(&self, crls: &[(String, String, i64)]) {
-        self.crl_next_update.reset();
+        let mut labels = lock(&self.crl_labels);
         for (trust, file, next_update) in crls {
             self.crl_next_update
                 .with_label_values(&[trust.as_str(), file.as_str()])
                 .set(*next_update);
         }
+        for (trust, file) in labels.iter() {
+            if !crls.iter().any(|(t, f, _)| t == trust && f == file) {
+                // Err only means the series was already absent.
+                let _ = self
+                    .crl_next_update
+                    .remove_label_values(&[trust.as_str(), file.as_str()]);
+            }
+        }
+        *labels = crls
+            .iter()
+            .map(|(trust, file, _)| (trust.clone(), file.clone()))
+            .collect();
     }
 
     /// notAfter of the serving certificate (leaf), Unix seconds.
@@ -280,20 +308,45 @@ impl Metrics {
         self.server_cert_not_after.set(unix_seconds);
     }
 
-    /// Replace the overdue-review gauges: `(trust, number of overdue entries)`.
+    /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, the
+    /// review_by dates of its entries)`. An entry is overdue once its date is before today (UTC);
+    /// that is evaluated at every scrape.
     ///
     /// Series not in `per_trust` disappear, so removed trust sources stop being reported.
-    pub fn set_pinned_review_overdue(&self, per_trust: &[(String, usize)]) {
-        self.pinned_review_overdue.reset();
-        for (trust, overdue) in per_trust {
+    pub fn set_pinned_reviews(&self, per_trust: Vec<(String, Vec<Date>)>) {
+        let mut reviews = lock(&self.pinned_reviews);
+        let old = std::mem::replace(&mut *reviews, per_trust);
+        self.refresh_pinned_review_overdue(&reviews, time::OffsetDateTime::now_utc().date());
+        for (trust, _) in &old {
+            if !reviews.iter().any(|(t, _)| t == trust) {
+                // Err only means the series was already absent.
+                let _ = self
+                    .pinned_review_overdue
+                    .remove_label_values(&[trust.as_str()]);
+            }
+        }
+    }
+
+    fn refresh_pinned_review_overdue(&self, reviews: &[(String, Vec<Date>)], today: Date) {
+        for (trust, dates) in reviews {
+            let overdue = dates.iter().filter(|d| **d < today).count();
             self.pinned_review_overdue
                 .with_label_values(&[trust.as_str()])
-                .set(i64::try_from(*overdue).unwrap_or(i64::MAX));
+                .set(i64::try_from(overdue).unwrap_or(i64::MAX));
         }
     }
 
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        self.encode_on(time::OffsetDateTime::now_utc().date())
+    }
+
+    /// [`Metrics::encode`] as if `today` (UTC) were the current date.
+    fn encode_on(&self, today: Date) -> String {
+        {
+            let reviews = lock(&self.pinned_reviews);
+            self.refresh_pinned_review_overdue(&reviews, today);
+        }
         let families = self.registry.gather();
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
@@ -336,7 +389,7 @@ mod tests {
         m.upstream_duration("orders", Duration::from_millis(2));
         m.upstream_error("orders", UpstreamErrorKind::Connect);
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
-        m.set_pinned_review_overdue(&[("lab".into(), 0)]);
+        m.set_pinned_reviews(vec![("lab".into(), vec![])]);
         let out = m.encode();
         let expected = [
             ("certguard_tls_handshakes_total", "counter"),
@@ -545,9 +598,13 @@ mod tests {
             ("internal".into(), "ca.crl".into(), 100),
             ("internal".into(), "intermediate.crl".into(), 200),
         ]);
-        m.set_pinned_review_overdue(&[("lab".into(), 2), ("old".into(), 1)]);
+        let past = time::macros::date!(2020 - 01 - 01);
+        m.set_pinned_reviews(vec![
+            ("lab".into(), vec![past, past]),
+            ("old".into(), vec![past]),
+        ]);
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 300)]);
-        m.set_pinned_review_overdue(&[("lab".into(), 1)]);
+        m.set_pinned_reviews(vec![("lab".into(), vec![past])]);
         let out = m.encode();
         let crl = "certguard_crl_next_update_timestamp_seconds";
         assert_eq!(
@@ -558,5 +615,56 @@ mod tests {
         let pin = "certguard_pinned_review_overdue";
         assert_eq!(value(&out, pin, r#"trust="lab""#).as_deref(), Some("1"));
         assert!(!out.contains(r#"trust="old""#));
+    }
+
+    #[test]
+    fn replacing_gauges_keeps_the_series_that_stay() {
+        let m = Metrics::new();
+        m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 100)]);
+        // A series present before and after a replacement is updated in place, never removed:
+        // a scrape between the two steps of a replacement would otherwise see no series. The
+        // same vector object must still hold it (removal and re-creation would show up as a
+        // new child that never had the old value).
+        let before = m
+            .crl_next_update
+            .get_metric_with_label_values(&["internal", "ca.crl"])
+            .unwrap();
+        m.set_crl_next_updates(&[
+            ("internal".into(), "ca.crl".into(), 300),
+            ("internal".into(), "intermediate.crl".into(), 200),
+        ]);
+        assert_eq!(
+            before.get(),
+            300,
+            "the existing series was updated in place"
+        );
+    }
+
+    #[test]
+    fn overdue_reviews_are_counted_at_scrape_time() {
+        let m = Metrics::new();
+        let review_by = time::macros::date!(2030 - 06 - 15);
+        let later = time::macros::date!(2030 - 06 - 30);
+        m.set_pinned_reviews(vec![("lab".into(), vec![review_by, later])]);
+        let pin = "certguard_pinned_review_overdue";
+        let on = |day| value(&m.encode_on(day), pin, r#"trust="lab""#);
+        assert_eq!(
+            on(review_by).as_deref(),
+            Some("0"),
+            "due today is not overdue"
+        );
+        // No reload in between: only the date moved on.
+        let next_day = review_by.next_day().unwrap();
+        assert_eq!(on(next_day).as_deref(), Some("1"));
+        assert_eq!(on(later.next_day().unwrap()).as_deref(), Some("2"));
+        // The public encode() uses today's date.
+        m.set_pinned_reviews(vec![(
+            "lab".into(),
+            vec![time::macros::date!(2020 - 01 - 01)],
+        )]);
+        assert_eq!(
+            value(&m.encode(), pin, r#"trust="lab""#).as_deref(),
+            Some("1")
+        );
     }
 }

@@ -2,13 +2,17 @@
 //! atomically, keep the last good one when anything fails, and publish the lifecycle gauges.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::Watcher;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use crate::config::{Config, TrustKind};
+use crate::config::{Config, FileDigests, TrustKind};
 use crate::metrics::Metrics;
 use crate::snapshot::{Current, Snapshot};
 
@@ -23,12 +27,32 @@ pub enum ReloadError {
 
 /// Load `path`, build a new snapshot and swap it in. Returns the new generation.
 pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, ReloadError> {
+    reload_tracked(path, current, metrics).0
+}
+
+/// [`reload`], also returning every file the attempt read with the digest of what it read,
+/// whether or not the attempt succeeded: the watcher retries when one of them changes.
+pub fn reload_tracked(
+    path: &Path,
+    current: &Current,
+    metrics: &Metrics,
+) -> (Result<u64, ReloadError>, FileDigests) {
     let _serialized = current
         .reload_lock
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let result = build(path, current);
-    match result {
+    let (loaded, digests) = Config::load_tracked(path);
+    let result = loaded.map_err(ReloadError::from).and_then(|config| {
+        let previous = current.load();
+        // Reloads are serialized by `reload_lock`, so no other snapshot is stored meanwhile and
+        // a failed build uses up no generation number.
+        Ok(Snapshot::build(
+            config,
+            previous.generation + 1,
+            Some(&previous),
+        )?)
+    });
+    let result = match result {
         Ok(snapshot) => {
             let generation = snapshot.generation;
             warn_restart_needed(&current.load().config, &snapshot.config);
@@ -43,17 +67,8 @@ pub fn reload(path: &Path, current: &Current, metrics: &Metrics) -> Result<u64, 
             tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
             Err(e)
         }
-    }
-}
-
-fn build(path: &Path, current: &Current) -> Result<Snapshot, ReloadError> {
-    let config = Config::load(path)?;
-    let previous = current.load();
-    Ok(Snapshot::build(
-        config,
-        current.next_generation(),
-        Some(&previous),
-    )?)
+    };
+    (result, digests)
 }
 
 fn warn_restart_needed(old: &Config, new: &Config) {
@@ -89,13 +104,14 @@ fn warn_restart_needed(old: &Config, new: &Config) {
 }
 
 /// Set the gauges that describe a snapshot (generation, CRL nextUpdate, server certificate
-/// notAfter, overdue pinned reviews) and log overdue pinned entries.
+/// notAfter, the pinned review dates behind the overdue gauge) and log overdue pinned entries.
+/// The overdue gauge itself is computed at scrape time; the log line only here.
 pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
     metrics.set_generation(snapshot.generation);
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
     let mut crls = Vec::new();
-    let mut overdue = Vec::new();
+    let mut reviews = Vec::new();
     let today = time::OffsetDateTime::now_utc().date();
     for source in &config.trust {
         match &source.kind {
@@ -112,10 +128,8 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                 }
             }
             TrustKind::Pinned(pinned) => {
-                let mut n = 0;
                 for entry in &pinned.entries {
                     if let Some(review_by) = entry.review_by.filter(|d| *d < today) {
-                        n += 1;
                         tracing::warn!(
                             trust = %source.name,
                             pinned = %entry.name,
@@ -126,12 +140,13 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                         );
                     }
                 }
-                overdue.push((source.name.to_string(), n));
+                let dates = pinned.entries.iter().filter_map(|e| e.review_by).collect();
+                reviews.push((source.name.to_string(), dates));
             }
         }
     }
     metrics.set_crl_next_updates(&crls);
-    metrics.set_pinned_review_overdue(&overdue);
+    metrics.set_pinned_reviews(reviews);
     if let Some(not_after) = config
         .listen
         .cert_chain
@@ -143,99 +158,423 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     }
 }
 
-/// Watch the config file and every file it names; reload (debounced) when any of them changes.
+/// The debounce waits for `debounce` of quiet, but never longer than this many debounce periods
+/// in all: a directory that is never quiet must not postpone a reload forever.
+const MAX_WAIT_FACTOR: u32 = 10;
+/// While a directory cannot be watched (it does not exist yet, say), the files are compared
+/// this often instead.
+const UNWATCHED_POLL: Duration = Duration::from_secs(5);
+
+/// Watch the files the last reload attempt read (the config file and every file it names) and
+/// reload, debounced, when any of them changes.
 ///
 /// The parent directories are watched rather than the files: editors and Kubernetes replace
 /// files by rename or by swapping a `..data` symlink, which a watch on the old inode misses.
-/// A change is confirmed by comparing the files' contents before reloading, so unrelated
-/// events in the same directories cost one read and nothing else.
+/// A change is confirmed by comparing each file with the SHA-256 of the bytes the last attempt
+/// read, so a file written while a reload was reading it is reloaded again. After a failed
+/// attempt the files *it* read are watched (e.g. a CRL named by the new config that does not
+/// exist yet), and after a successful reload from any trigger (SIGHUP too) those of the
+/// snapshot now serving.
 pub fn spawn_watcher(
     current: Arc<Current>,
     metrics: Arc<Metrics>,
     debounce: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let _ = tx.send(event.is_ok());
+    let (tx, events) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event| {
+        if let Some(event) = FsEvent::from_notify(event) {
+            let _ = tx.send(event);
+        }
     })?;
-    let mut dirs = HashSet::new();
-    let files = watched_files(&current);
-    update_watches(&mut watcher, &mut dirs, &files);
-    let mut last = fingerprint(&files);
-    Ok(tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait until the directories have been quiet for `debounce`.
-            loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            let files = watched_files(&current);
-            let now = fingerprint(&files);
-            if now == last {
+    let mut generations = current.subscribe();
+    generations.borrow_and_update();
+    let mut task = WatchTask {
+        watcher,
+        dirs: HashSet::new(),
+        failed: HashSet::new(),
+        tracked: Tracked::default(),
+        events,
+        generations,
+        own_generation: None,
+        current,
+        metrics,
+        debounce,
+    };
+    task.track(task.current.load().config.digests.clone());
+    Ok(tokio::spawn(task.run()))
+}
+
+/// What the watcher needs to know about one notify event.
+#[derive(Debug, PartialEq, Eq)]
+enum FsEvent {
+    /// Something may have changed at these paths.
+    Paths(Vec<PathBuf>),
+    /// Events were lost or the backend failed: anything may have changed.
+    Unknown,
+}
+
+impl FsEvent {
+    /// `None` for events that cannot be a change: opening or reading a file (which the
+    /// watcher's own comparisons and reloads do).
+    fn from_notify(event: notify::Result<notify::Event>) -> Option<FsEvent> {
+        let Ok(event) = event else {
+            return Some(FsEvent::Unknown);
+        };
+        if event.need_rescan() || event.paths.is_empty() {
+            return Some(FsEvent::Unknown);
+        }
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) => return None,
+            _ => {}
+        }
+        Some(FsEvent::Paths(event.paths))
+    }
+}
+
+/// The files the watcher compares, and the event filter they imply.
+#[derive(Default)]
+struct Tracked {
+    digests: FileDigests,
+    /// `(absolute directory, file name)` of every tracked file.
+    names: HashSet<(PathBuf, OsString)>,
+    /// The directories of `names`.
+    dirs: HashSet<PathBuf>,
+}
+
+impl Tracked {
+    fn new(digests: FileDigests) -> Tracked {
+        let names: HashSet<_> = digests
+            .paths()
+            .filter_map(|p| {
+                let (dir, name) = split(p)?;
+                Some((absolute(dir), name))
+            })
+            .collect();
+        let dirs = names.iter().map(|(dir, _)| dir.clone()).collect();
+        Tracked {
+            digests,
+            names,
+            dirs,
+        }
+    }
+
+    /// Does `event` restart the debounce? Only events about a tracked file's name, or about a
+    /// `..`-prefixed entry (Kubernetes' `..data`, `..data_tmp` and `..<timestamp>`) in a tracked
+    /// directory, do; whatever else happens in those directories is ignored.
+    fn matches(&self, event: &FsEvent) -> bool {
+        let concerns = |path: &PathBuf| {
+            let Some((dir, name)) = split(path) else {
+                return false;
+            };
+            let k8s = name.as_encoded_bytes().starts_with(b"..");
+            (k8s && self.dirs.contains(dir)) || self.names.contains(&(dir.to_path_buf(), name))
+        };
+        match event {
+            FsEvent::Unknown => true,
+            FsEvent::Paths(paths) => paths.iter().any(concerns),
+        }
+    }
+}
+
+/// A file's directory (`.` for a bare name) and name.
+fn split(path: &Path) -> Option<(&Path, OsString)> {
+    let name = path.file_name()?.to_os_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some((dir, name))
+}
+
+/// notify reports events under the absolute form of a relative watch path.
+fn absolute(dir: &Path) -> PathBuf {
+    if dir.is_absolute() {
+        return dir.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|cwd| cwd.join(dir))
+        .unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Does any file's content differ from what was read (or its readability)? Blocking.
+fn differs_from_disk(digests: &FileDigests) -> bool {
+    digests.0.iter().any(|(path, read)| {
+        let now = std::fs::read(path)
+            .ok()
+            .map(|b| crate::config::pki::sha256(&b));
+        now != *read
+    })
+}
+
+/// When the debounce ends: `debounce` after the last relevant event, but no later than
+/// `MAX_WAIT_FACTOR` debounce periods after the first. `None`: never (absurd durations).
+fn settle_deadline(first: Instant, last: Instant, debounce: Duration) -> Option<Instant> {
+    let quiet = last.checked_add(debounce);
+    let cap = first.checked_add(debounce.saturating_mul(MAX_WAIT_FACTOR));
+    match (quiet, cap) {
+        (Some(quiet), Some(cap)) => Some(quiet.min(cap)),
+        (quiet, cap) => quiet.or(cap),
+    }
+}
+
+struct WatchTask {
+    watcher: notify::RecommendedWatcher,
+    /// Directories watched now.
+    dirs: HashSet<PathBuf>,
+    /// Tracked directories that could not be watched (already warned about).
+    failed: HashSet<PathBuf>,
+    tracked: Tracked,
+    events: mpsc::UnboundedReceiver<FsEvent>,
+    generations: watch::Receiver<u64>,
+    /// The generation of this watcher's last successful reload, whose files it tracks already.
+    own_generation: Option<u64>,
+    current: Arc<Current>,
+    metrics: Arc<Metrics>,
+    debounce: Duration,
+}
+
+impl WatchTask {
+    async fn run(mut self) {
+        // The files may have changed between being read and being watched: compare once.
+        let mut pending = true;
+        // Not restarted by unrelated events, so they cannot postpone the poll.
+        let mut poll_at = Instant::now() + UNWATCHED_POLL;
+        loop {
+            if !pending {
+                let poll = !self.failed.is_empty();
+                pending = tokio::select! {
+                    event = self.events.recv() => match event {
+                        Some(event) => self.tracked.matches(&event),
+                        None => return,
+                    },
+                    changed = self.generations.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        self.follow_reload()
+                    }
+                    () = tokio::time::sleep_until(poll_at), if poll => {
+                        poll_at = Instant::now() + UNWATCHED_POLL;
+                        self.track(self.tracked.digests.clone());
+                        true
+                    }
+                };
                 continue;
             }
-            last = now;
+            if !self.settle().await {
+                return;
+            }
+            pending = false;
+            if self.generations.has_changed().unwrap_or(false) {
+                self.follow_reload();
+            }
+            let digests = self.tracked.digests.clone();
+            match tokio::task::spawn_blocking(move || differs_from_disk(&digests)).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "comparing configuration files failed");
+                    continue;
+                }
+            }
             tracing::info!("configuration files changed: reloading");
-            let (c, m) = (current.clone(), metrics.clone());
-            let path = current.load().config.source.clone();
-            let result = tokio::task::spawn_blocking(move || reload(&path, &c, &m)).await;
-            if let Ok(Ok(_)) = result {
-                let files = watched_files(&current);
-                update_watches(&mut watcher, &mut dirs, &files);
-                // Files named only by the new config are part of the baseline from now on.
-                last = fingerprint(&files);
+            let path = self.current.load().config.source.clone();
+            let (c, m) = (self.current.clone(), self.metrics.clone());
+            match tokio::task::spawn_blocking(move || reload_tracked(&path, &c, &m)).await {
+                Ok((result, digests)) => {
+                    if let Ok(generation) = result {
+                        self.own_generation = Some(generation);
+                    }
+                    self.track(digests);
+                    // What was read may have changed before the new watches were in place.
+                    pending = true;
+                }
+                Err(e) => tracing::error!(error = %e, "reload task failed"),
             }
         }
-    }))
-}
+    }
 
-fn watched_files(current: &Current) -> Vec<PathBuf> {
-    let snapshot = current.load();
-    let mut files = vec![snapshot.config.source.clone()];
-    files.extend(snapshot.config.files.iter().cloned());
-    files.sort();
-    files.dedup();
-    files
-}
-
-fn update_watches(
-    watcher: &mut notify::RecommendedWatcher,
-    dirs: &mut HashSet<PathBuf>,
-    files: &[PathBuf],
-) {
-    for file in files {
-        let dir = match file.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if dirs.contains(&dir) {
-            continue;
-        }
-        match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            Ok(()) => {
-                dirs.insert(dir);
+    /// Wait until the tracked files have been quiet for `debounce` (capped). False when the
+    /// event source is gone.
+    async fn settle(&mut self) -> bool {
+        let first = Instant::now();
+        let mut last = first;
+        loop {
+            let event = match settle_deadline(first, last, self.debounce) {
+                Some(deadline) => match tokio::time::timeout_at(deadline, self.events.recv()).await
+                {
+                    Ok(event) => event,
+                    Err(_) => return true,
+                },
+                None => self.events.recv().await,
+            };
+            match event {
+                Some(event) if self.tracked.matches(&event) => last = Instant::now(),
+                Some(_) => {}
+                None => return false,
             }
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
+        }
+    }
+
+    /// A snapshot was stored: track its files, unless it is this watcher's own reload (whose
+    /// files it tracks already). True when the files should be compared with the disk.
+    fn follow_reload(&mut self) -> bool {
+        let generation = *self.generations.borrow_and_update();
+        if self.own_generation == Some(generation) {
+            return false;
+        }
+        let digests = self.current.load().config.digests.clone();
+        self.track(digests);
+        true
+    }
+
+    /// Compare `digests` from now on, and watch exactly their directories.
+    fn track(&mut self, digests: FileDigests) {
+        self.tracked = Tracked::new(digests);
+        let want = &self.tracked.dirs;
+        for dir in self.dirs.iter().filter(|d| !want.contains(*d)) {
+            // Fails only if the directory is gone, which ends its watch anyway.
+            let _ = self.watcher.unwatch(dir);
+        }
+        self.dirs.retain(|d| want.contains(d));
+        self.failed.retain(|d| want.contains(d));
+        for dir in want {
+            if self.dirs.contains(dir) {
+                continue;
+            }
+            match self.watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.dirs.insert(dir.clone());
+                    if self.failed.remove(dir) {
+                        tracing::info!(dir = %dir.display(), "watching directory");
+                    }
+                }
+                Err(e) => {
+                    if self.failed.insert(dir.clone()) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; comparing its files every 5s instead");
+                    }
+                }
+            }
         }
     }
 }
 
-/// SHA-256 over the names and contents of `files` (a missing file hashes as empty).
-fn fingerprint(files: &[PathBuf]) -> Vec<u8> {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for file in files {
-        ctx.update(file.as_os_str().as_encoded_bytes());
-        ctx.update(&[0]);
-        match std::fs::read(file) {
-            Ok(bytes) => {
-                ctx.update(&(bytes.len() as u64).to_be_bytes());
-                ctx.update(&bytes);
-            }
-            Err(_) => ctx.update(b"<unreadable>"),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debounce_restarts_on_events_but_is_capped() {
+        let debounce = Duration::from_millis(200);
+        let first = Instant::now();
+        // Quiet since the first event: one debounce period.
+        assert_eq!(
+            settle_deadline(first, first, debounce),
+            Some(first + debounce)
+        );
+        // A later event restarts the quiet period...
+        let later = first + Duration::from_millis(500);
+        assert_eq!(
+            settle_deadline(first, later, debounce),
+            Some(later + debounce)
+        );
+        // ...but never past ten periods after the first event.
+        let busy = first + Duration::from_millis(1950);
+        assert_eq!(
+            settle_deadline(first, busy, debounce),
+            Some(first + debounce * MAX_WAIT_FACTOR)
+        );
+        // Absurd durations do not panic.
+        assert_eq!(settle_deadline(first, first, Duration::MAX), None);
+    }
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Result<notify::Event> {
+        let mut e = notify::Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        Ok(e)
+    }
+
+    #[test]
+    fn reading_files_is_not_an_event() {
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        let written = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(FsEvent::from_notify(event(open, &["/a/x"])), None);
+        assert_eq!(FsEvent::from_notify(event(read, &["/a/x"])), None);
+        assert_eq!(
+            FsEvent::from_notify(event(written, &["/a/x"])),
+            Some(FsEvent::Paths(vec!["/a/x".into()]))
+        );
+        let rescan = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert_eq!(FsEvent::from_notify(Ok(rescan)), Some(FsEvent::Unknown));
+        assert_eq!(
+            FsEvent::from_notify(Err(notify::Error::generic("x"))),
+            Some(FsEvent::Unknown)
+        );
+    }
+
+    #[test]
+    fn only_tracked_names_and_kubernetes_entries_in_tracked_dirs_matter() {
+        let tracked = Tracked::new(FileDigests(vec![
+            ("/etc/cg/certguard.yaml".into(), None),
+            ("/etc/cg/tls/tls.crt".into(), Some([0; 32])),
+        ]));
+        let paths = |p: &[&str]| FsEvent::Paths(p.iter().map(PathBuf::from).collect());
+        let relevant = [
+            paths(&["/etc/cg/certguard.yaml"]),
+            paths(&["/etc/cg/tls/tls.crt"]),
+            // An atomic rename names the temporary file and the target.
+            paths(&["/etc/cg/.certguard.yaml.tmp", "/etc/cg/certguard.yaml"]),
+            // Kubernetes' symlink swap.
+            paths(&["/etc/cg/tls/..data_tmp"]),
+            paths(&["/etc/cg/tls/..data"]),
+            paths(&["/etc/cg/tls/..2024_01_01_00_00_00.123"]),
+            FsEvent::Unknown,
+        ];
+        for e in &relevant {
+            assert!(tracked.matches(e), "{e:?}");
+        }
+        let irrelevant = [
+            paths(&["/etc/cg/other.log"]),
+            paths(&["/etc/cg/tls/tls.key"]),
+            paths(&["/etc/cg/.certguard.yaml.swp"]),
+            // Same name, untracked directory.
+            paths(&["/var/tmp/certguard.yaml"]),
+            paths(&["/var/tmp/..data"]),
+        ];
+        for e in &irrelevant {
+            assert!(!tracked.matches(e), "{e:?}");
         }
     }
-    ctx.finish().as_ref().to_vec()
+
+    #[test]
+    fn relative_paths_match_the_absolute_event_paths() {
+        let tracked = Tracked::new(FileDigests(vec![("certguard.yaml".into(), None)]));
+        let cwd = std::env::current_dir().unwrap();
+        assert!(tracked.matches(&FsEvent::Paths(vec![cwd.join("certguard.yaml")])));
+        // notify joins the watched path as given: `/cwd/.` for `.`.
+        assert!(tracked.matches(&FsEvent::Paths(vec![cwd.join(".").join("certguard.yaml")])));
+    }
+
+    #[test]
+    fn differs_from_disk_compares_contents_and_readability() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.crl");
+        let missing = dir.path().join("b.crl");
+        std::fs::write(&file, "one").unwrap();
+        let sha = crate::config::pki::sha256;
+        let digests = FileDigests(vec![
+            (file.clone(), Some(sha(b"one"))),
+            (missing.clone(), None),
+        ]);
+        assert!(!differs_from_disk(&digests));
+        std::fs::write(&file, "two").unwrap();
+        assert!(differs_from_disk(&digests));
+        std::fs::write(&file, "one").unwrap();
+        std::fs::write(&missing, "").unwrap();
+        assert!(differs_from_disk(&digests), "a file that appeared");
+    }
 }

@@ -1,10 +1,10 @@
 //! Everything that reloads, built once per generation and swapped atomically: server
 //! certificate and key, trust sources (CA bundles, CRLs, pins), routes and upstreams.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::proxy::forward::Upstreams;
@@ -57,18 +57,20 @@ impl Snapshot {
 /// The current snapshot, readable without locks from every connection and request.
 pub struct Current {
     snapshot: ArcSwap<Snapshot>,
-    next_generation: AtomicU64,
+    /// The generation now serving, for tasks that follow reloads from any trigger (the file
+    /// watcher refreshes its watches from it).
+    generation: watch::Sender<u64>,
     /// Serializes reloads (SIGHUP and the file watcher) so an older build never replaces a
-    /// newer one.
+    /// newer one, and so the next generation number is simply the current one plus one.
     pub(crate) reload_lock: std::sync::Mutex<()>,
 }
 
 impl Current {
     pub fn new(first: Snapshot) -> Current {
-        let next = first.generation + 1;
+        let (generation, _) = watch::channel(first.generation);
         Current {
             snapshot: ArcSwap::from_pointee(first),
-            next_generation: AtomicU64::new(next),
+            generation,
             reload_lock: std::sync::Mutex::new(()),
         }
     }
@@ -77,13 +79,16 @@ impl Current {
         self.snapshot.load_full()
     }
 
-    /// Reserve the generation number for the next snapshot being built.
-    pub fn next_generation(&self) -> u64 {
-        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    /// Swap `snapshot` in, then announce its generation to subscribers.
+    pub fn store(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.send_replace(generation);
     }
 
-    pub fn store(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    /// Notified after every [`Current::store`], whatever triggered the reload.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 

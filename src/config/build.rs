@@ -53,7 +53,7 @@ impl Errs {
 /// Where relative paths resolve and which files were read.
 pub(super) struct Files {
     base: PathBuf,
-    pub(super) read: Vec<PathBuf>,
+    pub(super) digests: FileDigests,
 }
 
 impl Files {
@@ -78,10 +78,9 @@ impl Files {
             return None;
         }
         let path = self.resolve(rel);
-        if !self.read.contains(&path) {
-            self.read.push(path.clone());
-        }
-        match std::fs::read(&path) {
+        let read = std::fs::read(&path);
+        self.digests.record(&path, read.as_deref().ok());
+        match read {
             Ok(bytes) => Some((path, bytes)),
             Err(e) => {
                 errs.push(key, format!("cannot read {}: {e}", path.display()));
@@ -103,30 +102,32 @@ pub(super) struct Names {
     pub(super) upstreams: Vec<String>,
 }
 
-/// Build a config from `text` as if read from `path`.
-pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+/// Build a config from `text` as if read from `path`. Also returns every file read (`path`
+/// first, with the digest of `text`), whether or not the config built.
+pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, FileDigests) {
     let mut errs = Errs {
         file: path.to_path_buf(),
         list: Vec::new(),
     };
-    let parsed = match raw::parse(text) {
-        Ok(p) => p,
-        Err(e) => {
-            errs.push(e.key, e.message);
-            return Err(ConfigErrors(errs.list));
-        }
-    };
-    for e in parsed.errors {
-        errs.push(e.key, e.message);
-    }
     let base = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let mut files = Files {
         base,
-        read: vec![path.to_path_buf()],
+        digests: FileDigests::default(),
     };
+    files.digests.record(path, Some(text.as_bytes()));
+    let parsed = match raw::parse(text) {
+        Ok(p) => p,
+        Err(e) => {
+            errs.push(e.key, e.message);
+            return (Err(ConfigErrors(errs.list)), files.digests);
+        }
+    };
+    for e in parsed.errors {
+        errs.push(e.key, e.message);
+    }
     let rc = parsed.config;
 
     let listen = listen(&mut errs, &mut files, rc.listen.unwrap_or_default());
@@ -151,7 +152,8 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let logging = logging(&mut errs, rc.logging.unwrap_or_default());
     let runtime = runtime(&mut errs, rc.runtime.unwrap_or_default());
 
-    match listen {
+    let digests = files.digests;
+    let result = match listen {
         Some(listen) if errs.list.is_empty() => Ok(Config {
             source: path.to_path_buf(),
             listen,
@@ -163,7 +165,8 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             reload,
             logging,
             runtime,
-            files: files.read,
+            files: digests.paths().map(Path::to_path_buf).collect(),
+            digests: digests.clone(),
         }),
         _ => {
             if errs.list.is_empty() {
@@ -171,7 +174,8 @@ pub(super) fn build(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
             }
             Err(ConfigErrors(errs.list))
         }
-    }
+    };
+    (result, digests)
 }
 
 /// A duration with a default in seconds; `nonzero` rejects `0s`.

@@ -41,8 +41,31 @@ pub struct Config {
     pub logging: Logging,
     /// `runtime:` tokio worker threads and shutdown grace.
     pub runtime: Runtime,
-    /// Every file the config names (certs, keys, CRLs, pin files), resolved; for the watcher.
+    /// The config file, then every file it names (certs, keys, CRLs, pin files), resolved.
     pub files: Vec<PathBuf>,
+    /// What this load read from each of `files`; the watcher compares it with the disk.
+    pub digests: FileDigests,
+}
+
+/// Every file one load read (the config file first) with the SHA-256 of the bytes it read, or
+/// `None` where the file could not be read. Recorded for failed loads too, so the watcher knows
+/// which files a retry depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileDigests(pub Vec<(PathBuf, Option<[u8; 32]>)>);
+
+impl FileDigests {
+    /// Record what was read from `path`. Only the first read of a path counts: if a file changed
+    /// between two reads, the disk no longer matches the first digest and the watcher reloads.
+    fn record(&mut self, path: &Path, bytes: Option<&[u8]>) {
+        if self.0.iter().all(|(p, _)| p != path) {
+            self.0.push((path.to_path_buf(), bytes.map(pki::sha256)));
+        }
+    }
+
+    /// The files, in the order they were first read.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.0.iter().map(|(p, _)| p.as_path())
+    }
 }
 
 /// `listen:` the client-facing mTLS listener.
@@ -362,20 +385,44 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Read, parse and validate `path` and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_yaml(&text, path),
-            Err(e) => Err(ConfigErrors(vec![ConfigError {
+        Config::load_tracked(path).0
+    }
+
+    /// Like [`Config::load`], and also report every file the attempt read, whether or not it
+    /// succeeded (on success the same list is in [`Config::digests`]).
+    pub fn load_tracked(path: &Path) -> (Result<Config, ConfigErrors>, FileDigests) {
+        let unreadable = |message: String, digests| {
+            let e = ConfigError {
                 file: path.to_path_buf(),
                 key: String::new(),
-                message: format!("cannot read config file: {e}"),
-            }])),
+                message,
+            };
+            (Err(ConfigErrors(vec![e])), digests)
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => build::build(&text, path),
+                Err(e) => {
+                    let mut digests = FileDigests::default();
+                    digests.record(path, Some(e.as_bytes()));
+                    unreadable(
+                        format!("cannot read config file: {}", e.utf8_error()),
+                        digests,
+                    )
+                }
+            },
+            Err(e) => {
+                let mut digests = FileDigests::default();
+                digests.record(path, None);
+                unreadable(format!("cannot read config file: {e}"), digests)
+            }
         }
     }
 
     /// Parse and validate YAML `text` as if it were the file `path` (relative paths resolve
     /// against `path`'s directory; the files it names are read).
     pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-        build::build(text, path)
+        build::build(text, path).0
     }
 
     /// The upstream with this name.
@@ -933,6 +980,40 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn load_tracked_records_the_bytes_read_even_when_the_load_fails() {
+        let (dir, _) = setup();
+        let path = dir.path().join("certguard.yaml");
+        let yaml = full("").replace("pki/expired.crl", "crl/new.crl");
+        fs::write(&path, &yaml).unwrap();
+        let (result, digests) = Config::load_tracked(&path);
+        assert!(result.is_err(), "crl/new.crl does not exist yet");
+        let crl = dir.path().join("crl/new.crl");
+        let ca = dir.path().join("pki/ca.crt");
+        assert_eq!(
+            digests.0[0],
+            (path.clone(), Some(pki::sha256(yaml.as_bytes())))
+        );
+        assert!(digests.0.contains(&(crl.clone(), None)));
+        let ca_bytes = fs::read(&ca).unwrap();
+        assert!(digests.0.contains(&(ca, Some(pki::sha256(&ca_bytes)))));
+
+        fs::create_dir_all(dir.path().join("crl")).unwrap();
+        fs::copy(dir.path().join("pki/ca.crl"), &crl).unwrap();
+        let (result, digests) = Config::load_tracked(&path);
+        let c = result.unwrap();
+        assert_eq!(c.digests, digests);
+        let crl_bytes = fs::read(&crl).unwrap();
+        assert!(digests.0.contains(&(crl, Some(pki::sha256(&crl_bytes)))));
+        assert_eq!(c.files, digests.paths().collect::<Vec<_>>());
+
+        // An unreadable config file is recorded too.
+        let missing = dir.path().join("missing.yaml");
+        let (result, digests) = Config::load_tracked(&missing);
+        assert!(result.is_err());
+        assert_eq!(digests.0, vec![(missing, None)]);
     }
 
     #[test]

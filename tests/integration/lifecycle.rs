@@ -273,6 +273,129 @@ async fn kubernetes_symlink_swap_is_detected() {
     assert_eq!(c.get_ref().1.peer_certificates().unwrap()[0], rotated.cert);
 }
 
+/// Write `contents` to `path` atomically (temp file in the same directory, then rename).
+fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A fresh CRL of the test intermediate listing `revoked`.
+fn intermediate_crl(env: &Env, revoked: &[&certguard::devpki::TestCert]) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let serials: Vec<&[u8]> = revoked.iter().map(|c| c.serial.as_slice()).collect();
+    env.pki
+        .inter
+        .crl_pem(
+            &serials,
+            now - time::Duration::minutes(5),
+            now + time::Duration::days(30),
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_naming_a_missing_file_is_retried_when_the_file_appears() {
+    let env = Env::new().await;
+    let yaml = watching(&env, ROUTES, "");
+    let proxy = env.start(&yaml).await;
+    let generation = proxy.generation();
+    // The Kubernetes case: the ConfigMap names a CRL whose Secret volume has not synced yet.
+    std::fs::create_dir_all(env.path("crl")).unwrap();
+    env.write(
+        "certguard.yaml",
+        &yaml.replace(
+            "[intermediate.crl, ca.crl]",
+            "[crl/intermediate.crl, ca.crl]",
+        ),
+    );
+    eventually("the failed reload is counted", || async {
+        metric(
+            &scrape(&proxy).await,
+            "certguard_reloads_total",
+            &[("result", "failure")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(proxy.generation(), generation);
+    assert!(handshake_ok(&env, &proxy, &env.pki.bob).await);
+
+    // The file lands, in a directory the serving config never named; no SIGHUP.
+    write_atomic(
+        &env.path("crl/intermediate.crl"),
+        &intermediate_crl(&env, &[&env.pki.revoked, &env.pki.bob]),
+    );
+    eventually("the retried reload succeeds and revokes bob", || async {
+        proxy.generation() > generation && !handshake_ok(&env, &proxy, &env.pki.bob).await
+    })
+    .await;
+    // Generations count successful loads only.
+    assert_eq!(proxy.generation(), generation + 1);
+    assert!(handshake_ok(&env, &proxy, &env.pki.alice).await);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sighup_reload_the_watcher_follows_files_in_a_new_directory() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new().await;
+    // The config lives in conf.v1/, reached through the symlink conf -> conf.v1, with copies of
+    // the files it names. Swapping that symlink in the (unwatched) parent directory changes the
+    // config without the watcher seeing any event, so only the SIGHUP reload below can tell the
+    // watcher about the new directory.
+    let v1 = env.path("conf.v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    for f in [
+        "server.crt",
+        "server.key",
+        "ca.crt",
+        "intermediate.crl",
+        "ca.crl",
+    ] {
+        std::fs::copy(env.path(f), v1.join(f)).unwrap();
+    }
+    let yaml = watching(&env, ROUTES, "");
+    std::fs::write(v1.join("certguard.yaml"), &yaml).unwrap();
+    symlink("conf.v1", env.path("conf")).unwrap();
+    let config = certguard::config::Config::load(&env.path("conf/certguard.yaml")).unwrap();
+    let proxy = certguard::Proxy::start(config).await.unwrap();
+    let generation = proxy.generation();
+
+    let v2 = env.path("conf.v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    for f in ["server.crt", "server.key", "ca.crt", "ca.crl"] {
+        std::fs::copy(env.path(f), v2.join(f)).unwrap();
+    }
+    let crls = env.path("crls");
+    std::fs::create_dir_all(&crls).unwrap();
+    let crl = crls.join("intermediate.crl");
+    std::fs::write(&crl, intermediate_crl(&env, &[&env.pki.revoked])).unwrap();
+    std::fs::write(
+        v2.join("certguard.yaml"),
+        yaml.replace(
+            "[intermediate.crl, ca.crl]",
+            &format!("[\"{}\", ca.crl]", crl.display()),
+        ),
+    )
+    .unwrap();
+    symlink("conf.v2", env.path("conf.tmp")).unwrap();
+    std::fs::rename(env.path("conf.tmp"), env.path("conf")).unwrap();
+    // What the SIGHUP handler calls.
+    assert_eq!(proxy.reload().unwrap(), generation + 1);
+    assert!(handshake_ok(&env, &proxy, &env.pki.bob).await);
+
+    write_atomic(
+        &crl,
+        &intermediate_crl(&env, &[&env.pki.revoked, &env.pki.bob]),
+    );
+    eventually(
+        "the watcher reloads the CRL in the new directory",
+        || async { !handshake_ok(&env, &proxy, &env.pki.bob).await },
+    )
+    .await;
+    assert_eq!(proxy.generation(), generation + 2);
+}
+
 /// A free loopback port (bound then released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -304,11 +427,30 @@ fn spawn_binary(config: &Path) -> Binary {
 }
 
 fn health(admin: &str) -> bool {
+    health_code(admin) == Some(0)
+}
+
+fn health_code(admin: &str) -> Option<i32> {
     Command::new(env!("CARGO_BIN_EXE_certguard"))
         .args(["health", "--admin", admin])
         .status()
         .unwrap()
-        .success()
+        .code()
+}
+
+/// The status of `GET /readyz` on a plain-HTTP admin address, or `None` if it does not answer.
+async fn readyz(admin: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf).get(9..12)?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,6 +459,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = env
         .yaml(ROUTES, "runtime:\n  shutdown_grace: 10s\n")
+        .replace("    timeout: 2s\n", "    timeout: 8s\n")
         .replace(
             "  address: \"127.0.0.1:0\"\n  cert:",
             &format!("  address: \"127.0.0.1:{port}\"\n  cert:"),
@@ -350,25 +493,48 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     )
     .await
     .unwrap();
-    let slow = tokio::spawn(async move { c.get("localhost", "/slow?ms=1500").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough that the checks below run while it is in flight; `is_finished` proves it.
+    let slow = tokio::spawn(async move { c.get("localhost", "/slow?ms=5000").await });
+    eventually("the slow request reaches the upstream", || async {
+        env.upstream
+            .seen()
+            .iter()
+            .any(|s| s.path.starts_with("/slow"))
+    })
+    .await;
+    assert_eq!(readyz(&admin).await, Some(200));
     let pid = child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Draining: no new connections, not ready.
-    let refused = Conn::open(
-        addr,
-        env.client(&env.pki.alice, &[b"http/1.1"]),
-        "localhost",
-    )
+    // Draining: not ready, no new connections, while the slow request is still running.
+    eventually("/readyz turns 503", || async {
+        readyz(&admin).await == Some(503)
+    })
+    .await;
+    let a = admin.clone();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || health_code(&a))
+            .await
+            .unwrap(),
+        Some(1),
+        "`certguard health` fails while draining"
+    );
+    eventually("new connections are refused while draining", || async {
+        Conn::open(
+            addr,
+            env.client(&env.pki.alice, &[b"http/1.1"]),
+            "localhost",
+        )
+        .await
+        .is_err()
+    })
     .await;
     assert!(
-        refused.is_err(),
-        "new connections must be refused while draining"
+        !slow.is_finished(),
+        "the checks above must run while the request is in flight"
     );
     let (status, body) = slow.await.unwrap();
     assert_eq!(
