@@ -110,7 +110,7 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
     metrics.set_generation(snapshot.generation);
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
-    let mut crls = Vec::new();
+    let mut crls: Vec<(String, String, i64)> = Vec::new();
     let mut reviews = Vec::new();
     let today = time::OffsetDateTime::now_utc().date();
     for source in &config.trust {
@@ -123,7 +123,13 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                             .file_name()
                             .map(|f| f.to_string_lossy().into_owned())
                             .unwrap_or_default();
-                        crls.push((source.name.to_string(), file, next));
+                        // A PEM bundle holds several CRLs under one file name: the gauge
+                        // shows the earliest nextUpdate, the one an alert must fire on.
+                        let name = source.name.to_string();
+                        match crls.iter_mut().find(|(t, f, _)| *t == name && *f == file) {
+                            Some((_, _, earliest)) => *earliest = (*earliest).min(next),
+                            None => crls.push((name, file, next)),
+                        }
                     }
                 }
             }
