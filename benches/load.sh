@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark for certguard: requests/s, latency percentiles and CPU per request through
-# certguard (mTLS) against the same echo upstream reached directly (plain HTTP), measured in the
-# same run and printed as ratios; plus certguard's peak RSS (VmHWM).
+# certguard (mTLS) against two baselines measured in the same run and printed as ratios: the
+# same echo upstream reached directly (plain HTTP), and nginx doing the same mTLS termination
+# and proxying (client certificate required, CRLs, keep-alive upstream pool, X-Forwarded-*, an
+# access log when certguard has one); plus certguard's peak RSS (VmHWM).
 #
 # Everything runs on 127.0.0.1, every phase is bounded in time, and every process this script
 # starts is stopped on exit. What it needs and does not find, it installs (oha with cargo, jq
@@ -21,7 +23,8 @@
 #   DURATION=10        seconds per measured keep-alive phase
 #   WARMUP=2           seconds of unmeasured load before each phase (0 = none)
 #   CONNECTIONS=32     concurrent connections
-#   HTTP2=0            1 = HTTP/2 (h2 via ALPN to certguard, h2c prior knowledge direct)
+#   HTTP2=0            1 = HTTP/2 (h2 via ALPN to certguard and nginx, h2c prior knowledge direct)
+#   NGINX=1            0 = skip the nginx baseline (installed with apt-get when missing)
 #   HANDSHAKES=2000    requests of the new-connection-per-request pair (0 = skip that pair)
 #   ROUTES=50          routes in the generated policy; requests match the last one
 #   ACCESS_LOG=true    certguard's per-request audit log, written to a file in the temp dir
@@ -39,6 +42,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 HTTP2=${HTTP2:-0}
+NGINX=${NGINX:-1}
 HANDSHAKES=${HANDSHAKES:-2000}
 ROUTES=${ROUTES:-50}
 ACCESS_LOG=${ACCESS_LOG:-true}
@@ -91,6 +95,7 @@ check_settings() {
   ((HANDSHAKES <= 100000)) || die "HANDSHAKES must be at most 100000"
   ((ROUTES >= 1 && ROUTES <= 1000)) || die "ROUTES must be 1..1000"
   [[ "$HTTP2" == 0 || "$HTTP2" == 1 ]] || die "HTTP2 must be 0 or 1"
+  [[ "$NGINX" == 0 || "$NGINX" == 1 ]] || die "NGINX must be 0 or 1"
   [[ "$ACCESS_LOG" == true || "$ACCESS_LOG" == false ]] || die "ACCESS_LOG must be true or false"
   [[ "$WORKERS" == auto || "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be auto or a number"
 }
@@ -108,6 +113,9 @@ ensure_tools() {
   local apt=() sudo=
   command -v jq >/dev/null 2>&1 || apt+=(jq)
   command -v curl >/dev/null 2>&1 || apt+=(curl)
+  if [[ "$NGINX" == 1 ]] && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    apt+=(nginx)
+  fi
   if ((${#apt[@]} > 0)); then
     log "installing ${apt[*]} with apt-get"
     [[ "$(id -u)" == 0 ]] || sudo=sudo
@@ -203,6 +211,26 @@ cpu_ticks() {
 
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
+# cpu_ticks_tree PID: cpu_ticks of PID plus its children (nginx's master and its workers).
+cpu_ticks_tree() {
+  local total child
+  total=$(cpu_ticks "$1")
+  for child in $(pgrep -P "$1" || true); do
+    total=$((total + $(cpu_ticks "$child" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# rss_tree_kib PID FIELD: FIELD (VmHWM, VmRSS) summed over PID and its children.
+rss_tree_kib() {
+  local total child
+  total=$(status_kib "$1" "$2")
+  for child in $(pgrep -P "$1" || true); do
+    total=$((total + $(status_kib "$child" "$2" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
 # --- configuration ---------------------------------------------------------------------------
 
 write_configs() {
@@ -276,6 +304,60 @@ write_configs() {
   } >"$TMP/certguard.yaml"
 }
 
+# nginx doing what certguard does, as far as nginx can: mTLS with the same PKI and CRLs (nginx
+# wants them in one file), no session resumption, the same worker count, a keep-alive pool to
+# the same echo upstream, X-Forwarded-* and an XFCC-like header, and an access log exactly when
+# certguard writes one. It has no per-route identity policy: one location, one DN check.
+write_nginx_config() {
+  local pki=$TMP/pki workers=$WORKERS listen_opts="ssl" access_log=off
+  [[ "$workers" != auto ]] || workers=auto
+  [[ "$HTTP2" != 1 ]] || listen_opts="ssl http2"
+  [[ "$ACCESS_LOG" != true ]] || access_log="$TMP/nginx-access.log"
+  cat "$pki/intermediate.crl" "$pki/ca.crl" >"$TMP/nginx-crls.pem"
+  cat >"$TMP/nginx.conf" <<NGINX
+worker_processes $workers;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log $access_log;
+  client_body_temp_path $TMP/nginx-body;
+  proxy_temp_path $TMP/nginx-proxy;
+  upstream echo {
+    server 127.0.0.1:$ECHO_PORT;
+    keepalive 64;
+  }
+  map \$ssl_client_s_dn \$cg_denied {
+    default 1;
+    "~CN=alice" 0;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT $listen_opts;
+    ssl_certificate $pki/server.crt;
+    ssl_certificate_key $pki/server.key;
+    ssl_client_certificate $pki/ca.crt;
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+    ssl_crl $TMP/nginx-crls.pem;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    keepalive_requests 1000000;
+    location / {
+      if (\$cg_denied) { return 403; }
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-Forwarded-Client-Cert "Hash=\$ssl_client_fingerprint;Subject=\\"\$ssl_client_s_dn\\"";
+    }
+  }
+}
+NGINX
+}
+
 # --- measurement -----------------------------------------------------------------------------
 
 run_oha() {
@@ -295,10 +377,10 @@ measure() {
     # shellcheck disable=SC2086
     run_oha $warm "$@" "$url" >/dev/null || die "oha failed in the warm-up of phase $name"
   fi
-  before=$(cpu_ticks "$pid")
+  before=$(cpu_ticks_tree "$pid")
   # shellcheck disable=SC2086
   run_oha $run "$@" "$url" >"$TMP/$name.json" || die "oha failed in phase $name"
-  after=$(cpu_ticks "$pid")
+  after=$(cpu_ticks_tree "$pid")
   echo $((after - before)) >"$TMP/$name.cpu"
   check_phase "$name"
 }
@@ -335,18 +417,26 @@ phase_row() {
     | @tsv' "$f"
 }
 
-print_pair() { # TITLE DIRECT_PHASE PROXY_PHASE
-  local title=$1 d p
+print_table() { # TITLE DIRECT_PHASE NGINX_PHASE(or -) PROXY_PHASE
+  local title=$1 d n=- p
   d=$(phase_row "$2")
-  p=$(phase_row "$3")
+  [[ "$3" == - ]] || n=$(phase_row "$3")
+  p=$(phase_row "$4")
   printf '\n%s\n' "$title"
   printf '%-28s %10s %9s %9s %9s %9s %13s\n' "" "req/s" "p50 ms" "p95 ms" "p99 ms" "requests" "cpu ms/1k req"
-  awk -F'\t' -v d="$d" -v p="$p" 'BEGIN {
+  awk -F'\t' -v d="$d" -v n="$n" -v p="$p" 'BEGIN {
     split(d, a, "\t"); split(p, b, "\t")
-    printf "%-28s %10.0f %9.3f %9.3f %9.3f %9d %13.1f\n", "direct (plain HTTP)", a[1], a[2], a[3], a[4], a[5], a[6]
-    printf "%-28s %10.0f %9.3f %9.3f %9.3f %9d %13.1f\n", "certguard (mTLS)", b[1], b[2], b[3], b[4], b[5], b[6]
-    r = "ratio certguard / direct"
-    printf "%-28s %9.2fx %8.2fx %8.2fx %8.2fx %9s %12.2fx\n", r, q(b[1], a[1]), q(b[2], a[2]), q(b[3], a[3]), q(b[4], a[4]), "", q(b[6], a[6])
+    row("direct (plain HTTP)", a)
+    if (n != "-") { split(n, c, "\t"); row("nginx (mTLS)", c) }
+    row("certguard (mTLS)", b)
+    ratio("ratio certguard / direct", b, a)
+    if (n != "-") ratio("ratio certguard / nginx", b, c)
+  }
+  function row(name, x) {
+    printf "%-28s %10.0f %9.3f %9.3f %9.3f %9d %13.1f\n", name, x[1], x[2], x[3], x[4], x[5], x[6]
+  }
+  function ratio(name, x, y) {
+    printf "%-28s %9.2fx %8.2fx %8.2fx %8.2fx %9s %12.2fx\n", name, q(x[1], y[1]), q(x[2], y[2]), q(x[3], y[3]), q(x[4], y[4]), "", q(x[6], y[6])
   }
   function q(x, y) { return y > 0 ? x / y : 0 }'
 }
@@ -369,6 +459,7 @@ main() {
   pick_port ECHO_PORT
   pick_port ECHO_SIDE_LISTEN
   pick_port ECHO_SIDE_ADMIN
+  pick_port NGINX_PORT
 
   "$BIN" dev-certs --out "$TMP/pki" >/dev/null
   local pki=$TMP/pki
@@ -384,6 +475,16 @@ main() {
   start_bg proxy_pid "$TMP/certguard.log" "$BIN" run -c "$TMP/certguard.yaml"
   wait_ready "$proxy_pid" "$TMP/certguard.log" "certguard" \
     "$BIN" health --admin "127.0.0.1:$PROXY_ADMIN"
+
+  local nginx_pid='' nginx_url="https://127.0.0.1:$NGINX_PORT/bench/hello"
+  if [[ "$NGINX" == 1 ]]; then
+    local nginx_bin
+    nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+    write_nginx_config
+    start_bg nginx_pid "$TMP/nginx.log" "$nginx_bin" -p "$TMP" -c "$TMP/nginx.conf"
+    wait_ready "$nginx_pid" "$TMP/nginx-error.log" "nginx" \
+      curl -fsS -o /dev/null --cacert "$pki/ca.crt" --cert "$pki/alice.crt" --key "$pki/alice.key" "$nginx_url"
+  fi
 
   local direct_url="http://127.0.0.1:$ECHO_PORT/bench/hello"
   local proxy_url="https://127.0.0.1:$PROXY_PORT/bench/hello"
@@ -404,6 +505,9 @@ main() {
     proto="HTTP/2"
   fi
   measure direct "$echo_pid" "$direct_url" "$warm" "$run" "${common[@]}"
+  if [[ -n "$nginx_pid" ]]; then
+    measure nginx "$nginx_pid" "$nginx_url" "$warm" "$run" "${common[@]}" "${client[@]}"
+  fi
   measure proxy "$proxy_pid" "$proxy_url" "$warm" "$run" "${common[@]}" "${client[@]}"
   if ((HANDSHAKES > 0)); then
     # HTTP/1.1 with one connection (and for certguard one full mTLS handshake) per request;
@@ -413,6 +517,9 @@ main() {
     local hs=(-c "$CONNECTIONS" --disable-keepalive) hs_warm=''
     ((WARMUP == 0)) || hs_warm="-n $((HANDSHAKES / 5 + 1))"
     measure direct_newconn "$echo_pid" "$direct_url" "$hs_warm" "-n $HANDSHAKES" "${hs[@]}"
+    if [[ -n "$nginx_pid" ]]; then
+      measure nginx_newconn "$nginx_pid" "$nginx_url" "$hs_warm" "-n $HANDSHAKES" "${hs[@]}" "${client[@]}"
+    fi
     measure proxy_newconn "$proxy_pid" "$proxy_url" "$hs_warm" "-n $HANDSHAKES" "${hs[@]}" "${client[@]}"
   fi
 
@@ -423,15 +530,21 @@ main() {
   {
     printf '\ncertguard load benchmark: %s, %s connections, %ss per phase (+%ss warm-up), %s routes, access log %s, %s CPUs, %s\n' \
       "$proto" "$CONNECTIONS" "$DURATION" "$WARMUP" "$ROUTES" "$ACCESS_LOG" "$(nproc)" "$("$OHA" --version)"
-    print_pair "Keep-alive connections (the steady state):" direct proxy
+    local n=- nn=-
+    [[ -z "$nginx_pid" ]] || { n=nginx; nn=nginx_newconn; }
+    print_table "Keep-alive connections (the steady state):" direct "$n" proxy
     if ((HANDSHAKES > 0)); then
-      print_pair "A new connection per request ($HANDSHAKES requests; certguard: one mTLS handshake each):" \
-        direct_newconn proxy_newconn
+      print_table "A new connection per request ($HANDSHAKES requests; certguard and nginx: one mTLS handshake each):" \
+        direct_newconn "$nn" proxy_newconn
     fi
     printf '\nMemory of the certguard process: %d KiB idle after start, %d KiB peak (VmHWM); ' \
       "$idle_rss" "$peak_rss"
     awk -v a="$peak_rss" -v b="$echo_peak" 'BEGIN {
       printf "the echo process (same binary, plain HTTP) peaked at %d KiB: ratio %.2fx\n", b, (b > 0 ? a / b : 0) }'
+    if [[ -n "$nginx_pid" ]]; then
+      awk -v a="$peak_rss" -v b="$(rss_tree_kib "$nginx_pid" VmHWM)" 'BEGIN {
+        printf "nginx (master + workers) peaked at %d KiB: certguard / nginx %.2fx\n", b, (b > 0 ? a / b : 0) }'
+    fi
     local w
     for w in "${WARNINGS[@]}"; do
       printf 'warning: %s\n' "$w"

@@ -58,6 +58,19 @@ impl Inner {
         if capacity == 0 {
             return None;
         }
+        // Fast path, the common case under load: the most recently seen entry again. No key
+        // to allocate, nothing to reorder.
+        if let Some((_, recent)) = self.order.last_key_value() {
+            if recent.fingerprint == id.cert.fingerprint
+                && recent.trust == id.trust
+                && recent.pinned == id.pinned
+                && self.entries.contains_key(recent)
+            {
+                let entry = self.entries.get_mut(recent)?;
+                entry.last_seen = now;
+                return Some(entry);
+            }
+        }
         let key = Key::of(id);
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -136,9 +136,12 @@ fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuar
         }
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // The writer thread drains every queued line into this buffer and flushes once the queue
+    // is empty: one write(2) per batch under load, and still every line at once when idle.
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stdout());
+        .finish(stdout);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -243,9 +243,14 @@ impl Metrics {
     ) {
         let route = route.unwrap_or(ROUTE_NONE);
         let decision = if allowed { "allowed" } else { "denied" };
-        let code = code.to_string();
+        let mut buf = [0u8; 5];
         self.requests
-            .with_label_values(&[route, decision, reason.as_str(), code.as_str()])
+            .with_label_values(&[
+                route,
+                decision,
+                reason.as_str(),
+                status_label(code, &mut buf),
+            ])
             .inc();
         self.request_duration
             .with_label_values(&[route])
@@ -363,6 +368,22 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A status code as a label value without allocating (codes are three digits).
+fn status_label(code: u16, buf: &mut [u8; 5]) -> &str {
+    let mut n = code;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 #[cfg(test)]
@@ -666,5 +687,13 @@ mod tests {
             value(&m.encode(), pin, r#"trust="lab""#).as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn status_labels() {
+        for code in [0u16, 7, 42, 200, 404, 431, 502, 65535] {
+            let mut buf = [0u8; 5];
+            assert_eq!(status_label(code, &mut buf), code.to_string());
+        }
     }
 }

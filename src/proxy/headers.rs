@@ -311,6 +311,19 @@ pub fn apply_forward(
     peer: IpAddr,
     host: Option<&http::HeaderValue>,
 ) {
+    let ours = ClientHeaders::new(forward, cert, peer);
+    apply_forward_with(headers, forward, &ours, host);
+}
+
+/// [`apply_forward`] with the client's own header values computed beforehand: they depend
+/// only on the connection (certificate, peer) and the `forward` settings, so the proxy builds
+/// them once per connection and config generation instead of once per request.
+pub fn apply_forward_with(
+    headers: &mut HeaderMap,
+    forward: &Forward,
+    ours: &ClientHeaders,
+    host: Option<&http::HeaderValue>,
+) {
     remove_underscore_aliases(headers, &forward.strip_headers);
     headers.remove(CLIENT_CERT);
     headers.remove(CLIENT_CERT_CHAIN);
@@ -318,22 +331,25 @@ pub fn apply_forward(
         headers.remove(name);
     }
 
-    // Every inbound line, in order (`HeaderMap::remove` would return only the first).
-    let inbound: Vec<HeaderValue> = headers
-        .get_all(&X_FORWARDED_CLIENT_CERT)
-        .iter()
-        .cloned()
-        .collect();
-    headers.remove(&X_FORWARDED_CLIENT_CERT);
     match forward.xfcc {
-        XfccMode::Sanitize => {}
+        XfccMode::Sanitize => {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+        }
         XfccMode::SanitizeSet => {
-            if let Some(value) = xfcc_value(None, cert, &forward.xfcc_fields) {
-                headers.insert(X_FORWARDED_CLIENT_CERT, value);
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+            if let OurXfcc::Element(value) = &ours.xfcc {
+                headers.insert(X_FORWARDED_CLIENT_CERT, value.clone());
             }
         }
         XfccMode::Append => {
-            if let Some(value) = xfcc_value(Some(&inbound), cert, &forward.xfcc_fields) {
+            // Every inbound line, in order (`HeaderMap::remove` would return only the first).
+            let inbound: Vec<HeaderValue> = headers
+                .get_all(&X_FORWARDED_CLIENT_CERT)
+                .iter()
+                .cloned()
+                .collect();
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+            if let Some(value) = appended_xfcc(&inbound, &ours.xfcc) {
                 headers.insert(X_FORWARDED_CLIENT_CERT, value);
             }
         }
@@ -343,11 +359,7 @@ pub fn apply_forward(
     headers.remove(&X_FORWARDED_PROTO);
     headers.remove(&X_FORWARDED_HOST);
     if forward.x_forwarded {
-        let ip = peer.to_canonical().to_string();
-        // An IP address's text form is always a valid header value.
-        if let Ok(value) = HeaderValue::from_str(&ip) {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+        headers.insert(X_FORWARDED_FOR, ours.forwarded_for.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST, host.clone());
@@ -355,36 +367,68 @@ pub fn apply_forward(
     }
 }
 
-/// Our XFCC header value, after the non-empty `inbound` lines joined with `,` when given.
-/// `None` when there is nothing to send, or if the value is not a valid header value (which
-/// [`xfcc_element`] rules out; then no XFCC is sent at all, never the inbound one alone).
-fn xfcc_value(
-    inbound: Option<&[HeaderValue]>,
-    cert: &CertInfo,
-    fields: &[XfccField],
-) -> Option<HeaderValue> {
-    let ours = xfcc_element(cert, fields);
+/// The header values certguard adds for one client: its XFCC element and its
+/// X-Forwarded-For address.
+#[derive(Clone, Debug)]
+pub struct ClientHeaders {
+    xfcc: OurXfcc,
+    forwarded_for: HeaderValue,
+}
+
+#[derive(Clone, Debug)]
+enum OurXfcc {
+    /// `xfcc_fields` is empty: no element of ours.
+    Nothing,
+    Element(HeaderValue),
+    /// The element is not a valid header value ([`xfcc_element`] rules that out); then no
+    /// XFCC is sent at all, never an inbound one alone.
+    Invalid,
+}
+
+impl ClientHeaders {
+    /// The values for a client presenting `cert` from `peer` under `forward`.
+    pub fn new(forward: &Forward, cert: &CertInfo, peer: IpAddr) -> ClientHeaders {
+        let element = xfcc_element(cert, &forward.xfcc_fields);
+        let xfcc = if element.is_empty() {
+            OurXfcc::Nothing
+        } else {
+            match HeaderValue::from_str(&element) {
+                Ok(value) => OurXfcc::Element(value),
+                Err(_) => {
+                    tracing::warn!("XFCC element is not a valid header value; not sending XFCC");
+                    OurXfcc::Invalid
+                }
+            }
+        };
+        // An IP address's text form is always a valid header value (an IPv4-mapped IPv6 peer
+        // is written as IPv4).
+        let forwarded_for = HeaderValue::from_str(&peer.to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientHeaders {
+            xfcc,
+            forwarded_for,
+        }
+    }
+}
+
+/// The `append` value: the non-empty inbound lines and ours, joined with `,`. `None` when there
+/// is nothing to send, or when our element is invalid.
+fn appended_xfcc(inbound: &[HeaderValue], ours: &OurXfcc) -> Option<HeaderValue> {
     let mut elements: Vec<&[u8]> = inbound
-        .unwrap_or_default()
         .iter()
         .map(|line| line.as_bytes().trim_ascii())
         .filter(|line| !line.is_empty())
         .collect();
-    // Empty only with an empty `xfcc_fields`: then there is no element of ours to add.
-    if !ours.is_empty() {
-        elements.push(ours.as_bytes());
+    match ours {
+        OurXfcc::Invalid => return None,
+        OurXfcc::Nothing => {}
+        OurXfcc::Element(value) => elements.push(value.as_bytes()),
     }
     if elements.is_empty() {
         return None;
     }
-    let bytes = elements.join(&b","[..]);
-    match HeaderValue::from_bytes(&bytes) {
-        Ok(value) => Some(value),
-        Err(_) => {
-            tracing::warn!("XFCC element is not a valid header value; not sending XFCC");
-            None
-        }
-    }
+    // Inbound lines are header values and so is ours: joined with `,` they still are.
+    HeaderValue::from_bytes(&elements.join(&b","[..])).ok()
 }
 
 #[cfg(test)]

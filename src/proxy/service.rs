@@ -55,6 +55,9 @@ pub struct ConnContext {
     activity: Arc<Activity>,
     /// The connection's slot and open-count entry, kept by upgraded tunnels too.
     lease: Arc<Lease>,
+    /// The headers certguard adds for this client (XFCC element, X-Forwarded-For), built once
+    /// per config generation: they depend only on the certificate, the peer and `forward`.
+    client_headers: Mutex<Option<(u64, Arc<headers::ClientHeaders>)>>,
 }
 
 impl ConnContext {
@@ -83,6 +86,27 @@ impl ConnContext {
             rechecked: Mutex::new(None),
             activity,
             lease,
+            client_headers: Mutex::new(None),
+        }
+    }
+
+    /// This client's [`headers::ClientHeaders`] under `snap`'s `forward` settings.
+    fn client_headers(&self, snap: &Snapshot) -> Arc<headers::ClientHeaders> {
+        let mut cached = self
+            .client_headers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((generation, h)) if *generation == snap.generation => h.clone(),
+            _ => {
+                let h = Arc::new(headers::ClientHeaders::new(
+                    &snap.config.forward,
+                    &self.identity.cert,
+                    self.peer.ip(),
+                ));
+                *cached = Some((snap.generation, h.clone()));
+                h
+            }
         }
     }
 
@@ -371,11 +395,10 @@ async fn pipeline(
         .and_then(|_| parts.extensions.remove::<OnUpgrade>());
 
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::apply_forward(
+    headers::apply_forward_with(
         &mut parts.headers,
         &snap.config.forward,
-        &identity.cert,
-        ctx.peer.ip(),
+        &ctx.client_headers(snap),
         client_host.as_ref(),
     );
     if let Some(value) = &upgrade {
