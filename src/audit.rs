@@ -99,6 +99,185 @@ pub fn handshake_failure_line(
     );
 }
 
+/// A `tracing` layer that writes [`TARGET`] events as JSON lines, with the same keys as
+/// `tracing_subscriber`'s JSON formatter with `flatten_event(true)` (`timestamp`, `level`,
+/// the event's fields in order, `target`), at a fraction of its cost.
+///
+/// The audit line is written for every request, and the generic formatter (serde_json through
+/// a `fmt::Write` adaptor, a fresh timestamp formatted per line) was the largest single cost
+/// of a proxied request in the load benchmark. This one escapes into a reused per-thread
+/// buffer and formats the date part of the timestamp once per second.
+pub struct JsonAuditLayer<W> {
+    make_writer: W,
+}
+
+impl<W> JsonAuditLayer<W> {
+    /// Audit lines go to `make_writer` (the same writer as every other log line).
+    pub fn new(make_writer: W) -> JsonAuditLayer<W> {
+        JsonAuditLayer { make_writer }
+    }
+}
+
+impl<S, W> tracing_subscriber::Layer<S> for JsonAuditLayer<W>
+where
+    S: tracing::Subscriber,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            write_line(&mut line, event);
+            // A failed write has nowhere better to be reported than the log itself.
+            let _ = std::io::Write::write_all(&mut self.make_writer.make_writer(), &line);
+        });
+    }
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// (Unix second, `YYYY-MM-DDTHH:MM:SS` of it).
+    static SECOND: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+fn write_line(out: &mut Vec<u8>, event: &tracing::Event<'_>) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, std::time::SystemTime::now());
+    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(event.metadata().level().as_str().as_bytes());
+    out.push(b'"');
+    event.record(&mut JsonFields { out });
+    out.extend_from_slice(b",\"target\":");
+    json_str(out, event.metadata().target());
+    out.extend_from_slice(b"}\n");
+}
+
+/// RFC 3339 UTC with microseconds, as `tracing_subscriber` writes it.
+fn timestamp(out: &mut Vec<u8>, now: std::time::SystemTime) {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            let t = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            cache.1 = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            cache.0 = secs;
+        }
+        out.extend_from_slice(cache.1.as_bytes());
+    });
+    let micros = since.subsec_micros();
+    out.push(b'.');
+    let mut digits = [b'0'; 6];
+    let mut n = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
+}
+
+/// `"text"` as a JSON string.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Writes each field as `,"name":value`.
+struct JsonFields<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl JsonFields<'_> {
+    fn key(&mut self, field: &tracing::field::Field) {
+        self.out.push(b',');
+        json_str(self.out, field.name());
+        self.out.push(b':');
+    }
+
+    fn number(&mut self, field: &tracing::field::Field, value: impl std::fmt::Display) {
+        self.key(field);
+        let _ = std::io::Write::write_fmt(self.out, format_args!("{value}"));
+    }
+}
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.key(field);
+        json_str(self.out, value);
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.number(field, value);
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.number(field, value);
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if value.is_finite() {
+            self.number(field, value);
+        } else {
+            self.key(field);
+            self.out.extend_from_slice(b"null");
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.key(field);
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.key(field);
+        json_str(self.out, &format!("{value:?}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +325,101 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
             .collect()
+    }
+
+    /// Run `f` under the fast audit layer alone and return the parsed lines.
+    fn capture_fast(f: impl FnOnce()) -> Vec<Value> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let out = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(JsonAuditLayer::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8(bytes)
+            .expect("utf-8 log")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    fn sample() -> RequestAudit<'static> {
+        RequestAudit {
+            conn_id: 42,
+            peer: "[2001:db8::1]:50000".parse().expect("addr"),
+            sni: Some("localhost"),
+            trust: Some("internal"),
+            pinned: Some("ci-runner"),
+            subject: Some("CN=a \"quoted\" \\ name,OU=pay\u{e9}ments"),
+            spiffe_id: None,
+            fingerprint: Some("ab12"),
+            method: "GET",
+            host: None,
+            path: "/a\tb/\u{1}/\n",
+            route: None,
+            upstream: Some("orders"),
+            decision: "denied",
+            reason: Reason::NotAllowed,
+            status: 403,
+            duration_ms: 0.123_456_789,
+        }
+    }
+
+    #[test]
+    fn fast_layer_writes_what_the_generic_formatter_writes() {
+        let emit = || {
+            request_line(&sample());
+            handshake_failure_line(
+                "10.0.0.7:4000".parse().expect("addr"),
+                None,
+                Some("lab"),
+                Outcome::PinMismatch,
+                "no pin matches \"x\"",
+            );
+            tracing::warn!(
+                target: TARGET,
+                negative = -3i64,
+                flag = true,
+                ratio = 1.5f64,
+                text = "ctrl \u{7f} \u{1f} \r end",
+                "a {} message",
+                "formatted"
+            );
+        };
+        let generic = capture(emit);
+        let fast = capture_fast(emit);
+        assert_eq!(generic.len(), 3);
+        assert_eq!(fast.len(), 3);
+        for (g, f) in generic.iter().zip(&fast) {
+            let stamp = f["timestamp"].as_str().expect("timestamp");
+            assert!(
+                time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                    .is_ok()
+                    && stamp.len() == g["timestamp"].as_str().expect("timestamp").len(),
+                "{stamp} vs {}",
+                g["timestamp"]
+            );
+            let (mut g, mut f) = (g.clone(), f.clone());
+            for v in [&mut g, &mut f] {
+                v.as_object_mut().expect("object").remove("timestamp");
+            }
+            assert_eq!(f, g, "the fast layer must write the same line");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let at = |secs: u64, micros: u32| {
+            let mut out = Vec::new();
+            timestamp(
+                &mut out,
+                std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000 + 999),
+            );
+            String::from_utf8(out).expect("ascii")
+        };
+        assert_eq!(at(1_700_000_000, 123_456), "2023-11-14T22:13:20.123456Z");
+        // The per-second cache must not leak one second's date into the next.
+        assert_eq!(at(1_700_000_001, 7), "2023-11-14T22:13:21.000007Z");
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(1_798_761_599, 999_999), "2026-12-31T23:59:59.999999Z");
     }
 
     #[test]

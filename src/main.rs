@@ -123,18 +123,13 @@ fn load(path: &Path) -> Option<Config> {
 /// per-request audit line never waits on stdout; the queue blocks rather than drops when full
 /// (audit lines must not be lost). Keep the returned guard alive: dropping it flushes.
 fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Audit lines (SPEC 6) are a record, not diagnostics: emit them whatever `logging.level`
-    // (or RUST_LOG) says. `logging.access_log: false` is what turns the request line off.
-    let filter = match format!("{}=info", certguard::audit::TARGET).parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(e) => {
-            eprintln!("certguard: cannot enable the audit log target: {e}");
-            filter
-        }
-    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // The writer thread drains every queued line into this buffer and flushes once the queue
     // is empty: one write(2) per batch under load, and still every line at once when idle.
@@ -142,17 +137,46 @@ fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuar
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(stdout);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi);
+    let audit = certguard::audit::TARGET;
     let _ = match logging.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => {
+            // Audit lines (SPEC 6) are a record, not diagnostics: they are written whatever
+            // `logging.level` (or RUST_LOG) says, by their own fast JSON layer with the same
+            // keys as the diagnostics. `logging.access_log: false` turns the request line off.
+            let diagnostics = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_writer(writer.clone())
+                .with_ansi(ansi)
+                .with_filter(filter)
+                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                    m.target() != audit
+                }));
+            let audit_lines = certguard::audit::JsonAuditLayer::new(writer).with_filter(
+                tracing_subscriber::filter::filter_fn(move |m| m.target() == audit),
+            );
+            tracing_subscriber::registry()
+                .with(diagnostics)
+                .with(audit_lines)
+                .try_init()
+                .is_ok()
+        }
+        LogFormat::Text => {
+            let filter = match format!("{audit}=info").parse() {
+                Ok(directive) => filter.add_directive(directive),
+                Err(e) => {
+                    eprintln!("certguard: cannot enable the audit log target: {e}");
+                    filter
+                }
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .try_init()
+                .is_ok()
+        }
     };
     guard
 }
