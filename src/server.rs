@@ -172,8 +172,8 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 /// The result of a successful handshake.
-struct Established {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+struct Established<IO> {
+    stream: tokio_rustls::server::TlsStream<IO>,
     sni: Option<String>,
     identity: Identity,
     http2: bool,
@@ -187,7 +187,10 @@ struct Failed {
     detail: String,
 }
 
-async fn handshake(snapshot: &Snapshot, tcp: TcpStream) -> Result<Established, Failed> {
+async fn handshake<IO>(snapshot: &Snapshot, tcp: IO) -> Result<Established<IO>, Failed>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let timeout = snapshot.config.listen.handshake_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = |sni: Option<String>| Failed {
@@ -674,5 +677,79 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The handshake outcomes that only this module produces (`timeout`, and `protocol_error`
+    //! before a ClientHello), in memory over a duplex pipe, with tokio's clock paused.
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn snapshot(dir: &std::path::Path) -> Snapshot {
+        crate::devpki::write(&dir.join("pki"), false).expect("dev PKI");
+        let yaml =
+            "listen:\n  cert: pki/server.crt\n  key: pki/server.key\n  handshake_timeout: 3s\n\
+                    trust:\n  internal:\n    ca: pki/ca.crt\n";
+        let config = crate::config::Config::from_yaml(yaml, &dir.join("certguard.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Snapshot::build(config, 1, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The first flight of a TLS client offering SNI `localhost`.
+    fn client_hello() -> Vec<u8> {
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("hello");
+        out
+    }
+
+    async fn outcome(snap: &Snapshot, first_bytes: &[u8]) -> Failed {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(first_bytes).await.expect("write");
+        // `client` stays open and silent: the server must give up on its own.
+        match handshake(snap, server).await {
+            Ok(_) => panic!("the handshake cannot succeed"),
+            Err(f) => f,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = snapshot(dir.path());
+        let started = tokio::time::Instant::now();
+        let f = outcome(&snap, b"").await;
+        assert_eq!((f.outcome, f.trust, f.sni), (Outcome::Timeout, None, None));
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalling_after_its_hello_times_out_with_its_sni() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = snapshot(dir.path());
+        let f = outcome(&snap, &client_hello()).await;
+        assert_eq!(f.outcome, Outcome::Timeout);
+        assert_eq!(f.sni.as_deref(), Some("localhost"));
+        assert_eq!(f.outcome.as_str(), "timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plain_http_on_the_tls_port_is_a_protocol_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = snapshot(dir.path());
+        let f = outcome(&snap, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        assert_eq!((f.outcome, f.trust), (Outcome::ProtocolError, None));
+        assert_eq!(f.outcome.as_str(), "protocol_error");
     }
 }
