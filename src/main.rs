@@ -143,18 +143,27 @@ fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuar
             // Audit lines (SPEC 6) are a record, not diagnostics: they are written whatever
             // `logging.level` (or RUST_LOG) says, by their own fast JSON layer with the same
             // keys as the diagnostics. `logging.access_log: false` turns the request line off.
+            //
+            // Both filters must give level hints and static interest: a filter closure would
+            // leave the global maximum level at TRACE, and every trace span of hyper and h2
+            // would then be built and torn down on every request.
+            let filter = match format!("{audit}=off").parse() {
+                Ok(directive) => filter.add_directive(directive),
+                Err(e) => {
+                    eprintln!("certguard: cannot separate the audit log target: {e}");
+                    filter
+                }
+            };
             let diagnostics = tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
                 .with_writer(writer.clone())
                 .with_ansi(ansi)
-                .with_filter(filter)
-                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-                    m.target() != audit
-                }));
+                .with_filter(filter);
             let audit_lines = certguard::audit::JsonAuditLayer::new(writer).with_filter(
-                tracing_subscriber::filter::filter_fn(move |m| m.target() == audit),
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(audit, tracing::level_filters::LevelFilter::INFO),
             );
             tracing_subscriber::registry()
                 .with(diagnostics)
