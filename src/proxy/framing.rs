@@ -150,27 +150,29 @@ impl StreamTracker {
             data = match self.state {
                 Track::Lost => return,
                 Track::Head => self.head(data),
-                Track::Body(left) => {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
-                    self.state = match left - n as u64 {
-                        0 => Track::Head,
-                        rest => Track::Body(rest),
-                    };
-                    &data[n..]
-                }
+                Track::Body(left) => self.skip(data, left, Track::Head, Track::Body),
                 Track::ChunkSize => self.chunk_size(data),
-                Track::ChunkData(left) => {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
-                    self.state = match left - n as u64 {
-                        0 => Track::ChunkEnd,
-                        rest => Track::ChunkData(rest),
-                    };
-                    &data[n..]
-                }
+                Track::ChunkData(left) => self.skip(data, left, Track::ChunkEnd, Track::ChunkData),
                 Track::ChunkEnd => self.chunk_end(data),
                 Track::Trailers => self.trailers(data),
             };
         }
+    }
+
+    /// Skip up to `left` body bytes; `done` once all are skipped, else `more(rest)`.
+    fn skip<'a>(
+        &mut self,
+        data: &'a [u8],
+        left: u64,
+        done: Track,
+        more: fn(u64) -> Track,
+    ) -> &'a [u8] {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+        self.state = match left - n as u64 {
+            0 => done,
+            rest => more(rest),
+        };
+        &data[n..]
     }
 
     fn lose(&mut self) {

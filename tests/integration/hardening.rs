@@ -371,10 +371,17 @@ async fn connections_beyond_max_connections_are_refused_and_serving_continues() 
     assert_eq!(again.get("localhost", "/x").await.0, 200);
 }
 
-#[tokio::test]
-async fn websocket_echo_through_the_proxy() {
-    let env = Env::new().await;
-    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// alice opens a WebSocket to the upstream's echo at /ws through the proxy.
+async fn open_websocket(
+    env: &Env,
+    proxy: &certguard::Proxy,
+) -> (
+    WebSocket,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
     let tls = client::connect_tls(
         proxy.listen_addr,
         env.client(&env.pki.alice, &[b"http/1.1"]),
@@ -382,9 +389,16 @@ async fn websocket_echo_through_the_proxy() {
     )
     .await
     .unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+    tokio_tungstenite::client_async("wss://localhost/ws", tls)
         .await
-        .expect("websocket handshake");
+        .expect("websocket handshake")
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    let env = Env::new().await;
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    let (mut ws, resp) = open_websocket(&env, &proxy).await;
     assert_eq!(resp.status().as_u16(), 101);
     // The tunnel holds its connection's slot: it is still an open connection after the 101.
     let text = crate::common::scrape(&proxy).await;
@@ -483,16 +497,7 @@ async fn underscore_spellings_of_identity_headers_never_reach_the_upstream() {
 async fn revocation_closes_an_open_websocket_tunnel() {
     let env = Env::new().await;
     let proxy = env.start(&env.yaml(ROUTES, "")).await;
-    let tls = client::connect_tls(
-        proxy.listen_addr,
-        env.client(&env.pki.alice, &[b"http/1.1"]),
-        "localhost",
-    )
-    .await
-    .unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
-        .await
-        .expect("websocket handshake");
+    let (mut ws, _) = open_websocket(&env, &proxy).await;
     ws.send(tokio_tungstenite::tungstenite::Message::Text(
         "before".into(),
     ))
