@@ -113,6 +113,7 @@ ensure_tools() {
   local apt=() sudo=
   command -v jq >/dev/null 2>&1 || apt+=(jq)
   command -v curl >/dev/null 2>&1 || apt+=(curl)
+  command -v pgrep >/dev/null 2>&1 || apt+=(procps)
   if [[ "$NGINX" == 1 ]] && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
     apt+=(nginx)
   fi
@@ -307,15 +308,16 @@ write_configs() {
 # nginx doing what certguard does, as far as nginx can: mTLS with the same PKI and CRLs (nginx
 # wants them in one file), no session resumption, the same worker count, a keep-alive pool to
 # the same echo upstream, X-Forwarded-* and an XFCC-like header, and an access log exactly when
-# certguard writes one. It has no per-route identity policy: one location, one DN check.
+# certguard writes one. It has no per-route identity policy: one location, one DN check, and
+# its client fingerprint variable is SHA-1 where certguard's XFCC Hash is SHA-256.
 write_nginx_config() {
-  local pki=$TMP/pki workers=$WORKERS listen_opts="ssl" access_log=off
-  [[ "$workers" != auto ]] || workers=auto
+  local pki=$TMP/pki listen_opts="ssl" access_log=off
   [[ "$HTTP2" != 1 ]] || listen_opts="ssl http2"
-  [[ "$ACCESS_LOG" != true ]] || access_log="$TMP/nginx-access.log"
+  # Buffered, as certguard's log writer batches lines too.
+  [[ "$ACCESS_LOG" != true ]] || access_log="$TMP/nginx-access.log buffer=64k flush=1s"
   cat "$pki/intermediate.crl" "$pki/ca.crl" >"$TMP/nginx-crls.pem"
   cat >"$TMP/nginx.conf" <<NGINX
-worker_processes $workers;
+worker_processes $WORKERS;
 pid $TMP/nginx.pid;
 error_log $TMP/nginx-error.log warn;
 daemon off;
@@ -324,6 +326,9 @@ http {
   access_log $access_log;
   client_body_temp_path $TMP/nginx-body;
   proxy_temp_path $TMP/nginx-proxy;
+  fastcgi_temp_path $TMP/nginx-fastcgi;
+  uwsgi_temp_path $TMP/nginx-uwsgi;
+  scgi_temp_path $TMP/nginx-scgi;
   upstream echo {
     server 127.0.0.1:$ECHO_PORT;
     keepalive 64;

@@ -572,6 +572,14 @@ impl Activity {
             .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take_verdict())
     }
 
+    /// HTTP/1: the request stream could not be followed (see [`StreamTracker`]), so later
+    /// requests on this connection could not be judged for framing.
+    pub fn stream_lost(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_lost())
+    }
+
     /// A request head was parsed: the header-read timer stops, the idle timer pauses.
     pub fn request_started(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);

@@ -105,6 +105,10 @@ pub struct StreamTracker {
     limit: usize,
     /// One entry per complete head not yet taken: did it carry both framing headers?
     verdicts: std::collections::VecDeque<bool>,
+    /// Chunked body: the size being read, extension bytes and trailer bytes so far.
+    chunk_size: u64,
+    extension_bytes: u64,
+    trailer_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,18 +116,37 @@ enum Track {
     Head,
     /// Content-Length body bytes still to come.
     Body(u64),
-    ChunkSize,
-    /// Chunk data bytes still to come.
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    Trailers,
+    Chunked(Chunk),
     /// Stopped following the stream.
     Lost,
 }
 
-/// Longest chunk-size line (with extensions) followed.
-const MAX_CHUNK_LINE: usize = 4096;
+/// Where in a chunked body the stream is: the states of hyper's own chunked decoder
+/// (`proto/h1/decode.rs`), so that both read the same bytes as the same thing. A bare LF is
+/// accepted exactly where hyper accepts one: nowhere but inside a trailer line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Before the first hex digit of a chunk size.
+    Start,
+    Size,
+    /// Whitespace after the size.
+    SizeLws,
+    Extension,
+    /// After the CR of the size line.
+    SizeLf,
+    /// Chunk data bytes still to come.
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLf,
+    /// After the last chunk or a trailer line: CR ends the body, anything else starts a trailer.
+    EndCr,
+    EndLf,
+}
+
+/// Chunk-extension bytes hyper accepts per body.
+const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
 /// Header lines httparse is given room for; hyper's own default limit is 100.
 const MAX_HEADERS: usize = 128;
 
@@ -135,6 +158,9 @@ impl StreamTracker {
             buf: Vec::new(),
             limit,
             verdicts: std::collections::VecDeque::new(),
+            chunk_size: 0,
+            extension_bytes: 0,
+            trailer_bytes: 0,
         }
     }
 
@@ -144,6 +170,11 @@ impl StreamTracker {
         self.verdicts.pop_front().unwrap_or(false)
     }
 
+    /// Whether the tracker stopped following the stream, so later heads go unjudged.
+    pub fn is_lost(&self) -> bool {
+        self.state == Track::Lost
+    }
+
     /// Follow the next bytes of the stream, in the order they were read.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
@@ -151,10 +182,18 @@ impl StreamTracker {
                 Track::Lost => return,
                 Track::Head => self.head(data),
                 Track::Body(left) => self.skip(data, left, Track::Head, Track::Body),
-                Track::ChunkSize => self.chunk_size(data),
-                Track::ChunkData(left) => self.skip(data, left, Track::ChunkEnd, Track::ChunkData),
-                Track::ChunkEnd => self.chunk_end(data),
-                Track::Trailers => self.trailers(data),
+                Track::Chunked(Chunk::Data(left)) => {
+                    self.skip(data, left, Track::Chunked(Chunk::DataCr), |rest| {
+                        Track::Chunked(Chunk::Data(rest))
+                    })
+                }
+                Track::Chunked(state) => match data.split_first() {
+                    Some((&byte, rest)) => {
+                        self.chunked(state, byte);
+                        rest
+                    }
+                    None => data,
+                },
             };
         }
     }
@@ -234,7 +273,9 @@ impl StreamTracker {
         self.state = if te {
             // hyper reads the body as chunked whenever Transfer-Encoding is present (or
             // refuses the request).
-            Track::ChunkSize
+            self.extension_bytes = 0;
+            self.trailer_bytes = 0;
+            Track::Chunked(Chunk::Start)
         } else {
             match length.map(parse_length) {
                 None | Some(Some(0)) => Track::Head,
@@ -247,68 +288,50 @@ impl StreamTracker {
         &data[len.saturating_sub(old).min(data.len())..]
     }
 
-    /// Buffer up to the end of a line; `None` while incomplete (or when lost).
-    fn line<'a>(&mut self, data: &'a [u8], max: usize) -> (Option<usize>, &'a [u8]) {
-        match data.iter().position(|b| *b == b'\n') {
-            Some(i) if self.buf.len() + i < max => {
-                self.buf.extend_from_slice(&data[..=i]);
-                (Some(self.buf.len()), &data[i + 1..])
+    /// One byte of a chunked body (outside chunk data), as hyper's decoder reads it.
+    fn chunked(&mut self, state: Chunk, byte: u8) {
+        use Chunk::*;
+        let hex = |b: u8| char::from(b).to_digit(16).map(u64::from);
+        let next = match (state, byte) {
+            (Start, b) => hex(b).map(|d| {
+                self.chunk_size = d;
+                Size
+            }),
+            (Size | SizeLws, b'\t' | b' ') => Some(SizeLws),
+            (Size | SizeLws, b';') => Some(Extension),
+            (Size | SizeLws | Extension, b'\r') => Some(SizeLf),
+            (Size, b) => hex(b)
+                .and_then(|d| self.chunk_size.checked_mul(16)?.checked_add(d))
+                .map(|size| {
+                    self.chunk_size = size;
+                    Size
+                }),
+            (Extension, b'\n') => None,
+            (Extension, _) => {
+                self.extension_bytes += 1;
+                (self.extension_bytes < MAX_EXTENSION_BYTES).then_some(Extension)
             }
-            None if self.buf.len() + data.len() < max => {
-                self.buf.extend_from_slice(data);
-                (None, &[])
+            (SizeLf, b'\n') if self.chunk_size == 0 => Some(EndCr),
+            (SizeLf, b'\n') => Some(Data(self.chunk_size)),
+            (DataCr, b'\r') => Some(DataLf),
+            (DataLf, b'\n') => Some(Start),
+            (Trailer, b'\r') => Some(TrailerLf),
+            (EndCr, b'\r') => Some(EndLf),
+            (Trailer | EndCr, _) => {
+                self.trailer_bytes += 1;
+                (self.trailer_bytes < self.limit).then_some(Trailer)
             }
-            _ => {
-                self.lose();
-                (None, &[])
+            (TrailerLf, b'\n') => Some(EndCr),
+            (EndLf, b'\n') => {
+                self.state = Track::Head;
+                return;
             }
+            _ => None,
+        };
+        match next {
+            Some(chunk) => self.state = Track::Chunked(chunk),
+            None => self.lose(),
         }
-    }
-
-    fn chunk_size<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
-        let (done, rest) = self.line(data, MAX_CHUNK_LINE);
-        if done.is_none() {
-            return rest;
-        }
-        match httparse::parse_chunk_size(&self.buf) {
-            Ok(httparse::Status::Complete((_, 0))) => self.state = Track::Trailers,
-            Ok(httparse::Status::Complete((_, size))) => self.state = Track::ChunkData(size),
-            _ => {
-                self.lose();
-                return &[];
-            }
-        }
-        self.buf.clear();
-        rest
-    }
-
-    fn chunk_end<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
-        let (done, rest) = self.line(data, 3);
-        if done.is_none() {
-            return rest;
-        }
-        if self.buf == b"\r\n" {
-            self.buf.clear();
-            self.state = Track::ChunkSize;
-            rest
-        } else {
-            self.lose();
-            &[]
-        }
-    }
-
-    fn trailers<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
-        // Trailer lines until an empty one; each line is buffered, then dropped.
-        let limit = self.limit;
-        let (done, rest) = self.line(data, limit);
-        if done.is_none() {
-            return rest;
-        }
-        if self.buf == b"\r\n" || self.buf == b"\n" {
-            self.state = Track::Head;
-        }
-        self.buf.clear();
-        rest
     }
 }
 
@@ -437,6 +460,15 @@ mod tests {
             (format!("{post_cl}{smuggle}"), vec![false, true]),
             // ...and after a chunked body with extensions and trailers.
             (format!("{post_chunked}{smuggle}{get}"), vec![false, true, false]),
+            // Chunk sizes with many leading zeros, and long extensions: hyper takes both.
+            (
+                format!(
+                    "POST /z HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     000000000000000000005 ;{}\r\nhello\r\n0\r\n\r\n{smuggle}",
+                    "e".repeat(8000)
+                ),
+                vec![false, true],
+            ),
             // Bare LF line ends (httparse, like hyper, accepts them).
             (bare_lf.to_string(), vec![true]),
             (format!("{get}{bare_lf}"), vec![false, true]),
@@ -476,6 +508,29 @@ mod tests {
             let v = verdicts(&stream, 3);
             assert!(v.len() <= 1 && v.iter().all(|c| !c), "{junk:?}: {v:?}");
         }
+        // A bare LF inside a trailer line is an ordinary byte to hyper: the line (and the
+        // body) go on to the next CRLF, so the GET below is trailer bytes, not a request.
+        let trailer_lf = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                          0\r\nx: 1\n\r\nGET /swallowed HTTP/1.1\r\n\r\n";
+        let smuggle = "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for step in [1, 5, 300] {
+            assert_eq!(
+                verdicts(format!("{trailer_lf}{smuggle}").as_bytes(), step),
+                vec![false, true],
+                "step {step}"
+            );
+        }
+        // A bare LF where hyper wants CRLF (size line, after data, extension) ends tracking.
+        for bad in [
+            "5\nhello\r\n0\r\n\r\n",
+            "5\r\nhello\n0\r\n\r\n",
+            "5;ext\nhello\r\n0\r\n\r\n",
+        ] {
+            let stream =
+                format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{bad}{smuggle}");
+            assert_eq!(verdicts(stream.as_bytes(), 4), vec![false], "{bad:?}");
+        }
+
         let mut t = StreamTracker::new(64);
         t.feed(&[b'a'; 100]);
         t.feed(get);
@@ -484,5 +539,9 @@ mod tests {
             "a head over the limit ends the tracking"
         );
         assert!(!t.take_verdict());
+        assert!(t.is_lost());
+        let mut ok = StreamTracker::new(64);
+        ok.feed(get);
+        assert!(!ok.is_lost());
     }
 }

@@ -175,7 +175,18 @@ pub async fn handle(
     let method = req.method().clone();
     let snap = ctx.state.current.load();
     let mut facts = Facts::default();
-    let answer = pipeline(&ctx, &snap, req, &mut facts).await;
+    let mut answer = pipeline(&ctx, &snap, req, &mut facts).await;
+    if !ctx.http2
+        && answer.response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && ctx.activity.stream_lost()
+    {
+        // Fail closed: a connection whose byte stream certguard could not follow gets no
+        // further request, since its framing could not be judged.
+        answer
+            .response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     record(
         &ctx,
         snap.config.logging.access_log,
