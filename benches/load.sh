@@ -314,7 +314,7 @@ write_nginx_config() {
   local pki=$TMP/pki listen_opts="ssl" access_log=off
   [[ "$HTTP2" != 1 ]] || listen_opts="ssl http2"
   # Buffered, as certguard's log writer batches lines too.
-  [[ "$ACCESS_LOG" != true ]] || access_log="$TMP/nginx-access.log buffer=64k flush=1s"
+  [[ "$ACCESS_LOG" != true ]] || access_log="$TMP/nginx-access.log combined buffer=64k flush=1s"
   cat "$pki/intermediate.crl" "$pki/ca.crl" >"$TMP/nginx-crls.pem"
   cat >"$TMP/nginx.conf" <<NGINX
 worker_processes $WORKERS;
@@ -487,7 +487,7 @@ main() {
     nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
     write_nginx_config
     start_bg nginx_pid "$TMP/nginx.log" "$nginx_bin" -p "$TMP" -c "$TMP/nginx.conf"
-    wait_ready "$nginx_pid" "$TMP/nginx-error.log" "nginx" \
+    wait_ready "$nginx_pid" "$TMP/nginx.log" "nginx" \
       curl -fsS -o /dev/null --cacert "$pki/ca.crt" --cert "$pki/alice.crt" --key "$pki/alice.key" "$nginx_url"
   fi
 
