@@ -14,6 +14,7 @@ pub mod devpki;
 pub mod echo;
 pub mod identity;
 pub mod inventory;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

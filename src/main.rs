@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use certguard::config::{Config, LogFormat, Logging};
+use certguard::config::Config;
 use certguard::Proxy;
 
 #[derive(Parser)]
@@ -119,82 +119,11 @@ fn load(path: &Path) -> Option<Config> {
     }
 }
 
-/// Install the global subscriber. Log lines are written by a background thread so that the
-/// per-request audit line never waits on stdout; the queue blocks rather than drops when full
-/// (audit lines must not be lost). Keep the returned guard alive: dropping it flushes.
-fn init_logging(logging: &Logging) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    use tracing_subscriber::Layer as _;
-
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // The writer thread drains every queued line into this buffer and flushes once the queue
-    // is empty: one write(2) per batch under load, and still every line at once when idle.
-    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(stdout);
-    let audit = certguard::audit::TARGET;
-    let _ = match logging.format {
-        LogFormat::Json => {
-            // Audit lines (SPEC 6) are a record, not diagnostics: they are written whatever
-            // `logging.level` (or RUST_LOG) says, by their own fast JSON layer with the same
-            // keys as the diagnostics. `logging.access_log: false` turns the request line off.
-            //
-            // Both filters must give level hints and static interest: a filter closure would
-            // leave the global maximum level at TRACE, and every trace span of hyper and h2
-            // would then be built and torn down on every request.
-            let filter = match format!("{audit}=off").parse() {
-                Ok(directive) => filter.add_directive(directive),
-                Err(e) => {
-                    eprintln!("certguard: cannot separate the audit log target: {e}");
-                    filter
-                }
-            };
-            let diagnostics = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_writer(writer.clone())
-                .with_ansi(ansi)
-                .with_filter(filter);
-            let audit_lines = certguard::audit::JsonAuditLayer::new(writer).with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_target(audit, tracing::level_filters::LevelFilter::INFO),
-            );
-            tracing_subscriber::registry()
-                .with(diagnostics)
-                .with(audit_lines)
-                .try_init()
-                .is_ok()
-        }
-        LogFormat::Text => {
-            let filter = match format!("{audit}=info").parse() {
-                Ok(directive) => filter.add_directive(directive),
-                Err(e) => {
-                    eprintln!("certguard: cannot enable the audit log target: {e}");
-                    filter
-                }
-            };
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .with_ansi(ansi)
-                .try_init()
-                .is_ok()
-        }
-    };
-    guard
-}
-
 fn serve(path: &Path, demo: bool) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::from(2);
     };
-    let _log_guard = init_logging(&config.logging);
+    let _log_guard = certguard::logging::init(&config.logging);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = config.runtime.worker_threads {
