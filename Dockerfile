@@ -12,8 +12,8 @@ RUN cargo build --release --locked --bin certguard
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/certguard /usr/local/bin/certguard
-ENV CERTGUARD_CONFIG=/etc/certguard/certguard.yaml \
-    CERTGUARD_ADMIN=127.0.0.1:9901
+# `certguard health` finds the admin listener through the config's admin.address.
+ENV CERTGUARD_CONFIG=/etc/certguard/certguard.yaml
 USER nonroot:nonroot
 EXPOSE 8443 9901
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

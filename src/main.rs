@@ -66,8 +66,12 @@ enum Command {
     Demo(ConfigArg),
     /// Probe the admin /readyz endpoint: exit 0 when ready, 1 when not.
     Health {
-        #[arg(long, env = "CERTGUARD_ADMIN", default_value = "127.0.0.1:9901")]
-        admin: String,
+        /// Admin address; without it (and without $CERTGUARD_ADMIN), the config's
+        /// `admin.address`, or 127.0.0.1:9901.
+        #[arg(long, env = "CERTGUARD_ADMIN")]
+        admin: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -98,7 +102,14 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Health { admin } => health(&admin),
+        Command::Health { admin, config } => {
+            let admin = admin.unwrap_or_else(|| {
+                certguard::config::admin_probe_address(&config.config)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "127.0.0.1:9901".to_owned())
+            });
+            health(&admin)
+        }
     }
 }
 

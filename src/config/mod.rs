@@ -444,6 +444,25 @@ impl Config {
     }
 }
 
+/// Where `certguard health` finds the admin listener of the config at `path`: its
+/// `admin.address` (default `127.0.0.1:9901`), with an unspecified address (`0.0.0.0`, `[::]`)
+/// replaced by loopback of the same family. `None` when the file cannot be read or the address
+/// is not an address.
+pub fn admin_probe_address(path: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut addr: SocketAddr = match raw::admin_address(&text) {
+        Some(a) => a.parse().ok()?,
+        None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(addr)
+}
+
 /// Parse a duration such as `500ms`, `10s`, `5m`, `2h`, `90d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const HELP: &str = "expected an integer followed by ms, s, m, h or d (e.g. 500ms, 10s, 90d)";
@@ -1239,6 +1258,28 @@ runtime: { worker_threads: 0, shutdown_grace: forever }",
                 "runtime.shutdown_grace",
             ]
         );
+    }
+
+    #[test]
+    fn health_probes_the_configured_admin_address() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("c.yaml");
+        for (yaml, want) in [
+            ("admin:\n  address: \"127.0.0.1:9999\"\n", "127.0.0.1:9999"),
+            ("admin:\n  address: \"0.0.0.0:9901\"\n", "127.0.0.1:9901"),
+            ("admin:\n  address: \"[::]:7000\"\n", "[::1]:7000"),
+            ("listen:\n  address: \"0.0.0.0:8443\"\n", "127.0.0.1:9901"),
+        ] {
+            fs::write(&path, yaml).unwrap();
+            assert_eq!(
+                admin_probe_address(&path).map(|a| a.to_string()).as_deref(),
+                Some(want),
+                "{yaml}"
+            );
+        }
+        fs::write(&path, "admin:\n  address: nowhere\n").unwrap();
+        assert_eq!(admin_probe_address(&path), None);
+        assert_eq!(admin_probe_address(&dir.path().join("missing.yaml")), None);
     }
 
     #[test]

@@ -357,6 +357,17 @@ pub struct Parsed {
     pub errors: Vec<RawError>,
 }
 
+/// `admin.address` as written in a config text, if it is there as a string. For
+/// `certguard health`, which must not need the certificates the rest of the file names.
+pub fn admin_address(text: &str) -> Option<String> {
+    let value: Value = serde_yaml::from_str(text).ok()?;
+    value
+        .get("admin")?
+        .get("address")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// Read `text`. `Err` only for a YAML syntax error, whose message says `line N column M`.
 pub fn parse(text: &str) -> Result<Parsed, RawError> {
     let value: Value = serde_yaml::from_str(text).map_err(|e| {
