@@ -197,8 +197,24 @@ fn timestamp(out: &mut Vec<u8>, now: std::time::SystemTime) {
 
 /// `"text"` as a JSON string.
 fn json_str(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
+    escape_into(out, text);
+    out.push(b'"');
+}
+
+/// Appends what is written to it JSON-escaped (for `Debug`/`Display` output).
+struct Escaped<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
+}
+
+/// `text` JSON-escaped, without quotes.
+fn escape_into(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -222,7 +238,6 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// Writes each field as `,"name":value`.
@@ -274,7 +289,10 @@ impl tracing::field::Visit for JsonFields<'_> {
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.key(field);
-        json_str(self.out, &format!("{value:?}"));
+        // Formatted straight into the line, escaped piece by piece: no String per field.
+        self.out.push(b'"');
+        let _ = std::fmt::Write::write_fmt(&mut Escaped(self.out), format_args!("{value:?}"));
+        self.out.push(b'"');
     }
 }
 
