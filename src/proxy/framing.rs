@@ -65,11 +65,17 @@ fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), FramingError> {
 }
 
 fn check_content_length(headers: &HeaderMap) -> Result<(), FramingError> {
+    content_length(headers.get_all(CONTENT_LENGTH).iter().map(|v| v.as_bytes())).map(|_| ())
+}
+
+/// The body length that `Content-Length` values (header lines, each possibly a comma list)
+/// agree on; `None` without any. Each must be ASCII digits only, and all must be equal.
+fn content_length<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<u64>, FramingError> {
     let mut length: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| FramingError::ConflictingLength)?;
+    for value in values {
+        let text = std::str::from_utf8(value).map_err(|_| FramingError::ConflictingLength)?;
         for item in text.split(',').map(trim_ows) {
             // `u64::from_str` would also take a leading `+`; only digits are a length.
             if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
@@ -82,7 +88,7 @@ fn check_content_length(headers: &HeaderMap) -> Result<(), FramingError> {
             }
         }
     }
-    Ok(())
+    Ok(length)
 }
 
 /// Follows an HTTP/1 request stream through the bytes hyper reads, so that every request head
@@ -260,16 +266,17 @@ impl StreamTracker {
                 return &[];
             }
         };
-        let mut length: Option<&[u8]> = None;
-        let mut te = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = true;
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                length.get_or_insert(h.value);
-            }
-        }
-        self.verdicts.push_back(te && length.is_some());
+        let te = req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        let lengths = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| h.value);
+        let length = content_length(lengths.clone());
+        self.verdicts.push_back(te && lengths.count() > 0);
         self.state = if te {
             // hyper reads the body as chunked whenever Transfer-Encoding is present (or
             // refuses the request).
@@ -277,10 +284,11 @@ impl StreamTracker {
             self.trailer_bytes = 0;
             Track::Chunked(Chunk::Start)
         } else {
-            match length.map(parse_length) {
-                None | Some(Some(0)) => Track::Head,
-                Some(Some(n)) => Track::Body(n),
-                Some(None) => Track::Lost,
+            // Lengths hyper refuses end the tracking (so does the connection).
+            match length {
+                Ok(None | Some(0)) => Track::Head,
+                Ok(Some(n)) => Track::Body(n),
+                Err(_) => Track::Lost,
             }
         };
         self.buf.clear();
@@ -333,23 +341,6 @@ impl StreamTracker {
             None => self.lose(),
         }
     }
-}
-
-/// A Content-Length value as hyper reads it (digits, identical comma-separated repeats).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut length = None;
-    for item in text.split(',').map(trim_ows) {
-        if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u64 = item.parse().ok()?;
-        match length {
-            Some(prev) if prev != n => return None,
-            _ => length = Some(n),
-        }
-    }
-    length
 }
 
 #[cfg(test)]
