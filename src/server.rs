@@ -82,8 +82,8 @@ impl ProxyState {
 struct OpenGuard(Arc<ProxyState>);
 
 /// What one client connection holds while it is open: its `max_connections` slot and its place
-/// in the open-connection count. Shared with an upgraded (WebSocket) tunnel, which outlives
-/// the HTTP connection that created it.
+/// in the open-connection count. Owned by the connection's context, which an upgraded
+/// (WebSocket) tunnel shares, so a tunnel that outlives its HTTP connection keeps both.
 pub struct Lease {
     _open: OpenGuard,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -157,10 +157,10 @@ pub async fn serve(
                 }
             };
             let snapshot = state.current.load();
-            let lease = Arc::new(Lease {
+            let lease = Lease {
                 _open: OpenGuard::new(&state),
                 _slot: slot,
-            });
+            };
             handle_connection(state, snapshot, tcp, peer, lease, shutdown).await;
         });
     }
@@ -286,7 +286,7 @@ async fn handle_connection(
     snapshot: Arc<Snapshot>,
     tcp: TcpStream,
     peer: SocketAddr,
-    lease: Arc<Lease>,
+    lease: Lease,
     shutdown: watch::Receiver<bool>,
 ) {
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);

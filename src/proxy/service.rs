@@ -53,8 +53,9 @@ pub struct ConnContext {
     /// per (generation, passed deadlines).
     rechecked: Mutex<Option<(RecheckKey, Result<Identity, Rejection>)>>,
     activity: Arc<Activity>,
-    /// The connection's slot and open-count entry, kept by upgraded tunnels too.
-    lease: Arc<Lease>,
+    /// The connection's slot and open-count entry, held until the last holder of this context
+    /// (the connection, or an upgraded tunnel that outlives it) is gone.
+    _lease: Lease,
     /// The headers certguard adds for this client (XFCC element, X-Forwarded-For), built once
     /// per config generation: they depend only on the certificate, the peer and `forward`.
     client_headers: Mutex<Option<(u64, Arc<headers::ClientHeaders>)>>,
@@ -71,7 +72,7 @@ impl ConnContext {
         identity: Identity,
         snapshot: &Snapshot,
         activity: Arc<Activity>,
-        lease: Arc<Lease>,
+        lease: Lease,
     ) -> ConnContext {
         let now = i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX);
         ConnContext {
@@ -85,7 +86,7 @@ impl ConnContext {
             passed: snapshot.passed_deadlines(now),
             rechecked: Mutex::new(None),
             activity,
-            lease,
+            _lease: lease,
             client_headers: Mutex::new(None),
         }
     }
@@ -495,58 +496,52 @@ async fn forward(
             tracing::warn!(conn_id = ctx.conn_id, upstream = %name, "upstream switched protocols unasked; refusing");
             return upstream_failure(StatusCode::BAD_GATEWAY, identity);
         };
-        {
-            let upstream_side = hyper::upgrade::on(&mut response);
-            let conn_id = ctx.conn_id;
-            // The tunnel keeps the connection's slot and open-count entry until it ends.
-            let lease = ctx.lease.clone();
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                let _lease = lease;
-                match (client.await, upstream_side.await) {
-                    (Ok(c), Ok(u)) => {
-                        let mut c = TokioIo::new(c);
-                        let mut u = TokioIo::new(u);
-                        tokio::select! {
-                            r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
-                                if let Err(e) = r {
-                                    tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
-                                }
-                            }
-                            rejection = revoked(&ctx) => {
-                                tracing::info!(
-                                    conn_id,
-                                    outcome = %rejection.outcome,
-                                    detail = %rejection.detail,
-                                    "identity no longer valid under the current snapshot: closing tunnel"
-                                );
-                            }
-                        }
-                    }
-                    (c, u) => tracing::debug!(
-                        conn_id,
-                        client_ok = c.is_ok(),
-                        upstream_ok = u.is_ok(),
-                        "upgrade failed"
-                    ),
-                }
-            });
-            // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
-            return Answer {
-                response: response.map(|b| b.boxed()),
-                allowed: true,
-                reason: Reason::Ok,
-                identity: Some(identity),
-            };
-        }
+        spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response));
+        // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
+    } else {
+        headers::strip_hop_by_hop(response.headers_mut());
     }
-    headers::strip_hop_by_hop(response.headers_mut());
     Answer {
         response: response.map(|b| b.boxed()),
         allowed: true,
         reason: Reason::Ok,
         identity: Some(identity),
     }
+}
+
+/// Relay an upgraded (WebSocket) connection until either side closes or the client's identity
+/// is revoked. The tunnel holds `ctx`, and with it the connection's slot and open-count entry.
+fn spawn_tunnel(ctx: Arc<ConnContext>, client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let conn_id = ctx.conn_id;
+        match (client.await, upstream.await) {
+            (Ok(c), Ok(u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                tokio::select! {
+                    r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                        if let Err(e) = r {
+                            tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
+                        }
+                    }
+                    rejection = revoked(&ctx) => {
+                        tracing::info!(
+                            conn_id,
+                            outcome = %rejection.outcome,
+                            detail = %rejection.detail,
+                            "identity no longer valid under the current snapshot: closing tunnel"
+                        );
+                    }
+                }
+            }
+            (c, u) => tracing::debug!(
+                conn_id,
+                client_ok = c.is_ok(),
+                upstream_ok = u.is_ok(),
+                "upgrade failed"
+            ),
+        }
+    });
 }
 
 /// How often an upgraded tunnel re-checks its connection's identity. A tunnel carries no
