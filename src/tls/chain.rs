@@ -153,34 +153,29 @@ impl CaSource {
                 }
                 let attribution = match outcome {
                     Outcome::UnknownIssuer => Attribution::NotOurs,
-                    // Names lead here but a signature failed: a forgery of this CA's names.
-                    Outcome::BadSignature if self.reaches_anchor(end_entity, intermediates) => {
-                        Attribution::Forged
-                    }
                     _ => self.attribute(end_entity, intermediates),
                 };
-                if attribution == Attribution::Ours {
-                    Err(Rejection {
-                        trust: Some(self.name.clone()),
-                        outcome,
-                        detail,
-                    })
-                } else if attribution == Attribution::Forged {
-                    Err(Rejection {
-                        trust: Some(self.name.clone()),
-                        outcome: Outcome::BadSignature,
-                        detail: format!(
+                let (trust, outcome, detail) = match attribution {
+                    Attribution::Ours => (Some(self.name.clone()), outcome, detail),
+                    Attribution::Forged => (
+                        Some(self.name.clone()),
+                        Outcome::BadSignature,
+                        format!(
                             "the chain names an anchor of {} but its signatures do not verify ({detail})",
                             self.name
                         ),
-                    })
-                } else {
-                    Err(Rejection {
-                        trust: None,
-                        outcome: Outcome::UnknownIssuer,
-                        detail: format!("no chain to an anchor of {}: {detail}", self.name),
-                    })
-                }
+                    ),
+                    Attribution::NotOurs => (
+                        None,
+                        Outcome::UnknownIssuer,
+                        format!("no chain to an anchor of {}: {detail}", self.name),
+                    ),
+                };
+                Err(Rejection {
+                    trust,
+                    outcome,
+                    detail,
+                })
             }
         }
     }
