@@ -299,34 +299,9 @@ impl tracing::field::Visit for JsonFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use crate::logging::testing::Capture;
 
     use serde_json::Value;
-
-    /// A `MakeWriter` collecting everything into one buffer.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
 
     /// Run `f` under a JSON subscriber and return the parsed lines.
     fn capture(f: impl FnOnce()) -> Vec<Value> {
@@ -337,7 +312,7 @@ mod tests {
             .with_writer(out.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, f);
-        let bytes = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let bytes = out.bytes();
         String::from_utf8(bytes)
             .expect("utf-8 log")
             .lines()
@@ -351,7 +326,7 @@ mod tests {
         let out = Capture::default();
         let subscriber = tracing_subscriber::registry().with(JsonAuditLayer::new(out.clone()));
         tracing::subscriber::with_default(subscriber, f);
-        let bytes = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let bytes = out.bytes();
         String::from_utf8(bytes)
             .expect("utf-8 log")
             .lines()

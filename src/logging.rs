@@ -240,15 +240,29 @@ impl Drop for LogGuard {
     }
 }
 
+/// Test support: a log output that can be read back.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
 
-    /// An output that can be read back while the writer thread owns a handle to it.
+    /// Collects everything written to it (and counts the writes), while a writer thread or a
+    /// subscriber owns a clone.
     #[derive(Clone, Default)]
-    struct Output(Arc<Mutex<(Vec<u8>, usize)>>);
+    pub(crate) struct Capture(Arc<Mutex<(Vec<u8>, usize)>>);
 
-    impl Write for Output {
+    impl Capture {
+        /// Everything written so far.
+        pub(crate) fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+        }
+
+        /// How many `write` calls delivered it.
+        pub(crate) fn writes(&self) -> usize {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).1
+        }
+    }
+
+    impl std::io::Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
             out.0.extend_from_slice(buf);
@@ -260,9 +274,22 @@ mod tests {
         }
     }
 
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Capture;
+    use super::*;
+
     #[test]
     fn every_line_arrives_whole_and_in_order_per_writer() {
-        let out = Output::default();
+        let out = Capture::default();
         let (writer, guard) = BatchWriter::spawn(out.clone(), Duration::from_millis(20));
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -279,7 +306,7 @@ mod tests {
             t.join().expect("thread");
         }
         drop(guard);
-        let (bytes, writes) = out.0.lock().expect("lock").clone();
+        let (bytes, writes) = (out.bytes(), out.writes());
         let text = String::from_utf8(bytes).expect("utf-8");
         let mut next = [0usize; 4];
         for line in text.lines() {
@@ -299,17 +326,17 @@ mod tests {
 
     #[test]
     fn a_lone_line_is_written_without_more_traffic() {
-        let out = Output::default();
+        let out = Capture::default();
         let (mut writer, _guard) = BatchWriter::spawn(out.clone(), Duration::from_millis(10));
         writer.write_all(b"only line\n").expect("write");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while out.0.lock().expect("lock").0.is_empty() {
+        while out.bytes().is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the line never came out"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(out.0.lock().expect("lock").0, b"only line\n");
+        assert_eq!(out.bytes(), b"only line\n");
     }
 }
