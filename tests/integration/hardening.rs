@@ -30,6 +30,15 @@ const ROUTES: &str = r#"  - name: status
     allow:
       - cn: alice"#;
 
+/// The ROUTES config with `keys` (`"idle_timeout: 1s"`, ...) added to its `listen` section.
+fn with_listen(env: &Env, keys: &[&str]) -> String {
+    let added: String = keys.iter().map(|k| format!("  {k}\n")).collect();
+    env.yaml(ROUTES, "").replace(
+        "  handshake_timeout: 5s\n",
+        &format!("  handshake_timeout: 5s\n{added}"),
+    )
+}
+
 async fn alice(env: &Env, proxy: &certguard::Proxy) -> Conn {
     Conn::open(
         proxy.listen_addr,
@@ -136,10 +145,7 @@ async fn host_must_match_sni_over_http1_and_http2() {
 async fn oversized_headers_get_431() {
     let env = Env::new().await;
     let proxy = env
-        .start(&env.yaml(ROUTES, "").replace(
-            "  handshake_timeout: 5s\n",
-            "  handshake_timeout: 5s\n  max_header_bytes: 16384\n",
-        ))
+        .start(&with_listen(&env, &["max_header_bytes: 16384"]))
         .await;
     let mut a = alice(&env, &proxy).await;
     let req = Request::get("/x")
@@ -232,10 +238,7 @@ async fn smuggling_framing_is_rejected_with_400_and_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_after_idle_timeout() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace(
-        "  handshake_timeout: 5s\n",
-        "  handshake_timeout: 5s\n  idle_timeout: 1s\n",
-    );
+    let yaml = with_listen(&env, &["idle_timeout: 1s"]);
     let proxy = env.start(&yaml).await;
     let mut tls = client::connect_tls(
         proxy.listen_addr,
@@ -268,10 +271,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_idle_timeout() {
 #[tokio::test]
 async fn stalled_request_is_cut_off_while_others_are_served() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace(
-        "  handshake_timeout: 5s\n",
-        "  handshake_timeout: 5s\n  header_read_timeout: 1s\n",
-    );
+    let yaml = with_listen(&env, &["header_read_timeout: 1s"]);
     let proxy = env.start(&yaml).await;
     let mut slow = client::connect_tls(
         proxy.listen_addr,
@@ -309,10 +309,7 @@ async fn stalled_request_is_cut_off_while_others_are_served() {
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace(
-        "  handshake_timeout: 5s\n",
-        "  handshake_timeout: 5s\n  idle_timeout: 1s\n  header_read_timeout: 30s\n",
-    );
+    let yaml = with_listen(&env, &["idle_timeout: 1s", "header_read_timeout: 30s"]);
     let proxy = env.start(&yaml).await;
     let mut tls = client::connect_tls(
         proxy.listen_addr,
@@ -340,10 +337,7 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_refused_and_serving_continues() {
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace(
-        "  handshake_timeout: 5s\n",
-        "  handshake_timeout: 5s\n  max_connections: 2\n",
-    );
+    let yaml = with_listen(&env, &["max_connections: 2"]);
     let proxy = env.start(&yaml).await;
     let mut first = alice(&env, &proxy).await;
     let mut second = alice(&env, &proxy).await;
@@ -545,10 +539,7 @@ async fn revocation_closes_an_open_websocket_tunnel() {
 async fn http2_pings_do_not_keep_an_idle_connection_open() {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let env = Env::new().await;
-    let yaml = env.yaml(ROUTES, "").replace(
-        "  handshake_timeout: 5s\n",
-        "  handshake_timeout: 5s\n  idle_timeout: 1s\n",
-    );
+    let yaml = with_listen(&env, &["idle_timeout: 1s"]);
     let proxy = env.start(&yaml).await;
     let tls = client::connect_tls(
         proxy.listen_addr,

@@ -39,6 +39,18 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Wait until `certguard_reloads_total{result="failure"}` reaches `n`.
+async fn reload_failures_reach(proxy: &certguard::Proxy, n: u32) {
+    eventually(&format!("{n} failed reload(s) counted"), || async {
+        metric(
+            &scrape(proxy).await,
+            "certguard_reloads_total",
+            &[("result", "failure")],
+        ) >= f64::from(n)
+    })
+    .await;
+}
+
 /// Whether the proxy admits `cert` (a verdict, never a guess: see [`client::admitted`]).
 async fn handshake_ok(
     env: &Env,
@@ -174,14 +186,7 @@ async fn invalid_config_keeps_the_last_good_snapshot() {
     let proxy = env.start(&yaml).await;
     let generation = proxy.generation();
     env.write("certguard.yaml", "listen: [this is: not valid\n");
-    eventually("the failed reload is counted", || async {
-        metric(
-            &scrape(&proxy).await,
-            "certguard_reloads_total",
-            &[("result", "failure")],
-        ) >= 1.0
-    })
-    .await;
+    reload_failures_reach(&proxy, 1).await;
     assert_eq!(proxy.generation(), generation);
     let mut c = Conn::open(
         proxy.listen_addr,
@@ -200,14 +205,7 @@ async fn invalid_config_keeps_the_last_good_snapshot() {
         "certguard.yaml",
         &yaml.replace("    upstream: app\n", "    upstream: nowhere\n"),
     );
-    eventually("the second failure is counted", || async {
-        metric(
-            &scrape(&proxy).await,
-            "certguard_reloads_total",
-            &[("result", "failure")],
-        ) >= 2.0
-    })
-    .await;
+    reload_failures_reach(&proxy, 2).await;
     assert_eq!(c.get("localhost", "/x").await.0, 200);
     // The fix is picked up: the new config no longer allows anything on /x.
     let fixed = yaml.replace("      - authenticated: true", "      - cn: nobody");
@@ -309,14 +307,7 @@ async fn a_reload_naming_a_missing_file_is_retried_when_the_file_appears() {
             "[crl/intermediate.crl, ca.crl]",
         ),
     );
-    eventually("the failed reload is counted", || async {
-        metric(
-            &scrape(&proxy).await,
-            "certguard_reloads_total",
-            &[("result", "failure")],
-        ) >= 1.0
-    })
-    .await;
+    reload_failures_reach(&proxy, 1).await;
     assert_eq!(proxy.generation(), generation);
     assert!(handshake_ok(&env, &proxy, &env.pki.bob).await);
 
