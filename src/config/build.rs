@@ -165,7 +165,6 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
             reload,
             logging,
             runtime,
-            files: digests.paths().map(Path::to_path_buf).collect(),
             digests: digests.clone(),
         }),
         _ => {

@@ -41,9 +41,8 @@ pub struct Config {
     pub logging: Logging,
     /// `runtime:` tokio worker threads and shutdown grace.
     pub runtime: Runtime,
-    /// The config file, then every file it names (certs, keys, CRLs, pin files), resolved.
-    pub files: Vec<PathBuf>,
-    /// What this load read from each of `files`; the watcher compares it with the disk.
+    /// The config file, then every file it names (certs, keys, CRLs, pin files), resolved,
+    /// with what this load read from each; the watcher compares it with the disk.
     pub digests: FileDigests,
 }
 
@@ -848,7 +847,7 @@ routes:
         // The config file first, then every file it names, resolved and deduplicated.
         let base = dir.path();
         assert_eq!(
-            c.files,
+            c.digests.paths().collect::<Vec<_>>(),
             vec![
                 base.join("certguard.yaml"),
                 base.join("pki/server.crt"),
@@ -988,7 +987,7 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         fs::write(&path, &yaml).unwrap();
         let c = Config::load(&path).unwrap();
         assert_eq!(c.listen.cert_path, sub.join("../pki/server.crt"));
-        assert!(c.files.contains(&sub.join("../pki/ca.crt")));
+        assert!(c.digests.paths().any(|p| p == sub.join("../pki/ca.crt")));
 
         // The same config one directory up cannot find its files; the error names the resolved
         // path.
@@ -1026,7 +1025,6 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         assert_eq!(c.digests, digests);
         let crl_bytes = fs::read(&crl).unwrap();
         assert!(digests.0.contains(&(crl, Some(pki::sha256(&crl_bytes)))));
-        assert_eq!(c.files, digests.paths().collect::<Vec<_>>());
 
         // An unreadable config file is recorded too.
         let missing = dir.path().join("missing.yaml");
