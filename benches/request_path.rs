@@ -259,6 +259,7 @@ fn alice(chain: Vec<rustls_pki_types::CertificateDer<'static>>) -> Identity {
             serial: "1a2b3c4d5e6f".into(),
             not_before: 1_700_000_000,
             not_after: 2_000_000_000,
+            chain_not_after: vec![2_000_000_000],
             chain,
         }),
     }
@@ -284,6 +285,7 @@ fn bob() -> Identity {
             serial: "0badcafe".into(),
             not_before: 1_700_000_000,
             not_after: 2_000_000_000,
+            chain_not_after: vec![2_000_000_000],
             chain: vec![],
         }),
     }

@@ -49,6 +49,10 @@ pub struct CertInfo {
     pub not_before: i64,
     /// notAfter, seconds since the Unix epoch.
     pub not_after: i64,
+    /// notAfter of every certificate of the chain as presented (the leaf included), sorted
+    /// ascending: each is a moment at which the connection's verdict may change, so an
+    /// intermediate expiring cuts open connections just as the leaf expiring does.
+    pub chain_not_after: Vec<i64>,
     /// The chain as presented: leaf first, then intermediates.
     pub chain: Vec<CertificateDer<'static>>,
 }
@@ -128,9 +132,23 @@ impl CertInfo {
             serial: serial_hex(x509.raw_serial()),
             not_before: x509.validity().not_before.timestamp(),
             not_after: x509.validity().not_after.timestamp(),
+            chain_not_after: chain_not_after(x509.validity().not_after.timestamp(), &chain[1..]),
             chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
         })
     }
+}
+
+/// The leaf's notAfter and that of every intermediate that parses, sorted. An intermediate
+/// that does not parse cannot have been part of a verified path, so it sets no deadline.
+fn chain_not_after(leaf: i64, intermediates: &[CertificateDer<'_>]) -> Vec<i64> {
+    let mut out = Vec::with_capacity(1 + intermediates.len());
+    out.push(leaf);
+    out.extend(intermediates.iter().filter_map(|c| {
+        let (_, x509) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+        Some(x509.validity().not_after.timestamp())
+    }));
+    out.sort_unstable();
+    out
 }
 
 impl Identity {

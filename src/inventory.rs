@@ -253,6 +253,7 @@ mod tests {
             serial: "1f".into(),
             not_before: 0,
             not_after: 1_893_456_000, // 2030-01-01T00:00:00Z
+            chain_not_after: vec![1_893_456_000],
             chain: vec![],
         })
     }

@@ -10,6 +10,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::proxy::stream::Cut;
 use crate::proxy::{Reason, UpstreamErrorKind};
 use crate::tls::Outcome;
 use time::Date;
@@ -41,6 +42,8 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    upstream_overflow: IntCounterVec,
+    stream_resets: IntCounterVec,
     reloads: IntCounterVec,
     config_generation: IntGauge,
     crl_next_update: IntGaugeVec,
@@ -147,6 +150,22 @@ impl Metrics {
                 "Failed upstream requests by upstream and kind (connect, timeout, reset, protocol).",
                 &["upstream", "kind"],
             ),
+            upstream_overflow: counter_vec(
+                &r,
+                "certguard_upstream_overflow_total",
+                "Requests answered 503 because a concurrency limit (limit=connection: \
+                 listen.max_inflight_per_connection; limit=upstream: max_requests) stayed full \
+                 until the upstream timeout.",
+                &["upstream", "limit"],
+            ),
+            stream_resets: counter_vec(
+                &r,
+                "certguard_stream_resets_total",
+                "Request or response bodies cut in flight, by reason (client_stalled: no \
+                 progress for idle_timeout because of the client; revoked: identity no longer \
+                 valid).",
+                &["reason"],
+            ),
             reloads: counter_vec(
                 &r,
                 "certguard_reloads_total",
@@ -182,6 +201,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
             m.tls_handshake_duration.with_label_values(&[result]);
+        }
+        for cut in Cut::ALL {
+            m.stream_resets.with_label_values(&[cut.as_str()]);
         }
         m.init_trust_sources([]);
         m
@@ -269,6 +291,18 @@ impl Metrics {
         self.upstream_errors
             .with_label_values(&[upstream, kind.as_str()])
             .inc();
+    }
+
+    /// A request refused with 503 because `limit` (`connection` or `upstream`) stayed full.
+    pub fn upstream_overflow(&self, upstream: &str, limit: &str) {
+        self.upstream_overflow
+            .with_label_values(&[upstream, limit])
+            .inc();
+    }
+
+    /// A body cut in flight.
+    pub fn stream_reset(&self, why: Cut) {
+        self.stream_resets.with_label_values(&[why.as_str()]).inc();
     }
 
     /// One reload attempt (SIGHUP or file watch).
@@ -409,6 +443,7 @@ mod tests {
         m.request(Some("r"), true, Reason::Ok, 200, Duration::from_millis(3));
         m.upstream_duration("orders", Duration::from_millis(2));
         m.upstream_error("orders", UpstreamErrorKind::Connect);
+        m.upstream_overflow("orders", "connection");
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
         m.set_pinned_reviews(vec![("lab".into(), vec![])]);
         let out = m.encode();
@@ -420,6 +455,8 @@ mod tests {
             ("certguard_request_duration_seconds", "histogram"),
             ("certguard_upstream_request_duration_seconds", "histogram"),
             ("certguard_upstream_errors_total", "counter"),
+            ("certguard_upstream_overflow_total", "counter"),
+            ("certguard_stream_resets_total", "counter"),
             ("certguard_reloads_total", "counter"),
             ("certguard_config_generation", "gauge"),
             ("certguard_crl_next_update_timestamp_seconds", "gauge"),

@@ -53,6 +53,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
         }
     }
+    out.extend(self_asserted_warnings(config));
     for source in &config.trust {
         let name = &source.name;
         match &source.kind {
@@ -113,6 +114,45 @@ pub fn warnings(config: &Config) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    out
+}
+
+/// Allow entries that match on what a certificate says about itself (CN, OU, SANs, SPIFFE ID,
+/// serial, ...) without `trust:` or `pinned:`, when a pinned source exists: the holder of a
+/// pinned key (an `spki_sha256` pin above all) can mint a self-signed certificate claiming any
+/// such value, and the pinned source admits it.
+fn self_asserted_warnings(config: &Config) -> Vec<String> {
+    let Some(pinned) = config
+        .trust
+        .iter()
+        .find(|s| matches!(s.kind, TrustKind::Pinned(_)))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        for (j, entry) in route.allow.iter().enumerate() {
+            let names_source = entry
+                .matchers
+                .iter()
+                .any(|m| matches!(m, policy::Matcher::Trust(_) | policy::Matcher::Pinned(_)));
+            let keys: Vec<&str> = entry
+                .matchers
+                .iter()
+                .filter(|m| m.is_self_asserted())
+                .map(|m| m.key())
+                .collect();
+            if names_source || keys.is_empty() {
+                continue;
+            }
+            out.push(format!(
+                "routes[{i}].allow[{j}] ({}): matches {} without `trust:` or `pinned:`; the pinned source '{}' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)",
+                route.name,
+                keys.join(", "),
+                pinned.name
+            ));
         }
     }
     out
@@ -308,7 +348,7 @@ pub fn explain(
     let target = match normalize::normalize(&method, &uri) {
         Ok(t) => t,
         Err(e) => {
-            let _ = writeln!(s, "decision: DENIED with 400 (bad request target: {e})");
+            let _ = writeln!(s, "decision: DENIED with 400 (bad request: {e})");
             return Ok(Explanation {
                 text: s,
                 allowed: false,
@@ -489,6 +529,58 @@ routes:
                     .to_string(),
             ],
             "{w:#?}"
+        );
+    }
+
+    #[test]
+    fn self_asserted_keys_without_a_source_warn_when_a_pinned_source_exists() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let ca = TestCa::root("ca").unwrap();
+        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
+        let ci = crate::devpki::TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+        fs::write(d.join("ci.crt"), &ci.cert_pem).unwrap();
+        let routes = "upstreams:
+  app: { url: http://127.0.0.1:9000 }
+routes:
+  - name: a
+    path_prefix: /a
+    upstream: app
+    allow:
+      - { cn: alice }
+      - { trust: internal, cn: alice }
+      - { pinned: ci, cn: ci }
+      - { spiffe_id: 'spiffe://x/y', ou: payments }
+      - { fingerprint: 'abababababababababababababababababababababababababababababababab' }
+      - { authenticated: true }
+";
+        let head =
+            "listen: { cert: server.crt, key: server.key }\ntrust:\n  internal: { ca: ca.crt }\n";
+        let self_asserted = |w: &[String]| -> Vec<String> {
+            w.iter()
+                .filter(|w| w.contains("without `trust:`"))
+                .cloned()
+                .collect()
+        };
+        let no_pins = routes.replace("      - { pinned: ci, cn: ci }\n", "");
+        let config = Config::from_yaml(&format!("{head}{no_pins}"), &d.join("c.yaml")).unwrap();
+        assert_eq!(
+            self_asserted(&warnings(&config)),
+            Vec::<String>::new(),
+            "no pinned source"
+        );
+        let with_pins =
+            format!("{head}  lab:\n    pinned: [{{ name: ci, cert: ci.crt }}]\n{routes}");
+        let config = Config::from_yaml(&with_pins, &d.join("c.yaml")).unwrap();
+        assert_eq!(
+            self_asserted(&warnings(&config)),
+            vec![
+                "routes[0].allow[0] (a): matches cn without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
+                "routes[0].allow[3] (a): matches ou, spiffe_id without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
+            ]
         );
     }
 

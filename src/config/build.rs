@@ -160,7 +160,7 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
             trust,
             policy,
             upstreams,
-            forward,
+            forward: Arc::new(forward),
             admin,
             reload,
             logging,
@@ -237,6 +237,20 @@ fn count(errs: &mut Errs, key: &str, v: Option<u64>, default: usize, min: u64) -
         return default;
     }
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Largest concurrency limit accepted (a semaphore's size).
+const MAX_LIMIT: u64 = 1_000_000;
+
+/// A concurrency limit: 1 to [`MAX_LIMIT`].
+fn bounded_count(errs: &mut Errs, key: &str, v: Option<u64>, default: usize) -> usize {
+    match v {
+        Some(n) if n > MAX_LIMIT => {
+            errs.push(key, format!("must be at most {MAX_LIMIT}"));
+            default
+        }
+        _ => count(errs, key, v, default, 1),
+    }
 }
 
 fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Listen> {
@@ -323,6 +337,12 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         65_536,
         1,
     );
+    let max_inflight_per_connection = bounded_count(
+        errs,
+        "listen.max_inflight_per_connection",
+        l.max_inflight_per_connection,
+        32,
+    );
 
     let ((cert_path, cert_chain), (key_path, key)) = (cert?, key?);
     Some(Listen {
@@ -338,6 +358,7 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         idle_timeout,
         max_connections,
         max_header_bytes,
+        max_inflight_per_connection,
         session_resumption: l.session_resumption.unwrap_or(false),
         require_sni_match: l.require_sni_match.unwrap_or(true),
     })
@@ -664,6 +685,8 @@ fn upstreams(
             64,
             0,
         );
+        let max_requests =
+            bounded_count(errs, &format!("{key}.max_requests"), up.max_requests, 1024);
         if let Some((scheme, authority)) = target {
             out.push(Upstream {
                 name: Arc::from(name.as_str()),
@@ -672,6 +695,7 @@ fn upstreams(
                 connect_timeout,
                 timeout,
                 max_idle_per_host,
+                max_requests,
             });
         }
     }
@@ -788,6 +812,7 @@ fn forward(errs: &mut Errs, f: raw::RawForward) -> Forward {
         xfcc_fields,
         x_forwarded: f.x_forwarded.unwrap_or(true),
         strip_headers,
+        strip_identity_headers: f.strip_identity_headers.unwrap_or(true),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Config {
     /// Upstreams in file order.
     pub upstreams: Vec<Upstream>,
     /// `forward:` what is added to and stripped from forwarded requests.
-    pub forward: Forward,
+    pub forward: Arc<Forward>,
     /// `admin:` the metrics/health listener.
     pub admin: Admin,
     /// `reload:` hot reload settings.
@@ -94,6 +94,9 @@ pub struct Listen {
     pub max_connections: usize,
     /// Largest request head accepted; larger gets 431 (default 65536).
     pub max_header_bytes: usize,
+    /// Requests of one client connection that may be in flight upstream at once (default
+    /// 32); more wait for a place, up to the upstream's `timeout`, then get 503.
+    pub max_inflight_per_connection: usize,
     /// TLS session resumption (default off: a resumed session skips the verifier).
     pub session_resumption: bool,
     /// Answer 421 when Host differs from SNI (default on).
@@ -245,6 +248,9 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Idle pooled connections kept (default 64).
     pub max_idle_per_host: usize,
+    /// Requests in flight to this upstream at once, across all clients (default 1024); for
+    /// `http://` each uses its own connection. More wait up to `timeout`, then get 503.
+    pub max_requests: usize,
 }
 
 /// Scheme of an upstream URL.
@@ -267,6 +273,9 @@ pub struct Forward {
     pub x_forwarded: bool,
     /// Extra inbound headers always removed.
     pub strip_headers: Vec<http::HeaderName>,
+    /// Remove the client-address and client-certificate headers of other proxies
+    /// (`Forwarded`, `X-Real-IP`, `X-SSL-Client-*`, `SSL_CLIENT_*`, ...); default true.
+    pub strip_identity_headers: bool,
 }
 
 /// `forward.xfcc`.
@@ -1135,6 +1144,69 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
             };
             assert_eq!(lab.entries[0].pin, Pin::Sha256(digest), "{form}");
         }
+    }
+
+    #[test]
+    fn methods_connect_and_implied_head() {
+        let (dir, _) = setup();
+        let yaml = full("").replace(
+            "routes:\n",
+            "routes:
+  - name: get-only
+    path: /g
+    methods: [GET]
+    upstream: orders
+    allow: []
+  - name: tunnel
+    path: /t
+    methods: [POST, CONNECT, delete]
+    upstream: orders
+    allow: []
+",
+        );
+        let errors = load(&dir, &yaml).unwrap_err().0;
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.key.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "routes[1].methods[1]",
+                    "CONNECT is not proxied (certguard refuses it with 400)"
+                ),
+                (
+                    "routes[1].methods[2]",
+                    "`delete` is not an upper-case HTTP method token (e.g. GET)"
+                ),
+            ]
+        );
+        let yaml = yaml.replace("[POST, CONNECT, delete]", "[POST]");
+        let c = load(&dir, &yaml).unwrap();
+        let methods = |i: usize| c.policy.routes[i].methods.clone().unwrap();
+        assert_eq!(methods(0), [http::Method::GET, http::Method::HEAD]);
+        assert_eq!(methods(1), [http::Method::POST]);
+    }
+
+    #[test]
+    fn concurrency_limits_are_bounded() {
+        let (dir, _) = setup();
+        let c = load(&dir, &full("")).unwrap();
+        assert_eq!(c.listen.max_inflight_per_connection, 32);
+        assert_eq!(c.upstreams[0].max_requests, 1024);
+        assert!(c.forward.strip_identity_headers);
+        let yaml = full("  max_inflight_per_connection: 0\n").replace(
+            "    url: http://127.0.0.1:9000\n",
+            "    url: http://127.0.0.1:9000\n    max_requests: 5000000\n",
+        );
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            [
+                "listen.max_inflight_per_connection",
+                "upstreams.orders.max_requests"
+            ]
+        );
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct RawListen {
     pub max_connections: Option<u64>,
     /// `listen.max_header_bytes`
     pub max_header_bytes: Option<u64>,
+    /// `listen.max_inflight_per_connection`
+    pub max_inflight_per_connection: Option<u64>,
     /// `listen.session_resumption`
     pub session_resumption: Option<bool>,
     /// `listen.require_sni_match`
@@ -290,6 +292,8 @@ pub struct RawUpstream {
     pub timeout: Option<Scalar>,
     /// `upstreams.<name>.max_idle_per_host`
     pub max_idle_per_host: Option<u64>,
+    /// `upstreams.<name>.max_requests`
+    pub max_requests: Option<u64>,
 }
 
 /// `forward:`
@@ -304,6 +308,8 @@ pub struct RawForward {
     pub x_forwarded: Option<bool>,
     /// `forward.strip_headers`
     pub strip_headers: Option<Vec<String>>,
+    /// `forward.strip_identity_headers`
+    pub strip_identity_headers: Option<bool>,
 }
 
 /// `admin:`
@@ -606,6 +612,7 @@ impl Section for RawListen {
             idle_timeout: w.field(m, p, "idle_timeout"),
             max_connections: w.field(m, p, "max_connections"),
             max_header_bytes: w.field(m, p, "max_header_bytes"),
+            max_inflight_per_connection: w.field(m, p, "max_inflight_per_connection"),
             session_resumption: w.field(m, p, "session_resumption"),
             require_sni_match: w.field(m, p, "require_sni_match"),
         }
@@ -694,6 +701,7 @@ impl Section for RawUpstream {
             connect_timeout: w.field(m, p, "connect_timeout"),
             timeout: w.field(m, p, "timeout"),
             max_idle_per_host: w.field(m, p, "max_idle_per_host"),
+            max_requests: w.field(m, p, "max_requests"),
         }
     }
 }
@@ -705,6 +713,7 @@ impl Section for RawForward {
             xfcc_fields: w.scalar_list(m, p, "xfcc_fields"),
             x_forwarded: w.field(m, p, "x_forwarded"),
             strip_headers: w.scalar_list(m, p, "strip_headers"),
+            strip_identity_headers: w.field(m, p, "strip_identity_headers"),
         }
     }
 }
@@ -847,7 +856,7 @@ runtime:
     #[test]
     fn field_lists_come_from_serde() {
         assert_eq!(field_names::<RawAdmin>(), &["address"]);
-        assert_eq!(field_names::<RawListen>().len(), 12);
+        assert_eq!(field_names::<RawListen>().len(), 13);
         assert_eq!(
             field_names::<RawAllow>(),
             crate::policy::pattern::ALLOW_KEYS

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::build::{Errs, Names};
 use super::raw::{RawAllow, RawRoute};
 use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route};
+use crate::proxy::normalize::{check_method, BadTarget};
 
 /// Compile every route; errors are collected, broken routes are left out.
 pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> Policy {
@@ -77,16 +78,25 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
             let mut out = Vec::new();
             for (j, m) in list.iter().enumerate() {
                 let m = m.trim();
-                let valid = !m.is_empty()
-                    && m.bytes()
-                        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
-                match http::Method::from_bytes(m.as_bytes()) {
-                    Ok(method) if valid => out.push(method),
-                    _ => errs.push(
+                let method =
+                    http::Method::from_bytes(m.as_bytes()).map_err(|_| BadTarget::BadMethod);
+                match method.and_then(|method| check_method(&method).map(|()| method)) {
+                    Ok(method) => out.push(method),
+                    Err(BadTarget::Connect) => errs.push(
+                        format!("{key}.methods[{j}]"),
+                        "CONNECT is not proxied (certguard refuses it with 400)",
+                    ),
+                    Err(_) => errs.push(
                         format!("{key}.methods[{j}]"),
                         format!("`{m}` is not an upper-case HTTP method token (e.g. GET)"),
                     ),
                 }
+            }
+            // Frameworks serve HEAD with the GET handler (and nginx's `limit_except GET`
+            // allows HEAD too): a route for GET must also be the route for HEAD, or HEAD
+            // would fall through to a later, broader route and reach the same handler.
+            if out.contains(&http::Method::GET) && !out.contains(&http::Method::HEAD) {
+                out.push(http::Method::HEAD);
             }
             out
         });

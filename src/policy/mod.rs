@@ -307,6 +307,7 @@ mod tests {
             serial: "1a2b".into(),
             not_before: 0,
             not_after: 4_000_000_000,
+            chain_not_after: vec![4_000_000_000],
             chain: vec![],
         }
     }

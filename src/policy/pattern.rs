@@ -512,6 +512,20 @@ impl Matcher {
         }
     }
 
+    /// Whether this key matches what a certificate says about itself (names, SANs, serial):
+    /// whoever issues the certificate chooses it. (`fingerprint` and `spki` name one
+    /// certificate or key; `trust`, `pinned` and `authenticated` are about who admitted it.)
+    pub fn is_self_asserted(&self) -> bool {
+        !matches!(
+            self,
+            Matcher::Trust(_)
+                | Matcher::Pinned(_)
+                | Matcher::Fingerprint(_)
+                | Matcher::Spki(_)
+                | Matcher::Authenticated
+        )
+    }
+
     /// The trust source this matcher requires by name (`trust:`), if any. For `pinned:` the
     /// source is known only with the config: see [`super::AllowEntry::required_trust`].
     pub fn required_trust(&self) -> Option<&str> {

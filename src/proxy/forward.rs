@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -17,7 +15,7 @@ use super::UpstreamErrorKind;
 use crate::config::{self, UpstreamScheme};
 
 /// Request body type sent upstream: the client's body, streamed.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = super::stream::ProxyBody;
 
 /// Why an upstream exchange failed, already classified for status code and metrics.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +39,8 @@ impl UpstreamError {
 pub struct UpstreamClient {
     pub config: config::Upstream,
     client: Client<HttpConnector, UpstreamBody>,
+    /// `max_requests`: places for requests in flight to this upstream.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl UpstreamClient {
@@ -61,6 +61,7 @@ impl UpstreamClient {
         UpstreamClient {
             config: config.clone(),
             client: builder.build(connector),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
         }
     }
 
@@ -77,12 +78,14 @@ impl UpstreamClient {
             })
     }
 
-    /// Send `req` (its URI already absolute) and wait for response headers within `timeout`.
+    /// Send `req` (its URI already absolute) and wait for response headers until `deadline`
+    /// (the upstream's `timeout` after the request started).
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
                 detail: format!("no response headers within {:?}", self.config.timeout),
@@ -172,4 +175,5 @@ fn same_settings(a: &config::Upstream, b: &config::Upstream) -> bool {
         && a.connect_timeout == b.connect_timeout
         && a.timeout == b.timeout
         && a.max_idle_per_host == b.max_idle_per_host
+        && a.max_requests == b.max_requests
 }

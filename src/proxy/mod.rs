@@ -7,6 +7,7 @@ pub mod headers;
 pub mod host;
 pub mod normalize;
 pub mod service;
+pub mod stream;
 
 /// Request `reason` label values (SPEC section 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -4,38 +4,58 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::UnixTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::forward::UpstreamClient;
 use super::host::HostError;
+use super::stream::{Cut, Hold, RequestBody, ResponseBody, Streams, Watched};
 use super::{framing, headers, host, normalize, Reason};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
-use crate::identity::Identity;
+use crate::identity::{CertInfo, Identity};
 use crate::policy::{self, Decision, Permit, RequestFacts};
 use crate::server::{Activity, InflightGuard, Lease, ProxyState};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;
 
-/// Response body sent to clients.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub use super::stream::ProxyBody;
 
-/// (snapshot generation, deadlines passed): while it is unchanged, so is the verdict.
-type RecheckKey = (u64, usize);
+/// What a connection's verdict depends on besides its certificate: while it is unchanged, so
+/// is the verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RecheckKey {
+    /// The snapshot generation.
+    generation: u64,
+    /// How many of the snapshot's time deadlines (CRL nextUpdate, pin reviews) have passed.
+    snapshot_deadlines: usize,
+    /// How many notAfter dates of the certificate chain have passed.
+    chain_deadlines: usize,
+}
+
+impl RecheckKey {
+    fn at(snap: &Snapshot, cert: &CertInfo, now: i64) -> RecheckKey {
+        RecheckKey {
+            generation: snap.generation,
+            snapshot_deadlines: snap.passed_deadlines(now),
+            chain_deadlines: cert.chain_not_after.partition_point(|t| *t < now),
+        }
+    }
+}
+
+fn unix_now(now: UnixTime) -> i64 {
+    i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
+}
 
 /// What one connection knows about itself, shared by its requests.
 pub struct ConnContext {
@@ -44,15 +64,17 @@ pub struct ConnContext {
     peer: SocketAddr,
     sni: Option<String>,
     http2: bool,
-    /// The identity established at the handshake, under `generation`.
+    /// The identity established at the handshake, under `verified`.
     identity: Identity,
-    generation: u64,
-    /// How many of the snapshot's time deadlines had passed at the handshake.
-    passed: usize,
+    verified: RecheckKey,
     /// The identity re-verified against a later snapshot (or after a deadline passed), cached
-    /// per (generation, passed deadlines).
+    /// per key.
     rechecked: Mutex<Option<(RecheckKey, Result<Identity, Rejection>)>>,
     activity: Arc<Activity>,
+    /// Request and response bodies in flight, watched for stalls and revocation.
+    streams: Streams,
+    /// `listen.max_inflight_per_connection`: places for requests in flight upstream.
+    inflight_slots: Arc<Semaphore>,
     /// The connection's slot and open-count entry, held until the last holder of this context
     /// (the connection, or an upgraded tunnel that outlives it) is gone.
     _lease: Lease,
@@ -74,7 +96,7 @@ impl ConnContext {
         activity: Arc<Activity>,
         lease: Lease,
     ) -> ConnContext {
-        let now = i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX);
+        let verified = RecheckKey::at(snapshot, &identity.cert, unix_now(UnixTime::now()));
         ConnContext {
             state,
             conn_id,
@@ -82,12 +104,22 @@ impl ConnContext {
             sni,
             http2,
             identity,
-            generation: snapshot.generation,
-            passed: snapshot.passed_deadlines(now),
+            verified,
             rechecked: Mutex::new(None),
             activity,
+            streams: Streams::default(),
+            inflight_slots: Arc::new(Semaphore::new(
+                snapshot.config.listen.max_inflight_per_connection,
+            )),
             _lease: lease,
             client_headers: Mutex::new(None),
+        }
+    }
+
+    /// Put a body in flight under this connection's watchdog, starting it if needed.
+    fn watch(self: &Arc<Self>, body: Arc<dyn Watched>) {
+        if self.streams.register(Arc::downgrade(&body)) {
+            tokio::spawn(watchdog(Arc::downgrade(self)));
         }
     }
 
@@ -112,21 +144,18 @@ impl ConnContext {
     }
 
     /// SPEC 5.3: the connection's identity as the current snapshot sees it. Re-verifies the
-    /// chain only when the generation changed since the handshake, or once the leaf expired.
+    /// chain only when the generation changed since the handshake, a deadline of the snapshot
+    /// passed, or a certificate of the chain (the leaf or an intermediate) expired.
     fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
         let now = UnixTime::now();
-        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let expired = now_secs > self.identity.cert.not_after;
-        let key = (snap.generation, snap.passed_deadlines(now_secs));
-        if key == (self.generation, self.passed) && !expired {
+        let key = RecheckKey::at(snap, &self.identity.cert, unix_now(now));
+        if key == self.verified {
             return Ok(self.identity.clone());
         }
-        if !expired {
-            if let Ok(guard) = self.rechecked.lock() {
-                if let Some((cached, result)) = guard.as_ref() {
-                    if *cached == key {
-                        return result.clone();
-                    }
+        if let Ok(guard) = self.rechecked.lock() {
+            if let Some((cached, result)) = guard.as_ref() {
+                if *cached == key {
+                    return result.clone();
                 }
             }
         }
@@ -160,23 +189,31 @@ struct Facts {
 
 /// The outcome of the pipeline before it is recorded.
 struct Answer {
-    response: Response<ProxyBody>,
+    response: Response<Reply>,
     allowed: bool,
     reason: Reason,
     identity: Option<Identity>,
+}
+
+/// A response body as the pipeline produced it.
+enum Reply {
+    /// certguard's own answer, or one that carries no stream (a 101).
+    Local(ProxyBody),
+    /// Relayed from the upstream, holding the request's places until it ends.
+    Relayed(ProxyBody, Hold),
 }
 
 /// hyper service entry point for one request.
 pub async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    let guard = ctx.activity.request_started();
+    let inflight = Arc::new(ctx.activity.request_started());
     let method = req.method().clone();
     let snap = ctx.state.current.load();
     let mut facts = Facts::default();
-    let mut answer = pipeline(&ctx, &snap, req, &mut facts).await;
+    let mut answer = pipeline(&ctx, &snap, req, &mut facts, &inflight).await;
     if !ctx.http2
         && answer.response.status() != StatusCode::SWITCHING_PROTOCOLS
         && ctx.activity.stream_lost()
@@ -201,12 +238,13 @@ pub async fn handle(
             elapsed: started.elapsed(),
         },
     );
-    Ok(answer.response.map(|body| {
-        GuardedBody {
-            inner: body,
-            _guard: guard,
+    Ok(answer.response.map(|reply| match reply {
+        Reply::Local(body) => ResponseBody::local(body, inflight),
+        Reply::Relayed(body, hold) => {
+            let (body, slot) = ResponseBody::relayed(body, hold);
+            ctx.watch(slot);
+            body
         }
-        .boxed()
     }))
 }
 
@@ -285,6 +323,7 @@ async fn pipeline(
     snap: &Snapshot,
     req: Request<Incoming>,
     facts: &mut Facts,
+    inflight: &Arc<InflightGuard>,
 ) -> Answer {
     let (mut parts, body) = req.into_parts();
     // The raw path until normalization succeeds (logged for refused targets).
@@ -436,41 +475,87 @@ async fn pipeline(
     if upstream.config.scheme == UpstreamScheme::H2c {
         parts.headers.remove(HOST);
     }
-    let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let body = ClientBody {
-        inner: body,
-        failed: client_failed.clone(),
-    };
+    let body = RequestBody::new(body, snap.config.forward.clone(), inflight.clone());
+    let client_body = body.state().clone();
+    if !http_body::Body::is_end_stream(&body) {
+        ctx.watch(client_body.clone());
+    }
     let upstream_req = Request::from_parts(parts, body.boxed());
-    forward(
-        ctx,
+    let exchange = Exchange {
         upstream,
         permit,
-        upstream_req,
         client_upgrade,
-        identity,
-        &client_failed,
-    )
-    .await
+        client_body: &client_body,
+        inflight,
+    };
+    let answer = forward(ctx, exchange, upstream_req, identity).await;
+    if client_body.failed() && answer.reason == Reason::BadRequest {
+        // SPEC 6: a 400 is counted and logged with route "none".
+        facts.route = None;
+        facts.upstream = None;
+    }
+    answer
+}
+
+/// What [`forward`] needs beside the request.
+struct Exchange<'a, 'p> {
+    upstream: &'a Arc<UpstreamClient>,
+    permit: Permit<'p>,
+    client_upgrade: Option<OnUpgrade>,
+    client_body: &'a super::stream::RequestState,
+    inflight: &'a Arc<InflightGuard>,
+}
+
+/// A place under `limit`, waiting until `deadline` at most.
+async fn place(
+    limit: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = limit.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::time::timeout_at(deadline, limit.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 async fn forward(
     ctx: &Arc<ConnContext>,
-    upstream: &UpstreamClient,
-    permit: Permit<'_>,
+    exchange: Exchange<'_, '_>,
     req: Request<super::forward::UpstreamBody>,
-    client_upgrade: Option<OnUpgrade>,
     identity: Identity,
-    client_failed: &std::sync::atomic::AtomicBool,
 ) -> Answer {
+    let Exchange {
+        upstream,
+        permit,
+        client_upgrade,
+        client_body,
+        inflight,
+    } = exchange;
     let name = &permit.route().upstream;
     let metrics = &ctx.state.metrics;
     let started = Instant::now();
-    let result = upstream.send(req).await;
+    let deadline = tokio::time::Instant::now() + upstream.config.timeout;
+    // One client connection (HTTP/2 multiplexes up to 128 streams) and all clients together
+    // get bounded shares of the upstream: a client that never reads its responses cannot
+    // pin an unbounded number of upstream connections.
+    let Some(connection) = place(&ctx.inflight_slots, deadline).await else {
+        return overflow(ctx, name, "connection", identity);
+    };
+    let Some(upstream_place) = place(&upstream.slots, deadline).await else {
+        return overflow(ctx, name, "upstream", identity);
+    };
+    let hold = Hold {
+        inflight: inflight.clone(),
+        connection,
+        upstream: upstream_place,
+    };
+    let result = upstream.send(req, deadline).await;
     metrics.upstream_duration(name, started.elapsed());
     let mut response = match result {
         Ok(r) => r,
-        Err(e) if client_failed.load(std::sync::atomic::Ordering::Acquire) => {
+        Err(e) if client_body.failed() => {
             // The exchange failed because the client's own body was malformed (e.g. invalid
             // chunking), not because of the upstream.
             tracing::debug!(conn_id = ctx.conn_id, error = %e, "client request body failed");
@@ -496,23 +581,42 @@ async fn forward(
             tracing::warn!(conn_id = ctx.conn_id, upstream = %name, "upstream switched protocols unasked; refusing");
             return upstream_failure(StatusCode::BAD_GATEWAY, identity);
         };
-        spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response));
+        spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response), hold);
         // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
-    } else {
-        headers::strip_hop_by_hop(response.headers_mut());
+        return Answer {
+            response: response.map(|b| Reply::Local(b.map_err(Into::into).boxed())),
+            allowed: true,
+            reason: Reason::Ok,
+            identity: Some(identity),
+        };
     }
+    headers::strip_hop_by_hop(response.headers_mut());
     Answer {
-        response: response.map(|b| b.boxed()),
+        response: response.map(|b| Reply::Relayed(b.map_err(Into::into).boxed(), hold)),
         allowed: true,
         reason: Reason::Ok,
         identity: Some(identity),
     }
 }
 
+/// A request that found no place under a concurrency limit before its deadline: 503.
+fn overflow(ctx: &ConnContext, upstream: &str, limit: &'static str, identity: Identity) -> Answer {
+    ctx.state.metrics.upstream_overflow(upstream, limit);
+    tracing::warn!(
+        conn_id = ctx.conn_id,
+        upstream,
+        limit,
+        "no place for the request under the concurrency limit before the upstream timeout"
+    );
+    upstream_failure(StatusCode::SERVICE_UNAVAILABLE, identity)
+}
+
 /// Relay an upgraded (WebSocket) connection until either side closes or the client's identity
 /// is revoked. The tunnel holds `ctx`, and with it the connection's slot and open-count entry.
-fn spawn_tunnel(ctx: Arc<ConnContext>, client: OnUpgrade, upstream: OnUpgrade) {
+fn spawn_tunnel(ctx: Arc<ConnContext>, client: OnUpgrade, upstream: OnUpgrade, hold: Hold) {
     tokio::spawn(async move {
+        // The tunnel is an upstream connection: it keeps the request's places until it ends.
+        let _hold = hold;
         let conn_id = ctx.conn_id;
         match (client.await, upstream.await) {
             (Ok(c), Ok(u)) => {
@@ -565,7 +669,7 @@ async fn revoked(ctx: &ConnContext) -> Rejection {
 
 fn deny(response: Response<ProxyBody>, reason: Reason, identity: Option<Identity>) -> Answer {
     Answer {
-        response,
+        response: response.map(Reply::Local),
         allowed: false,
         reason,
         identity,
@@ -574,7 +678,7 @@ fn deny(response: Response<ProxyBody>, reason: Reason, identity: Option<Identity
 
 fn upstream_failure(status: StatusCode, identity: Identity) -> Answer {
     Answer {
-        response: fixed(status),
+        response: fixed(status).map(Reply::Local),
         allowed: true,
         reason: Reason::UpstreamError,
         identity: Some(identity),
@@ -589,6 +693,7 @@ pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
         StatusCode::NOT_FOUND => "no route\n",
         StatusCode::MISDIRECTED_REQUEST => "misdirected request\n",
         StatusCode::BAD_GATEWAY => "bad gateway\n",
+        StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
         _ => "error\n",
     };
@@ -605,56 +710,53 @@ pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-/// The client's request body on its way upstream; notes when reading it failed, so that the
-/// failure is charged to the client (400) rather than to the upstream (502).
-struct ClientBody {
-    inner: Incoming,
-    failed: Arc<std::sync::atomic::AtomicBool>,
-}
+/// How often a connection's watchdog looks at its bodies in flight.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &res {
-            self.failed
-                .store(true, std::sync::atomic::Ordering::Release);
+/// Runs while a connection has request or response bodies in flight: once a second it
+/// re-checks the identity (SPEC 5.3 for streams that outlive their request: SSE, gRPC
+/// streams, long uploads) and cuts every body if it no longer verifies; it cuts a body that
+/// has waited on the client for `idle_timeout` (a closed HTTP/2 window, a stalled upload).
+/// Holds the connection only weakly, so it never keeps its slot open.
+async fn watchdog(ctx: Weak<ConnContext>) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tick.tick().await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        let live = ctx.streams.live();
+        if live.is_empty() {
+            return;
         }
-        res
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that keeps the request counted as in flight until it is finished.
-struct GuardedBody {
-    inner: ProxyBody,
-    _guard: InflightGuard,
-}
-
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let snap = ctx.state.current.load();
+        let cut = |body: &Arc<dyn Watched>, why: Cut| {
+            if body.cut(why) {
+                ctx.state.metrics.stream_reset(why);
+            }
+        };
+        match ctx.current_identity(&snap) {
+            Err(rejection) => {
+                tracing::info!(
+                    conn_id = ctx.conn_id,
+                    outcome = %rejection.outcome,
+                    detail = %rejection.detail,
+                    "identity no longer valid under the current snapshot: cutting streams in flight"
+                );
+                live.iter().for_each(|body| cut(body, Cut::Revoked));
+            }
+            Ok(_) => {
+                let limit = snap.config.listen.idle_timeout;
+                for body in &live {
+                    if body.waited().is_some_and(|waited| waited >= limit) {
+                        tracing::info!(
+                            conn_id = ctx.conn_id,
+                            "stream made no progress for idle_timeout because of the client: resetting it"
+                        );
+                        cut(body, Cut::Stalled);
+                    }
+                }
+            }
+        }
     }
 }

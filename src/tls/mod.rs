@@ -1143,6 +1143,7 @@ mod tests {
             idle_timeout: StdDuration::from_secs(60),
             max_connections: 10,
             max_header_bytes: 65536,
+            max_inflight_per_connection: 32,
             session_resumption: false,
             require_sni_match: true,
         }
