@@ -3,15 +3,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use std::fmt::Write as _;
-
-use aws_lc_rs::digest;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
-use x509_parser::asn1_rs::{Any, Tag, ToDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::x509::X509Name;
+
+use crate::certs::{attr_text, hex_lower, name_to_rfc4514, serial_hex, sha256};
 
 /// Fields of a client certificate that policy, XFCC, logs and the inventory use.
 ///
@@ -166,33 +164,6 @@ const OID_CN: &str = "2.5.4.3";
 const OID_O: &str = "2.5.4.10";
 const OID_OU: &str = "2.5.4.11";
 
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Lowercase hex without separators.
-pub fn hex_lower(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// Serial number bytes as lowercase hex without leading zero bytes (`"0"` for zero).
-fn serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        "0".to_string()
-    } else {
-        hex_lower(&raw[start..])
-    }
-}
-
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
@@ -206,136 +177,6 @@ fn attr_strings(name: &X509Name<'_>, oid: &str) -> Vec<String> {
         .filter(|a| a.attr_type().to_id_string() == oid)
         .filter_map(|a| attr_text(a.attr_value()))
         .collect()
-}
-
-/// OpenSSL's short name for an attribute type (what `-nameopt RFC2253` prints).
-fn short_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "2.5.4.3" => "CN",
-        "2.5.4.4" => "SN",
-        "2.5.4.5" => "serialNumber",
-        "2.5.4.6" => "C",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.9" => "street",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "2.5.4.12" => "title",
-        "2.5.4.13" => "description",
-        "2.5.4.15" => "businessCategory",
-        "2.5.4.16" => "postalAddress",
-        "2.5.4.17" => "postalCode",
-        "2.5.4.18" => "postOfficeBox",
-        "2.5.4.19" => "physicalDeliveryOfficeName",
-        "2.5.4.20" => "telephoneNumber",
-        "2.5.4.41" => "name",
-        "2.5.4.42" => "GN",
-        "2.5.4.43" => "initials",
-        "2.5.4.44" => "generationQualifier",
-        "2.5.4.46" => "dnQualifier",
-        "2.5.4.65" => "pseudonym",
-        "2.5.4.72" => "role",
-        "2.5.4.97" => "organizationIdentifier",
-        "0.9.2342.19200300.100.1.1" => "UID",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "1.2.840.113549.1.9.1" => "emailAddress",
-        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
-        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
-        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
-        _ => return None,
-    })
-}
-
-/// The value of a string-typed attribute as UTF-8, or `None` for non-string types.
-fn attr_text(value: &Any<'_>) -> Option<String> {
-    match value.tag() {
-        Tag::Utf8String
-        | Tag::PrintableString
-        | Tag::Ia5String
-        | Tag::NumericString
-        | Tag::VisibleString => std::str::from_utf8(value.data).ok().map(str::to_string),
-        // T61String: OpenSSL treats the bytes as Latin-1.
-        Tag::T61String => Some(value.data.iter().map(|b| char::from(*b)).collect()),
-        Tag::BmpString => {
-            if value.data.len() % 2 != 0 {
-                return None;
-            }
-            let units: Vec<u16> = value
-                .data
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
-        }
-        Tag::UniversalString => {
-            if value.data.len() % 4 != 0 {
-                return None;
-            }
-            value
-                .data
-                .chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
-        }
-        _ => None,
-    }
-}
-
-/// Format a Name the way `openssl x509 -nameopt RFC2253` does: RDNs in reverse order joined
-/// by `,`, multi-valued RDNs joined by `+`, RFC 4514 escaping, bytes outside printable ASCII
-/// as `\XX`, unknown attribute types as dotted OIDs with a `#`-hex DER value.
-pub fn name_to_rfc4514(name: &X509Name<'_>) -> String {
-    let rdns: Vec<String> = name
-        .iter_rdn()
-        .map(|rdn| {
-            rdn.iter()
-                .map(|atv| {
-                    let oid = atv.attr_type().to_id_string();
-                    let value = atv.attr_value();
-                    match (short_name(&oid), attr_text(value)) {
-                        (Some(sn), Some(text)) => format!("{sn}={}", escape_value(&text)),
-                        (sn, _) => {
-                            let key = sn.map(str::to_string).unwrap_or(oid);
-                            let der = value.to_der_vec().unwrap_or_default();
-                            format!("{key}=#{}", hex_upper(&der))
-                        }
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect();
-    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
-}
-
-fn hex_upper(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02X}");
-    }
-    s
-}
-
-/// RFC 4514 escaping as OpenSSL's `ASN1_STRFLGS_RFC2253` applies it.
-fn escape_value(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
-    let last = bytes.len().saturating_sub(1);
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
-                out.push('\\');
-                out.push(char::from(b));
-            }
-            b'#' if i == 0 => out.push_str("\\#"),
-            b' ' if i == 0 || i == last => out.push_str("\\ "),
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => {
-                let _ = write!(out, "\\{b:02X}");
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -371,16 +212,6 @@ mod tests {
         assert_eq!(info.o, vec!["acme"]);
         assert_eq!(info.ou, vec!["payments"]);
         assert_eq!(info.serial, "0abc"); // leading zero bytes dropped, not nibbles
-    }
-
-    #[test]
-    fn escaping_rules() {
-        assert_eq!(escape_value("a+b;c<d>e\"f\\g"), r#"a\+b\;c\<d\>e\"f\\g"#);
-        assert_eq!(escape_value("#x"), r"\#x");
-        assert_eq!(escape_value("x#"), "x#");
-        assert_eq!(escape_value(" x "), r"\ x\ ");
-        assert_eq!(escape_value("café"), r"caf\C3\A9");
-        assert_eq!(escape_value("a=b"), "a=b");
     }
 
     #[test]
@@ -442,14 +273,6 @@ mod tests {
         assert_eq!(info.not_before, spec.not_before.unix_timestamp());
         assert_eq!(info.not_after, spec.not_after.unix_timestamp());
         assert_eq!(info.chain, cert.chain);
-    }
-
-    #[test]
-    fn serial_forms() {
-        assert_eq!(serial_hex(&[0, 0]), "0");
-        assert_eq!(serial_hex(&[]), "0");
-        assert_eq!(serial_hex(&[0, 0x01, 0xff]), "01ff");
-        assert_eq!(serial_hex(&[0x7f]), "7f");
     }
 
     #[test]

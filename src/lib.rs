@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod certs;
 pub mod config;
 pub mod devpki;
 pub mod echo;

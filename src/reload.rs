@@ -306,9 +306,7 @@ fn absolute(dir: &Path) -> PathBuf {
 /// Does any file's content differ from what was read (or its readability)? Blocking.
 fn differs_from_disk(digests: &FileDigests) -> bool {
     digests.0.iter().any(|(path, read)| {
-        let now = std::fs::read(path)
-            .ok()
-            .map(|b| crate::config::pki::sha256(&b));
+        let now = std::fs::read(path).ok().map(|b| crate::certs::sha256(&b));
         now != *read
     })
 }
@@ -571,7 +569,7 @@ mod tests {
         let file = dir.path().join("a.crl");
         let missing = dir.path().join("b.crl");
         std::fs::write(&file, "one").unwrap();
-        let sha = crate::config::pki::sha256;
+        let sha = crate::certs::sha256;
         let digests = FileDigests(vec![
             (file.clone(), Some(sha(b"one"))),
             (missing.clone(), None),

@@ -8,6 +8,7 @@ use std::path::Path;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use crate::certs::rfc3339_unix;
 use crate::config::{Config, Pin, RevocationDepth, TrustKind};
 use crate::identity::{CertInfo, Identity};
 use crate::policy::{self, Decision, RequestFacts};
@@ -21,16 +22,6 @@ const EXPIRY_WARNING_DAYS: i64 = 14;
 pub struct Explanation {
     pub text: String,
     pub allowed: bool,
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 fn now_unix() -> i64 {
@@ -48,7 +39,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             if info.not_after < soon {
                 out.push(format!(
                     "listen.cert: server certificate expires {} (within {EXPIRY_WARNING_DAYS} days or already)",
-                    rfc3339(info.not_after)
+                    rfc3339_unix(info.not_after)
                 ));
             }
         }
@@ -63,12 +54,12 @@ pub fn warnings(config: &Config) -> Vec<String> {
                         Some(next) if next < now => out.push(format!(
                             "trust.{name}.crl[{i}]: {} is past its nextUpdate ({}); handshakes needing it fail with crl_expired unless expired_crl: allow",
                             crl.path.display(),
-                            rfc3339(next)
+                            rfc3339_unix(next)
                         )),
                         Some(next) if next < soon => out.push(format!(
                             "trust.{name}.crl[{i}]: {} nextUpdate {} is within {EXPIRY_WARNING_DAYS} days",
                             crl.path.display(),
-                            rfc3339(next)
+                            rfc3339_unix(next)
                         )),
                         _ => {}
                     }
@@ -175,7 +166,7 @@ pub fn check(config: &Config) -> Result<String, String> {
                 s,
                 "  server certificate {} (expires {})",
                 info.subject,
-                rfc3339(info.not_after)
+                rfc3339_unix(info.not_after)
             );
         }
     }
@@ -205,7 +196,7 @@ pub fn check(config: &Config) -> Result<String, String> {
                         crl.path.display(),
                         crl.issuer,
                         crl.next_update
-                            .map(rfc3339)
+                            .map(rfc3339_unix)
                             .unwrap_or_else(|| "none".into())
                     );
                 }
@@ -311,8 +302,8 @@ pub fn explain(
     let _ = writeln!(
         s,
         "  validity     {} .. {}",
-        rfc3339(info.not_before),
-        rfc3339(info.not_after)
+        rfc3339_unix(info.not_before),
+        rfc3339_unix(info.not_after)
     );
     let _ = writeln!(
         s,

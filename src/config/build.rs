@@ -566,7 +566,7 @@ fn pinned_trust(
                         match pki::parse_cert_pem(&path, &bytes) {
                             Ok(certs) => {
                                 // parse_cert_pem never returns an empty list.
-                                let sha256 = pki::sha256(certs.first()?.as_ref());
+                                let sha256 = crate::certs::sha256(certs.first()?.as_ref());
                                 if certs.len() > 1 {
                                     errs.push(&ck, format!("{}: holds {} certificates; a pin file holds exactly one", path.display(), certs.len()));
                                 }

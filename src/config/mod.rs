@@ -57,7 +57,8 @@ impl FileDigests {
     /// between two reads, the disk no longer matches the first digest and the watcher reloads.
     fn record(&mut self, path: &Path, bytes: Option<&[u8]>) {
         if self.0.iter().all(|(p, _)| p != path) {
-            self.0.push((path.to_path_buf(), bytes.map(pki::sha256)));
+            self.0
+                .push((path.to_path_buf(), bytes.map(crate::certs::sha256)));
         }
     }
 
@@ -596,7 +597,7 @@ mod tests {
         let pinned = pin.self_signed(&pin_key).unwrap();
         fs::write(pki.join("ci-runner.crt"), pinned.pem()).unwrap();
         use base64::Engine as _;
-        let spki = pki::sha256(&rcgen::PublicKeyData::subject_public_key_info(&pin_key));
+        let spki = crate::certs::sha256(&rcgen::PublicKeyData::subject_public_key_info(&pin_key));
         Pki {
             server_key_pem: server_key.serialize_pem(),
             pinned_der: pinned.der().to_vec(),
@@ -804,7 +805,7 @@ routes:
         assert_eq!(e.owner.as_deref(), Some("platform-team"));
         assert_eq!(e.review_by, Some(time::macros::date!(2027 - 06 - 01)));
         match &e.pin {
-            Pin::Cert { sha256, .. } => assert_eq!(*sha256, pki::sha256(&pki.pinned_der)),
+            Pin::Cert { sha256, .. } => assert_eq!(*sha256, crate::certs::sha256(&pki.pinned_der)),
             other => panic!("{other:?}"),
         }
 
@@ -1021,11 +1022,13 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         let ca = dir.path().join("pki/ca.crt");
         assert_eq!(
             digests.0[0],
-            (path.clone(), Some(pki::sha256(yaml.as_bytes())))
+            (path.clone(), Some(crate::certs::sha256(yaml.as_bytes())))
         );
         assert!(digests.0.contains(&(crl.clone(), None)));
         let ca_bytes = fs::read(&ca).unwrap();
-        assert!(digests.0.contains(&(ca, Some(pki::sha256(&ca_bytes)))));
+        assert!(digests
+            .0
+            .contains(&(ca, Some(crate::certs::sha256(&ca_bytes)))));
 
         fs::create_dir_all(dir.path().join("crl")).unwrap();
         fs::copy(dir.path().join("pki/ca.crl"), &crl).unwrap();
@@ -1033,7 +1036,9 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         let c = result.unwrap();
         assert_eq!(c.digests, digests);
         let crl_bytes = fs::read(&crl).unwrap();
-        assert!(digests.0.contains(&(crl, Some(pki::sha256(&crl_bytes)))));
+        assert!(digests
+            .0
+            .contains(&(crl, Some(crate::certs::sha256(&crl_bytes)))));
 
         // An unreadable config file is recorded too.
         let missing = dir.path().join("missing.yaml");
@@ -1133,7 +1138,7 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
     #[test]
     fn pins_parse_with_and_without_colons() {
         let (dir, pki) = setup();
-        let digest = pki::sha256(&pki.pinned_der);
+        let digest = crate::certs::sha256(&pki.pinned_der);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let colons: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
         for (given, form) in [(hex.clone(), "plain"), (colons.join(":"), "colons")] {

@@ -134,7 +134,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     format!("{}{which}: not a valid X.509 CRL: {e}", path.display())
                 })?;
                 (
-                    crate::identity::name_to_rfc4514(crl.issuer()),
+                    crate::certs::name_to_rfc4514(crl.issuer()),
                     crl.issuer().as_raw().to_vec(),
                     crl.last_update().timestamp(),
                     crl.next_update().map(|t| t.timestamp()),
@@ -165,12 +165,4 @@ pub fn check_anchors(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(
         })?;
     }
     Ok(())
-}
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }

@@ -6,13 +6,13 @@
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::certs::pem_certificate;
 use crate::config::{Forward, XfccField, XfccMode};
 use crate::identity::CertInfo;
 
@@ -297,23 +297,6 @@ fn url_encode(input: &str) -> String {
     out
 }
 
-/// One certificate as PEM: base64 in 64-character lines, `\n` line ends.
-pub fn pem_encode(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    // base64 output is ASCII, so any byte offset is a char boundary.
-    let mut rest = b64.as_str();
-    while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        out.push_str(line);
-        out.push('\n');
-        rest = tail;
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 /// Control characters (other than tab) are not allowed in a header value; a certificate field
 /// carrying one (an IA5String may) gets it written as `%XX` so the header stays valid.
 fn escape_controls(value: &str, out: &mut String) {
@@ -377,11 +360,14 @@ pub fn xfcc_element(cert: &CertInfo, fields: &[XfccField]) -> String {
     }
     if has(XfccField::Cert) {
         if let Some(leaf) = cert.chain.first() {
-            pairs.push(format!("Cert={}", quoted(&url_encode(&pem_encode(leaf)))));
+            pairs.push(format!(
+                "Cert={}",
+                quoted(&url_encode(&pem_certificate(leaf)))
+            ));
         }
     }
     if has(XfccField::Chain) && !cert.chain.is_empty() {
-        let pem: String = cert.chain.iter().map(|c| pem_encode(c)).collect();
+        let pem: String = cert.chain.iter().map(|c| pem_certificate(c)).collect();
         pairs.push(format!("Chain={}", quoted(&url_encode(&pem))));
     }
     if has(XfccField::Subject) {
@@ -724,20 +710,6 @@ mod tests {
         );
         assert_eq!(got, want);
         assert!(HeaderValue::from_str(&got).is_ok());
-    }
-
-    #[test]
-    fn pem_lines_are_64_chars() {
-        let der = vec![0xabu8; 100];
-        let pem = pem_encode(&der);
-        let lines: Vec<&str> = pem.lines().collect();
-        assert_eq!(lines.first(), Some(&"-----BEGIN CERTIFICATE-----"));
-        assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
-        let body: Vec<usize> = lines[1..lines.len() - 1].iter().map(|l| l.len()).collect();
-        assert_eq!(body, vec![64, 64, 8]);
-        assert!(pem.ends_with("-----\n"));
-        // Exactly 48 bytes: one full line, no empty line.
-        assert_eq!(pem_encode(&[0u8; 48]).lines().count(), 3);
     }
 
     #[test]

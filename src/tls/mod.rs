@@ -470,12 +470,12 @@ mod tests {
     use time::{Duration, OffsetDateTime};
 
     use super::*;
+    use crate::certs::sha256;
     use crate::config::{
         CaTrust, CrlFile, OverdueAction, Pin, PinnedEntry, PinnedTrust, Revocation,
         RevocationDepth, TrustKind, TrustSource,
     };
     use crate::devpki::{LeafSpec, TestCa, TestCert};
-    use crate::identity::sha256;
 
     fn now() -> UnixTime {
         UnixTime::now()

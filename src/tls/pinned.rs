@@ -9,8 +9,8 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use subtle::ConstantTimeEq;
 
 use super::{Admission, Outcome, Rejection};
+use crate::certs::sha256;
 use crate::config::{OverdueAction, Pin, PinnedTrust};
-use crate::identity::sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PinKind {
