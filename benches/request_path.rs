@@ -31,7 +31,7 @@ use certguard::config::{Config, XfccField};
 use certguard::identity::{CertInfo, Identity};
 use certguard::policy::{authorize, Decision, PathMatch, RequestFacts};
 use certguard::proxy::headers::{apply_forward, strip_hop_by_hop, xfcc_element};
-use certguard::proxy::normalize::normalize;
+use certguard::request::normalize::normalize;
 
 /// Pairs of (subject, baseline) benchmark ids, recorded as benchmarks are registered, read back
 /// after the run to print ratios.

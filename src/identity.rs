@@ -55,6 +55,15 @@ pub struct CertInfo {
     pub chain: Vec<CertificateDer<'static>>,
 }
 
+/// Which trust source (and pinned entry) admitted a client: decided by the verifier itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Name of the trust source that admitted the client.
+    pub trust: Arc<str>,
+    /// For pinned sources, the name of the entry that matched.
+    pub pinned: Option<Arc<str>>,
+}
+
 /// A client that passed a trust source: what the certificate says plus who admitted it.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -151,7 +160,7 @@ fn chain_not_after(leaf: i64, intermediates: &[CertificateDer<'_>]) -> Vec<i64> 
 
 impl Identity {
     /// Combine the verifier's admission with the parsed leaf.
-    pub fn new(admission: crate::tls::Admission, cert: Arc<CertInfo>) -> Identity {
+    pub fn new(admission: Admission, cert: Arc<CertInfo>) -> Identity {
         Identity {
             trust: admission.trust,
             pinned: admission.pinned,
@@ -293,7 +302,7 @@ mod tests {
         let c = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
         let info = Arc::new(CertInfo::from_chain(&c.chain).unwrap());
         let id = Identity::new(
-            crate::tls::Admission {
+            Admission {
                 trust: "lab".into(),
                 pinned: Some("ci".into()),
             },

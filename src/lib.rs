@@ -21,6 +21,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod report;
+pub mod request;
 pub mod server;
 pub mod snapshot;
 pub mod tls;

@@ -12,7 +12,7 @@ use crate::certs::rfc3339_unix;
 use crate::config::{Config, Pin, RevocationDepth, TrustKind};
 use crate::identity::{CertInfo, Identity};
 use crate::policy::{self, Decision, RequestFacts};
-use crate::proxy::{host, normalize};
+use crate::request::{host, normalize};
 use crate::tls::TrustVerifier;
 
 /// Warn about certificates and CRLs expiring within this many days.
@@ -251,7 +251,7 @@ pub fn check(config: &Config) -> Result<String, String> {
                 s,
                 "      allow[{j}] {}  (trust source: {})",
                 entry.describe(),
-                entry.required_trust(&config.trust).unwrap_or("any")
+                config.required_trust(entry).unwrap_or("any")
             );
         }
     }

@@ -22,8 +22,8 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::identity::{CertInfo, Identity};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::proxy::framing::StreamTracker;
 use crate::proxy::service::{self, ConnContext};
+use crate::request::framing::StreamTracker;
 use crate::snapshot::{Current, Snapshot};
 use crate::tls::{self, Outcome};
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::policy::Policy;
+use crate::policy::{AllowEntry, Policy};
 
 /// The whole configuration, every file already read and parsed.
 #[derive(Debug)]
@@ -392,6 +392,19 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
+    /// Which trust source an allow entry requires (for the access matrix): its `trust` key's
+    /// value, else the pinned source that defines its `pinned` name; `None` = any source.
+    pub fn required_trust<'a>(&'a self, entry: &'a AllowEntry) -> Option<&'a str> {
+        if let Some(t) = entry.trust_key() {
+            return Some(t);
+        }
+        let pinned = entry.pinned_key()?;
+        self.trust.iter().find_map(|s| match &s.kind {
+            TrustKind::Pinned(p) if p.entries.iter().any(|e| &*e.name == pinned) => Some(&*s.name),
+            _ => None,
+        })
+    }
+
     /// Read, parse and validate `path` and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Config::load_tracked(path).0
@@ -843,11 +856,8 @@ routes:
         let routes = &c.policy.routes;
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].allow.len(), 2);
-        assert_eq!(routes[0].allow[1].required_trust(&c.trust), Some("lab"));
-        assert_eq!(
-            routes[0].allow[0].required_trust(&c.trust),
-            Some("internal")
-        );
+        assert_eq!(c.required_trust(&routes[0].allow[1]), Some("lab"));
+        assert_eq!(c.required_trust(&routes[0].allow[0]), Some("internal"));
         assert!(routes[1].allow.is_empty());
         assert_eq!(
             c.pinned_entry("ci-runner").map(|(t, _)| &*t.name),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::build::{Errs, Names};
 use super::raw::{RawAllow, RawRoute};
 use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route};
-use crate::proxy::normalize::{check_method, BadTarget};
+use crate::request::normalize::{check_method, BadTarget};
 
 /// Compile every route; errors are collected, broken routes are left out.
 pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> Policy {

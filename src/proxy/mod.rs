@@ -1,11 +1,9 @@
 //! The per-request pipeline: normalize, bind Host to SNI, re-check the identity, authorize,
-//! forward. Header rewriting lives in `headers.rs`, upstream clients in `forward.rs`.
+//! forward. Header rewriting lives in `headers.rs`, upstream clients in `forward.rs`; the
+//! request-level rules (normalization, Host, framing) in [`crate::request`].
 
 pub mod forward;
-pub mod framing;
 pub mod headers;
-pub mod host;
-pub mod normalize;
 pub mod service;
 pub mod stream;
 

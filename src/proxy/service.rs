@@ -18,13 +18,14 @@ use rustls_pki_types::UnixTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::forward::UpstreamClient;
-use super::host::HostError;
 use super::stream::{Cut, Hold, RequestBody, ResponseBody, Streams, Watched};
-use super::{framing, headers, host, normalize, Reason};
+use super::{headers, Reason};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
 use crate::identity::{CertInfo, Identity};
 use crate::policy::{self, Decision, Permit, RequestFacts};
+use crate::request::host::HostError;
+use crate::request::{framing, host, normalize};
 use crate::server::{Activity, InflightGuard, Lease, ProxyState};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;

@@ -15,8 +15,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::{Admission, Outcome, Rejection, TlsError};
+use super::{Outcome, Rejection, TlsError};
 use crate::config::{CaTrust, RevocationDepth};
+use crate::identity::Admission;
 
 /// How many issuers to follow when deciding whether a presented chain reaches an anchor.
 const MAX_CHAIN_WALK: usize = 8;

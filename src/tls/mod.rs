@@ -19,16 +19,8 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::config;
+use crate::identity::Admission;
 pub use outcome::Outcome;
-
-/// Which trust source (and pinned entry) admitted a client: decided by the verifier itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Admission {
-    /// Name of the trust source that admitted the client.
-    pub trust: Arc<str>,
-    /// For pinned sources, the name of the entry that matched.
-    pub pinned: Option<Arc<str>>,
-}
 
 /// Why no trust source admitted a client.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use subtle::ConstantTimeEq;
 
-use super::{Admission, Outcome, Rejection};
+use super::{Outcome, Rejection};
 use crate::certs::sha256;
 use crate::config::{OverdueAction, Pin, PinnedTrust};
+use crate::identity::Admission;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PinKind {
