@@ -12,19 +12,16 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::server::Acceptor;
-use rustls_pki_types::UnixTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio_rustls::LazyConfigAcceptor;
 
-use crate::identity::{CertInfo, Identity};
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::proxy::service::{self, ConnContext};
 use crate::request::framing::StreamTracker;
 use crate::snapshot::{Current, Snapshot};
+use crate::tls::accept::{Established, Failed};
 use crate::tls::{self, Outcome};
 
 /// How long a connection accepted at the `max_connections` cap may wait for a free slot
@@ -171,116 +168,6 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24) | Some(23) | Some(105) | Some(12))
 }
 
-/// The result of a successful handshake.
-struct Established<IO> {
-    stream: tokio_rustls::server::TlsStream<IO>,
-    sni: Option<String>,
-    identity: Identity,
-    http2: bool,
-}
-
-/// A failed handshake, classified.
-struct Failed {
-    sni: Option<String>,
-    trust: Option<Arc<str>>,
-    outcome: Outcome,
-    detail: String,
-}
-
-async fn handshake<IO>(snapshot: &Snapshot, tcp: IO) -> Result<Established<IO>, Failed>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let timeout = snapshot.config.listen.handshake_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = |sni: Option<String>| Failed {
-        sni,
-        trust: None,
-        outcome: Outcome::Timeout,
-        detail: format!("handshake not complete within {timeout:?}"),
-    };
-    let start =
-        match tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp))
-            .await
-        {
-            Err(_) => return Err(timed_out(None)),
-            Ok(Err(e)) => {
-                let (trust, outcome) = tls::classify_failure(None, rustls_error(&e));
-                return Err(Failed {
-                    sni: None,
-                    trust,
-                    outcome,
-                    detail: e.to_string(),
-                });
-            }
-            Ok(Ok(start)) => start,
-        };
-    let sni = start
-        .client_hello()
-        .server_name()
-        .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-    let (config, record) = snapshot.tls.for_connection();
-    let stream = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
-        Err(_) => return Err(timed_out(sni)),
-        Ok(Err(e)) => {
-            let (trust, outcome) = tls::classify_failure(record.get(), rustls_error(&e));
-            let detail = match record.get() {
-                Some(Err(rejection)) => rejection.detail,
-                _ => e.to_string(),
-            };
-            return Err(Failed {
-                sni,
-                trust,
-                outcome,
-                detail,
-            });
-        }
-        Ok(Ok(stream)) => stream,
-    };
-    let conn = stream.get_ref().1;
-    let http2 = conn.alpn_protocol() == Some(b"h2");
-    let chain: Vec<_> = conn
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
-    let fail = |outcome: Outcome, detail: String| Failed {
-        sni: sni.clone(),
-        trust: None,
-        outcome,
-        detail,
-    };
-    let Some((leaf, intermediates)) = chain.split_first() else {
-        return Err(fail(Outcome::NoClientCert, "no client certificate".into()));
-    };
-    // The verifier recorded which source admitted the client. A resumed session (only when
-    // session_resumption is on) skipped the verifier, so verify again against this snapshot.
-    let admission = match record.get() {
-        Some(Ok(a)) => a,
-        _ => snapshot
-            .verifier()
-            .verify(leaf, intermediates, UnixTime::now())
-            .map_err(|r| Failed {
-                sni: sni.clone(),
-                trust: r.trust,
-                outcome: r.outcome,
-                detail: r.detail,
-            })?,
-    };
-    let cert =
-        CertInfo::from_chain(&chain).map_err(|e| fail(Outcome::InvalidCert, e.to_string()))?;
-    Ok(Established {
-        stream,
-        sni,
-        identity: Identity::new(admission, Arc::new(cert)),
-        http2,
-    })
-}
-
-fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-}
-
 async fn handle_connection(
     state: Arc<ProxyState>,
     snapshot: Arc<Snapshot>,
@@ -291,18 +178,20 @@ async fn handle_connection(
 ) {
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let established = match handshake(&snapshot, tcp).await {
+    let timeout = snapshot.config.listen.handshake_timeout;
+    let established = match tls::accept::accept(&snapshot.tls, timeout, tcp).await {
         Ok(e) => e,
-        Err(f) => {
+        Err(Failed { sni, rejection }) => {
+            let trust = rejection.trust.as_deref();
             state
                 .metrics
-                .handshake(f.trust.as_deref(), f.outcome, started.elapsed());
+                .handshake(trust, rejection.outcome, started.elapsed());
             crate::audit::handshake_failure_line(
                 peer,
-                f.sni.as_deref(),
-                f.trust.as_deref(),
-                f.outcome,
-                &f.detail,
+                sni.as_deref(),
+                trust,
+                rejection.outcome,
+                &rejection.detail,
             );
             return;
         }
@@ -685,79 +574,5 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The handshake outcomes that only this module produces (`timeout`, and `protocol_error`
-    //! before a ClientHello), in memory over a duplex pipe, with tokio's clock paused.
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    fn snapshot(dir: &std::path::Path) -> Snapshot {
-        crate::devpki::write(&dir.join("pki"), false).expect("dev PKI");
-        let yaml =
-            "listen:\n  cert: pki/server.crt\n  key: pki/server.key\n  handshake_timeout: 3s\n\
-                    trust:\n  internal:\n    ca: pki/ca.crt\n";
-        let config = crate::config::Config::from_yaml(yaml, &dir.join("certguard.yaml"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Snapshot::build(config, 1, None).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// The first flight of a TLS client offering SNI `localhost`.
-    fn client_hello() -> Vec<u8> {
-        let roots = rustls::RootCertStore::empty();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-        let mut out = Vec::new();
-        conn.write_tls(&mut out).expect("hello");
-        out
-    }
-
-    async fn outcome(snap: &Snapshot, first_bytes: &[u8]) -> Failed {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        client.write_all(first_bytes).await.expect("write");
-        // `client` stays open and silent: the server must give up on its own.
-        match handshake(snap, server).await {
-            Ok(_) => panic!("the handshake cannot succeed"),
-            Err(f) => f,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_client_times_out() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let snap = snapshot(dir.path());
-        let started = tokio::time::Instant::now();
-        let f = outcome(&snap, b"").await;
-        assert_eq!((f.outcome, f.trust, f.sni), (Outcome::Timeout, None, None));
-        assert_eq!(started.elapsed(), Duration::from_secs(3));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_client_stalling_after_its_hello_times_out_with_its_sni() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let snap = snapshot(dir.path());
-        let f = outcome(&snap, &client_hello()).await;
-        assert_eq!(f.outcome, Outcome::Timeout);
-        assert_eq!(f.sni.as_deref(), Some("localhost"));
-        assert_eq!(f.outcome.as_str(), "timeout");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn plain_http_on_the_tls_port_is_a_protocol_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let snap = snapshot(dir.path());
-        let f = outcome(&snap, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
-        assert_eq!((f.outcome, f.trust), (Outcome::ProtocolError, None));
-        assert_eq!(f.outcome.as_str(), "protocol_error");
     }
 }

@@ -300,3 +300,239 @@ impl CaSource {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::tls::testing::*;
+
+    #[test]
+    fn ca_without_crls_admits_valid_client() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
+        assert_eq!(v.root_hint_subjects().len(), 1);
+    }
+
+    #[test]
+    fn ca_with_crls_admits_valid_client() {
+        let p = pki();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
+    }
+
+    #[test]
+    fn unknown_issuer() {
+        let p = pki();
+        let other = TestCa::root("other root").unwrap();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let c = other.issue(&LeafSpec::client("mallory")).unwrap();
+        assert_eq!(rejected(&v, &c), (None, Outcome::UnknownIssuer));
+        // A self-signed certificate with no pinned source is unknown_issuer too.
+        let rogue = TestCert::self_signed(&LeafSpec::client("rogue")).unwrap();
+        assert_eq!(rejected(&v, &rogue), (None, Outcome::UnknownIssuer));
+        // An expired certificate from an unrelated CA is not this source's failure.
+        let mut spec = LeafSpec::client("old");
+        (spec.not_before, spec.not_after) = past();
+        let c = other.issue(&spec).unwrap();
+        assert_eq!(rejected(&v, &c), (None, Outcome::UnknownIssuer));
+    }
+
+    #[test]
+    fn bad_signature() {
+        // Same subject DN as the trusted root, different key: the issuer name matches an
+        // anchor but the signature does not verify.
+        let p = pki();
+        let impostor = TestCa::root("test root").unwrap();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let c = impostor.issue(&LeafSpec::client("mallory")).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::BadSignature)
+        );
+    }
+
+    #[test]
+    fn expired() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let mut spec = LeafSpec::client("old");
+        (spec.not_before, spec.not_after) = past();
+        let c = p.inter.issue(&spec).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::Expired)
+        );
+    }
+
+    #[test]
+    fn not_yet_valid() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let mut spec = LeafSpec::client("future");
+        spec.not_before = OffsetDateTime::now_utc() + Duration::days(1);
+        spec.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+        let c = p.inter.issue(&spec).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn revoked() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("revoked")).unwrap();
+        let ok = p.inter.issue(&LeafSpec::client("ok")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[&c.serial], a, b).unwrap(),
+        ];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::Revoked)
+        );
+        ca_admits(&v, &ok, "internal");
+    }
+
+    #[test]
+    fn unknown_revocation_status_and_allow() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        // Only the root's CRL: the leaf's issuer (the intermediate) has none.
+        let crls = vec![p.root.crl(&[], a, b).unwrap()];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::UnknownRevocationStatus)
+        );
+
+        let mut rev = default_revocation();
+        rev.allow_unknown_status = true;
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        ca_admits(&v, &c, "internal");
+    }
+
+    #[test]
+    fn end_entity_depth_skips_intermediate_status() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        // Only the intermediate's CRL: with depth chain the intermediate's own status is unknown.
+        let crls = vec![p.inter.crl(&[], a, b).unwrap()];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
+        assert_eq!(rejected(&v, &c).1, Outcome::UnknownRevocationStatus);
+        let mut rev = default_revocation();
+        rev.depth = RevocationDepth::EndEntity;
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        ca_admits(&v, &c, "internal");
+    }
+
+    #[test]
+    fn crl_expired_and_allow() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = past();
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::CrlExpired)
+        );
+
+        let mut rev = default_revocation();
+        rev.allow_expired_crl = true;
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        ca_admits(&v, &c, "internal");
+    }
+
+    #[test]
+    fn invalid_usage_server_auth_only() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let mut spec = LeafSpec::client("server-only");
+        spec.eku = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let c = p.inter.issue(&spec).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::InvalidUsage)
+        );
+        // No EKU at all is acceptable for client auth.
+        spec.eku = vec![];
+        ca_admits(&v, &p.inter.issue(&spec).unwrap(), "internal");
+    }
+
+    #[test]
+    fn lifetime_exceeded() {
+        let p = pki();
+        let max = Some(StdDuration::from_secs(90 * 86400));
+        let v = TrustVerifier::new(&[ca_source_with(
+            "internal",
+            &p.root,
+            vec![],
+            default_revocation(),
+            max,
+        )])
+        .unwrap();
+        let long = p.inter.issue(&LeafSpec::client("long")).unwrap(); // 366 days
+        assert_eq!(
+            rejected(&v, &long),
+            (Some("internal".into()), Outcome::LifetimeExceeded)
+        );
+        let mut spec = LeafSpec::client("short");
+        spec.not_after = spec.not_before + Duration::days(30);
+        ca_admits(&v, &p.inter.issue(&spec).unwrap(), "internal");
+    }
+
+    #[test]
+    fn invalid_cert_garbage_der() {
+        let p = pki();
+        let pin = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
+        let v = TrustVerifier::new(&[
+            ca_source("internal", &p.root, vec![]),
+            pinned_source(
+                "lab",
+                vec![entry("ci", cert_pin(&pin), None)],
+                true,
+                OverdueAction::Warn,
+            ),
+        ])
+        .unwrap();
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02, 0x03]);
+        let r = v.verify(&garbage, &[], now()).unwrap_err();
+        assert_eq!((r.trust, r.outcome), (None, Outcome::InvalidCert));
+    }
+}

@@ -176,4 +176,21 @@ mod tests {
         }
         assert_eq!(seen.len(), 16);
     }
+
+    #[test]
+    fn certificate_error_round_trip() {
+        for o in Outcome::ALL {
+            if o == Outcome::Success {
+                continue;
+            }
+            assert_eq!(
+                Outcome::from_certificate_error(&o.to_certificate_error()),
+                match o {
+                    Outcome::PinMismatch => Outcome::UnknownIssuer,
+                    Outcome::LifetimeExceeded | Outcome::ReviewOverdue => Outcome::InvalidCert,
+                    o => o,
+                }
+            );
+        }
+    }
 }

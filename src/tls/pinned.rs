@@ -1,7 +1,7 @@
 //! Pinned trust sources: our own verifier over SHA-256 certificate or SPKI pins.
 //!
 //! Pins are compared in constant time. The handshake signature is still verified by rustls
-//! (see the recording verifier in `mod.rs`), so a client must hold the pinned key.
+//! (see the recording verifier in `server_config.rs`), so a client must hold the pinned key.
 
 use std::sync::Arc;
 
@@ -155,5 +155,142 @@ impl PinnedSource {
             trust: self.name.clone(),
             pinned: Some(entry.name.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tls::testing::*;
+
+    #[test]
+    fn pinned_by_cert_sha256_and_spki() {
+        let a = TestCert::self_signed(&LeafSpec::client("a")).unwrap();
+        let b = TestCert::self_signed(&LeafSpec::client("b")).unwrap();
+        let c = TestCert::self_signed(&LeafSpec::client("c")).unwrap();
+        let v = TrustVerifier::new(&[pinned_source(
+            "lab",
+            vec![
+                entry("by-cert", cert_pin(&a), None),
+                entry("by-sha256", Pin::Sha256(sha256(b.cert.as_ref())), None),
+                entry("by-spki", spki_pin(&c), None),
+            ],
+            true,
+            OverdueAction::Warn,
+        )])
+        .unwrap();
+        for (cert, name) in [(&a, "by-cert"), (&b, "by-sha256"), (&c, "by-spki")] {
+            let adm = verify(&v, cert).unwrap();
+            assert_eq!(&*adm.trust, "lab");
+            assert_eq!(adm.pinned.as_deref(), Some(name));
+        }
+        assert!(v.root_hint_subjects().is_empty());
+    }
+
+    #[test]
+    fn first_matching_pin_wins() {
+        let a = TestCert::self_signed(&LeafSpec::client("a")).unwrap();
+        let v = TrustVerifier::new(&[pinned_source(
+            "lab",
+            vec![
+                entry("first", spki_pin(&a), None),
+                entry("second", cert_pin(&a), None),
+            ],
+            true,
+            OverdueAction::Warn,
+        )])
+        .unwrap();
+        assert_eq!(verify(&v, &a).unwrap().pinned.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn pin_mismatch() {
+        let a = TestCert::self_signed(&LeafSpec::client("a")).unwrap();
+        let rogue = TestCert::self_signed(&LeafSpec::client("rogue")).unwrap();
+        let p = pki();
+        let v = TrustVerifier::new(&[
+            ca_source("internal", &p.root, vec![]),
+            pinned_source(
+                "lab",
+                vec![entry("a", cert_pin(&a), None)],
+                true,
+                OverdueAction::Warn,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(rejected(&v, &rogue), (None, Outcome::PinMismatch));
+        // Not self-signed and no chain: unknown_issuer even with a pinned source.
+        let other = TestCa::root("other").unwrap();
+        let c = other.issue(&LeafSpec::client("x")).unwrap();
+        assert_eq!(rejected(&v, &c), (None, Outcome::UnknownIssuer));
+    }
+
+    #[test]
+    fn pinned_expired_and_check_validity_off() {
+        let mut spec = LeafSpec::client("old");
+        (spec.not_before, spec.not_after) = past();
+        let old = TestCert::self_signed(&spec).unwrap();
+        let entries = || vec![entry("old", cert_pin(&old), None)];
+        let v = TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)])
+            .unwrap();
+        assert_eq!(rejected(&v, &old), (Some("lab".into()), Outcome::Expired));
+        let v = TrustVerifier::new(&[pinned_source("lab", entries(), false, OverdueAction::Warn)])
+            .unwrap();
+        assert_eq!(verify(&v, &old).unwrap().pinned.as_deref(), Some("old"));
+
+        let mut spec = LeafSpec::client("future");
+        spec.not_before = OffsetDateTime::now_utc() + Duration::days(2);
+        let future = TestCert::self_signed(&spec).unwrap();
+        let v = TrustVerifier::new(&[pinned_source(
+            "lab",
+            vec![entry("future", cert_pin(&future), None)],
+            true,
+            OverdueAction::Warn,
+        )])
+        .unwrap();
+        assert_eq!(
+            rejected(&v, &future),
+            (Some("lab".into()), Outcome::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn review_overdue_warn_and_deny() {
+        let a = TestCert::self_signed(&LeafSpec::client("a")).unwrap();
+        let today = OffsetDateTime::now_utc().date();
+        let overdue = Some(today - Duration::days(1));
+        let entries = || {
+            vec![
+                entry("a", cert_pin(&a), overdue),
+                entry(
+                    "fresh",
+                    Pin::Sha256([7; 32]),
+                    Some(today + Duration::days(10)),
+                ),
+                entry("due-today", Pin::Sha256([8; 32]), Some(today)),
+            ]
+        };
+        let warn =
+            TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)])
+                .unwrap();
+        assert_eq!(verify(&warn, &a).unwrap().pinned.as_deref(), Some("a"));
+        let overdue_names = warn.overdue_pins(today);
+        assert_eq!(overdue_names.len(), 1);
+        assert_eq!(&*overdue_names[0].0, "lab");
+        assert_eq!(
+            overdue_names[0]
+                .1
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            vec!["a"]
+        );
+
+        let deny =
+            TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Deny)])
+                .unwrap();
+        assert_eq!(
+            rejected(&deny, &a),
+            (Some("lab".into()), Outcome::ReviewOverdue)
+        );
     }
 }
