@@ -28,9 +28,9 @@ use criterion::{BatchSize, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use certguard::config::{Config, XfccField};
+use certguard::headers::{apply_forward, strip_hop_by_hop, xfcc_element};
 use certguard::identity::{CertInfo, Identity};
 use certguard::policy::{authorize, Decision, PathMatch, RequestFacts};
-use certguard::proxy::headers::{apply_forward, strip_hop_by_hop, xfcc_element};
 use certguard::request::normalize::normalize;
 
 /// Pairs of (subject, baseline) benchmark ids, recorded as benchmarks are registered, read back

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use crate::proxy::Reason;
+use crate::metrics::Reason;
 use crate::tls::Outcome;
 
 /// The `tracing` target of every audit line; filter or route logs on it.

@@ -13,6 +13,7 @@ pub mod certs;
 pub mod config;
 pub mod devpki;
 pub mod echo;
+pub mod headers;
 pub mod identity;
 pub mod inventory;
 pub mod logging;
@@ -25,6 +26,7 @@ pub mod request;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

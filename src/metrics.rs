@@ -10,9 +10,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::proxy::stream::Cut;
-use crate::proxy::{Reason, UpstreamErrorKind};
 use crate::tls::Outcome;
+use crate::upstream::UpstreamErrorKind;
 use time::Date;
 
 /// The `trust` label for handshakes no trust source admitted (and no CA source built a chain).
@@ -28,6 +27,66 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
 const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Request `reason` label values (SPEC section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Ok,
+    NoRoute,
+    NotAllowed,
+    Revoked,
+    BadRequest,
+    SniMismatch,
+    UpstreamError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Ok,
+        Reason::NoRoute,
+        Reason::NotAllowed,
+        Reason::Revoked,
+        Reason::BadRequest,
+        Reason::SniMismatch,
+        Reason::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::NoRoute => "no_route",
+            Reason::NotAllowed => "not_allowed",
+            Reason::Revoked => "revoked",
+            Reason::BadRequest => "bad_request",
+            Reason::SniMismatch => "sni_mismatch",
+            Reason::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// `certguard_stream_resets_total{reason}`: why certguard cut a body short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResetReason {
+    /// The client let the stream make no progress for `idle_timeout`.
+    #[error("stream stalled by the client")]
+    Stalled,
+    /// The client's identity no longer verifies under the current snapshot.
+    #[error("client identity no longer valid")]
+    Revoked,
+}
+
+impl ResetReason {
+    /// `certguard_stream_resets_total{reason}` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Stalled => "client_stalled",
+            ResetReason::Revoked => "revoked",
+        }
+    }
+
+    /// Every label value, for metrics that start at 0.
+    pub const ALL: [ResetReason; 2] = [ResetReason::Stalled, ResetReason::Revoked];
+}
 
 /// Every certguard metric, registered in `registry`.
 ///
@@ -202,7 +261,7 @@ impl Metrics {
             m.reloads.with_label_values(&[result]);
             m.tls_handshake_duration.with_label_values(&[result]);
         }
-        for cut in Cut::ALL {
+        for cut in ResetReason::ALL {
             m.stream_resets.with_label_values(&[cut.as_str()]);
         }
         m.init_trust_sources([]);
@@ -301,7 +360,7 @@ impl Metrics {
     }
 
     /// A body cut in flight.
-    pub fn stream_reset(&self, why: Cut) {
+    pub fn stream_reset(&self, why: ResetReason) {
         self.stream_resets.with_label_values(&[why.as_str()]).inc();
     }
 

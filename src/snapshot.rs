@@ -7,8 +7,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::proxy::forward::Upstreams;
 use crate::tls::{ServerTls, TlsError, TrustVerifier};
+use crate::upstream::Upstreams;
 
 /// One immutable generation of reloadable state.
 pub struct Snapshot {

@@ -17,18 +17,20 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::UnixTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::forward::UpstreamClient;
-use super::stream::{Cut, Hold, RequestBody, ResponseBody, Streams, Watched};
-use super::{headers, Reason};
+use super::stream::{Hold, RequestBody, ResponseBody, Streams, Watched};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
+use crate::headers;
 use crate::identity::{CertInfo, Identity};
+use crate::metrics::Reason;
+use crate::metrics::ResetReason;
 use crate::policy::{self, Decision, Permit, RequestFacts};
 use crate::request::host::HostError;
 use crate::request::{framing, host, normalize};
 use crate::server::{Activity, InflightGuard, Lease, ProxyState};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;
+use crate::upstream::UpstreamClient;
 
 pub use super::stream::ProxyBody;
 
@@ -524,7 +526,7 @@ async fn place(
 async fn forward(
     ctx: &Arc<ConnContext>,
     exchange: Exchange<'_, '_>,
-    req: Request<super::forward::UpstreamBody>,
+    req: Request<crate::upstream::UpstreamBody>,
     identity: Identity,
 ) -> Answer {
     let Exchange {
@@ -578,7 +580,7 @@ async fn forward(
         else {
             // A 101 to a request that was not a WebSocket upgrade, or to another protocol:
             // relaying it would open a tunnel no policy sees.
-            metrics.upstream_error(name, super::UpstreamErrorKind::Protocol);
+            metrics.upstream_error(name, crate::upstream::UpstreamErrorKind::Protocol);
             tracing::warn!(conn_id = ctx.conn_id, upstream = %name, "upstream switched protocols unasked; refusing");
             return upstream_failure(StatusCode::BAD_GATEWAY, identity);
         };
@@ -731,7 +733,7 @@ async fn watchdog(ctx: Weak<ConnContext>) {
             return;
         }
         let snap = ctx.state.current.load();
-        let cut = |body: &Arc<dyn Watched>, why: Cut| {
+        let cut = |body: &Arc<dyn Watched>, why: ResetReason| {
             if body.cut(why) {
                 ctx.state.metrics.stream_reset(why);
             }
@@ -744,7 +746,7 @@ async fn watchdog(ctx: Weak<ConnContext>) {
                     detail = %rejection.detail,
                     "identity no longer valid under the current snapshot: cutting streams in flight"
                 );
-                live.iter().for_each(|body| cut(body, Cut::Revoked));
+                live.iter().for_each(|body| cut(body, ResetReason::Revoked));
             }
             Ok(_) => {
                 let limit = snap.config.listen.idle_timeout;
@@ -754,7 +756,7 @@ async fn watchdog(ctx: Weak<ConnContext>) {
                             conn_id = ctx.conn_id,
                             "stream made no progress for idle_timeout because of the client: resetting it"
                         );
-                        cut(body, Cut::Stalled);
+                        cut(body, ResetReason::Stalled);
                     }
                 }
             }

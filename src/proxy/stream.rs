@@ -26,38 +26,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::headers;
 use crate::config::Forward;
+use crate::headers;
+use crate::metrics::ResetReason;
 use crate::server::InflightGuard;
 
-/// Error type of the bodies certguard relays.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A body relayed by certguard (boxed).
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-
-/// Why certguard cut a body short.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Cut {
-    /// The client let the stream make no progress for `idle_timeout`.
-    #[error("stream stalled by the client")]
-    Stalled,
-    /// The client's identity no longer verifies under the current snapshot.
-    #[error("client identity no longer valid")]
-    Revoked,
-}
-
-impl Cut {
-    /// `certguard_stream_resets_total{reason}` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cut::Stalled => "client_stalled",
-            Cut::Revoked => "revoked",
-        }
-    }
-
-    /// Every label value, for metrics that start at 0.
-    pub const ALL: [Cut; 2] = [Cut::Stalled, Cut::Revoked];
-}
+pub use crate::upstream::{BoxError, ProxyBody};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -69,7 +43,7 @@ struct Watch {
     /// 1 + milliseconds since `epoch` since when the body has been waiting on the client;
     /// 0 while it is not.
     waiting: AtomicU64,
-    /// 0, or 1 + the index of the [`Cut`] in [`Cut::ALL`].
+    /// 0, or 1 + the index of the [`ResetReason`] in [`ResetReason::ALL`].
     cut: AtomicU8,
     /// The waker of whoever polls the body (hyper).
     waker: AtomicWaker,
@@ -110,18 +84,18 @@ impl Watch {
         }
     }
 
-    fn cut(&self) -> Option<Cut> {
+    fn cut(&self) -> Option<ResetReason> {
         match self.cut.load(Ordering::Acquire) {
             0 => None,
-            n => Cut::ALL.get(usize::from(n) - 1).copied(),
+            n => ResetReason::ALL.get(usize::from(n) - 1).copied(),
         }
     }
 
     /// Record the first cut; false when there already was one. A cut body waits on nobody.
-    fn set_cut(&self, why: Cut) -> bool {
+    fn set_cut(&self, why: ResetReason) -> bool {
         let code = match why {
-            Cut::Stalled => 1,
-            Cut::Revoked => 2,
+            ResetReason::Stalled => 1,
+            ResetReason::Revoked => 2,
         };
         if self
             .cut
@@ -139,9 +113,9 @@ impl Watch {
 pub trait Watched: Send + Sync {
     /// How long the body has been waiting on the client, if it is.
     fn waited(&self) -> Option<Duration>;
-    /// Cut the body: release what it holds and fail it the next time it is polled. Returns
+    /// ResetReason the body: release what it holds and fail it the next time it is polled. Returns
     /// false when it was already cut.
-    fn cut(&self, why: Cut) -> bool;
+    fn cut(&self, why: ResetReason) -> bool;
 }
 
 /// The bodies of one client connection that are still in flight.
@@ -224,7 +198,7 @@ impl Watched for RequestState {
         self.watch.waited()
     }
 
-    fn cut(&self, why: Cut) -> bool {
+    fn cut(&self, why: ResetReason) -> bool {
         if !self.watch.set_cut(why) {
             return false;
         }
@@ -342,7 +316,7 @@ impl Watched for ResponseSlot {
         self.watch.waited()
     }
 
-    fn cut(&self, why: Cut) -> bool {
+    fn cut(&self, why: ResetReason) -> bool {
         if !self.watch.set_cut(why) {
             return false;
         }

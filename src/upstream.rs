@@ -11,11 +11,35 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::UpstreamErrorKind;
 use crate::config::{self, UpstreamScheme};
 
+/// Error type of the bodies certguard relays.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A body relayed by certguard, either way (boxed).
+pub type ProxyBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
 /// Request body type sent upstream: the client's body, streamed.
-pub type UpstreamBody = super::stream::ProxyBody;
+pub type UpstreamBody = ProxyBody;
+
+/// `certguard_upstream_errors_total{kind}` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
 
 /// Why an upstream exchange failed, already classified for status code and metrics.
 #[derive(Debug, thiserror::Error)]
