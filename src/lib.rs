@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod conn;
 pub mod devpki;
 pub mod echo;
 pub mod headers;
@@ -38,9 +39,9 @@ use tokio::sync::watch;
 
 use crate::admin::AdminState;
 use crate::config::Config;
+use crate::conn::ProxyState;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::server::ProxyState;
 use crate::snapshot::{Current, Snapshot};
 
 /// Identities kept in the `/identities` inventory.

@@ -3,9 +3,8 @@
 //! produces exactly one metrics observation and one audit line.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
@@ -14,172 +13,23 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::UnixTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::stream::{Hold, RequestBody, ResponseBody, Streams, Watched};
+use super::stream::{Hold, RequestBody, ResponseBody};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
+use crate::conn::{ConnContext, InflightGuard};
 use crate::headers;
-use crate::identity::{CertInfo, Identity};
+use crate::identity::Identity;
 use crate::metrics::Reason;
-use crate::metrics::ResetReason;
 use crate::policy::{self, Decision, Permit, RequestFacts};
 use crate::request::host::HostError;
 use crate::request::{framing, host, normalize};
-use crate::server::{Activity, InflightGuard, Lease, ProxyState};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;
 use crate::upstream::UpstreamClient;
 
 pub use super::stream::ProxyBody;
-
-/// What a connection's verdict depends on besides its certificate: while it is unchanged, so
-/// is the verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct RecheckKey {
-    /// The snapshot generation.
-    generation: u64,
-    /// How many of the snapshot's time deadlines (CRL nextUpdate, pin reviews) have passed.
-    snapshot_deadlines: usize,
-    /// How many notAfter dates of the certificate chain have passed.
-    chain_deadlines: usize,
-}
-
-impl RecheckKey {
-    fn at(snap: &Snapshot, cert: &CertInfo, now: i64) -> RecheckKey {
-        RecheckKey {
-            generation: snap.generation,
-            snapshot_deadlines: snap.passed_deadlines(now),
-            chain_deadlines: cert.chain_not_after.partition_point(|t| *t < now),
-        }
-    }
-}
-
-fn unix_now(now: UnixTime) -> i64 {
-    i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
-}
-
-/// What one connection knows about itself, shared by its requests.
-pub struct ConnContext {
-    state: Arc<ProxyState>,
-    conn_id: u64,
-    peer: SocketAddr,
-    sni: Option<String>,
-    http2: bool,
-    /// The identity established at the handshake, under `verified`.
-    identity: Identity,
-    verified: RecheckKey,
-    /// The identity re-verified against a later snapshot (or after a deadline passed), cached
-    /// per key.
-    rechecked: Mutex<Option<(RecheckKey, Result<Identity, Rejection>)>>,
-    activity: Arc<Activity>,
-    /// Request and response bodies in flight, watched for stalls and revocation.
-    streams: Streams,
-    /// `listen.max_inflight_per_connection`: places for requests in flight upstream.
-    inflight_slots: Arc<Semaphore>,
-    /// The connection's slot and open-count entry, held until the last holder of this context
-    /// (the connection, or an upgraded tunnel that outlives it) is gone.
-    _lease: Lease,
-    /// The headers certguard adds for this client (XFCC element, X-Forwarded-For), built once
-    /// per config generation: they depend only on the certificate, the peer and `forward`.
-    client_headers: Mutex<Option<(u64, Arc<headers::ClientHeaders>)>>,
-}
-
-impl ConnContext {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        state: Arc<ProxyState>,
-        conn_id: u64,
-        peer: SocketAddr,
-        sni: Option<String>,
-        http2: bool,
-        identity: Identity,
-        snapshot: &Snapshot,
-        activity: Arc<Activity>,
-        lease: Lease,
-    ) -> ConnContext {
-        let verified = RecheckKey::at(snapshot, &identity.cert, unix_now(UnixTime::now()));
-        ConnContext {
-            state,
-            conn_id,
-            peer,
-            sni,
-            http2,
-            identity,
-            verified,
-            rechecked: Mutex::new(None),
-            activity,
-            streams: Streams::default(),
-            inflight_slots: Arc::new(Semaphore::new(
-                snapshot.config.listen.max_inflight_per_connection,
-            )),
-            _lease: lease,
-            client_headers: Mutex::new(None),
-        }
-    }
-
-    /// Put a body in flight under this connection's watchdog, starting it if needed.
-    fn watch(self: &Arc<Self>, body: Arc<dyn Watched>) {
-        if self.streams.register(Arc::downgrade(&body)) {
-            tokio::spawn(watchdog(Arc::downgrade(self)));
-        }
-    }
-
-    /// This client's [`headers::ClientHeaders`] under `snap`'s `forward` settings.
-    fn client_headers(&self, snap: &Snapshot) -> Arc<headers::ClientHeaders> {
-        let mut cached = self
-            .client_headers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match &*cached {
-            Some((generation, h)) if *generation == snap.generation => h.clone(),
-            _ => {
-                let h = Arc::new(headers::ClientHeaders::new(
-                    &snap.config.forward,
-                    &self.identity.cert,
-                    self.peer.ip(),
-                ));
-                *cached = Some((snap.generation, h.clone()));
-                h
-            }
-        }
-    }
-
-    /// SPEC 5.3: the connection's identity as the current snapshot sees it. Re-verifies the
-    /// chain only when the generation changed since the handshake, a deadline of the snapshot
-    /// passed, or a certificate of the chain (the leaf or an intermediate) expired.
-    fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
-        let now = UnixTime::now();
-        let key = RecheckKey::at(snap, &self.identity.cert, unix_now(now));
-        if key == self.verified {
-            return Ok(self.identity.clone());
-        }
-        if let Ok(guard) = self.rechecked.lock() {
-            if let Some((cached, result)) = guard.as_ref() {
-                if *cached == key {
-                    return result.clone();
-                }
-            }
-        }
-        let chain = &self.identity.cert.chain;
-        let result = match chain.split_first() {
-            Some((leaf, intermediates)) => snap
-                .verifier()
-                .verify(leaf, intermediates, now)
-                .map(|admission| Identity::new(admission, self.identity.cert.clone())),
-            None => Err(Rejection {
-                trust: None,
-                outcome: crate::tls::Outcome::NoClientCert,
-                detail: "connection has no certificate".into(),
-            }),
-        };
-        if let Ok(mut guard) = self.rechecked.lock() {
-            *guard = Some((key, result.clone()));
-        }
-        result
-    }
-}
 
 /// What the audit line and the metrics need to know about one request.
 #[derive(Default)]
@@ -237,7 +87,7 @@ pub async fn handle(
             allowed: answer.allowed,
             reason: answer.reason,
             status: answer.response.status().as_u16(),
-            identity: answer.identity.as_ref().unwrap_or(&ctx.identity),
+            identity: answer.identity.as_ref().unwrap_or(ctx.handshake_identity()),
             elapsed: started.elapsed(),
         },
     );
@@ -315,7 +165,7 @@ pub fn record_refused(ctx: &ConnContext, error: Option<&hyper::Error>) {
             allowed: false,
             reason: Reason::BadRequest,
             status,
-            identity: &ctx.identity,
+            identity: ctx.handshake_identity(),
             elapsed: std::time::Duration::ZERO,
         },
     );
@@ -711,55 +561,4 @@ pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// How often a connection's watchdog looks at its bodies in flight.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Runs while a connection has request or response bodies in flight: once a second it
-/// re-checks the identity (SPEC 5.3 for streams that outlive their request: SSE, gRPC
-/// streams, long uploads) and cuts every body if it no longer verifies; it cuts a body that
-/// has waited on the client for `idle_timeout` (a closed HTTP/2 window, a stalled upload).
-/// Holds the connection only weakly, so it never keeps its slot open.
-async fn watchdog(ctx: Weak<ConnContext>) {
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate
-    loop {
-        tick.tick().await;
-        let Some(ctx) = ctx.upgrade() else { return };
-        let live = ctx.streams.live();
-        if live.is_empty() {
-            return;
-        }
-        let snap = ctx.state.current.load();
-        let cut = |body: &Arc<dyn Watched>, why: ResetReason| {
-            if body.cut(why) {
-                ctx.state.metrics.stream_reset(why);
-            }
-        };
-        match ctx.current_identity(&snap) {
-            Err(rejection) => {
-                tracing::info!(
-                    conn_id = ctx.conn_id,
-                    outcome = %rejection.outcome,
-                    detail = %rejection.detail,
-                    "identity no longer valid under the current snapshot: cutting streams in flight"
-                );
-                live.iter().for_each(|body| cut(body, ResetReason::Revoked));
-            }
-            Ok(_) => {
-                let limit = snap.config.listen.idle_timeout;
-                for body in &live {
-                    if body.waited().is_some_and(|waited| waited >= limit) {
-                        tracing::info!(
-                            conn_id = ctx.conn_id,
-                            "stream made no progress for idle_timeout because of the client: resetting it"
-                        );
-                        cut(body, ResetReason::Stalled);
-                    }
-                }
-            }
-        }
-    }
 }

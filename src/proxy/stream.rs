@@ -16,7 +16,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,9 @@ use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Forward;
+use crate::conn::{InflightGuard, Watched};
 use crate::headers;
 use crate::metrics::ResetReason;
-use crate::server::InflightGuard;
 
 pub use crate::upstream::{BoxError, ProxyBody};
 
@@ -106,53 +106,6 @@ impl Watch {
         }
         self.stop_waiting();
         true
-    }
-}
-
-/// A body the connection's watchdog can see and cut.
-pub trait Watched: Send + Sync {
-    /// How long the body has been waiting on the client, if it is.
-    fn waited(&self) -> Option<Duration>;
-    /// ResetReason the body: release what it holds and fail it the next time it is polled. Returns
-    /// false when it was already cut.
-    fn cut(&self, why: ResetReason) -> bool;
-}
-
-/// The bodies of one client connection that are still in flight.
-#[derive(Default)]
-pub struct Streams {
-    inner: Mutex<StreamsInner>,
-}
-
-#[derive(Default)]
-struct StreamsInner {
-    live: Vec<Weak<dyn Watched>>,
-    watchdog: bool,
-}
-
-impl Streams {
-    /// Track `body`. Returns true when no watchdog is running for this connection, in which
-    /// case the caller starts one.
-    pub fn register(&self, body: Weak<dyn Watched>) -> bool {
-        let mut inner = lock(&self.inner);
-        if inner.live.len() >= 16 {
-            inner.live.retain(|w| w.strong_count() > 0);
-        }
-        inner.live.push(body);
-        !std::mem::replace(&mut inner.watchdog, true)
-    }
-
-    /// The bodies still alive. When there are none, the watchdog is marked stopped (under the
-    /// same lock as [`Streams::register`], so a body registered meanwhile starts a new one)
-    /// and the caller must stop.
-    pub fn live(&self) -> Vec<Arc<dyn Watched>> {
-        let mut inner = lock(&self.inner);
-        inner.live.retain(|w| w.strong_count() > 0);
-        let live: Vec<Arc<dyn Watched>> = inner.live.iter().filter_map(Weak::upgrade).collect();
-        if live.is_empty() {
-            inner.watchdog = false;
-        }
-        live
     }
 }
 
