@@ -11,8 +11,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use crate::certs::rfc3339_unix;
 use crate::config::{Config, Pin, RevocationDepth, TrustKind};
 use crate::identity::{CertInfo, Identity};
-use crate::policy::{self, Decision, RequestFacts};
-use crate::request::{host, normalize};
+use crate::policy::{self, RequestFacts};
+use crate::proxy::refusal::Refusal;
+use crate::proxy::service;
+use crate::request::host;
+use crate::request::host::HostError;
 use crate::tls::TrustVerifier;
 
 /// Warn about certificates and CRLs expiring within this many days.
@@ -336,10 +339,25 @@ pub fn explain(
         "\nrequest {method} {target}{}",
         host_arg.map(|h| format!(" host {h}")).unwrap_or_default()
     );
-    let target = match normalize::normalize(&method, &uri) {
+    let denied = |s: &mut String, refusal: &Refusal| {
+        let _ = writeln!(
+            s,
+            "decision: DENIED with {} ({}): {}",
+            refusal.status().as_u16(),
+            refusal.reason().as_str(),
+            refusal.detail()
+        );
+    };
+    let (parts, ()) = http::Request::builder()
+        .method(method.clone())
+        .uri(uri.clone())
+        .body(())
+        .map_err(|e| format!("invalid request: {e}"))?
+        .into_parts();
+    let target = match service::check_target(&parts, false) {
         Ok(t) => t,
-        Err(e) => {
-            let _ = writeln!(s, "decision: DENIED with 400 (bad request: {e})");
+        Err(refusal) => {
+            denied(&mut s, &refusal);
             return Ok(Explanation {
                 text: s,
                 allowed: false,
@@ -350,7 +368,7 @@ pub fn explain(
         Some(h) => match host::normalize_host(h) {
             Some(h) => Some(h),
             None => {
-                let _ = writeln!(s, "decision: DENIED with 400 (invalid host {h:?})");
+                denied(&mut s, &Refusal::Host(HostError::Bad("invalid host")));
                 return Ok(Explanation {
                     text: s,
                     allowed: false,
@@ -391,50 +409,54 @@ pub fn explain(
         identity.trust,
         identity.pinned.as_deref().unwrap_or("-")
     );
-    let allowed = match policy::authorize(&config.policy, &identity, &facts) {
-        Decision::Allowed(permit) => {
-            let route = permit.route();
-            let entry = &route.allow[permit.entry_index()];
-            let _ = writeln!(
-                s,
-                "  route        {} ({})",
-                route.name,
-                route.describe_match()
-            );
-            let _ = writeln!(
-                s,
-                "decision: ALLOWED by allow[{}] {} -> upstream {}",
-                permit.entry_index(),
-                entry.describe(),
-                route.upstream
-            );
-            true
-        }
-        Decision::NotAllowed { route } => {
-            let _ = writeln!(
-                s,
-                "  route        {} ({})",
-                route.name,
-                route.describe_match()
-            );
-            let _ = writeln!(s, "decision: DENIED with 403: no allow entry matches");
-            if route.allow.is_empty() {
-                let _ = writeln!(s, "  the route has no allow entries");
+    let allowed =
+        match service::authorize(&config.policy, &identity, &method, host.as_deref(), &target) {
+            Ok(permit) => {
+                let route = permit.route();
+                let entry = &route.allow[permit.entry_index()];
+                let _ = writeln!(
+                    s,
+                    "  route        {} ({})",
+                    route.name,
+                    route.describe_match()
+                );
+                let _ = writeln!(
+                    s,
+                    "decision: ALLOWED by allow[{}] {} -> upstream {}",
+                    permit.entry_index(),
+                    entry.describe(),
+                    route.upstream
+                );
+                true
             }
-            for (i, entry) in route.allow.iter().enumerate() {
-                let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
-                for m in entry.mismatches(&identity) {
-                    let _ = writeln!(s, "    - {m}");
+            Err(refusal) => {
+                let route = match &refusal {
+                    Refusal::NotAllowed { route } => config.policy.route(route),
+                    _ => None,
+                };
+                match route {
+                    Some(r) => {
+                        let _ = writeln!(s, "  route        {} ({})", r.name, r.describe_match());
+                    }
+                    None => {
+                        let _ = writeln!(s, "  route        none");
+                    }
                 }
+                denied(&mut s, &refusal);
+                if let Some(route) = route {
+                    if route.allow.is_empty() {
+                        let _ = writeln!(s, "  the route has no allow entries");
+                    }
+                    for (i, entry) in route.allow.iter().enumerate() {
+                        let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
+                        for m in entry.mismatches(&identity) {
+                            let _ = writeln!(s, "    - {m}");
+                        }
+                    }
+                }
+                false
             }
-            false
-        }
-        Decision::NoRoute => {
-            let _ = writeln!(s, "  route        none");
-            let _ = writeln!(s, "decision: DENIED with 404: no route matches");
-            false
-        }
-    };
+        };
     Ok(Explanation { text: s, allowed })
 }
 

@@ -3,5 +3,6 @@
 //! rules live in [`crate::request`], header rewriting in [`crate::headers`], the upstream
 //! clients in [`crate::upstream`].
 
+pub mod refusal;
 pub mod service;
 pub mod stream;

@@ -1,20 +1,22 @@
 //! One request through the pipeline of SPEC section 4: framing, normalization, Host/SNI,
-//! identity re-check against the current snapshot, authorization, forwarding. Every exit
-//! produces exactly one metrics observation and one audit line.
+//! identity re-check against the current snapshot, authorization, then the relay upstream.
+//! Each step either passes the request on or ends it with a [`Refusal`]; every request,
+//! whoever answered it, produces exactly one metrics observation and one audit line.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::refusal::{Limit, Refusal};
 use super::stream::{Hold, RequestBody, ResponseBody};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
@@ -22,29 +24,24 @@ use crate::conn::{ConnContext, InflightGuard};
 use crate::headers;
 use crate::identity::Identity;
 use crate::metrics::Reason;
-use crate::policy::{self, Decision, Permit, RequestFacts};
-use crate::request::host::HostError;
-use crate::request::{framing, host, normalize};
+use crate::policy::{self, Decision, Permit, Policy, RequestFacts};
+use crate::request::framing::{self, FramingError};
+use crate::request::host;
+use crate::request::normalize::{self, Target};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{ProxyBody, UpstreamError, UpstreamErrorKind};
 
-pub use super::stream::ProxyBody;
-
-/// What the audit line and the metrics need to know about one request.
+/// What the metrics, the inventory and the audit line know about one request, filled in as
+/// the pipeline learns it.
 #[derive(Default)]
 struct Facts {
     host: Option<String>,
+    /// The raw path until normalization succeeds, the normalized path after.
     path: Option<String>,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
-}
-
-/// The outcome of the pipeline before it is recorded.
-struct Answer {
-    response: Response<Reply>,
-    allowed: bool,
-    reason: Reason,
+    /// The identity as the current snapshot sees it, once re-checked.
     identity: Option<Identity>,
 }
 
@@ -66,32 +63,42 @@ pub async fn handle(
     let method = req.method().clone();
     let snap = ctx.state.current.load();
     let mut facts = Facts::default();
-    let mut answer = pipeline(&ctx, &snap, req, &mut facts, &inflight).await;
+    let (mut response, permitted, reason) =
+        match pipeline(&ctx, &snap, req, &mut facts, &inflight).await {
+            Ok(response) => (response, true, Reason::Ok),
+            Err(refusal) => {
+                if !refusal.has_route() {
+                    facts.route = None;
+                    facts.upstream = None;
+                }
+                log_refusal(&ctx, &refusal);
+                let response = refusal.response().map(Reply::Local);
+                (response, refusal.permitted(), refusal.reason())
+            }
+        };
     if !ctx.http2
-        && answer.response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
         && ctx.activity.stream_lost()
     {
         // Fail closed: a connection whose byte stream certguard could not follow gets no
         // further request, since its framing could not be judged.
-        answer
-            .response
+        response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     record(
         &ctx,
         snap.config.logging.access_log,
-        &Record {
+        &Outcome {
             method: method.as_str(),
             facts: &facts,
-            allowed: answer.allowed,
-            reason: answer.reason,
-            status: answer.response.status().as_u16(),
-            identity: answer.identity.as_ref().unwrap_or(ctx.handshake_identity()),
+            permitted,
+            reason,
+            status: response.status().as_u16(),
             elapsed: started.elapsed(),
         },
     );
-    Ok(answer.response.map(|reply| match reply {
+    Ok(response.map(|reply| match reply {
         Reply::Local(body) => ResponseBody::local(body, inflight),
         Reply::Relayed(body, hold) => {
             let (body, slot) = ResponseBody::relayed(body, hold);
@@ -101,27 +108,43 @@ pub async fn handle(
     }))
 }
 
-/// One request decision, as metrics, the inventory and the audit log see it.
-struct Record<'a> {
+fn log_refusal(ctx: &ConnContext, refusal: &Refusal) {
+    let conn_id = ctx.conn_id;
+    let detail = refusal.detail();
+    match refusal {
+        Refusal::Upstream(_) | Refusal::Overflow(_) => {
+            tracing::warn!(conn_id, %detail, "request not relayed")
+        }
+        Refusal::Revoked(_) => tracing::info!(conn_id, %detail, "request refused"),
+        _ => tracing::debug!(conn_id, %detail, "request refused"),
+    }
+}
+
+/// How one request ended.
+struct Outcome<'a> {
     method: &'a str,
     facts: &'a Facts,
-    allowed: bool,
+    /// Policy permitted it (the `decision` label).
+    permitted: bool,
     reason: Reason,
     status: u16,
-    identity: &'a Identity,
     elapsed: std::time::Duration,
 }
 
-/// Count and log one request decision: exactly once per request, whoever answered it.
-fn record(ctx: &ConnContext, access_log: bool, r: &Record<'_>) {
+/// Count and log one request: exactly once per request, whoever answered it.
+fn record(ctx: &ConnContext, access_log: bool, o: &Outcome<'_>) {
     let state = &ctx.state;
-    let f = r.facts;
-    state
-        .metrics
-        .request(f.route.as_deref(), r.allowed, r.reason, r.status, r.elapsed);
-    state.inventory.request(r.identity, r.allowed);
+    let f = o.facts;
+    let id = f.identity.as_ref().unwrap_or(ctx.handshake_identity());
+    state.metrics.request(
+        f.route.as_deref(),
+        o.permitted,
+        o.reason,
+        o.status,
+        o.elapsed,
+    );
+    state.inventory.request(id, o.permitted);
     if access_log {
-        let id = r.identity;
         audit::request_line(&RequestAudit {
             conn_id: ctx.conn_id,
             peer: ctx.peer,
@@ -131,15 +154,15 @@ fn record(ctx: &ConnContext, access_log: bool, r: &Record<'_>) {
             subject: Some(&id.cert.subject),
             spiffe_id: id.cert.spiffe_id.as_deref(),
             fingerprint: Some(&id.cert.fingerprint),
-            method: r.method,
+            method: o.method,
             host: f.host.as_deref(),
             path: f.path.as_deref().unwrap_or(""),
             route: f.route.as_deref(),
             upstream: f.upstream.as_deref(),
-            decision: if r.allowed { "allowed" } else { "denied" },
-            reason: r.reason,
-            status: r.status,
-            duration_ms: r.elapsed.as_secs_f64() * 1000.0,
+            decision: if o.permitted { "allowed" } else { "denied" },
+            reason: o.reason,
+            status: o.status,
+            duration_ms: o.elapsed.as_secs_f64() * 1000.0,
         });
     }
 }
@@ -159,50 +182,27 @@ pub fn record_refused(ctx: &ConnContext, error: Option<&hyper::Error>) {
     record(
         ctx,
         access_log,
-        &Record {
+        &Outcome {
             method: "-",
             facts: &Facts::default(),
-            allowed: false,
+            permitted: false,
             reason: Reason::BadRequest,
             status,
-            identity: ctx.handshake_identity(),
             elapsed: std::time::Duration::ZERO,
         },
     );
 }
 
-async fn pipeline(
-    ctx: &Arc<ConnContext>,
-    snap: &Snapshot,
-    req: Request<Incoming>,
-    facts: &mut Facts,
-    inflight: &Arc<InflightGuard>,
-) -> Answer {
-    let (mut parts, body) = req.into_parts();
-    // The raw path until normalization succeeds (logged for refused targets).
-    facts.path = Some(parts.uri.path().to_owned());
-
-    // Framing: only HTTP/1 has Content-Length/Transfer-Encoding ambiguity. hyper drops
-    // Content-Length when Transfer-Encoding is present, so that case is caught on the raw head.
-    if !ctx.http2 {
-        let conflict = if ctx.activity.take_framing_conflict() {
-            Err(framing::FramingError::LengthAndChunked)
-        } else {
-            framing::check(&parts.headers)
-        };
-        if let Err(e) = conflict {
-            tracing::debug!(conn_id = ctx.conn_id, error = %e, "ambiguous framing");
-            let mut response = fixed(StatusCode::BAD_REQUEST);
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return deny(response, Reason::BadRequest, None);
-        }
+/// SPEC 4 steps 1 and 2 for a request head: the HTTP/1 framing headers, then the method and
+/// the target, normalized into the one form policy sees and the upstream gets.
+pub fn check_target(parts: &Parts, http2: bool) -> Result<Target, Refusal> {
+    // Only HTTP/1 has Content-Length/Transfer-Encoding ambiguity.
+    if !http2 {
+        framing::check(&parts.headers).map_err(Refusal::Framing)?;
     }
-
     // HTTP/2 requests always carry scheme and authority in the URI; the request target proper
     // is the :path, which is what gets normalized.
-    let target_uri = if ctx.http2 || parts.version == Version::HTTP_2 {
+    let target_uri = if http2 || parts.version == Version::HTTP_2 {
         match parts.uri.path_and_query() {
             Some(pq) => Uri::from(pq.clone()),
             None if parts.method == Method::CONNECT => parts.uri.clone(),
@@ -211,75 +211,83 @@ async fn pipeline(
     } else {
         parts.uri.clone()
     };
-    let target = match normalize::normalize(&parts.method, &target_uri) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::debug!(conn_id = ctx.conn_id, error = %e, "bad request target");
-            return deny(fixed(StatusCode::BAD_REQUEST), Reason::BadRequest, None);
-        }
-    };
-    facts.path = Some(target.path.clone());
+    normalize::normalize(&parts.method, &target_uri).map_err(Refusal::Target)
+}
 
-    let listen = &snap.config.listen;
-    let host = match host::request_host(&parts, ctx.sni.as_deref(), listen.require_sni_match) {
-        Ok(h) => h,
-        Err(HostError::SniMismatch) => {
-            return deny(
-                fixed(StatusCode::MISDIRECTED_REQUEST),
-                Reason::SniMismatch,
-                None,
-            );
-        }
-        Err(HostError::Bad(why)) => {
-            tracing::debug!(conn_id = ctx.conn_id, why, "bad host");
-            return deny(fixed(StatusCode::BAD_REQUEST), Reason::BadRequest, None);
-        }
-    };
-    facts.host = host.clone();
+/// SPEC 4 step 2: the host policy matches (lower-case, no port), bound to the SNI.
+pub fn check_host(
+    parts: &Parts,
+    sni: Option<&str>,
+    require_sni_match: bool,
+) -> Result<Option<String>, Refusal> {
+    host::request_host(parts, sni, require_sni_match).map_err(Refusal::Host)
+}
 
-    let identity = match ctx.current_identity(snap) {
-        Ok(id) => id,
-        Err(rejection) => {
-            tracing::info!(
-                conn_id = ctx.conn_id,
-                outcome = %rejection.outcome,
-                detail = %rejection.detail,
-                "identity no longer valid under the current snapshot"
-            );
-            return deny(fixed(StatusCode::FORBIDDEN), Reason::Revoked, None);
-        }
-    };
-
+/// SPEC 4 step 4: the permit for `identity`, or the refusal.
+pub fn authorize<'p>(
+    policy: &'p Policy,
+    identity: &Identity,
+    method: &Method,
+    host: Option<&str>,
+    target: &Target,
+) -> Result<Permit<'p>, Refusal> {
     let request = RequestFacts {
-        method: &parts.method,
-        host: host.as_deref(),
+        method,
+        host,
         path: &target.path,
     };
-    let permit = match policy::authorize(&snap.config.policy, &identity, &request) {
-        Decision::NoRoute => {
-            return deny(
-                fixed(StatusCode::NOT_FOUND),
-                Reason::NoRoute,
-                Some(identity),
-            )
+    match policy::authorize(policy, identity, &request) {
+        Decision::Allowed(permit) => Ok(permit),
+        Decision::NotAllowed { route } => Err(Refusal::NotAllowed {
+            route: route.name.clone(),
+        }),
+        Decision::NoRoute => Err(Refusal::NoRoute),
+    }
+}
+
+async fn pipeline(
+    ctx: &Arc<ConnContext>,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    facts: &mut Facts,
+    inflight: &Arc<InflightGuard>,
+) -> Result<Response<Reply>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    facts.path = Some(parts.uri.path().to_owned());
+    // hyper drops Content-Length when Transfer-Encoding is present, so that conflict is
+    // caught on the raw head by the connection's stream tracker.
+    if !ctx.http2 && ctx.activity.take_framing_conflict() {
+        return Err(Refusal::Framing(FramingError::LengthAndChunked));
+    }
+    let target = check_target(&parts, ctx.http2)?;
+    facts.path = Some(target.path.clone());
+    let listen = &snap.config.listen;
+    let host = check_host(&parts, ctx.sni.as_deref(), listen.require_sni_match)?;
+    facts.host = host.clone();
+    let identity = ctx.current_identity(snap).map_err(Refusal::Revoked)?;
+    facts.identity = Some(identity.clone());
+    let permit = authorize(
+        &snap.config.policy,
+        &identity,
+        &parts.method,
+        host.as_deref(),
+        &target,
+    )
+    .inspect_err(|refusal| {
+        if let Refusal::NotAllowed { route } = refusal {
+            facts.route = Some(route.clone());
         }
-        Decision::NotAllowed { route } => {
-            facts.route = Some(route.name.clone());
-            return deny(
-                fixed(StatusCode::FORBIDDEN),
-                Reason::NotAllowed,
-                Some(identity),
-            );
-        }
-        Decision::Allowed(permit) => permit,
-    };
+    })?;
     let route = permit.route();
     facts.route = Some(route.name.clone());
     facts.upstream = Some(route.upstream.clone());
 
     let Some(upstream) = snap.upstreams.get(&route.upstream) else {
         // Config validation makes this unreachable; answer rather than panic.
-        return upstream_failure(StatusCode::BAD_GATEWAY, identity);
+        return Err(Refusal::Upstream(UpstreamError {
+            kind: UpstreamErrorKind::Protocol,
+            detail: format!("no upstream named {}", route.upstream),
+        }));
     };
 
     // Host as the client sent it, for X-Forwarded-Host and for the upstream's Host header.
@@ -314,13 +322,9 @@ async fn pipeline(
     if let Some(h) = &client_host {
         parts.headers.insert(HOST, h.clone());
     }
-    parts.uri = match upstream.uri(&target.path_and_query()) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(conn_id = ctx.conn_id, error = %e, "cannot build upstream request");
-            return upstream_failure(StatusCode::BAD_GATEWAY, identity);
-        }
-    };
+    parts.uri = upstream
+        .uri(&target.path_and_query())
+        .map_err(Refusal::Upstream)?;
     parts.version = match upstream.config.scheme {
         UpstreamScheme::Http => Version::HTTP_11,
         UpstreamScheme::H2c => Version::HTTP_2,
@@ -333,7 +337,6 @@ async fn pipeline(
     if !http_body::Body::is_end_stream(&body) {
         ctx.watch(client_body.clone());
     }
-    let upstream_req = Request::from_parts(parts, body.boxed());
     let exchange = Exchange {
         upstream,
         permit,
@@ -341,18 +344,12 @@ async fn pipeline(
         client_body: &client_body,
         inflight,
     };
-    let answer = forward(ctx, exchange, upstream_req, identity).await;
-    if client_body.failed() && answer.reason == Reason::BadRequest {
-        // SPEC 6: a 400 is counted and logged with route "none".
-        facts.route = None;
-        facts.upstream = None;
-    }
-    answer
+    relay(ctx, exchange, Request::from_parts(parts, body.boxed())).await
 }
 
-/// What [`forward`] needs beside the request.
+/// What [`relay`] needs beside the request.
 struct Exchange<'a, 'p> {
-    upstream: &'a Arc<UpstreamClient>,
+    upstream: &'a Arc<crate::upstream::UpstreamClient>,
     permit: Permit<'p>,
     client_upgrade: Option<OnUpgrade>,
     client_body: &'a super::stream::RequestState,
@@ -373,12 +370,12 @@ async fn place(
         .ok()
 }
 
-async fn forward(
+/// Send the request upstream under the concurrency limits and relay the response.
+async fn relay(
     ctx: &Arc<ConnContext>,
     exchange: Exchange<'_, '_>,
     req: Request<crate::upstream::UpstreamBody>,
-    identity: Identity,
-) -> Answer {
+) -> Result<Response<Reply>, Refusal> {
     let Exchange {
         upstream,
         permit,
@@ -393,12 +390,16 @@ async fn forward(
     // One client connection (HTTP/2 multiplexes up to 128 streams) and all clients together
     // get bounded shares of the upstream: a client that never reads its responses cannot
     // pin an unbounded number of upstream connections.
-    let Some(connection) = place(&ctx.inflight_slots, deadline).await else {
-        return overflow(ctx, name, "connection", identity);
+    let overflow = |limit: Limit| {
+        metrics.upstream_overflow(name, limit.as_str());
+        Refusal::Overflow(limit)
     };
-    let Some(upstream_place) = place(&upstream.slots, deadline).await else {
-        return overflow(ctx, name, "upstream", identity);
-    };
+    let connection = place(&ctx.inflight_slots, deadline)
+        .await
+        .ok_or_else(|| overflow(Limit::Connection))?;
+    let upstream_place = place(&upstream.slots, deadline)
+        .await
+        .ok_or_else(|| overflow(Limit::Upstream))?;
     let hold = Hold {
         inflight: inflight.clone(),
         connection,
@@ -408,60 +409,31 @@ async fn forward(
     metrics.upstream_duration(name, started.elapsed());
     let mut response = match result {
         Ok(r) => r,
-        Err(e) if client_body.failed() => {
-            // The exchange failed because the client's own body was malformed (e.g. invalid
-            // chunking), not because of the upstream.
-            tracing::debug!(conn_id = ctx.conn_id, error = %e, "client request body failed");
-            let mut response = fixed(StatusCode::BAD_REQUEST);
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return deny(response, Reason::BadRequest, Some(identity));
-        }
+        // The exchange failed because the client's own body was malformed (e.g. invalid
+        // chunking), not because of the upstream.
+        Err(e) if client_body.failed() => return Err(Refusal::BadBody(e.to_string())),
         Err(e) => {
             metrics.upstream_error(name, e.kind);
-            tracing::warn!(conn_id = ctx.conn_id, upstream = %name, error = %e, "upstream request failed");
-            return upstream_failure(e.status(), identity);
+            return Err(Refusal::Upstream(e));
         }
     };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) =
-            client_upgrade.filter(|_| headers::is_websocket_switch(response.headers()))
-        else {
-            // A 101 to a request that was not a WebSocket upgrade, or to another protocol:
-            // relaying it would open a tunnel no policy sees.
-            metrics.upstream_error(name, crate::upstream::UpstreamErrorKind::Protocol);
-            tracing::warn!(conn_id = ctx.conn_id, upstream = %name, "upstream switched protocols unasked; refusing");
-            return upstream_failure(StatusCode::BAD_GATEWAY, identity);
-        };
-        spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response), hold);
-        // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
-        return Answer {
-            response: response.map(|b| Reply::Local(b.map_err(Into::into).boxed())),
-            allowed: true,
-            reason: Reason::Ok,
-            identity: Some(identity),
-        };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(response.headers_mut());
+        return Ok(response.map(|b| Reply::Relayed(b.map_err(Into::into).boxed(), hold)));
     }
-    headers::strip_hop_by_hop(response.headers_mut());
-    Answer {
-        response: response.map(|b| Reply::Relayed(b.map_err(Into::into).boxed(), hold)),
-        allowed: true,
-        reason: Reason::Ok,
-        identity: Some(identity),
-    }
-}
-
-/// A request that found no place under a concurrency limit before its deadline: 503.
-fn overflow(ctx: &ConnContext, upstream: &str, limit: &'static str, identity: Identity) -> Answer {
-    ctx.state.metrics.upstream_overflow(upstream, limit);
-    tracing::warn!(
-        conn_id = ctx.conn_id,
-        upstream,
-        limit,
-        "no place for the request under the concurrency limit before the upstream timeout"
-    );
-    upstream_failure(StatusCode::SERVICE_UNAVAILABLE, identity)
+    let Some(client) = client_upgrade.filter(|_| headers::is_websocket_switch(response.headers()))
+    else {
+        // A 101 to a request that was not a WebSocket upgrade, or to another protocol:
+        // relaying it would open a tunnel no policy sees.
+        metrics.upstream_error(name, UpstreamErrorKind::Protocol);
+        return Err(Refusal::Upstream(UpstreamError {
+            kind: UpstreamErrorKind::Protocol,
+            detail: "upstream switched protocols unasked".to_owned(),
+        }));
+    };
+    spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response), hold);
+    // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
+    Ok(response.map(|b| Reply::Local(b.map_err(Into::into).boxed())))
 }
 
 /// Relay an upgraded (WebSocket) connection until either side closes or the client's identity
@@ -520,45 +492,202 @@ async fn revoked(ctx: &ConnContext) -> Rejection {
     }
 }
 
-fn deny(response: Response<ProxyBody>, reason: Reason, identity: Option<Identity>) -> Answer {
-    Answer {
-        response: response.map(Reply::Local),
-        allowed: false,
-        reason,
-        identity,
-    }
-}
+#[cfg(test)]
+mod tests {
+    //! The pipeline's decisions before the relay, as a table: one request head in, a route
+    //! or a refusal (status and reason) out.
+    use super::*;
+    use crate::devpki::{LeafSpec, TestCa};
+    use crate::identity::{Admission, CertInfo};
 
-fn upstream_failure(status: StatusCode, identity: Identity) -> Answer {
-    Answer {
-        response: fixed(status).map(Reply::Local),
-        allowed: true,
-        reason: Reason::UpstreamError,
-        identity: Some(identity),
-    }
-}
+    const ROUTES: &str = "routes:
+  - name: orders-write
+    host: orders.internal
+    path_prefix: /orders
+    methods: [POST, DELETE]
+    upstream: app
+    allow: [{ cn: alice }]
+  - name: reports
+    path: /reports
+    methods: [GET]
+    upstream: app
+    allow: [{ cn: alice }]
+  - name: admin
+    path_prefix: /admin
+    upstream: app
+    allow: [{ cn: root }]
+upstreams:
+  app: { url: 'http://127.0.0.1:9' }
+";
 
-/// A proxy-generated response: fixed short body, details only in logs (SPEC 4 step 7).
-pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
-    let body: &'static str = match status {
-        StatusCode::BAD_REQUEST => "bad request\n",
-        StatusCode::FORBIDDEN => "forbidden\n",
-        StatusCode::NOT_FOUND => "no route\n",
-        StatusCode::MISDIRECTED_REQUEST => "misdirected request\n",
-        StatusCode::BAD_GATEWAY => "bad gateway\n",
-        StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
-        StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
-        _ => "error\n",
-    };
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    fn setup() -> (tempfile::TempDir, crate::config::Config, Identity) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::devpki::write(&dir.path().join("pki"), false).unwrap();
+        let yaml = format!(
+            "listen: {{ cert: pki/server.crt, key: pki/server.key }}\n\
+             trust:\n  internal: {{ ca: pki/ca.crt }}\n{ROUTES}"
+        );
+        let config = crate::config::Config::from_yaml(&yaml, &dir.path().join("c.yaml")).unwrap();
+        let alice = TestCa::root("r")
+            .unwrap()
+            .issue(&LeafSpec::client("alice"))
+            .unwrap();
+        let identity = Identity::new(
+            Admission {
+                trust: "internal".into(),
+                pinned: None,
+            },
+            Arc::new(CertInfo::from_chain(&alice.chain).unwrap()),
+        );
+        (dir, config, identity)
+    }
+
+    /// A route name, or (status, reason).
+    fn decide(
+        policy: &Policy,
+        identity: &Identity,
+        req: http::Request<()>,
+        http2: bool,
+        sni: Option<&str>,
+    ) -> Result<String, (u16, &'static str)> {
+        let (parts, ()) = req.into_parts();
+        let refused = |r: Refusal| (r.status().as_u16(), r.reason().as_str());
+        let target = check_target(&parts, http2).map_err(refused)?;
+        let host = check_host(&parts, sni, true).map_err(refused)?;
+        authorize(policy, identity, &parts.method, host.as_deref(), &target)
+            .map(|p| p.route().name.to_string())
+            .map_err(refused)
+    }
+
+    #[test]
+    fn refusals_before_the_relay() {
+        let (_dir, config, alice) = setup();
+        let h1 = |method: &str, uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        let sni = Some("orders.internal");
+        type Row<'a> = (
+            http::Request<()>,
+            bool,
+            Option<&'a str>,
+            Result<&'a str, (u16, &'a str)>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                h1("POST", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Ok("orders-write"),
+            ),
+            (
+                h1("DELETE", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Ok("orders-write"),
+            ),
+            (
+                h1("delete", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("CONNECT", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("GET", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Err((404, "no_route")),
+            ),
+            (
+                h1("HEAD", "/reports", Some("orders.internal")),
+                false,
+                sni,
+                Ok("reports"),
+            ),
+            (
+                h1("GET", "/admin/x", Some("orders.internal")),
+                false,
+                sni,
+                Err((403, "not_allowed")),
+            ),
+            (
+                h1("GET", "/reports/../admin", Some("orders.internal")),
+                false,
+                sni,
+                Err((403, "not_allowed")),
+            ),
+            (
+                h1("GET", "/a%2Fb", Some("orders.internal")),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("GET", "/reports", None),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("GET", "/reports", Some("other.internal")),
+                false,
+                sni,
+                Err((421, "sni_mismatch")),
+            ),
+            (
+                h1("GET", "/reports", Some("other.internal")),
+                false,
+                None,
+                Ok("reports"),
+            ),
+            (
+                http::Request::builder()
+                    .method("POST")
+                    .uri("/orders/1")
+                    .header("host", "orders.internal")
+                    .header("transfer-encoding", "gzip, chunked")
+                    .body(())
+                    .unwrap(),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                http::Request::builder()
+                    .method("POST")
+                    .uri("https://orders.internal/orders/1")
+                    .version(Version::HTTP_2)
+                    .body(())
+                    .unwrap(),
+                true,
+                sni,
+                Ok("orders-write"),
+            ),
+            (
+                http::Request::builder()
+                    .method("post")
+                    .uri("https://orders.internal/orders/1")
+                    .version(Version::HTTP_2)
+                    .body(())
+                    .unwrap(),
+                true,
+                sni,
+                Err((400, "bad_request")),
+            ),
+        ];
+        for (req, http2, sni, want) in rows {
+            let what = format!("{} {} (h2 {http2})", req.method(), req.uri());
+            let got = decide(&config.policy, &alice, req, http2, sni);
+            assert_eq!(got, want.map(str::to_owned), "{what}");
+        }
+    }
 }
