@@ -17,6 +17,7 @@ pub mod echo;
 pub mod headers;
 pub mod identity;
 pub mod inventory;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

@@ -12,7 +12,6 @@ use prometheus::{
 
 use crate::tls::Outcome;
 use crate::upstream::UpstreamErrorKind;
-use time::Date;
 
 /// The `trust` label for handshakes no trust source admitted (and no CA source built a chain).
 pub const TRUST_NONE: &str = "none";
@@ -111,9 +110,14 @@ pub struct Metrics {
     crl_labels: Mutex<Vec<(String, String)>>,
     server_cert_not_after: IntGauge,
     pinned_review_overdue: IntGaugeVec,
-    /// `(trust, review_by dates of its pinned entries)` of the current snapshot. The overdue
-    /// gauge is computed from these at every scrape, so a date passing on a running proxy counts.
-    pinned_reviews: Mutex<Vec<(String, Vec<Date>)>>,
+    /// `(trust, when each of its pinned entries becomes overdue)` of the current snapshot. The
+    /// overdue gauge is computed from these at every scrape, so a date passing on a running
+    /// proxy counts.
+    pinned_reviews: Mutex<Vec<(String, Vec<i64>)>>,
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Lock `m`, ignoring poisoning: the guarded data are label lists, valid after any panic.
@@ -406,15 +410,15 @@ impl Metrics {
         self.server_cert_not_after.set(unix_seconds);
     }
 
-    /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, the
-    /// review_by dates of its entries)`. An entry is overdue once its date is before today (UTC);
-    /// that is evaluated at every scrape.
+    /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, when each of
+    /// its entries becomes overdue, Unix seconds)` (see
+    /// [`crate::config::PinnedEntry::overdue_from`]); evaluated at every scrape.
     ///
     /// Series not in `per_trust` disappear, so removed trust sources stop being reported.
-    pub fn set_pinned_reviews(&self, per_trust: Vec<(String, Vec<Date>)>) {
+    pub fn set_pinned_reviews(&self, per_trust: Vec<(String, Vec<i64>)>) {
         let mut reviews = lock(&self.pinned_reviews);
         let old = std::mem::replace(&mut *reviews, per_trust);
-        self.refresh_pinned_review_overdue(&reviews, time::OffsetDateTime::now_utc().date());
+        self.refresh_pinned_review_overdue(&reviews, now_unix());
         for (trust, _) in &old {
             if !reviews.iter().any(|(t, _)| t == trust) {
                 // Err only means the series was already absent.
@@ -425,9 +429,9 @@ impl Metrics {
         }
     }
 
-    fn refresh_pinned_review_overdue(&self, reviews: &[(String, Vec<Date>)], today: Date) {
-        for (trust, dates) in reviews {
-            let overdue = dates.iter().filter(|d| **d < today).count();
+    fn refresh_pinned_review_overdue(&self, reviews: &[(String, Vec<i64>)], now: i64) {
+        for (trust, overdue_from) in reviews {
+            let overdue = overdue_from.iter().filter(|from| now >= **from).count();
             self.pinned_review_overdue
                 .with_label_values(&[trust.as_str()])
                 .set(i64::try_from(overdue).unwrap_or(i64::MAX));
@@ -436,14 +440,14 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        self.encode_on(time::OffsetDateTime::now_utc().date())
+        self.encode_at(now_unix())
     }
 
-    /// [`Metrics::encode`] as if `today` (UTC) were the current date.
-    fn encode_on(&self, today: Date) -> String {
+    /// [`Metrics::encode`] as if it were `now` (Unix seconds).
+    fn encode_at(&self, now: i64) -> String {
         {
             let reviews = lock(&self.pinned_reviews);
-            self.refresh_pinned_review_overdue(&reviews, today);
+            self.refresh_pinned_review_overdue(&reviews, now);
         }
         let families = self.registry.gather();
         let mut buf = Vec::new();
@@ -715,7 +719,7 @@ mod tests {
             ("internal".into(), "ca.crl".into(), 100),
             ("internal".into(), "intermediate.crl".into(), 200),
         ]);
-        let past = time::macros::date!(2020 - 01 - 01);
+        let past = 1_577_836_800; // 2020-01-01
         m.set_pinned_reviews(vec![
             ("lab".into(), vec![past, past]),
             ("old".into(), vec![past]),
@@ -762,9 +766,13 @@ mod tests {
         let m = Metrics::new();
         let review_by = time::macros::date!(2030 - 06 - 15);
         let later = time::macros::date!(2030 - 06 - 30);
-        m.set_pinned_reviews(vec![("lab".into(), vec![review_by, later])]);
+        let from = |d| crate::config::overdue_from(d).unwrap();
+        m.set_pinned_reviews(vec![("lab".into(), vec![from(review_by), from(later)])]);
         let pin = "certguard_pinned_review_overdue";
-        let on = |day| value(&m.encode_on(day), pin, r#"trust="lab""#);
+        let on = |day: time::Date| {
+            let noon = day.midnight().assume_utc().unix_timestamp() + 43_200;
+            value(&m.encode_at(noon), pin, r#"trust="lab""#)
+        };
         assert_eq!(
             on(review_by).as_deref(),
             Some("0"),
@@ -774,10 +782,10 @@ mod tests {
         let next_day = review_by.next_day().unwrap();
         assert_eq!(on(next_day).as_deref(), Some("1"));
         assert_eq!(on(later.next_day().unwrap()).as_deref(), Some("2"));
-        // The public encode() uses today's date.
+        // The public encode() uses the current time.
         m.set_pinned_reviews(vec![(
             "lab".into(),
-            vec![time::macros::date!(2020 - 01 - 01)],
+            vec![from(time::macros::date!(2020 - 01 - 01))],
         )]);
         assert_eq!(
             value(&m.encode(), pin, r#"trust="lab""#).as_deref(),

@@ -36,7 +36,6 @@ pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let now = now_unix();
     let soon = now + EXPIRY_WARNING_DAYS * 86_400;
-    let today = time::OffsetDateTime::now_utc().date();
     if let Some(leaf) = config.listen.cert_chain.first() {
         if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
             if info.not_after < soon {
@@ -54,7 +53,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             TrustKind::Ca(ca) => {
                 for (i, crl) in ca.crls.iter().enumerate() {
                     match crl.next_update {
-                        Some(next) if next < now => out.push(format!(
+                        Some(next) if crl.expired_at(now) => out.push(format!(
                             "trust.{name}.crl[{i}]: {} is past its nextUpdate ({}); handshakes needing it fail with crl_expired unless expired_crl: allow",
                             crl.path.display(),
                             rfc3339_unix(next)
@@ -95,7 +94,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
             TrustKind::Pinned(pinned) => {
                 for (i, entry) in pinned.entries.iter().enumerate() {
-                    if let Some(review_by) = entry.review_by.filter(|d| *d < today) {
+                    if let Some(review_by) = entry.review_by.filter(|_| entry.overdue_at(now)) {
                         out.push(format!(
                             "trust.{name}.pinned[{i}] ({}): review_by {review_by} has passed (owner: {}; on_overdue_review: {})",
                             entry.name,

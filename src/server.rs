@@ -2,7 +2,6 @@
 //! connection limits, header-read and idle timeouts, and drain on shutdown.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,21 +37,9 @@ pub async fn serve(
     // Connections waiting for a slot are bounded too, so a flood cannot grow tasks unboundedly.
     let waiting = Arc::new(Semaphore::new(max));
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let (tcp, peer) = tokio::select! {
+            accepted = crate::listener::accept(&listener, "listen") => accepted,
             _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                if is_resource_exhaustion(&e) {
-                    tracing::error!(error = %e, "accept failed: out of resources; backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                } else {
-                    tracing::debug!(error = %e, "accept failed");
-                }
-                continue;
-            }
         };
         let _ = tcp.set_nodelay(true);
         let permit = slots.clone().try_acquire_owned().ok();
@@ -82,11 +69,6 @@ pub async fn serve(
             handle_connection(state, snapshot, tcp, peer, lease, shutdown).await;
         });
     }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin.
-    matches!(e.raw_os_error(), Some(24) | Some(23) | Some(105) | Some(12))
 }
 
 async fn handle_connection(

@@ -101,11 +101,7 @@ fn deadlines(config: &Config) -> Vec<i64> {
                 out.extend(ca.crls.iter().filter_map(|c| c.next_update));
             }
             TrustKind::Pinned(p) if p.on_overdue_review == OverdueAction::Deny => {
-                // Overdue from the day after review_by (UTC).
-                out.extend(p.entries.iter().filter_map(|e| {
-                    let day = e.review_by?.next_day()?;
-                    Some(day.midnight().assume_utc().unix_timestamp())
-                }));
+                out.extend(p.entries.iter().filter_map(|e| e.overdue_from()));
             }
             _ => {}
         }

@@ -163,6 +163,40 @@ pub struct CrlFile {
     pub next_update: Option<i64>,
 }
 
+impl CrlFile {
+    /// The file's base name (the `file` label of the CRL gauges).
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the CRL is past its nextUpdate at `now` (Unix seconds).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.next_update.is_some_and(|next| next < now)
+    }
+}
+
+impl CaTrust {
+    /// `(file base name, earliest nextUpdate)` for each CRL file, in `crl:` order: a PEM
+    /// bundle holds several CRLs under one name, and the earliest is the one that matters.
+    pub fn next_update_per_file(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for crl in &self.crls {
+            let Some(next) = crl.next_update else {
+                continue;
+            };
+            let file = crl.file_name();
+            match out.iter_mut().find(|(f, _)| *f == file) {
+                Some((_, earliest)) => *earliest = (*earliest).min(next),
+                None => out.push((file, next)),
+            }
+        }
+        out
+    }
+}
+
 /// `trust.X.revocation:`
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Revocation {
@@ -207,6 +241,30 @@ pub struct PinnedEntry {
     pub purpose: Option<String>,
     /// Date by which the pin should be reviewed.
     pub review_by: Option<time::Date>,
+}
+
+impl PinnedEntry {
+    /// The Unix time from which the entry is overdue for review: midnight (UTC) after its
+    /// `review_by` date, so that the whole `review_by` day still counts as on time.
+    pub fn overdue_from(&self) -> Option<i64> {
+        overdue_from(self.review_by?)
+    }
+
+    /// Whether the entry is overdue for review at `now` (Unix seconds).
+    pub fn overdue_at(&self, now: i64) -> bool {
+        self.overdue_from().is_some_and(|from| now >= from)
+    }
+}
+
+/// When a pin reviewed by `review_by` becomes overdue (see [`PinnedEntry::overdue_from`]).
+pub fn overdue_from(review_by: time::Date) -> Option<i64> {
+    Some(
+        review_by
+            .next_day()?
+            .midnight()
+            .assume_utc()
+            .unix_timestamp(),
+    )
 }
 
 /// A certificate or public-key pin.

@@ -25,6 +25,8 @@ struct Entry {
     kind: PinKind,
     hash: [u8; 32],
     review_by: Option<time::Date>,
+    /// When the entry becomes overdue for review ([`crate::config::PinnedEntry::overdue_from`]).
+    overdue_from: Option<i64>,
 }
 
 /// One pinned trust source, built once per snapshot.
@@ -53,6 +55,7 @@ impl PinnedSource {
                     kind,
                     hash,
                     review_by: e.review_by,
+                    overdue_from: e.overdue_from(),
                 }
             })
             .collect();
@@ -67,15 +70,6 @@ impl PinnedSource {
     /// The source's name from the config.
     pub fn name(&self) -> &Arc<str> {
         &self.name
-    }
-
-    /// Names of the entries whose `review_by` date is before `today`, in config order.
-    pub fn overdue_entries(&self, today: time::Date) -> Vec<Arc<str>> {
-        self.entries
-            .iter()
-            .filter(|e| e.review_by.is_some_and(|d| d < today))
-            .map(|e| e.name.clone())
-            .collect()
     }
 
     /// Check the leaf against the pins. A rejection carries `trust = Some(name)` when an entry
@@ -135,21 +129,17 @@ impl PinnedSource {
                 ));
             }
         }
-        if self.on_overdue_review == OverdueAction::Deny {
-            if let (Some(review_by), Ok(now_dt)) = (
-                entry.review_by,
-                time::OffsetDateTime::from_unix_timestamp(now_secs),
-            ) {
-                if review_by < now_dt.date() {
-                    return Err(reject(
-                        Outcome::ReviewOverdue,
-                        format!(
-                            "pinned entry {} was due for review on {review_by}",
-                            entry.name
-                        ),
-                    ));
-                }
-            }
+        if self.on_overdue_review == OverdueAction::Deny
+            && entry.overdue_from.is_some_and(|from| now_secs >= from)
+        {
+            return Err(reject(
+                Outcome::ReviewOverdue,
+                format!(
+                    "pinned entry {} was due for review on {}",
+                    entry.name,
+                    entry.review_by.map(|d| d.to_string()).unwrap_or_default()
+                ),
+            ));
         }
         Ok(Admission {
             trust: self.name.clone(),
@@ -273,17 +263,13 @@ mod tests {
             TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Warn)])
                 .unwrap();
         assert_eq!(verify(&warn, &a).unwrap().pinned.as_deref(), Some("a"));
-        let overdue_names = warn.overdue_pins(today);
-        assert_eq!(overdue_names.len(), 1);
-        assert_eq!(&*overdue_names[0].0, "lab");
-        assert_eq!(
-            overdue_names[0]
-                .1
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>(),
-            vec!["a"]
-        );
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let overdue: Vec<String> = entries()
+            .iter()
+            .filter(|e| e.overdue_at(now))
+            .map(|e| e.name.to_string())
+            .collect();
+        assert_eq!(overdue, ["a"], "due today is not overdue yet");
 
         let deny =
             TrustVerifier::new(&[pinned_source("lab", entries(), true, OverdueAction::Deny)])

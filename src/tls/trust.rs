@@ -158,18 +158,6 @@ impl TrustVerifier {
             .collect()
     }
 
-    /// Names of overdue pinned entries per pinned source (for `check`, logs and the
-    /// `certguard_pinned_review_overdue` gauge), in config order.
-    pub fn overdue_pins(&self, today: time::Date) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
-        self.sources
-            .iter()
-            .filter_map(|s| match s {
-                Source::Pinned(p) => Some((p.name().clone(), p.overdue_entries(today))),
-                Source::Ca(_) => None,
-            })
-            .collect()
-    }
-
     /// Subjects of all CA sources' anchors, as sent in the CertificateRequest.
     pub fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
