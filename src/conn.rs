@@ -255,6 +255,7 @@ impl ConnContext {
                 trust: None,
                 outcome: crate::tls::Outcome::NoClientCert,
                 detail: "connection has no certificate".into(),
+                deny_reason: None,
             }),
         };
         if let Ok(mut guard) = self.rechecked.lock() {

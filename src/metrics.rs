@@ -37,10 +37,12 @@ pub enum Reason {
     BadRequest,
     SniMismatch,
     UpstreamError,
+    /// Release 2 (SPEC 9.4).
+    DenyListed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Ok,
         Reason::NoRoute,
         Reason::NotAllowed,
@@ -48,6 +50,7 @@ impl Reason {
         Reason::BadRequest,
         Reason::SniMismatch,
         Reason::UpstreamError,
+        Reason::DenyListed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::SniMismatch => "sni_mismatch",
             Reason::UpstreamError => "upstream_error",
+            Reason::DenyListed => "deny_listed",
         }
     }
 }

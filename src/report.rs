@@ -21,6 +21,9 @@ use crate::tls::TrustVerifier;
 /// Warn about certificates and CRLs expiring within this many days.
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
+/// How many deny entries `check` prints before it summarizes the rest.
+const DENY_ENTRIES_SHOWN: usize = 50;
+
 /// The result of `explain`.
 pub struct Explanation {
     pub text: String,
@@ -257,6 +260,31 @@ pub fn check(config: &Config) -> Result<String, String> {
             );
         }
     }
+    let deny = config.deny.entries();
+    let _ = writeln!(
+        s,
+        "\ndeny list: {}",
+        if deny.is_empty() {
+            "none".to_owned()
+        } else {
+            format!(
+                "{} entries (checked at the handshake and on every re-check)",
+                deny.len()
+            )
+        }
+    );
+    for e in deny.iter().take(DENY_ENTRIES_SHOWN) {
+        let _ = writeln!(
+            s,
+            "  deny[{}] {}  (reason: {})",
+            e.index,
+            e.entry.describe(),
+            e.reason.as_deref().unwrap_or("-")
+        );
+    }
+    if deny.len() > DENY_ENTRIES_SHOWN {
+        let _ = writeln!(s, "  ... and {} more", deny.len() - DENY_ENTRIES_SHOWN);
+    }
     let warnings = warnings(config);
     let _ = writeln!(
         s,
@@ -267,6 +295,19 @@ pub fn check(config: &Config) -> Result<String, String> {
         let _ = writeln!(s, "  - {w}");
     }
     Ok(s)
+}
+
+/// Which mechanism a handshake rejection came from, for `explain`.
+fn mechanism(r: &crate::tls::Rejection) -> &'static str {
+    use crate::tls::Outcome;
+    match r.outcome {
+        Outcome::DenyListed => "the deny list",
+        Outcome::Revoked | Outcome::UnknownRevocationStatus | Outcome::CrlExpired => {
+            "revocation (CRL)"
+        }
+        Outcome::PinMismatch | Outcome::ReviewOverdue => "the pinned sources",
+        _ => "certificate verification",
+    }
 }
 
 /// The `explain` report for one certificate file and one request.
@@ -291,7 +332,9 @@ pub fn explain(
     let uri: http::Uri = target
         .parse()
         .map_err(|_| format!("invalid request target {target:?}"))?;
-    let verifier = TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
+    let verifier = TrustVerifier::new(&config.trust)
+        .map_err(|e| e.to_string())?
+        .with_deny(config.deny.clone());
     let now = UnixTime::now();
 
     let mut s = String::new();
@@ -395,6 +438,7 @@ pub fn explain(
                 r.outcome,
                 r.trust.as_deref().unwrap_or("none")
             );
+            let _ = writeln!(s, "  decided by {}: {}", mechanism(&r), r.detail);
             return Ok(Explanation {
                 text: s,
                 allowed: false,

@@ -88,13 +88,7 @@ async fn handle_connection(
             state
                 .metrics
                 .handshake(trust, rejection.outcome, started.elapsed());
-            crate::audit::handshake_failure_line(
-                peer,
-                sni.as_deref(),
-                trust,
-                rejection.outcome,
-                &rejection.detail,
-            );
+            crate::audit::handshake_failure_line(peer, sni.as_deref(), &rejection);
             return;
         }
     };

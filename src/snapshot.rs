@@ -30,7 +30,7 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, TlsError> {
-        let verifier = Arc::new(TrustVerifier::new(&config.trust)?);
+        let verifier = Arc::new(TrustVerifier::new(&config.trust)?.with_deny(config.deny.clone()));
         let tls = ServerTls::new(&config.listen, verifier)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
         let deadlines = deadlines(&config);

@@ -135,6 +135,7 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
     let trust = trust(&mut errs, &mut files, rc.trust, &mut names);
     let upstreams = upstreams(&mut errs, rc.upstreams.unwrap_or_default(), &mut names);
     let policy = super::routes::compile(&mut errs, rc.routes.unwrap_or_default(), &names);
+    let deny = super::routes::compile_deny(&mut errs, rc.deny.unwrap_or_default(), &names);
     let forward = forward(&mut errs, rc.forward.unwrap_or_default());
     let admin = Admin {
         address: socket_addr(
@@ -159,6 +160,7 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
             listen,
             trust,
             policy,
+            deny: Arc::new(deny),
             upstreams,
             forward: Arc::new(forward),
             admin,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use crate::policy::deny::DenyList;
 use crate::policy::{AllowEntry, Policy};
 
 /// The whole configuration, every file already read and parsed.
@@ -33,6 +34,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `forward:` what is added to and stripped from forwarded requests.
     pub forward: Arc<Forward>,
+    /// `deny:` (SPEC 9.4), checked at the handshake and on every re-check.
+    pub deny: Arc<DenyList>,
     /// `admin:` the metrics/health listener.
     pub admin: Admin,
     /// `reload:` hot reload settings.
@@ -1260,6 +1263,54 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         let methods = |i: usize| c.policy.routes[i].methods.clone().unwrap();
         assert_eq!(methods(0), [http::Method::GET, http::Method::HEAD]);
         assert_eq!(methods(1), [http::Method::POST]);
+    }
+
+    #[test]
+    fn deny_entries() {
+        let (dir, _) = setup();
+        let good = full("").replace(
+            "upstreams:\n",
+            "deny:
+  - serial: '00:4F:2A:9C'
+    trust: internal
+    reason: INC-4711 key leaked
+  - spiffe_id: 'spiffe://example.org/ns/legacy/*'
+upstreams:
+",
+        );
+        let c = load(&dir, &good).unwrap();
+        let entries = c.deny.entries();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].reason.as_deref(), Some("INC-4711 key leaked"));
+        assert_eq!(entries[0].entry.describe(), "trust=internal, serial=4f2a9c");
+        assert_eq!(entries[1].reason, None);
+        let bad = full("").replace(
+            "upstreams:\n",
+            "deny:
+  - authenticated: true
+  - reason: nobody in particular
+  - {}
+  - serial: 'zz'
+  - trust: nowhere
+    cn: x
+  - cn: x
+    why: typo
+  - 42
+upstreams:
+",
+        );
+        assert_eq!(
+            keys(load(&dir, &bad)),
+            [
+                "deny[5].why",
+                "deny[6]",
+                "deny[0].authenticated",
+                "deny[1]",
+                "deny[2]",
+                "deny[3].serial",
+                "deny[4].trust",
+            ]
+        );
     }
 
     #[test]

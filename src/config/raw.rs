@@ -96,6 +96,8 @@ pub struct RawConfig {
     pub trust: Option<NamedMap<RawTrust>>,
     /// `routes:` in order.
     pub routes: Option<Vec<RawRoute>>,
+    /// `deny:` in order.
+    pub deny: Option<Vec<RawDeny>>,
     /// `upstreams:` named upstreams.
     pub upstreams: Option<NamedMap<RawUpstream>>,
     /// `forward:`
@@ -280,6 +282,17 @@ impl RawAllow {
     }
 }
 
+/// One `deny:` entry (SPEC 9.4): the allow-entry keys and a `reason`. (`authenticated` is
+/// read only to be refused with a clear message.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RawDeny {
+    /// `deny[i].<key>`: the identity keys.
+    #[serde(flatten)]
+    pub keys: RawAllow,
+    /// `deny[i].reason`
+    pub reason: Option<String>,
+}
+
 /// One upstream.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -455,6 +468,11 @@ fn type_name(v: &Value) -> &'static str {
 
 /// A struct section the walker can fill key by key.
 trait Section: DeserializeOwned + Default {
+    /// The keys the section takes: serde's field list, unless the section says otherwise.
+    fn known() -> Vec<&'static str> {
+        field_names::<Self>().to_vec()
+    }
+
     fn fill(w: &mut Walker, m: &Mapping, path: &str) -> Self;
 }
 
@@ -480,7 +498,7 @@ impl Walker {
             );
             return None;
         };
-        let known = field_names::<T>();
+        let known = T::known();
         for k in m.keys() {
             match k.as_str() {
                 Some(s) if known.contains(&s) => {}
@@ -589,6 +607,7 @@ impl Section for RawConfig {
             listen: w.child(m, p, "listen"),
             trust: w.named(m, p, "trust"),
             routes: w.section_list(m, p, "routes"),
+            deny: w.section_list(m, p, "deny"),
             upstreams: w.named(m, p, "upstreams"),
             forward: w.child(m, p, "forward"),
             admin: w.child(m, p, "admin"),
@@ -690,6 +709,21 @@ impl Section for RawAllow {
             spki: w.field(m, p, "spki"),
             serial: w.field(m, p, "serial"),
             authenticated: w.field(m, p, "authenticated"),
+        }
+    }
+}
+
+impl Section for RawDeny {
+    fn known() -> Vec<&'static str> {
+        let mut keys = field_names::<RawAllow>().to_vec();
+        keys.push("reason");
+        keys
+    }
+
+    fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
+        RawDeny {
+            keys: RawAllow::fill(w, m, p),
+            reason: w.field(m, p, "reason"),
         }
     }
 }

@@ -1,11 +1,12 @@
-//! Compiling the `routes:` section into a [`Policy`]: patterns are parsed by
-//! [`crate::policy::pattern`], references to trust sources, pinned names and upstreams are
-//! checked against what the file declares.
+//! Compiling the `routes:` section into a [`Policy`] and the `deny:` section into a
+//! [`DenyList`]: patterns are parsed by [`crate::policy::pattern`], references to trust
+//! sources, pinned names and upstreams are checked against what the file declares.
 
 use std::sync::Arc;
 
 use super::build::{Errs, Names};
-use super::raw::{RawAllow, RawRoute};
+use super::raw::{RawAllow, RawDeny, RawRoute};
+use crate::policy::deny::{DenyEntry, DenyList};
 use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route};
 use crate::request::normalize::{check_method, BadTarget};
 
@@ -142,6 +143,42 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
         }
     }
     Policy { routes: out }
+}
+
+/// Compile `deny:` (SPEC 9.4): each entry uses the allow-entry keys, needs at least one of
+/// them, and may not use `authenticated` (a deny entry for everyone is not an emergency brake).
+pub(super) fn compile_deny(errs: &mut Errs, deny: Vec<RawDeny>, names: &Names) -> DenyList {
+    let mut out = Vec::new();
+    for (i, d) in deny.into_iter().enumerate() {
+        let key = format!("deny[{i}]");
+        if errs.has(&key) && d == RawDeny::default() {
+            continue; // not a mapping: already reported
+        }
+        if d.keys.authenticated.is_some() {
+            errs.push(
+                format!("{key}.authenticated"),
+                "`authenticated` is not allowed in a deny entry: name the identity to deny",
+            );
+            continue;
+        }
+        if d.keys == RawAllow::default() {
+            if !errs.has(&key) {
+                errs.push(
+                    &key,
+                    "a deny entry needs at least one identity key (e.g. serial)",
+                );
+            }
+            continue;
+        }
+        if let Some(entry) = allow_entry(errs, &key, &d.keys, names) {
+            out.push(DenyEntry {
+                index: i,
+                entry,
+                reason: d.reason.map(|r| Arc::from(r.as_str())),
+            });
+        }
+    }
+    DenyList::new(out)
 }
 
 fn errs_len(errs: &Errs) -> usize {

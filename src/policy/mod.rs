@@ -5,6 +5,7 @@
 //! them to compile the `routes:` section, so everything here is already valid.
 #![warn(missing_docs)]
 
+pub mod deny;
 pub mod pattern;
 
 use std::fmt;

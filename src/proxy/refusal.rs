@@ -14,7 +14,7 @@ use crate::metrics::Reason;
 use crate::request::framing::FramingError;
 use crate::request::host::HostError;
 use crate::request::normalize::BadTarget;
-use crate::tls::Rejection;
+use crate::tls::{Outcome, Rejection};
 use crate::upstream::{ProxyBody, UpstreamError, UpstreamErrorKind};
 
 /// Why a request was not relayed, or its relay failed.
@@ -26,7 +26,8 @@ pub enum Refusal {
     Target(BadTarget),
     /// A missing, invalid or conflicting Host / `:authority`, or one that differs from the SNI.
     Host(HostError),
-    /// The connection's identity no longer verifies under the current snapshot (SPEC 5.3).
+    /// The connection's identity no longer verifies under the current snapshot (SPEC 5.3), or a
+    /// deny entry now matches it (SPEC 9.4, reason `deny_listed`).
     Revoked(Rejection),
     /// No route fits host, path and method.
     NoRoute,
@@ -89,6 +90,7 @@ impl Refusal {
             | Refusal::BadBody(_)
             | Refusal::Host(HostError::Bad(_)) => Reason::BadRequest,
             Refusal::Host(HostError::SniMismatch) => Reason::SniMismatch,
+            Refusal::Revoked(r) if r.outcome == Outcome::DenyListed => Reason::DenyListed,
             Refusal::Revoked(_) => Reason::Revoked,
             Refusal::NoRoute => Reason::NoRoute,
             Refusal::NotAllowed { .. } => Reason::NotAllowed,
@@ -177,7 +179,6 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::Outcome;
 
     fn upstream(kind: UpstreamErrorKind) -> Refusal {
         Refusal::Upstream(UpstreamError {
@@ -192,6 +193,7 @@ mod tests {
             trust: Some("internal".into()),
             outcome: Outcome::Revoked,
             detail: String::new(),
+            deny_reason: None,
         });
         type Row = (Refusal, u16, &'static str, bool, bool, bool, &'static str);
         let rows: Vec<Row> = vec![
@@ -232,6 +234,20 @@ mod tests {
                 "misdirected request\n",
             ),
             (revoked, 403, "revoked", false, false, false, "forbidden\n"),
+            (
+                Refusal::Revoked(Rejection {
+                    trust: Some("internal".into()),
+                    outcome: Outcome::DenyListed,
+                    detail: String::new(),
+                    deny_reason: Some("INC-1".into()),
+                }),
+                403,
+                "deny_listed",
+                false,
+                false,
+                false,
+                "forbidden\n",
+            ),
             (
                 Refusal::NoRoute,
                 404,

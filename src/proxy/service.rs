@@ -43,6 +43,8 @@ struct Facts {
     upstream: Option<Arc<str>>,
     /// The identity as the current snapshot sees it, once re-checked.
     identity: Option<Identity>,
+    /// The reason of the deny entry that refused the request.
+    deny_reason: Option<Arc<str>>,
 }
 
 /// A response body as the pipeline produced it.
@@ -71,6 +73,9 @@ pub async fn handle(
                     facts.route = None;
                     facts.upstream = None;
                 }
+                if let Refusal::Revoked(r) = &refusal {
+                    facts.deny_reason = r.deny_reason.clone();
+                }
                 log_refusal(&ctx, &refusal);
                 let response = refusal.response().map(Reply::Local);
                 (response, refusal.permitted(), refusal.reason())
@@ -89,7 +94,7 @@ pub async fn handle(
     record(
         &ctx,
         snap.config.logging.access_log,
-        &Outcome {
+        &RequestEnd {
             method: method.as_str(),
             facts: &facts,
             permitted,
@@ -121,7 +126,7 @@ fn log_refusal(ctx: &ConnContext, refusal: &Refusal) {
 }
 
 /// How one request ended.
-struct Outcome<'a> {
+struct RequestEnd<'a> {
     method: &'a str,
     facts: &'a Facts,
     /// Policy permitted it (the `decision` label).
@@ -132,7 +137,7 @@ struct Outcome<'a> {
 }
 
 /// Count and log one request: exactly once per request, whoever answered it.
-fn record(ctx: &ConnContext, access_log: bool, o: &Outcome<'_>) {
+fn record(ctx: &ConnContext, access_log: bool, o: &RequestEnd<'_>) {
     let state = &ctx.state;
     let f = o.facts;
     let id = f.identity.as_ref().unwrap_or(ctx.handshake_identity());
@@ -163,6 +168,7 @@ fn record(ctx: &ConnContext, access_log: bool, o: &Outcome<'_>) {
             reason: o.reason,
             status: o.status,
             duration_ms: o.elapsed.as_secs_f64() * 1000.0,
+            deny_reason: f.deny_reason.as_deref(),
         });
     }
 }
@@ -182,7 +188,7 @@ pub fn record_refused(ctx: &ConnContext, error: Option<&hyper::Error>) {
     record(
         ctx,
         access_log,
-        &Outcome {
+        &RequestEnd {
             method: "-",
             facts: &Facts::default(),
             permitted: false,

@@ -38,6 +38,7 @@ impl Failed {
                 trust,
                 outcome,
                 detail,
+                deny_reason: None,
             },
         }
     }
@@ -241,6 +242,7 @@ mod tests {
             trust: Some("internal".into()),
             outcome: Outcome::LifetimeExceeded,
             detail: String::new(),
+            deny_reason: None,
         };
         let err =
             rustls::Error::InvalidCertificate(Outcome::LifetimeExceeded.to_certificate_error());

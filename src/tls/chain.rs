@@ -150,6 +150,7 @@ impl CaSource {
                         trust: None,
                         outcome,
                         detail,
+                        deny_reason: None,
                     });
                 }
                 let attribution = match outcome {
@@ -176,6 +177,7 @@ impl CaSource {
                     trust,
                     outcome,
                     detail,
+                    deny_reason: None,
                 })
             }
         }
@@ -189,6 +191,7 @@ impl CaSource {
                         trust: Some(self.name.clone()),
                         outcome: Outcome::InvalidCert,
                         detail: format!("leaf cannot be parsed: {e}"),
+                        deny_reason: None,
                     }
                 })?;
             let v = x509.validity();
@@ -201,6 +204,7 @@ impl CaSource {
                     detail: format!(
                         "certificate lifetime {lifetime}s exceeds max_lifetime {max_secs}s"
                     ),
+                    deny_reason: None,
                 });
             }
         }

@@ -32,6 +32,8 @@ pub struct Rejection {
     pub outcome: Outcome,
     /// Human explanation for logs and `explain` (never sent to the client).
     pub detail: String,
+    /// For `deny_listed`: the matching entry's `reason` (the audit field `deny_reason`).
+    pub deny_reason: Option<Arc<str>>,
 }
 
 /// Errors building TLS state from a config.

@@ -84,6 +84,7 @@ impl PinnedSource {
                 trust: None,
                 outcome: Outcome::InvalidCert,
                 detail: format!("certificate cannot be parsed: {e}"),
+                deny_reason: None,
             })?;
         let cert_hash = sha256(end_entity.as_ref());
         let spki_hash = sha256(x509.public_key().raw);
@@ -105,12 +106,14 @@ impl PinnedSource {
                 trust: None,
                 outcome: Outcome::PinMismatch,
                 detail: format!("certificate matches no pin of {}", self.name),
+                deny_reason: None,
             });
         };
         let reject = |outcome: Outcome, detail: String| Rejection {
             trust: Some(self.name.clone()),
             outcome,
             detail,
+            deny_reason: None,
         };
 
         let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);

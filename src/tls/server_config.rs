@@ -63,6 +63,7 @@ impl RecordingVerifier {
                 trust,
                 outcome: Outcome::BadSignature,
                 detail: format!("handshake signature: {e}"),
+                deny_reason: None,
             }));
         }
         result

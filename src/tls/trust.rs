@@ -9,7 +9,8 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::{chain, pinned, provider, Outcome, Rejection, TlsError};
 use crate::config;
-use crate::identity::Admission;
+use crate::identity::{Admission, CertInfo, Identity};
+use crate::policy::deny::DenyList;
 
 /// One configured trust source, built.
 #[derive(Debug)]
@@ -46,6 +47,8 @@ pub struct TrustVerifier {
     /// Subjects of every CA source's anchors (the CertificateRequest hint list).
     hints: Vec<DistinguishedName>,
     pub(super) provider: Arc<CryptoProvider>,
+    /// `deny:` (SPEC 9.4), applied after a source admitted a certificate.
+    deny: Arc<DenyList>,
 }
 
 impl TrustVerifier {
@@ -75,7 +78,59 @@ impl TrustVerifier {
             sources: built,
             hints,
             provider,
+            deny: Arc::default(),
         })
+    }
+
+    /// Refuse certificates that `deny` lists, once a source has admitted them.
+    pub fn with_deny(mut self, deny: Arc<DenyList>) -> TrustVerifier {
+        self.deny = deny;
+        self
+    }
+
+    /// The deny list a source's admission still has to pass: `deny_listed` with `trust` = the
+    /// admitting source when an entry matches.
+    fn check_deny(
+        &self,
+        admission: Admission,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Admission, Rejection> {
+        if self.deny.is_empty() {
+            return Ok(admission);
+        }
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone().into_owned());
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        let cert = match CertInfo::from_chain(&chain) {
+            Ok(cert) => cert,
+            Err(e) => {
+                return Err(Rejection {
+                    trust: Some(admission.trust),
+                    outcome: Outcome::InvalidCert,
+                    detail: e.to_string(),
+                    deny_reason: None,
+                })
+            }
+        };
+        let identity = Identity::new(admission, Arc::new(cert));
+        match self.deny.find(&identity) {
+            None => Ok(Admission {
+                trust: identity.trust,
+                pinned: identity.pinned,
+            }),
+            Some(entry) => Err(Rejection {
+                trust: Some(identity.trust.clone()),
+                outcome: Outcome::DenyListed,
+                detail: format!(
+                    "deny[{}] ({}) matches: {}",
+                    entry.index,
+                    entry.entry.describe(),
+                    entry.reason.as_deref().unwrap_or("no reason given")
+                ),
+                deny_reason: entry.reason.clone(),
+            }),
+        }
     }
 
     /// Verify a presented chain against every source in order; the first that admits wins.
@@ -98,6 +153,7 @@ impl TrustVerifier {
                     trust: None,
                     outcome: Outcome::InvalidCert,
                     detail: format!("certificate cannot be parsed: {e}"),
+                    deny_reason: None,
                 })
             }
         };
@@ -105,7 +161,7 @@ impl TrustVerifier {
         let mut unattributed: Vec<Rejection> = Vec::new();
         for source in &self.sources {
             match source.verify(end_entity, intermediates, now) {
-                Ok(admission) => return Ok(admission),
+                Ok(admission) => return self.check_deny(admission, end_entity, intermediates),
                 Err(r) if r.trust.is_some() => {
                     if attributed.is_none() {
                         attributed = Some(r);
@@ -142,6 +198,7 @@ impl TrustVerifier {
             trust: None,
             outcome,
             detail,
+            deny_reason: None,
         })
     }
 

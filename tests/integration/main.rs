@@ -9,3 +9,4 @@ mod hardening;
 mod lifecycle;
 mod observability;
 mod pinned;
+mod revocation;
