@@ -572,6 +572,7 @@ mod tests {
                 kind: TrustKind::Ca(CaTrust {
                     ca_path: PathBuf::from("ca.crt"),
                     anchors: certs(file(&pki, "ca.crt")),
+                    intermediates: vec![],
                     crls: vec![crl("intermediate.crl"), crl("ca.crl")],
                     revocation: Revocation {
                         depth: RevocationDepth::Chain,

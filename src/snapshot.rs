@@ -18,8 +18,8 @@ pub struct Snapshot {
     pub tls: ServerTls,
     pub upstreams: Upstreams,
     /// Sorted Unix times at which this snapshot's verdicts change without a reload: CRL
-    /// nextUpdate (with `expired_crl: deny`) and the day after a pinned `review_by` (with
-    /// `on_overdue_review: deny`). Open connections are re-verified when one passes.
+    /// nextUpdate (with `expired_crl: deny`), the notAfter of configured intermediates, and
+    /// the day after a pinned `review_by` (with `on_overdue_review: deny`). Open connections are re-verified when one passes.
     deadlines: Vec<i64>,
 }
 
@@ -97,8 +97,15 @@ fn deadlines(config: &Config) -> Vec<i64> {
     let mut out = Vec::new();
     for source in &config.trust {
         match &source.kind {
-            TrustKind::Ca(ca) if !ca.revocation.allow_expired_crl => {
-                out.extend(ca.crls.iter().filter_map(|c| c.next_update));
+            TrustKind::Ca(ca) => {
+                if !ca.revocation.allow_expired_crl {
+                    out.extend(ca.crls.iter().filter_map(|c| c.next_update));
+                }
+                // A configured intermediate that expires ends the paths built through it.
+                out.extend(ca.intermediates.iter().filter_map(|c| {
+                    let (_, x509) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+                    Some(x509.validity().not_after.timestamp())
+                }));
             }
             TrustKind::Pinned(p) if p.on_overdue_review == OverdueAction::Deny => {
                 out.extend(p.entries.iter().filter_map(|e| e.overdue_from()));

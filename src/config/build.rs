@@ -456,6 +456,18 @@ fn ca_trust(
         }
         ca_path = path;
     }
+    let mut intermediates = Vec::new();
+    if let Some(file) = &src.intermediates {
+        let k = format!("{key}.intermediates");
+        if let Some((path, bytes)) = files.read(errs, &k, file) {
+            match pki::parse_cert_pem(&path, &bytes)
+                .and_then(|certs| pki::check_intermediates(&path, &certs).map(|()| certs))
+            {
+                Ok(certs) => intermediates = certs,
+                Err(e) => errs.push(&k, e),
+            }
+        }
+    }
     let mut crls = Vec::new();
     for (i, c) in src.crl.iter().flatten().enumerate() {
         let crl_key = format!("{key}.crl[{i}]");
@@ -498,6 +510,7 @@ fn ca_trust(
     Some(CaTrust {
         ca_path,
         anchors: anchors?,
+        intermediates,
         crls,
         revocation,
         max_lifetime,
@@ -515,6 +528,7 @@ fn pinned_trust(
     let key = &format!("trust.{source}");
     for (set, k) in [
         (src.crl.is_some(), "crl"),
+        (src.intermediates.is_some(), "intermediates"),
         (src.revocation.is_some(), "revocation"),
         (src.max_lifetime.is_some(), "max_lifetime"),
     ] {

@@ -141,6 +141,9 @@ pub struct CaTrust {
     pub ca_path: PathBuf,
     /// Trust anchors from the `ca` bundle.
     pub anchors: Vec<CertificateDer<'static>>,
+    /// `intermediates` (SPEC 9.1): CA certificates that complete the chains of clients that
+    /// send only their leaf; never anchors.
+    pub intermediates: Vec<CertificateDer<'static>>,
     /// CRLs in `crl:` order.
     pub crls: Vec<CrlFile>,
     /// `revocation:` settings.

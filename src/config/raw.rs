@@ -153,6 +153,8 @@ pub struct RawTrust {
     pub ca: Option<String>,
     /// `trust.<name>.crl`
     pub crl: Option<Vec<String>>,
+    /// `trust.<name>.intermediates`
+    pub intermediates: Option<String>,
     /// `trust.<name>.revocation`
     pub revocation: Option<RawRevocation>,
     /// `trust.<name>.max_lifetime`
@@ -643,6 +645,7 @@ impl Section for RawTrust {
         RawTrust {
             ca: w.field(m, p, "ca"),
             crl: w.scalar_list(m, p, "crl"),
+            intermediates: w.field(m, p, "intermediates"),
             revocation: w.child(m, p, "revocation"),
             max_lifetime: w.field(m, p, "max_lifetime"),
             pinned: w.section_list(m, p, "pinned"),

@@ -31,6 +31,9 @@ pub struct CaSource {
     anchor_subjects: Vec<Vec<u8>>,
     hints: Vec<DistinguishedName>,
     max_lifetime: Option<Duration>,
+    /// `intermediates` (SPEC 9.1): offered to path building after the presented ones, never
+    /// anchors.
+    intermediates: Vec<CertificateDer<'static>>,
     /// The anchors as webpki sees them, and the provider's signature algorithms: to tell
     /// whether a rejected chain was really signed up to one of them (see [`Self::attribute`]).
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
@@ -106,6 +109,7 @@ impl CaSource {
             anchor_subjects,
             hints,
             max_lifetime: ca.max_lifetime,
+            intermediates: ca.intermediates.clone(),
             anchors,
             algorithms,
         })
@@ -132,6 +136,19 @@ impl CaSource {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Admission, Rejection> {
+        // Chain completion: the configured intermediates follow the presented ones (borrowed,
+        // not copied), so a client that sends only its leaf still gets a path.
+        let completed: Vec<CertificateDer<'_>>;
+        let intermediates = if self.intermediates.is_empty() {
+            intermediates
+        } else {
+            completed = intermediates
+                .iter()
+                .chain(&self.intermediates)
+                .map(|c| CertificateDer::from(c.as_ref()))
+                .collect();
+            &completed
+        };
         match self
             .verifier
             .verify_client_cert(end_entity, intermediates, now)
@@ -417,6 +434,73 @@ mod tests {
             (Some("internal".into()), Outcome::Revoked)
         );
         ca_admits(&v, &ok, "internal");
+    }
+
+    /// A source whose `intermediates` holds `p.inter`, with `crls`.
+    fn with_intermediates(
+        p: &Pki,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> TrustVerifier {
+        let mut source = ca_source("internal", &p.root, crls);
+        if let TrustKind::Ca(ca) = &mut source.kind {
+            ca.intermediates = vec![p.inter.cert.clone()];
+        }
+        TrustVerifier::new(&[source]).unwrap()
+    }
+
+    #[test]
+    fn configured_intermediates_complete_leaf_only_chains() {
+        let p = pki();
+        let alice = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let leaf_only = |v: &TrustVerifier| v.verify(&alice.chain[0], &[], now());
+        // Without them, a client that sends only its leaf has no path to the root.
+        let plain = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        assert_eq!(
+            leaf_only(&plain).unwrap_err().outcome,
+            Outcome::UnknownIssuer
+        );
+        let v = with_intermediates(&p, vec![]);
+        assert_eq!(&*leaf_only(&v).unwrap().trust, "internal");
+        // The full chain still works, and the intermediate is no anchor: a source that trusts
+        // another root does not admit through it.
+        ca_admits(&v, &alice, "internal");
+        let other = TestCa::root("other").unwrap();
+        let mut foreign = ca_source("foreign", &other, vec![]);
+        if let TrustKind::Ca(ca) = &mut foreign.kind {
+            ca.intermediates = vec![p.inter.cert.clone()];
+        }
+        let foreign = TrustVerifier::new(&[foreign]).unwrap();
+        assert_eq!(
+            foreign
+                .verify(&alice.chain[0], &[], now())
+                .unwrap_err()
+                .outcome,
+            Outcome::UnknownIssuer
+        );
+    }
+
+    #[test]
+    fn chains_completed_by_configured_intermediates_are_checked_against_crls() {
+        let p = pki();
+        let alice = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let inter_serial = {
+            let (_, x) = x509_parser::parse_x509_certificate(p.inter.cert.as_ref()).unwrap();
+            x.raw_serial().to_vec()
+        };
+        // The root revokes the intermediate itself (depth: chain).
+        let crls = vec![
+            p.root.crl(&[&inter_serial], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
+        let v = with_intermediates(&p, crls);
+        assert_eq!(
+            v.verify(&alice.chain[0], &[], now()).unwrap_err().outcome,
+            Outcome::Revoked
+        );
     }
 
     #[test]

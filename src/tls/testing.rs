@@ -61,6 +61,7 @@ pub(crate) fn ca_source_with(
         kind: TrustKind::Ca(CaTrust {
             ca_path: PathBuf::from("ca.crt"),
             anchors: vec![ca.cert.clone()],
+            intermediates: vec![],
             crls: crls.into_iter().map(crl_file).collect(),
             revocation,
             max_lifetime,

@@ -83,3 +83,70 @@ async fn the_deny_list_refuses_handshakes_and_reaches_open_connections() {
     let mut again = open(&env, &proxy, false).await;
     assert_eq!(again.get("localhost", "/x").await.0, 200);
 }
+
+/// curl presenting `crt`/`key` to `/x`: the status code, or 0 when the handshake failed.
+async fn curl_status(env: &Env, proxy: &certguard::Proxy, crt: &str, key: &str) -> u16 {
+    let port = proxy.listen_addr.port();
+    let args = vec![
+        "--silent".to_owned(),
+        "--max-time".to_owned(),
+        "10".to_owned(),
+        "--resolve".to_owned(),
+        format!("localhost:{port}:127.0.0.1"),
+        "--cacert".to_owned(),
+        env.path("ca.crt").to_string_lossy().into_owned(),
+        "--cert".to_owned(),
+        env.path(crt).to_string_lossy().into_owned(),
+        "--key".to_owned(),
+        env.path(key).to_string_lossy().into_owned(),
+        "-o".to_owned(),
+        "/dev/null".to_owned(),
+        "-w".to_owned(),
+        "%{http_code}".to_owned(),
+        format!("https://localhost:{port}/x"),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl must be installed (.ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_intermediates_complete_a_leaf_only_client_for_curl() {
+    let env = Env::new().await;
+    // alice's leaf alone, as a client that does not send its intermediate.
+    env.write("alice-leaf.crt", &crate::common::pem(&env.pki.alice.cert));
+    env.write("alice.key", &env.pki.alice.key_pem);
+    env.write("intermediates.pem", &env.pki.inter.cert_pem);
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    assert_eq!(
+        curl_status(&env, &proxy, "alice-leaf.crt", "alice.key").await,
+        0,
+        "without intermediates, the leaf alone has no path"
+    );
+    let yaml = env.yaml(ROUTES, "").replace(
+        "    ca: ca.crt\n",
+        "    ca: ca.crt\n    intermediates: intermediates.pem\n",
+    );
+    env.write("certguard.yaml", &yaml);
+    proxy.reload().expect("reload with intermediates");
+    assert_eq!(
+        curl_status(&env, &proxy, "alice-leaf.crt", "alice.key").await,
+        200
+    );
+    // The CRLs still apply to chains completed this way.
+    env.write_crls(&[&env.pki.revoked, &env.pki.alice]);
+    proxy.reload().expect("reload with alice revoked");
+    assert_eq!(
+        curl_status(&env, &proxy, "alice-leaf.crt", "alice.key").await,
+        0
+    );
+}
