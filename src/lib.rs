@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod revocation;
 pub mod report;
 pub mod request;
 pub mod server;
