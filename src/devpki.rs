@@ -287,6 +287,8 @@ impl TestCa {
             .pem()
     }
 
+    /// A CRL number that grows with time (nanoseconds since the epoch), so that each CRL
+    /// issued later is newer, as a real CA's CRLs are.
     fn crl_params(
         &self,
         revoked: &[&[u8]],
@@ -296,7 +298,7 @@ impl TestCa {
         Ok(CertificateRevocationListParams {
             this_update,
             next_update,
-            crl_number: SerialNumber::from_slice(&random_serial()?),
+            crl_number: SerialNumber::from_slice(&crl_number(OffsetDateTime::now_utc())),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
@@ -470,6 +472,17 @@ impl TestCert {
     }
 }
 
+/// The CRL number for a CRL issued at `at`: its Unix time in nanoseconds, as a positive DER
+/// integer's bytes.
+fn crl_number(at: OffsetDateTime) -> Vec<u8> {
+    let n = u128::try_from(at.unix_timestamp_nanos()).unwrap_or(0);
+    let mut bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+    if bytes.first().map_or(true, |b| *b >= 0x80) {
+        bytes.insert(0, 0);
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,6 +577,7 @@ mod tests {
             issuer_raw: Vec::new(),
             this_update: 0,
             next_update: None,
+            number: None,
         };
         let pinned_ci = sha_of(&certs(file(&pki, "ci-runner.crt"))[0]);
         let sources = vec![
@@ -574,6 +588,9 @@ mod tests {
                     anchors: certs(file(&pki, "ca.crt")),
                     intermediates: vec![],
                     crls: vec![crl("intermediate.crl"), crl("ca.crl")],
+                    crl_urls: vec![],
+                    crl_cache_dir: None,
+                    crl_dp_allow: vec![],
                     revocation: Revocation {
                         depth: RevocationDepth::Chain,
                         allow_unknown_status: false,

@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::conn::ProxyState;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
+use crate::revocation::Revocation;
 use crate::snapshot::{Current, Snapshot};
 
 /// Identities kept in the `/identities` inventory.
@@ -82,10 +83,11 @@ impl Proxy {
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let listen = config.listen.address;
         let admin_address = config.admin.address;
-        let snapshot = Snapshot::build(config, 1, None)?;
+        let revocation = Arc::new(Revocation::default());
+        let snapshot = Snapshot::build(Arc::new(config), 1, None, &revocation)?;
         let metrics = Arc::new(Metrics::new());
         reload::publish(&metrics, &snapshot);
-        let current = Arc::new(Current::new(snapshot));
+        let current = Arc::new(Current::new(snapshot, revocation));
         let inventory = Arc::new(Inventory::new(INVENTORY_CAPACITY));
         let state = Arc::new(ProxyState::new(current, metrics.clone(), inventory.clone()));
 

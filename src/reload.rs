@@ -47,9 +47,10 @@ pub fn reload_tracked(
         // Reloads are serialized by `reload_lock`, so no other snapshot is stored meanwhile and
         // a failed build uses up no generation number.
         Ok(Snapshot::build(
-            config,
+            Arc::new(config),
             previous.generation + 1,
             Some(&previous),
+            &current.revocation,
         )?)
     });
     let result = match result {

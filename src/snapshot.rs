@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::revocation::Revocation;
 use crate::tls::{ServerTls, TlsError, TrustVerifier};
 use crate::upstream::Upstreams;
 
@@ -14,7 +15,8 @@ use crate::upstream::Upstreams;
 pub struct Snapshot {
     /// Increases by one with every successful (re)load; starts at 1.
     pub generation: u64,
-    pub config: Config,
+    /// Shared with the snapshots rebuilt from it when fetched revocation data changes.
+    pub config: Arc<Config>,
     pub tls: ServerTls,
     pub upstreams: Upstreams,
     /// Sorted Unix times at which this snapshot's verdicts change without a reload: CRL
@@ -26,14 +28,18 @@ pub struct Snapshot {
 impl Snapshot {
     /// Build a snapshot from a loaded config. Nothing here touches the request path.
     pub fn build(
-        config: Config,
+        config: Arc<Config>,
         generation: u64,
         previous: Option<&Snapshot>,
+        revocation: &Revocation,
     ) -> Result<Snapshot, TlsError> {
-        let verifier = Arc::new(TrustVerifier::new(&config.trust)?.with_deny(config.deny.clone()));
+        let verifier = Arc::new(
+            TrustVerifier::with_revocation(&config.trust, revocation)?
+                .with_deny(config.deny.clone()),
+        );
         let tls = ServerTls::new(&config.listen, verifier)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
-        let deadlines = deadlines(&config);
+        let deadlines = deadlines(&config, revocation);
         Ok(Snapshot {
             generation,
             config,
@@ -57,6 +63,8 @@ impl Snapshot {
 /// The current snapshot, readable without locks from every connection and request.
 pub struct Current {
     snapshot: ArcSwap<Snapshot>,
+    /// Revocation data fetched at run time, which every snapshot is built with.
+    pub revocation: Arc<Revocation>,
     /// The generation now serving, for tasks that follow reloads from any trigger (the file
     /// watcher refreshes its watches from it).
     generation: watch::Sender<u64>,
@@ -66,10 +74,11 @@ pub struct Current {
 }
 
 impl Current {
-    pub fn new(first: Snapshot) -> Current {
+    pub fn new(first: Snapshot, revocation: Arc<Revocation>) -> Current {
         let (generation, _) = watch::channel(first.generation);
         Current {
             snapshot: ArcSwap::from_pointee(first),
+            revocation,
             generation,
             reload_lock: std::sync::Mutex::new(()),
         }
@@ -92,7 +101,7 @@ impl Current {
     }
 }
 
-fn deadlines(config: &Config) -> Vec<i64> {
+fn deadlines(config: &Config, revocation: &Revocation) -> Vec<i64> {
     use crate::config::{OverdueAction, TrustKind};
     let mut out = Vec::new();
     for source in &config.trust {
@@ -100,6 +109,12 @@ fn deadlines(config: &Config) -> Vec<i64> {
             TrustKind::Ca(ca) => {
                 if !ca.revocation.allow_expired_crl {
                     out.extend(ca.crls.iter().filter_map(|c| c.next_update));
+                    out.extend(
+                        revocation
+                            .fetched_crls(&source.name, ca)
+                            .iter()
+                            .filter_map(|f| f.crl.next_update),
+                    );
                 }
                 // A configured intermediate that expires ends the paths built through it.
                 out.extend(ca.intermediates.iter().filter_map(|c| {

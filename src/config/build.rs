@@ -426,6 +426,31 @@ fn trust(
     out
 }
 
+/// An absolute `http://` or `https://` URL with a host.
+fn http_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => Err(format!("`{url}` is not an http:// or https:// URL")),
+    }
+}
+
+/// A distribution-point prefix: an `http(s)://` URL whose host is followed by `/`, so that a
+/// prefix can never be extended into another host (`http://pki.internal` would also allow
+/// `http://pki.internal.evil.example/`).
+fn url_prefix(prefix: &str) -> Result<(), String> {
+    http_url(prefix)?;
+    let after_scheme = prefix.split_once("://").map_or("", |(_, rest)| rest);
+    if !after_scheme.contains('/') {
+        return Err(format!(
+            "`{prefix}` must end its host with `/` (e.g. `{prefix}/`)"
+        ));
+    }
+    Ok(())
+}
+
 fn ca_trust(
     errs: &mut Errs,
     files: &mut Files,
@@ -478,6 +503,47 @@ fn ca_trust(
             }
         }
     }
+    let mut crl_urls = Vec::new();
+    for (i, u) in src.crl_urls.iter().flatten().enumerate() {
+        let k = format!("{key}.crl_urls[{i}]");
+        if errs.has(&k) && *u == raw::RawCrlUrl::default() {
+            continue; // not a mapping: already reported
+        }
+        let refresh = duration(errs, &format!("{k}.refresh"), u.refresh.as_ref(), 300, true);
+        match u.url.as_deref().map(str::trim) {
+            None => errs.required(&format!("{k}.url"), "an http:// or https:// URL"),
+            Some(url) => match http_url(url) {
+                Ok(()) => crl_urls.push(CrlUrl {
+                    url: url.to_owned(),
+                    refresh,
+                }),
+                Err(e) => errs.push(format!("{k}.url"), e),
+            },
+        }
+    }
+    let crl_cache_dir = src
+        .crl_cache_dir
+        .as_deref()
+        .map(|d| files.resolve(d));
+    let mut crl_dp_allow = Vec::new();
+    if let Some(dp) = &src.crl_distribution_points {
+        let k = format!("{key}.crl_distribution_points.allow");
+        match &dp.allow {
+            None => errs.required(&k, "a list of URL prefixes (`[\"http://pki.internal/\"]`)"),
+            Some(list) if list.is_empty() => errs.push(
+                &k,
+                "must not be empty (leave crl_distribution_points out to fetch none)",
+            ),
+            Some(list) => {
+                for (i, prefix) in list.iter().enumerate() {
+                    match url_prefix(prefix.trim()) {
+                        Ok(()) => crl_dp_allow.push(prefix.trim().to_owned()),
+                        Err(e) => errs.push(format!("{k}[{i}]"), e),
+                    }
+                }
+            }
+        }
+    }
     let r = src.revocation.clone().unwrap_or_default();
     let rk = |k: &str| format!("{key}.revocation.{k}");
     let revocation = Revocation {
@@ -512,6 +578,9 @@ fn ca_trust(
         anchors: anchors?,
         intermediates,
         crls,
+        crl_urls,
+        crl_cache_dir,
+        crl_dp_allow,
         revocation,
         max_lifetime,
     })
@@ -529,6 +598,9 @@ fn pinned_trust(
     for (set, k) in [
         (src.crl.is_some(), "crl"),
         (src.intermediates.is_some(), "intermediates"),
+        (src.crl_urls.is_some(), "crl_urls"),
+        (src.crl_cache_dir.is_some(), "crl_cache_dir"),
+        (src.crl_distribution_points.is_some(), "crl_distribution_points"),
         (src.revocation.is_some(), "revocation"),
         (src.max_lifetime.is_some(), "max_lifetime"),
     ] {

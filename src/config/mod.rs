@@ -146,11 +146,30 @@ pub struct CaTrust {
     pub intermediates: Vec<CertificateDer<'static>>,
     /// CRLs in `crl:` order.
     pub crls: Vec<CrlFile>,
+    /// `crl_urls` (SPEC 9.2): CRLs fetched over HTTP and kept fresh.
+    pub crl_urls: Vec<CrlUrl>,
+    /// `crl_cache_dir`: where the last good CRL of each URL persists.
+    pub crl_cache_dir: Option<PathBuf>,
+    /// `crl_distribution_points.allow`: URL prefixes under which certificates' CRL
+    /// distribution points are fetched; empty = distribution points are not fetched.
+    pub crl_dp_allow: Vec<String>,
     /// `revocation:` settings.
     pub revocation: Revocation,
     /// Reject leaves whose notAfter - notBefore is longer.
     pub max_lifetime: Option<Duration>,
 }
+
+/// One `crl_urls` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlUrl {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// How often it is fetched (default 5m); also once its CRL's nextUpdate has passed.
+    pub refresh: Duration,
+}
+
+/// Distribution points fetched per source at most (SPEC 9.2).
+pub const MAX_DISTRIBUTION_POINTS: usize = 64;
 
 /// One loaded CRL file (a CRL past nextUpdate still loads).
 #[derive(Debug)]
@@ -167,6 +186,8 @@ pub struct CrlFile {
     pub this_update: i64,
     /// nextUpdate as Unix seconds, when present.
     pub next_update: Option<i64>,
+    /// The CRL number extension, big-endian, when present.
+    pub number: Option<Vec<u8>>,
 }
 
 impl CrlFile {
@@ -176,6 +197,21 @@ impl CrlFile {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
+    }
+
+    /// Whether this CRL is newer than `other` by its CRL number, or by thisUpdate when either
+    /// has none (SPEC 9.2: an older CRL is refused, an equal one changes nothing).
+    pub fn is_newer_than(&self, other: &CrlFile) -> bool {
+        match (&self.number, &other.number) {
+            (Some(a), Some(b)) => {
+                let strip = |n: &[u8]| -> Vec<u8> {
+                    n.iter().skip_while(|b| **b == 0).copied().collect()
+                };
+                let (a, b) = (strip(a), strip(b));
+                (a.len(), &a) > (b.len(), &b)
+            }
+            _ => self.this_update > other.this_update,
+        }
     }
 
     /// Whether the CRL is past its nextUpdate at `now` (Unix seconds).

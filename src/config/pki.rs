@@ -124,7 +124,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     path.display()
                 )
             })?;
-            let (issuer, issuer_raw, this_update, next_update) = {
+            let (issuer, issuer_raw, this_update, next_update, number) = {
                 let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
                     let which = if many {
                         format!(" (CRL #{})", i + 1)
@@ -138,6 +138,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     crl.issuer().as_raw().to_vec(),
                     crl.last_update().timestamp(),
                     crl.next_update().map(|t| t.timestamp()),
+                    crl.crl_number().map(|n| n.to_bytes_be()),
                 )
             };
             Ok(CrlFile {
@@ -147,6 +148,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                 issuer_raw,
                 this_update,
                 next_update,
+                number,
             })
         })
         .collect()

@@ -155,6 +155,12 @@ pub struct RawTrust {
     pub crl: Option<Vec<String>>,
     /// `trust.<name>.intermediates`
     pub intermediates: Option<String>,
+    /// `trust.<name>.crl_urls`
+    pub crl_urls: Option<Vec<RawCrlUrl>>,
+    /// `trust.<name>.crl_cache_dir`
+    pub crl_cache_dir: Option<String>,
+    /// `trust.<name>.crl_distribution_points`
+    pub crl_distribution_points: Option<RawCrlDistributionPoints>,
     /// `trust.<name>.revocation`
     pub revocation: Option<RawRevocation>,
     /// `trust.<name>.max_lifetime`
@@ -165,6 +171,24 @@ pub struct RawTrust {
     pub check_validity: Option<bool>,
     /// `trust.<name>.on_overdue_review`
     pub on_overdue_review: Option<String>,
+}
+
+/// One entry of `trust.X.crl_urls:`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCrlUrl {
+    /// `trust.<name>.crl_urls[i].url`
+    pub url: Option<String>,
+    /// `trust.<name>.crl_urls[i].refresh`
+    pub refresh: Option<Scalar>,
+}
+
+/// `trust.X.crl_distribution_points:`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCrlDistributionPoints {
+    /// `trust.<name>.crl_distribution_points.allow`
+    pub allow: Option<Vec<String>>,
 }
 
 /// `trust.X.revocation:`
@@ -646,6 +670,9 @@ impl Section for RawTrust {
             ca: w.field(m, p, "ca"),
             crl: w.scalar_list(m, p, "crl"),
             intermediates: w.field(m, p, "intermediates"),
+            crl_urls: w.section_list(m, p, "crl_urls"),
+            crl_cache_dir: w.field(m, p, "crl_cache_dir"),
+            crl_distribution_points: w.child(m, p, "crl_distribution_points"),
             revocation: w.child(m, p, "revocation"),
             max_lifetime: w.field(m, p, "max_lifetime"),
             pinned: w.section_list(m, p, "pinned"),
@@ -661,6 +688,23 @@ impl Section for RawRevocation {
             depth: w.field(m, p, "depth"),
             unknown_status: w.field(m, p, "unknown_status"),
             expired_crl: w.field(m, p, "expired_crl"),
+        }
+    }
+}
+
+impl Section for RawCrlUrl {
+    fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
+        RawCrlUrl {
+            url: w.field(m, p, "url"),
+            refresh: w.field(m, p, "refresh"),
+        }
+    }
+}
+
+impl Section for RawCrlDistributionPoints {
+    fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
+        RawCrlDistributionPoints {
+            allow: w.scalar_list(m, p, "allow"),
         }
     }
 }

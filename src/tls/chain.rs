@@ -13,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 
 use super::{Outcome, Rejection, TlsError};
 use crate::config::{CaTrust, RevocationDepth};
@@ -66,6 +66,7 @@ impl CaSource {
     pub fn new(
         name: Arc<str>,
         ca: &CaTrust,
+        fetched: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
         provider: Arc<CryptoProvider>,
     ) -> Result<CaSource, TlsError> {
         let err = |reason: String| TlsError::Trust {
@@ -92,7 +93,7 @@ impl CaSource {
         let algorithms = provider.signature_verification_algorithms.all;
 
         let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .with_crls(ca.crls.iter().map(|c| c.der.clone()));
+            .with_crls(ca.crls.iter().map(|c| c.der.clone()).chain(fetched));
         if ca.revocation.depth == RevocationDepth::EndEntity {
             builder = builder.only_check_end_entity_revocation();
         }

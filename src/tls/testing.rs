@@ -30,6 +30,7 @@ pub(crate) fn crl_file(der: CertificateRevocationListDer<'static>) -> CrlFile {
         issuer_raw: Vec::new(),
         this_update: 0,
         next_update: None,
+        number: None,
     }
 }
 
@@ -63,6 +64,9 @@ pub(crate) fn ca_source_with(
             anchors: vec![ca.cert.clone()],
             intermediates: vec![],
             crls: crls.into_iter().map(crl_file).collect(),
+            crl_urls: vec![],
+            crl_cache_dir: None,
+            crl_dp_allow: vec![],
             revocation,
             max_lifetime,
         }),
