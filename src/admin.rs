@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
+use crate::snapshot::Current;
 
 /// Shared state the admin endpoints read.
 pub struct AdminState {
@@ -29,6 +30,23 @@ pub struct AdminState {
     pub inventory: Arc<Inventory>,
     /// True while the listener is bound, a snapshot is active and we are not draining.
     pub ready: Arc<AtomicBool>,
+    /// The snapshots, for readiness conditions beyond `ready`: every `crl_urls` entry has a
+    /// CRL (SPEC 9.2). `None` when there are none to check.
+    pub current: Option<Arc<Current>>,
+}
+
+impl AdminState {
+    /// `/readyz`: serving, not draining, and no CRL URL still without a CRL.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && self.current.as_ref().map_or(true, |c| {
+                let missing = c.revocation.missing(&c.load().config);
+                for (trust, url) in &missing {
+                    tracing::debug!(%trust, %url, "not ready: no CRL yet");
+                }
+                missing.is_empty()
+            })
+    }
 }
 
 /// Prometheus text exposition format, version 0.0.4.
@@ -104,7 +122,7 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
             METRICS_CONTENT_TYPE,
             state.metrics.encode().into(),
         ),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready"),
+        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
         "/identities" => with_type(
             StatusCode::OK,
@@ -157,6 +175,7 @@ mod tests {
             metrics,
             inventory: Arc::new(Inventory::new(16)),
             ready: Arc::new(AtomicBool::new(true)),
+            current: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state.clone(), async move {

@@ -476,7 +476,11 @@ impl TestCert {
 /// integer's bytes.
 fn crl_number(at: OffsetDateTime) -> Vec<u8> {
     let n = u128::try_from(at.unix_timestamp_nanos()).unwrap_or(0);
-    let mut bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+    let mut bytes: Vec<u8> = n
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
     if bytes.first().map_or(true, |b| *b >= 0x80) {
         bytes.insert(0, 0);
     }

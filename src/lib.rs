@@ -22,10 +22,11 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod refresh;
 pub mod reload;
-pub mod revocation;
 pub mod report;
 pub mod request;
+pub mod revocation;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
@@ -75,6 +76,7 @@ pub struct Proxy {
     admin_stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    refresher: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
 }
 
@@ -84,6 +86,8 @@ impl Proxy {
         let listen = config.listen.address;
         let admin_address = config.admin.address;
         let revocation = Arc::new(Revocation::default());
+        // A restart serves with the cached CRLs of its URLs before any fetch.
+        refresh::load_cache(&config, &revocation);
         let snapshot = Snapshot::build(Arc::new(config), 1, None, &revocation)?;
         let metrics = Arc::new(Metrics::new());
         reload::publish(&metrics, &snapshot);
@@ -108,6 +112,7 @@ impl Proxy {
             metrics,
             inventory,
             ready: ready.clone(),
+            current: Some(state.current.clone()),
         });
         // The admin listener outlives the drain so that /readyz can report 503 meanwhile.
         let (admin_stop, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -130,6 +135,7 @@ impl Proxy {
         } else {
             None
         };
+        let refresher = refresh::spawn(state.current.clone(), state.metrics.clone());
         let server = tokio::spawn(server::serve(listener, state.clone(), shutdown_rx));
         tracing::info!(listen = %listen_addr, admin = %admin_addr, "certguard serving");
         Ok(Proxy {
@@ -141,6 +147,7 @@ impl Proxy {
             admin_stop,
             server,
             watcher,
+            refresher,
             admin,
         })
     }
@@ -162,6 +169,7 @@ impl Proxy {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
+        self.refresher.abort();
         if let Some(w) = &self.watcher {
             w.abort();
         }

@@ -91,6 +91,9 @@ impl ResetReason {
     pub const ALL: [ResetReason; 2] = [ResetReason::Stalled, ResetReason::Revoked];
 }
 
+/// `certguard_crl_fetches_total{result}` values.
+pub const CRL_FETCH_RESULTS: [&str; 4] = ["updated", "not_modified", "failed", "rejected"];
+
 /// Every certguard metric, registered in `registry`.
 ///
 /// Cheap to call from the data path: every method is a label lookup plus an atomic update.
@@ -107,6 +110,8 @@ pub struct Metrics {
     upstream_overflow: IntCounterVec,
     stream_resets: IntCounterVec,
     reloads: IntCounterVec,
+    crl_fetches: IntCounterVec,
+    crl_last_success: IntGaugeVec,
     config_generation: IntGauge,
     crl_next_update: IntGaugeVec,
     /// `(trust, file)` label sets of `crl_next_update` now exported, so that a replacement
@@ -232,6 +237,20 @@ impl Metrics {
                  progress for idle_timeout because of the client; revoked: identity no longer \
                  valid).",
                 &["reason"],
+            ),
+            crl_fetches: counter_vec(
+                &r,
+                "certguard_crl_fetches_total",
+                "CRL fetches from URLs by trust source and result (updated, not_modified, \
+                 failed, rejected).",
+                &["trust", "result"],
+            ),
+            crl_last_success: gauge_vec(
+                &r,
+                "certguard_crl_last_success_timestamp_seconds",
+                "When a CRL URL was last fetched successfully (updated or not modified), Unix \
+                 seconds, by trust source and file (the URL's last path segment).",
+                &["trust", "file"],
             ),
             reloads: counter_vec(
                 &r,
@@ -370,6 +389,25 @@ impl Metrics {
     /// A body cut in flight.
     pub fn stream_reset(&self, why: ResetReason) {
         self.stream_resets.with_label_values(&[why.as_str()]).inc();
+    }
+
+    /// Start the CRL fetch counters of a source at 0.
+    pub fn init_crl_fetches(&self, trust: &str) {
+        for result in CRL_FETCH_RESULTS {
+            self.crl_fetches.with_label_values(&[trust, result]);
+        }
+    }
+
+    /// One CRL fetch of `trust`, by result.
+    pub fn crl_fetch(&self, trust: &str, result: &str) {
+        self.crl_fetches.with_label_values(&[trust, result]).inc();
+    }
+
+    /// A CRL URL of `trust` (its last path segment `file`) was fetched successfully at `at`.
+    pub fn crl_fetched(&self, trust: &str, file: &str, at: i64) {
+        self.crl_last_success
+            .with_label_values(&[trust, file])
+            .set(at);
     }
 
     /// One reload attempt (SIGHUP or file watch).

@@ -117,6 +117,7 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     for source in &config.trust {
         match &source.kind {
             TrustKind::Ca(ca) => {
+                metrics.init_crl_fetches(&source.name);
                 // The gauge shows each file's earliest nextUpdate, the one an alert must fire on.
                 crls.extend(
                     ca.next_update_per_file()
@@ -142,6 +143,15 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                     .collect();
                 reviews.push((source.name.to_string(), overdue));
             }
+        }
+    }
+    for (trust, fetched) in &snapshot.fetched {
+        if let Some(next) = fetched.crl.next_update {
+            crls.push((
+                trust.to_string(),
+                crate::revocation::crl::label(&fetched.url),
+                next,
+            ));
         }
     }
     metrics.set_crl_next_updates(&crls);

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::revocation::crl::Fetched;
 use crate::revocation::Revocation;
 use crate::tls::{ServerTls, TlsError, TrustVerifier};
 use crate::upstream::Upstreams;
@@ -23,6 +24,8 @@ pub struct Snapshot {
     /// nextUpdate (with `expired_crl: deny`), the notAfter of configured intermediates, and
     /// the day after a pinned `review_by` (with `on_overdue_review: deny`). Open connections are re-verified when one passes.
     deadlines: Vec<i64>,
+    /// The CRLs fetched from URLs that this snapshot verifies with, per CA source.
+    pub fetched: Vec<(Arc<str>, Arc<Fetched>)>,
 }
 
 impl Snapshot {
@@ -40,12 +43,27 @@ impl Snapshot {
         let tls = ServerTls::new(&config.listen, verifier)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
         let deadlines = deadlines(&config, revocation);
+        let fetched = config
+            .trust
+            .iter()
+            .filter_map(|s| match &s.kind {
+                crate::config::TrustKind::Ca(ca) => Some((s, ca)),
+                _ => None,
+            })
+            .flat_map(|(s, ca)| {
+                revocation
+                    .fetched_crls(&s.name, ca)
+                    .into_iter()
+                    .map(|f| (s.name.clone(), f))
+            })
+            .collect();
         Ok(Snapshot {
             generation,
             config,
             tls,
             upstreams,
             deadlines,
+            fetched,
         })
     }
 

@@ -521,10 +521,7 @@ fn ca_trust(
             },
         }
     }
-    let crl_cache_dir = src
-        .crl_cache_dir
-        .as_deref()
-        .map(|d| files.resolve(d));
+    let crl_cache_dir = src.crl_cache_dir.as_deref().map(|d| files.resolve(d));
     let mut crl_dp_allow = Vec::new();
     if let Some(dp) = &src.crl_distribution_points {
         let k = format!("{key}.crl_distribution_points.allow");
@@ -600,7 +597,10 @@ fn pinned_trust(
         (src.intermediates.is_some(), "intermediates"),
         (src.crl_urls.is_some(), "crl_urls"),
         (src.crl_cache_dir.is_some(), "crl_cache_dir"),
-        (src.crl_distribution_points.is_some(), "crl_distribution_points"),
+        (
+            src.crl_distribution_points.is_some(),
+            "crl_distribution_points",
+        ),
         (src.revocation.is_some(), "revocation"),
         (src.max_lifetime.is_some(), "max_lifetime"),
     ] {

@@ -172,7 +172,7 @@ pub struct CrlUrl {
 pub const MAX_DISTRIBUTION_POINTS: usize = 64;
 
 /// One loaded CRL file (a CRL past nextUpdate still loads).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CrlFile {
     /// Resolved path.
     pub path: PathBuf,
@@ -204,9 +204,8 @@ impl CrlFile {
     pub fn is_newer_than(&self, other: &CrlFile) -> bool {
         match (&self.number, &other.number) {
             (Some(a), Some(b)) => {
-                let strip = |n: &[u8]| -> Vec<u8> {
-                    n.iter().skip_while(|b| **b == 0).copied().collect()
-                };
+                let strip =
+                    |n: &[u8]| -> Vec<u8> { n.iter().skip_while(|b| **b == 0).copied().collect() };
                 let (a, b) = (strip(a), strip(b));
                 (a.len(), &a) > (b.len(), &b)
             }

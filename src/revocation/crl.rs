@@ -99,8 +99,7 @@ pub fn client() -> HttpClient {
         Err(e) => {
             // No system roots (a minimal image): https:// CRL URLs will fail, http:// works.
             tracing::warn!(error = %e, "no system root certificates: https:// CRL URLs cannot be verified");
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(empty_roots_config())
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(empty_roots_config())
         }
     };
     let connector = tls.https_or_http().enable_http1().wrap_connector(http);
@@ -218,10 +217,9 @@ pub fn check(
 
 /// The CRL's signature, by a certificate among `issuers` whose subject is the CRL's issuer.
 fn verify_signature(crl: &CrlFile, issuers: &[CertificateDer<'_>]) -> Result<(), FetchError> {
-    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(
-        crl.der.as_ref(),
-    )
-    .map_err(|e| FetchError::Invalid(e.to_string()))?;
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl.der.as_ref())
+            .map_err(|e| FetchError::Invalid(e.to_string()))?;
     let mut tried = false;
     for issuer in issuers {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(issuer.as_ref()) else {
@@ -275,10 +273,7 @@ impl Store {
 
     /// Put `fetched` in use for `source`.
     pub fn put(&self, source: &str, fetched: Fetched) {
-        lock(&self.map).insert(
-            (source.to_owned(), fetched.url.clone()),
-            Arc::new(fetched),
-        );
+        lock(&self.map).insert((source.to_owned(), fetched.url.clone()), Arc::new(fetched));
     }
 
     /// Every CRL in use for `source`, among `urls`.
@@ -360,15 +355,30 @@ mod tests {
             check(url, &crl(&stranger, 1), &issuers, None),
             Err(FetchError::Signature(_))
         ));
-        for garbage in [&b""[..], b"not a crl", b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"] {
+        for garbage in [
+            &b""[..],
+            b"not a crl",
+            b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        ] {
             let e = check(url, garbage, &issuers, None).unwrap_err();
             assert!(matches!(e, FetchError::Invalid(_)), "{e}");
         }
         // Two CRLs in one answer.
         let two = format!(
             "{}{}",
-            inter.crl_pem(&[], OffsetDateTime::now_utc(), OffsetDateTime::now_utc() + TimeDuration::days(1)).unwrap(),
-            root.crl_pem(&[], OffsetDateTime::now_utc(), OffsetDateTime::now_utc() + TimeDuration::days(1)).unwrap()
+            inter
+                .crl_pem(
+                    &[],
+                    OffsetDateTime::now_utc(),
+                    OffsetDateTime::now_utc() + TimeDuration::days(1)
+                )
+                .unwrap(),
+            root.crl_pem(
+                &[],
+                OffsetDateTime::now_utc(),
+                OffsetDateTime::now_utc() + TimeDuration::days(1)
+            )
+            .unwrap()
         );
         assert!(matches!(
             check(url, two.as_bytes(), &issuers, None),
@@ -378,7 +388,10 @@ mod tests {
 
     #[test]
     fn labels_are_the_last_path_segment() {
-        assert_eq!(label("http://pki.internal/a/intermediate.crl"), "intermediate.crl");
+        assert_eq!(
+            label("http://pki.internal/a/intermediate.crl"),
+            "intermediate.crl"
+        );
         assert_eq!(label("https://pki.internal/x.crl?v=2"), "x.crl");
         assert_eq!(label("http://pki.internal"), "");
         assert_eq!(label("http://pki.internal/"), "");

@@ -22,7 +22,7 @@ pub struct Revocation {
     /// Distribution-point URLs met in certificates per source, in discovery order, at most
     /// [`MAX_DISTRIBUTION_POINTS`] each; refreshed like `crl_urls` from then on.
     discovered: Mutex<HashMap<String, Vec<String>>>,
-    /// Woken when fetched data changed and the snapshot should be rebuilt.
+    /// Woken when a distribution point is discovered, so that it gets a fetch task.
     pub changed: Notify,
     client: OnceLock<crl::HttpClient>,
 }
@@ -42,7 +42,13 @@ impl Revocation {
     pub fn urls(&self, source: &str, ca: &CaTrust) -> Vec<String> {
         let mut urls: Vec<String> = ca.crl_urls.iter().map(|u| u.url.clone()).collect();
         if let Some(found) = lock(&self.discovered).get(source) {
-            urls.extend(found.iter().filter(|u| !urls.contains(u)).cloned().collect::<Vec<_>>());
+            urls.extend(
+                found
+                    .iter()
+                    .filter(|u| !urls.contains(u))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
         }
         urls
     }
@@ -60,6 +66,22 @@ impl Revocation {
         }
         found.push(url.to_owned());
         true
+    }
+
+    /// The `crl_urls` entries (source, URL) of `config` that have no CRL yet, fetched or
+    /// cached: until there are none, certguard is not ready (SPEC 9.2).
+    pub fn missing(&self, config: &crate::config::Config) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for source in &config.trust {
+            if let crate::config::TrustKind::Ca(ca) = &source.kind {
+                for u in &ca.crl_urls {
+                    if self.crls.get(&source.name, &u.url).is_none() {
+                        out.push((source.name.to_string(), u.url.clone()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The CRLs in use for `source` from its URLs (configured and discovered).
