@@ -139,11 +139,10 @@ pub fn spawn(current: Arc<Current>, metrics: Arc<Metrics>) -> tokio::task::JoinH
                 keep
             });
             for key in wanted {
-                if !tasks.contains_key(&key) {
-                    let (source, url) = key.clone();
-                    let task =
-                        tokio::spawn(keep_fresh(current.clone(), metrics.clone(), source, url));
-                    tasks.insert(key, task);
+                if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(key) {
+                    let (source, url) = slot.key().clone();
+                    let task = keep_fresh(current.clone(), metrics.clone(), source, url);
+                    slot.insert(tokio::spawn(task));
                 }
             }
             tokio::select! {
