@@ -4,6 +4,7 @@
 
 mod common;
 mod data_path;
+mod faults;
 mod hardening;
 mod lifecycle;
 mod observability;
