@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/certguard.yaml"));
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/certguard.yaml"
+    ));
     if let Err(errors) = certguard::config::Config::from_yaml(text, path) {
         // Every error renders (key paths, messages) without panicking.
         let _ = errors.to_string();
