@@ -238,6 +238,7 @@ import socket, ssl, sys, threading, time
 pki, port = sys.argv[1], int(sys.argv[2])
 ctx = ssl.create_default_context(cafile=pki + "/ca.crt")
 ctx.load_cert_chain(pki + "/alice.crt", pki + "/alice.key")
+results = []
 def idle():
     try:
         t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=15),
@@ -245,14 +246,16 @@ def idle():
         start = time.monotonic()
         while t.recv(4096):
             pass
-        print("cut %.1f" % (time.monotonic() - start))
+        results.append("cut %.1f" % (time.monotonic() - start))
     except socket.timeout:
-        print("open")
+        results.append("open")
     except (OSError, ssl.SSLError) as e:
-        print("error %s" % type(e).__name__)
+        results.append("error %s" % type(e).__name__)
 threads = [threading.Thread(target=idle) for _ in range(4)]
 for th in threads: th.start()
 for th in threads: th.join()
+# One writer: lines printed from several threads could interleave.
+print("\n".join(results))
 PY
   done
 }
