@@ -836,3 +836,178 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the matchers against straightforward reference definitions: a `*.` host
+    //! or DNS glob covers exactly one label, `path_prefix` stops at segment boundaries, and a
+    //! `cn`/`o`/`ou` glob is the usual "`*` = any run" match.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dns_label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9_-]{1,8}"
+    }
+
+    /// Labels a client-controlled name may have: DNS-like, empty, `*`, non-ASCII.
+    fn any_label() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => dns_label(),
+            1 => Just(String::new()),
+            1 => Just("*".to_owned()),
+            1 => "\\PC{1,4}",
+        ]
+    }
+
+    fn suffix() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec("[a-z0-9-]{1,6}", 1..4)
+    }
+
+    /// A candidate name for `*.suffix`: some labels, then the suffix (in any case), a
+    /// near miss of it, or something else.
+    fn candidate(suffix: Vec<String>) -> impl Strategy<Value = String> {
+        let joined = suffix.join(".");
+        (
+            prop::collection::vec(any_label(), 0..4),
+            prop_oneof![
+                Just(joined.clone()),
+                Just(joined.to_ascii_uppercase()),
+                Just(format!("x{joined}")),
+                Just(format!("{joined}x")),
+                Just(format!("{joined}.")),
+                "\\PC{0,10}",
+            ],
+            prop::sample::select(&["", "."][..]),
+        )
+            .prop_map(|(head, tail, sep)| {
+                if head.is_empty() {
+                    format!("{sep}{tail}")
+                } else {
+                    format!("{}.{tail}", head.join("."))
+                }
+            })
+    }
+
+    /// Reference: `name` (one trailing dot ignored) is exactly one non-empty label without
+    /// `.` or `*`, then the suffix's labels, compared ASCII case-insensitively.
+    fn one_label_reference(name: &str, suffix: &[String]) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let labels: Vec<&str> = name.split('.').collect();
+        labels.len() == suffix.len() + 1
+            && !labels[0].is_empty()
+            && !labels[0].contains('*')
+            && labels[1..]
+                .iter()
+                .zip(suffix)
+                .all(|(l, s)| l.eq_ignore_ascii_case(s))
+    }
+
+    fn segments(p: &str) -> Vec<&str> {
+        p.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Reference glob: `*` matches any run of characters, everything else itself.
+    fn glob_reference(p: &[char], s: &[char]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some(('*', rest)) => (0..=s.len()).any(|i| glob_reference(rest, &s[i..])),
+            Some((c, rest)) => s.first() == Some(c) && glob_reference(rest, &s[1..]),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// `host: "*.suffix"` and `san_dns: "*.suffix"` match exactly one extra label, never
+        /// two, never none, never a label that merely ends like the suffix.
+        #[test]
+        fn wildcard_covers_exactly_one_label(
+            (suffix, name) in suffix().prop_flat_map(|s| (Just(s.clone()), candidate(s)))
+        ) {
+            let pattern = format!("*.{}", suffix.join("."));
+            let want = one_label_reference(&name, &suffix);
+            let host = HostPattern::parse(&pattern).unwrap();
+            prop_assert_eq!(host.matches(Some(&name)), want, "{} vs {:?}", pattern, name);
+            let dns = DnsPattern::parse(&pattern).unwrap();
+            prop_assert_eq!(dns.matches(&name), want, "{} vs {:?}", pattern, name);
+        }
+
+        /// Exact host and DNS patterns: equal up to ASCII case and one trailing dot.
+        #[test]
+        fn exact_names_ignore_only_case_and_a_trailing_dot(
+            labels in prop::collection::vec(dns_label(), 1..4),
+            other in "\\PC{0,12}",
+            dot in any::<bool>(),
+        ) {
+            let name = labels.join(".");
+            let spelled = format!("{}{}", name.to_ascii_uppercase(), if dot { "." } else { "" });
+            prop_assert!(HostPattern::parse(&name).unwrap().matches(Some(&spelled)));
+            prop_assert!(DnsPattern::parse(&name).unwrap().matches(&spelled));
+            let other_trimmed = other.strip_suffix('.').unwrap_or(&other);
+            let same = other_trimmed.eq_ignore_ascii_case(&name);
+            prop_assert_eq!(HostPattern::parse(&name).unwrap().matches(Some(&other)), same);
+            prop_assert_eq!(DnsPattern::parse(&name).unwrap().matches(&other), same);
+        }
+
+        /// `path_prefix: /orders` matches `/orders` and what is below it, never a sibling
+        /// like `/ordersX`; in general, exactly the paths whose segments start with its
+        /// segments. `path:` matches only itself.
+        #[test]
+        fn path_prefix_stops_at_segment_boundaries(
+            prefix in prop::collection::vec("[a-z0-9._~-]{1,5}", 0..4),
+            rest in prop::collection::vec("[a-z0-9._~-]{1,5}", 0..3),
+            glued in "[a-zA-Z0-9._~%-]{1,5}",
+            trailing in any::<bool>(),
+        ) {
+            let prefix: Vec<String> = prefix.into_iter().filter(|s| s != "." && s != "..").collect();
+            let p = format!("/{}", prefix.join("/"));
+            let Ok(m) = PathMatch::prefix(&format!("{p}{}", if trailing && p != "/" { "/" } else { "" })) else {
+                return Ok(());
+            };
+            prop_assert!(m.matches(&p));
+            let below = format!("{}/{}", p.trim_end_matches('/'), rest.join("/"));
+            prop_assert!(m.matches(&below), "{p} vs {below}");
+            if p != "/" {
+                let sibling = format!("{p}{glued}");
+                prop_assert!(!m.matches(&sibling), "{p} matched the sibling {sibling}");
+                let sibling_below = format!("{sibling}/{}", rest.join("/"));
+                prop_assert!(!m.matches(&sibling_below), "{p} matched {sibling_below}");
+            }
+            for candidate in [below.as_str(), &format!("{p}{glued}"), &format!("/{glued}"), "/"] {
+                let reference = segments(candidate).starts_with(&segments(&p));
+                prop_assert_eq!(m.matches(candidate), reference, "{} vs {}", p, candidate);
+            }
+            if let Ok(exact) = PathMatch::exact(&p) {
+                prop_assert!(exact.matches(&p));
+                prop_assert_eq!(exact.matches(&below), below == p);
+            }
+        }
+
+        /// `cn`/`o`/`ou` globs agree with the reference definition; a glob without `*` is
+        /// plain equality; `*` anywhere in a value's own spelling still matches it.
+        #[test]
+        fn cn_glob_matches_like_the_reference(
+            pattern in "[ab*]{0,8}",
+            value in "[ab*]{0,10}",
+            literal in "\\PC{0,10}",
+            star_at in any::<prop::sample::Index>(),
+        ) {
+            let p: Vec<char> = pattern.chars().collect();
+            let v: Vec<char> = value.chars().collect();
+            prop_assert_eq!(
+                Glob(pattern.clone()).matches(&value),
+                glob_reference(&p, &v),
+                "{:?} vs {:?}", pattern, value
+            );
+            let plain: String = literal.chars().filter(|c| *c != '*').collect();
+            prop_assert!(Glob(plain.clone()).matches(&plain));
+            prop_assert_eq!(Glob(plain.clone()).matches(&literal), plain == literal);
+            let chars: Vec<char> = plain.chars().collect();
+            let at = star_at.index(chars.len() + 1);
+            let starred: String = chars[..at].iter().chain(['*'].iter()).chain(&chars[at..]).collect();
+            prop_assert!(Glob(starred.clone()).matches(&plain), "{starred:?} vs {plain:?}");
+            prop_assert!(Glob("*".into()).matches(&literal));
+        }
+    }
+}

@@ -528,3 +528,102 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of [`normalize_host`]: one spelling per host, whatever the client wrote.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9_-]{1,10}"
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(label(), 1..5).prop_map(|l| l.join("."))
+    }
+
+    fn ipv6() -> impl Strategy<Value = std::net::Ipv6Addr> {
+        any::<[u16; 8]>().prop_map(std::net::Ipv6Addr::from)
+    }
+
+    fn port() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just(":".to_owned()),
+            (0u16..=u16::MAX).prop_map(|p| format!(":{p}")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn never_panics(raw in "\\PC{0,30}") {
+            let _ = normalize_host(&raw);
+        }
+
+        /// Whatever is accepted comes out lower-case, without port or trailing dot, made only
+        /// of name characters (or a bracketed IPv6 literal), and normalizes to itself.
+        #[test]
+        fn output_is_canonical(raw in prop_oneof![
+            "\\PC{0,30}",
+            "[a-zA-Z0-9.:\\[\\]@%_-]{0,30}",
+        ]) {
+            if let Some(host) = normalize_host(&raw) {
+                prop_assert_eq!(normalize_host(&host), Some(host.clone()), "{:?}", raw);
+                prop_assert!(!host.ends_with('.'), "{raw:?} -> {host:?}");
+                prop_assert_eq!(host.to_ascii_lowercase(), host.clone());
+                if let Some(inner) = host.strip_prefix('[') {
+                    let literal = inner.strip_suffix(']');
+                    prop_assert!(literal.is_some_and(|l| l.parse::<std::net::Ipv6Addr>().is_ok()));
+                } else {
+                    prop_assert!(host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+                    prop_assert!(!host.split('.').any(str::is_empty), "{raw:?} -> {host:?}");
+                }
+            }
+        }
+
+        /// Case, a valid port and one trailing dot never change the host.
+        #[test]
+        fn spelling_does_not_change_the_name(name in name(), port in port(), dot in any::<bool>(), upper in any::<bool>()) {
+            let want = name.to_ascii_lowercase();
+            let mut spelled = if upper { name.to_ascii_uppercase() } else { name.clone() };
+            if dot {
+                spelled.push('.');
+            }
+            spelled.push_str(&port);
+            prop_assert_eq!(normalize_host(&spelled), Some(want));
+        }
+
+        /// Every spelling of one IPv6 address is the same host.
+        #[test]
+        fn ipv6_spellings_agree(addr in ipv6(), port in port()) {
+            let canonical = format!("[{addr}]");
+            let full = format!(
+                "[{}]{port}",
+                addr.segments().map(|s| format!("{s:X}")).join(":")
+            );
+            prop_assert_eq!(normalize_host(&full), Some(canonical.clone()));
+            prop_assert_eq!(normalize_host(&format!("{canonical}{port}")), Some(canonical));
+        }
+
+        /// Userinfo, paths, escapes, whitespace, empty labels and bad ports are refused.
+        #[test]
+        fn ambiguous_hosts_are_refused(
+            name in name(),
+            bad in prop::sample::select(&["@", "/", "%2E", " ", "\t", "..", "\\", "#", "?", ",", "é"][..]),
+            at_start in any::<bool>(),
+        ) {
+            let raw = if at_start { format!("{bad}{name}") } else { format!("{name}{bad}x") };
+            prop_assert_eq!(normalize_host(&raw), None, "{:?}", raw);
+            for port in ["99999", "65536", "-1", "+1", "0x1", "1:2", "a"] {
+                let with_port = format!("{name}:{port}");
+                prop_assert_eq!(normalize_host(&with_port), None, "{:?}", with_port);
+            }
+        }
+    }
+}

@@ -442,3 +442,194 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of [`normalize`] over generated targets built from the pieces that matter
+    //! (dot segments, encoded dots and slashes, repeated `/`, escapes, `;`, non-ASCII, ...).
+
+    use super::*;
+    use http::{Method, Uri};
+    use proptest::prelude::*;
+
+    /// Fragments an attacker would combine.
+    const PIECES: &[&str] = &[
+        "/", "//", ".", "..", "%2e", "%2E", "%2e%2e", ".%2e", "%2f", "%2F", "%5c", "\\", "%00",
+        "%0a", "%7f", "%41", "%7e", "%7E", "%20", "%25", "%252e", "%3b", "%3B", ";", "%c3%a9", "é",
+        "{", "}", "|", "^", "`", "[", "]", "\"", "%", "%g", "%4", "a", "b", "admin", "~", "-", "_",
+        ":", "@", "!", "$", "&", "'", "(", ")", "*", "+", ",", "=", "?", "?x=../..", "#", " ",
+    ];
+
+    /// Segments that normalize (most of the time), so that accepted targets are common.
+    const SEGMENTS: &[&str] = &[
+        "a",
+        "b",
+        "admin",
+        "",
+        ".",
+        "..",
+        "%2e",
+        "%2E",
+        "%2e%2e",
+        ".%2e",
+        "%2E.",
+        "...",
+        "~x",
+        "%41",
+        "%7e",
+        "caf%c3%a9",
+        "é",
+        "x{y}",
+        "a%20b",
+        "%25",
+        "%3B",
+        ":@!$&'()*+,=",
+    ];
+
+    /// `/` followed by segments joined with `/`; some segments are an attacker's fragment
+    /// (`%2F`, `;`, `\`, a bad escape, ...) or random characters instead.
+    fn target() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                8 => prop::sample::select(SEGMENTS).prop_map(str::to_owned),
+                2 => prop::sample::select(PIECES).prop_map(str::to_owned),
+                1 => "[a-zA-Z0-9%./;~-]{1,4}",
+            ],
+            0..10,
+        )
+        .prop_map(|segments| format!("/{}", segments.join("/")))
+    }
+
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+
+    /// Percent-decode one segment as an RFC 3986 upstream does (an invalid escape stays as is).
+    fn decode(segment: &str) -> Vec<u8> {
+        let s = segment.as_bytes();
+        let mut out = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            if s[i] == b'%' && i + 2 < s.len() {
+                if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
+                    out.push((h << 4) | l);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(s[i]);
+            i += 1;
+        }
+        out
+    }
+
+    /// What a path means to an upstream that splits on `/`, decodes each segment, merges
+    /// empty segments and resolves `.`/`..` (decoded): its segments and whether it names a
+    /// directory (trailing `/`). `None` if it climbs above the root.
+    fn meaning(path: &str) -> Option<(Vec<Vec<u8>>, bool)> {
+        let mut stack: Vec<Vec<u8>> = Vec::new();
+        let mut dir = false;
+        for segment in path.split('/').skip(1) {
+            let d = decode(segment);
+            match d.as_slice() {
+                b"" | b"." => dir = true,
+                b".." => {
+                    stack.pop()?;
+                    dir = true;
+                }
+                _ => {
+                    stack.push(d);
+                    dir = false;
+                }
+            }
+        }
+        let dir = dir || stack.is_empty();
+        Some((stack, dir))
+    }
+
+    fn norm(target: &str) -> Option<Result<Target, BadTarget>> {
+        let uri: Uri = target.parse().ok()?;
+        Some(normalize(&Method::GET, &uri))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any string the `Uri` parser accepts, with any method, normalizes or is refused:
+        /// never a panic.
+        #[test]
+        fn never_panics(raw in "\\PC{0,40}", method in "[A-Za-z]{1,8}") {
+            if let (Ok(uri), Ok(m)) = (raw.parse::<Uri>(), Method::from_bytes(method.as_bytes())) {
+                let _ = normalize(&m, &uri);
+            }
+        }
+
+        /// The output is a fixed point, starts with `/`, has no `.`/`..`/empty segment, and
+        /// holds only the characters the module promises.
+        #[test]
+        fn normalized_form(target in target()) {
+            let Some(Ok(t)) = norm(&target) else { return Ok(()) };
+            let path = &t.path;
+            prop_assert!(path.starts_with('/'), "{target:?} -> {path:?}");
+            prop_assert!(!path.contains("//"), "{target:?} -> {path:?}");
+            let inner = path.strip_suffix('/').unwrap_or(path);
+            for segment in inner.split('/').skip(1) {
+                prop_assert!(
+                    !segment.is_empty() && segment != "." && segment != "..",
+                    "{target:?} -> {path:?}"
+                );
+            }
+            let bytes = path.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                let b = bytes[i];
+                if b == b'%' {
+                    let escaped = (hex(bytes[i + 1]).unwrap() << 4) | hex(bytes[i + 2]).unwrap();
+                    prop_assert!(
+                        bytes[i + 1..i + 3].iter().all(|c| !c.is_ascii_lowercase()),
+                        "lower-case escape in {path:?}"
+                    );
+                    prop_assert!(
+                        !is_unreserved(escaped)
+                            && !matches!(escaped, b'/' | b'\\')
+                            && escaped >= 0x20
+                            && escaped != 0x7f,
+                        "escape of {escaped:#x} in {path:?}"
+                    );
+                    i += 3;
+                } else {
+                    prop_assert!(is_path_char(b) && b != b';', "{b:#x} in {path:?}");
+                    i += 1;
+                }
+            }
+            let again = norm(path).map(|r| r.map(|t| t.path));
+            prop_assert_eq!(again, Some(Ok(path.clone())), "not idempotent");
+        }
+
+        /// A normalized path means to an upstream exactly what the original target meant:
+        /// same decoded segments, same trailing slash. (Refused targets reach nobody.)
+        #[test]
+        fn same_meaning_for_an_upstream(target in target()) {
+            let Some(Ok(t)) = norm(&target) else { return Ok(()) };
+            let raw_path = target.split(['?', '#']).next().unwrap_or("");
+            let before = meaning(raw_path);
+            prop_assert!(before.is_some(), "accepted a target above the root: {target:?}");
+            prop_assert_eq!(meaning(&t.path), before, "{:?} -> {:?}", target, t.path);
+        }
+
+        /// The query string is never touched.
+        #[test]
+        fn query_is_kept_verbatim(target in target(), query in "[a-zA-Z0-9%./=&;?-]{0,20}") {
+            let path = target.split(['?', '#']).next().unwrap_or("/");
+            let with_query = format!("{path}?{query}");
+            if let Some(Ok(t)) = norm(&with_query) {
+                prop_assert_eq!(t.query.as_deref(), Some(query.as_str()));
+            }
+        }
+    }
+}
