@@ -4,6 +4,7 @@
 
 mod common;
 mod data_path;
+mod deploy;
 mod hardening;
 mod lifecycle;
 mod observability;
