@@ -28,10 +28,10 @@ use criterion::{BatchSize, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use certguard::config::{Config, XfccField};
+use certguard::headers::{apply_forward, strip_hop_by_hop, xfcc_element};
 use certguard::identity::{CertInfo, Identity};
 use certguard::policy::{authorize, Decision, PathMatch, RequestFacts};
-use certguard::proxy::headers::{apply_forward, strip_hop_by_hop, xfcc_element};
-use certguard::proxy::normalize::normalize;
+use certguard::request::normalize::normalize;
 
 /// Pairs of (subject, baseline) benchmark ids, recorded as benchmarks are registered, read back
 /// after the run to print ratios.
@@ -259,6 +259,7 @@ fn alice(chain: Vec<rustls_pki_types::CertificateDer<'static>>) -> Identity {
             serial: "1a2b3c4d5e6f".into(),
             not_before: 1_700_000_000,
             not_after: 2_000_000_000,
+            chain_not_after: vec![2_000_000_000],
             chain,
         }),
     }
@@ -284,6 +285,7 @@ fn bob() -> Identity {
             serial: "0badcafe".into(),
             not_before: 1_700_000_000,
             not_after: 2_000_000_000,
+            chain_not_after: vec![2_000_000_000],
             chain: vec![],
         }),
     }

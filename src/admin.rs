@@ -4,7 +4,6 @@
 //! shared state; nothing here can change the proxy's behaviour.
 
 use std::convert::Infallible;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,9 +39,6 @@ const JSON_CONTENT_TYPE: &str = "application/json";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// After `shutdown`, how long open admin connections get to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Pause after an accept error that is not about one connection (e.g. out of file descriptors),
-/// so the loop does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serve admin requests on `listener` until `shutdown` resolves.
 ///
@@ -59,39 +55,25 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let graceful = GracefulShutdown::new();
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = crate::listener::accept(&listener, "admin") => accepted,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let watcher = graceful.watcher();
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let response = respond(&state, req.method(), req.uri().path());
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                    }
-                });
+        let watcher = graceful.watcher();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let response = respond(&state, req.method(), req.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
             }
-            Err(e) if is_per_connection_error(&e) => {
-                tracing::debug!(error = %e, "admin accept failed for one connection");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed; backing off");
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                }
-            }
-        }
+        });
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -100,16 +82,6 @@ pub async fn serve(
     {
         tracing::debug!("admin connections still open after the grace period; leaving them");
     }
-}
-
-/// Errors that concern only the connection being accepted; the listener itself is fine.
-fn is_per_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
 }
 
 /// The whole admin API as a pure function of (state, method, path).

@@ -8,8 +8,8 @@
 
 use std::net::SocketAddr;
 
-use crate::proxy::Reason;
-use crate::tls::Outcome;
+use crate::metrics::Reason;
+use crate::tls::Rejection;
 
 /// The `tracing` target of every audit line; filter or route logs on it.
 pub const TARGET: &str = "certguard::audit";
@@ -51,6 +51,8 @@ pub struct RequestAudit<'a> {
     pub status: u16,
     /// Time from request head to response head, milliseconds.
     pub duration_ms: f64,
+    /// For `deny_listed`: the matching deny entry's `reason`.
+    pub deny_reason: Option<&'a str>,
 }
 
 /// Write one request audit line (call only when `logging.access_log` is on).
@@ -74,27 +76,23 @@ pub fn request_line(r: &RequestAudit<'_>) {
         reason = r.reason.as_str(),
         status = r.status,
         duration_ms = r.duration_ms,
+        deny_reason = r.deny_reason,
         "request"
     );
 }
 
-/// Write one line for a failed handshake. `trust` is the source responsible for the outcome,
-/// `None` meaning `none` as in the metrics; `detail` is a short reason for operators (an error
-/// description, never certificate contents).
-pub fn handshake_failure_line(
-    peer: SocketAddr,
-    sni: Option<&str>,
-    trust: Option<&str>,
-    outcome: Outcome,
-    detail: &str,
-) {
+/// Write one line for a failed handshake: the source responsible for the outcome (`none` as
+/// in the metrics), the outcome, a short `detail` for operators (an error description, never
+/// certificate contents) and, for `deny_listed`, the entry's `deny_reason`.
+pub fn handshake_failure_line(peer: SocketAddr, sni: Option<&str>, rejection: &Rejection) {
     tracing::info!(
         target: TARGET,
         peer = %peer,
         sni = sni,
-        trust = trust.unwrap_or(crate::metrics::TRUST_NONE),
-        outcome = outcome.as_str(),
-        detail = detail,
+        trust = rejection.trust.as_deref().unwrap_or(crate::metrics::TRUST_NONE),
+        outcome = rejection.outcome.as_str(),
+        detail = rejection.detail.as_str(),
+        deny_reason = rejection.deny_reason.as_deref(),
         "handshake failed"
     );
 }
@@ -300,6 +298,7 @@ impl tracing::field::Visit for JsonFields<'_> {
 mod tests {
     use super::*;
     use crate::logging::testing::Capture;
+    use crate::tls::Outcome;
 
     use serde_json::Value;
 
@@ -353,6 +352,16 @@ mod tests {
             reason: Reason::NotAllowed,
             status: 403,
             duration_ms: 0.123_456_789,
+            deny_reason: Some("INC-4711 \"key\" leaked"),
+        }
+    }
+
+    fn rejection(trust: Option<&str>, outcome: Outcome, detail: &str) -> Rejection {
+        Rejection {
+            trust: trust.map(Into::into),
+            outcome,
+            detail: detail.to_owned(),
+            deny_reason: None,
         }
     }
 
@@ -363,9 +372,15 @@ mod tests {
             handshake_failure_line(
                 "10.0.0.7:4000".parse().expect("addr"),
                 None,
-                Some("lab"),
-                Outcome::PinMismatch,
-                "no pin matches \"x\"",
+                &rejection(Some("lab"), Outcome::PinMismatch, "no pin matches \"x\""),
+            );
+            handshake_failure_line(
+                "10.0.0.7:4000".parse().expect("addr"),
+                None,
+                &Rejection {
+                    deny_reason: Some("INC-1 leaked".into()),
+                    ..rejection(Some("lab"), Outcome::DenyListed, "deny[0]")
+                },
             );
             tracing::warn!(
                 target: TARGET,
@@ -379,8 +394,8 @@ mod tests {
         };
         let generic = capture(emit);
         let fast = capture_fast(emit);
-        assert_eq!(generic.len(), 3);
-        assert_eq!(fast.len(), 3);
+        assert_eq!(generic.len(), 4);
+        assert_eq!(fast.len(), 4);
         for (g, f) in generic.iter().zip(&fast) {
             let stamp = f["timestamp"].as_str().expect("timestamp");
             assert!(
@@ -436,6 +451,7 @@ mod tests {
                 reason: Reason::Ok,
                 status: 200,
                 duration_ms: 1.5,
+                deny_reason: None,
             })
         });
         assert_eq!(lines.len(), 1);
@@ -466,16 +482,16 @@ mod tests {
             handshake_failure_line(
                 "10.0.0.7:4000".parse().expect("addr"),
                 None,
-                None,
-                Outcome::UnknownIssuer,
-                "no trust source admitted the certificate",
+                &rejection(
+                    None,
+                    Outcome::UnknownIssuer,
+                    "no trust source admitted the certificate",
+                ),
             );
             handshake_failure_line(
                 "10.0.0.7:4001".parse().expect("addr"),
                 Some("localhost"),
-                Some("internal"),
-                Outcome::Revoked,
-                "certificate revoked",
+                &rejection(Some("internal"), Outcome::Revoked, "certificate revoked"),
             );
         });
         assert_eq!(lines.len(), 2);

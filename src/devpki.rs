@@ -451,7 +451,7 @@ impl TestCert {
         serial: Vec<u8>,
     ) -> TestCert {
         TestCert {
-            cert_pem: pem_cert(&cert),
+            cert_pem: crate::certs::pem_certificate(&cert),
             cert,
             chain,
             key_pem: key.serialize_pem(),
@@ -468,18 +468,6 @@ impl TestCert {
         let der = cert.der().clone();
         Ok(TestCert::new(der.clone(), vec![der], key, serial))
     }
-}
-
-fn pem_cert(der: &CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 #[cfg(test)]
@@ -584,6 +572,7 @@ mod tests {
                 kind: TrustKind::Ca(CaTrust {
                     ca_path: PathBuf::from("ca.crt"),
                     anchors: certs(file(&pki, "ca.crt")),
+                    intermediates: vec![],
                     crls: vec![crl("intermediate.crl"), crl("ca.crl")],
                     revocation: Revocation {
                         depth: RevocationDepth::Chain,
@@ -629,7 +618,7 @@ mod tests {
     }
 
     fn sha_of(c: &CertificateDer<'_>) -> [u8; 32] {
-        crate::identity::sha256(c.as_ref())
+        crate::certs::sha256(c.as_ref())
     }
 
     #[test]

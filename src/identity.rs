@@ -3,15 +3,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use std::fmt::Write as _;
-
-use aws_lc_rs::digest;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
-use x509_parser::asn1_rs::{Any, Tag, ToDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::x509::X509Name;
+
+use crate::certs::{attr_text, hex_lower, name_to_rfc4514, serial_hex, sha256};
 
 /// Fields of a client certificate that policy, XFCC, logs and the inventory use.
 ///
@@ -49,8 +47,21 @@ pub struct CertInfo {
     pub not_before: i64,
     /// notAfter, seconds since the Unix epoch.
     pub not_after: i64,
+    /// notAfter of every certificate of the chain as presented (the leaf included), sorted
+    /// ascending: each is a moment at which the connection's verdict may change, so an
+    /// intermediate expiring cuts open connections just as the leaf expiring does.
+    pub chain_not_after: Vec<i64>,
     /// The chain as presented: leaf first, then intermediates.
     pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// Which trust source (and pinned entry) admitted a client: decided by the verifier itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Name of the trust source that admitted the client.
+    pub trust: Arc<str>,
+    /// For pinned sources, the name of the entry that matched.
+    pub pinned: Option<Arc<str>>,
 }
 
 /// A client that passed a trust source: what the certificate says plus who admitted it.
@@ -128,14 +139,28 @@ impl CertInfo {
             serial: serial_hex(x509.raw_serial()),
             not_before: x509.validity().not_before.timestamp(),
             not_after: x509.validity().not_after.timestamp(),
+            chain_not_after: chain_not_after(x509.validity().not_after.timestamp(), &chain[1..]),
             chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
         })
     }
 }
 
+/// The leaf's notAfter and that of every intermediate that parses, sorted. An intermediate
+/// that does not parse cannot have been part of a verified path, so it sets no deadline.
+fn chain_not_after(leaf: i64, intermediates: &[CertificateDer<'_>]) -> Vec<i64> {
+    let mut out = Vec::with_capacity(1 + intermediates.len());
+    out.push(leaf);
+    out.extend(intermediates.iter().filter_map(|c| {
+        let (_, x509) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+        Some(x509.validity().not_after.timestamp())
+    }));
+    out.sort_unstable();
+    out
+}
+
 impl Identity {
     /// Combine the verifier's admission with the parsed leaf.
-    pub fn new(admission: crate::tls::Admission, cert: Arc<CertInfo>) -> Identity {
+    pub fn new(admission: Admission, cert: Arc<CertInfo>) -> Identity {
         Identity {
             trust: admission.trust,
             pinned: admission.pinned,
@@ -147,33 +172,6 @@ impl Identity {
 const OID_CN: &str = "2.5.4.3";
 const OID_O: &str = "2.5.4.10";
 const OID_OU: &str = "2.5.4.11";
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Lowercase hex without separators.
-pub fn hex_lower(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// Serial number bytes as lowercase hex without leading zero bytes (`"0"` for zero).
-fn serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    if start == raw.len() {
-        "0".to_string()
-    } else {
-        hex_lower(&raw[start..])
-    }
-}
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
@@ -188,136 +186,6 @@ fn attr_strings(name: &X509Name<'_>, oid: &str) -> Vec<String> {
         .filter(|a| a.attr_type().to_id_string() == oid)
         .filter_map(|a| attr_text(a.attr_value()))
         .collect()
-}
-
-/// OpenSSL's short name for an attribute type (what `-nameopt RFC2253` prints).
-fn short_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "2.5.4.3" => "CN",
-        "2.5.4.4" => "SN",
-        "2.5.4.5" => "serialNumber",
-        "2.5.4.6" => "C",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.9" => "street",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "2.5.4.12" => "title",
-        "2.5.4.13" => "description",
-        "2.5.4.15" => "businessCategory",
-        "2.5.4.16" => "postalAddress",
-        "2.5.4.17" => "postalCode",
-        "2.5.4.18" => "postOfficeBox",
-        "2.5.4.19" => "physicalDeliveryOfficeName",
-        "2.5.4.20" => "telephoneNumber",
-        "2.5.4.41" => "name",
-        "2.5.4.42" => "GN",
-        "2.5.4.43" => "initials",
-        "2.5.4.44" => "generationQualifier",
-        "2.5.4.46" => "dnQualifier",
-        "2.5.4.65" => "pseudonym",
-        "2.5.4.72" => "role",
-        "2.5.4.97" => "organizationIdentifier",
-        "0.9.2342.19200300.100.1.1" => "UID",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "1.2.840.113549.1.9.1" => "emailAddress",
-        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
-        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
-        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
-        _ => return None,
-    })
-}
-
-/// The value of a string-typed attribute as UTF-8, or `None` for non-string types.
-fn attr_text(value: &Any<'_>) -> Option<String> {
-    match value.tag() {
-        Tag::Utf8String
-        | Tag::PrintableString
-        | Tag::Ia5String
-        | Tag::NumericString
-        | Tag::VisibleString => std::str::from_utf8(value.data).ok().map(str::to_string),
-        // T61String: OpenSSL treats the bytes as Latin-1.
-        Tag::T61String => Some(value.data.iter().map(|b| char::from(*b)).collect()),
-        Tag::BmpString => {
-            if value.data.len() % 2 != 0 {
-                return None;
-            }
-            let units: Vec<u16> = value
-                .data
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
-        }
-        Tag::UniversalString => {
-            if value.data.len() % 4 != 0 {
-                return None;
-            }
-            value
-                .data
-                .chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
-        }
-        _ => None,
-    }
-}
-
-/// Format a Name the way `openssl x509 -nameopt RFC2253` does: RDNs in reverse order joined
-/// by `,`, multi-valued RDNs joined by `+`, RFC 4514 escaping, bytes outside printable ASCII
-/// as `\XX`, unknown attribute types as dotted OIDs with a `#`-hex DER value.
-pub fn name_to_rfc4514(name: &X509Name<'_>) -> String {
-    let rdns: Vec<String> = name
-        .iter_rdn()
-        .map(|rdn| {
-            rdn.iter()
-                .map(|atv| {
-                    let oid = atv.attr_type().to_id_string();
-                    let value = atv.attr_value();
-                    match (short_name(&oid), attr_text(value)) {
-                        (Some(sn), Some(text)) => format!("{sn}={}", escape_value(&text)),
-                        (sn, _) => {
-                            let key = sn.map(str::to_string).unwrap_or(oid);
-                            let der = value.to_der_vec().unwrap_or_default();
-                            format!("{key}=#{}", hex_upper(&der))
-                        }
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect();
-    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
-}
-
-fn hex_upper(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02X}");
-    }
-    s
-}
-
-/// RFC 4514 escaping as OpenSSL's `ASN1_STRFLGS_RFC2253` applies it.
-fn escape_value(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
-    let last = bytes.len().saturating_sub(1);
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
-                out.push('\\');
-                out.push(char::from(b));
-            }
-            b'#' if i == 0 => out.push_str("\\#"),
-            b' ' if i == 0 || i == last => out.push_str("\\ "),
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => {
-                let _ = write!(out, "\\{b:02X}");
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -353,16 +221,6 @@ mod tests {
         assert_eq!(info.o, vec!["acme"]);
         assert_eq!(info.ou, vec!["payments"]);
         assert_eq!(info.serial, "0abc"); // leading zero bytes dropped, not nibbles
-    }
-
-    #[test]
-    fn escaping_rules() {
-        assert_eq!(escape_value("a+b;c<d>e\"f\\g"), r#"a\+b\;c\<d\>e\"f\\g"#);
-        assert_eq!(escape_value("#x"), r"\#x");
-        assert_eq!(escape_value("x#"), "x#");
-        assert_eq!(escape_value(" x "), r"\ x\ ");
-        assert_eq!(escape_value("café"), r"caf\C3\A9");
-        assert_eq!(escape_value("a=b"), "a=b");
     }
 
     #[test]
@@ -427,14 +285,6 @@ mod tests {
     }
 
     #[test]
-    fn serial_forms() {
-        assert_eq!(serial_hex(&[0, 0]), "0");
-        assert_eq!(serial_hex(&[]), "0");
-        assert_eq!(serial_hex(&[0, 0x01, 0xff]), "01ff");
-        assert_eq!(serial_hex(&[0x7f]), "7f");
-    }
-
-    #[test]
     fn errors() {
         assert!(matches!(
             CertInfo::from_chain(&[]),
@@ -452,7 +302,7 @@ mod tests {
         let c = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
         let info = Arc::new(CertInfo::from_chain(&c.chain).unwrap());
         let id = Identity::new(
-            crate::tls::Admission {
+            Admission {
                 trust: "lab".into(),
                 pinned: Some("ci".into()),
             },

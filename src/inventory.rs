@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::certs::{rfc3339, rfc3339_unix};
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::identity::{CertInfo, Identity};
@@ -127,24 +127,6 @@ struct EntryJson<'a> {
     requests_denied: u64,
 }
 
-/// Earliest and latest instants RFC 3339 can write (years 0000 and 9999).
-const MIN_RFC3339_UNIX: i64 = -62_167_219_200;
-const MAX_RFC3339_UNIX: i64 = 253_402_300_799;
-
-/// `unix_seconds` as RFC 3339 UTC (`...Z`), clamped to the years RFC 3339 can express.
-fn rfc3339_unix(unix_seconds: i64) -> String {
-    let t = unix_seconds.clamp(MIN_RFC3339_UNIX, MAX_RFC3339_UNIX);
-    OffsetDateTime::from_unix_timestamp(t)
-        .map(rfc3339)
-        .unwrap_or_default()
-}
-
-/// RFC 3339 UTC with whole seconds.
-fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
 impl Inventory {
     /// An empty inventory holding at most `capacity` entries (0 disables it).
     pub fn new(capacity: usize) -> Inventory {
@@ -253,6 +235,7 @@ mod tests {
             serial: "1f".into(),
             not_before: 0,
             not_after: 1_893_456_000, // 2030-01-01T00:00:00Z
+            chain_not_after: vec![1_893_456_000],
             chain: vec![],
         })
     }

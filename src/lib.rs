@@ -9,20 +9,27 @@
 
 pub mod admin;
 pub mod audit;
+pub mod certs;
 pub mod config;
+pub mod conn;
 pub mod devpki;
 pub mod echo;
+pub mod headers;
 pub mod identity;
 pub mod inventory;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod revocation;
 pub mod report;
+pub mod request;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +41,9 @@ use tokio::sync::watch;
 
 use crate::admin::AdminState;
 use crate::config::Config;
+use crate::conn::ProxyState;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::server::ProxyState;
 use crate::snapshot::{Current, Snapshot};
 
 /// Identities kept in the `/identities` inventory.

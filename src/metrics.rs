@@ -10,9 +10,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::proxy::{Reason, UpstreamErrorKind};
 use crate::tls::Outcome;
-use time::Date;
+use crate::upstream::UpstreamErrorKind;
 
 /// The `trust` label for handshakes no trust source admitted (and no CA source built a chain).
 pub const TRUST_NONE: &str = "none";
@@ -30,6 +29,70 @@ const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Request `reason` label values (SPEC section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Ok,
+    NoRoute,
+    NotAllowed,
+    Revoked,
+    BadRequest,
+    SniMismatch,
+    UpstreamError,
+    /// Release 2 (SPEC 9.4).
+    DenyListed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Ok,
+        Reason::NoRoute,
+        Reason::NotAllowed,
+        Reason::Revoked,
+        Reason::BadRequest,
+        Reason::SniMismatch,
+        Reason::UpstreamError,
+        Reason::DenyListed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::NoRoute => "no_route",
+            Reason::NotAllowed => "not_allowed",
+            Reason::Revoked => "revoked",
+            Reason::BadRequest => "bad_request",
+            Reason::SniMismatch => "sni_mismatch",
+            Reason::UpstreamError => "upstream_error",
+            Reason::DenyListed => "deny_listed",
+        }
+    }
+}
+
+/// `certguard_stream_resets_total{reason}`: why certguard cut a body short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResetReason {
+    /// The client let the stream make no progress for `idle_timeout`.
+    #[error("stream stalled by the client")]
+    Stalled,
+    /// The client's identity no longer verifies under the current snapshot.
+    #[error("client identity no longer valid")]
+    Revoked,
+}
+
+impl ResetReason {
+    /// `certguard_stream_resets_total{reason}` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::Stalled => "client_stalled",
+            ResetReason::Revoked => "revoked",
+        }
+    }
+
+    /// Every label value, for metrics that start at 0.
+    pub const ALL: [ResetReason; 2] = [ResetReason::Stalled, ResetReason::Revoked];
+}
+
 /// Every certguard metric, registered in `registry`.
 ///
 /// Cheap to call from the data path: every method is a label lookup plus an atomic update.
@@ -43,6 +106,8 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    upstream_overflow: IntCounterVec,
+    stream_resets: IntCounterVec,
     reloads: IntCounterVec,
     last_reload_successful: IntGauge,
     last_reload_success_timestamp: Gauge,
@@ -54,9 +119,14 @@ pub struct Metrics {
     crl_labels: Mutex<Vec<(String, String)>>,
     server_cert_not_after: IntGauge,
     pinned_review_overdue: IntGaugeVec,
-    /// `(trust, review_by dates of its pinned entries)` of the current snapshot. The overdue
-    /// gauge is computed from these at every scrape, so a date passing on a running proxy counts.
-    pinned_reviews: Mutex<Vec<(String, Vec<Date>)>>,
+    /// `(trust, when each of its pinned entries becomes overdue)` of the current snapshot. The
+    /// overdue gauge is computed from these at every scrape, so a date passing on a running
+    /// proxy counts.
+    pinned_reviews: Mutex<Vec<(String, Vec<i64>)>>,
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Lock `m`, ignoring poisoning: the guarded data are label lists, valid after any panic.
@@ -152,6 +222,22 @@ impl Metrics {
                 "Failed upstream requests by upstream and kind (connect, timeout, reset, protocol).",
                 &["upstream", "kind"],
             ),
+            upstream_overflow: counter_vec(
+                &r,
+                "certguard_upstream_overflow_total",
+                "Requests answered 503 because a concurrency limit (limit=connection: \
+                 listen.max_inflight_per_connection; limit=upstream: max_requests) stayed full \
+                 until the upstream timeout.",
+                &["upstream", "limit"],
+            ),
+            stream_resets: counter_vec(
+                &r,
+                "certguard_stream_resets_total",
+                "Request or response bodies cut in flight, by reason (client_stalled: no \
+                 progress for idle_timeout because of the client; revoked: identity no longer \
+                 valid).",
+                &["reason"],
+            ),
             reloads: counter_vec(
                 &r,
                 "certguard_reloads_total",
@@ -206,6 +292,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
             m.tls_handshake_duration.with_label_values(&[result]);
+        }
+        for cut in ResetReason::ALL {
+            m.stream_resets.with_label_values(&[cut.as_str()]);
         }
         m.connections_refused.with_label_values(&[REFUSED_LIMIT]);
         let build_info = gauge_vec(
@@ -306,6 +395,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A request refused with 503 because `limit` (`connection` or `upstream`) stayed full.
+    pub fn upstream_overflow(&self, upstream: &str, limit: &str) {
+        self.upstream_overflow
+            .with_label_values(&[upstream, limit])
+            .inc();
+    }
+
+    /// A body cut in flight.
+    pub fn stream_reset(&self, why: ResetReason) {
+        self.stream_resets.with_label_values(&[why.as_str()]).inc();
+    }
+
     /// One reload attempt (SIGHUP or file watch).
     pub fn reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
@@ -370,15 +471,15 @@ impl Metrics {
         self.server_cert_not_after.set(unix_seconds);
     }
 
-    /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, the
-    /// review_by dates of its entries)`. An entry is overdue once its date is before today (UTC);
-    /// that is evaluated at every scrape.
+    /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, when each of
+    /// its entries becomes overdue, Unix seconds)` (see
+    /// [`crate::config::PinnedEntry::overdue_from`]); evaluated at every scrape.
     ///
     /// Series not in `per_trust` disappear, so removed trust sources stop being reported.
-    pub fn set_pinned_reviews(&self, per_trust: Vec<(String, Vec<Date>)>) {
+    pub fn set_pinned_reviews(&self, per_trust: Vec<(String, Vec<i64>)>) {
         let mut reviews = lock(&self.pinned_reviews);
         let old = std::mem::replace(&mut *reviews, per_trust);
-        self.refresh_pinned_review_overdue(&reviews, time::OffsetDateTime::now_utc().date());
+        self.refresh_pinned_review_overdue(&reviews, now_unix());
         for (trust, _) in &old {
             if !reviews.iter().any(|(t, _)| t == trust) {
                 // Err only means the series was already absent.
@@ -389,9 +490,9 @@ impl Metrics {
         }
     }
 
-    fn refresh_pinned_review_overdue(&self, reviews: &[(String, Vec<Date>)], today: Date) {
-        for (trust, dates) in reviews {
-            let overdue = dates.iter().filter(|d| **d < today).count();
+    fn refresh_pinned_review_overdue(&self, reviews: &[(String, Vec<i64>)], now: i64) {
+        for (trust, overdue_from) in reviews {
+            let overdue = overdue_from.iter().filter(|from| now >= **from).count();
             self.pinned_review_overdue
                 .with_label_values(&[trust.as_str()])
                 .set(i64::try_from(overdue).unwrap_or(i64::MAX));
@@ -400,14 +501,14 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        self.encode_on(time::OffsetDateTime::now_utc().date())
+        self.encode_at(now_unix())
     }
 
-    /// [`Metrics::encode`] as if `today` (UTC) were the current date.
-    fn encode_on(&self, today: Date) -> String {
+    /// [`Metrics::encode`] as if it were `now` (Unix seconds).
+    fn encode_at(&self, now: i64) -> String {
         {
             let reviews = lock(&self.pinned_reviews);
-            self.refresh_pinned_review_overdue(&reviews, today);
+            self.refresh_pinned_review_overdue(&reviews, now);
         }
         let families = self.registry.gather();
         let mut buf = Vec::new();
@@ -479,6 +580,7 @@ mod tests {
         m.request(Some("r"), true, Reason::Ok, 200, Duration::from_millis(3));
         m.upstream_duration("orders", Duration::from_millis(2));
         m.upstream_error("orders", UpstreamErrorKind::Connect);
+        m.upstream_overflow("orders", "connection");
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
         m.set_pinned_reviews(vec![("lab".into(), vec![])]);
         let out = m.encode();
@@ -490,6 +592,8 @@ mod tests {
             ("certguard_request_duration_seconds", "histogram"),
             ("certguard_upstream_request_duration_seconds", "histogram"),
             ("certguard_upstream_errors_total", "counter"),
+            ("certguard_upstream_overflow_total", "counter"),
+            ("certguard_stream_resets_total", "counter"),
             ("certguard_reloads_total", "counter"),
             ("certguard_config_generation", "gauge"),
             ("certguard_crl_next_update_timestamp_seconds", "gauge"),
@@ -703,7 +807,7 @@ mod tests {
             ("internal".into(), "ca.crl".into(), 100),
             ("internal".into(), "intermediate.crl".into(), 200),
         ]);
-        let past = time::macros::date!(2020 - 01 - 01);
+        let past = 1_577_836_800; // 2020-01-01
         m.set_pinned_reviews(vec![
             ("lab".into(), vec![past, past]),
             ("old".into(), vec![past]),
@@ -750,9 +854,13 @@ mod tests {
         let m = Metrics::new();
         let review_by = time::macros::date!(2030 - 06 - 15);
         let later = time::macros::date!(2030 - 06 - 30);
-        m.set_pinned_reviews(vec![("lab".into(), vec![review_by, later])]);
+        let from = |d| crate::config::overdue_from(d).unwrap();
+        m.set_pinned_reviews(vec![("lab".into(), vec![from(review_by), from(later)])]);
         let pin = "certguard_pinned_review_overdue";
-        let on = |day| value(&m.encode_on(day), pin, r#"trust="lab""#);
+        let on = |day: time::Date| {
+            let noon = day.midnight().assume_utc().unix_timestamp() + 43_200;
+            value(&m.encode_at(noon), pin, r#"trust="lab""#)
+        };
         assert_eq!(
             on(review_by).as_deref(),
             Some("0"),
@@ -762,10 +870,10 @@ mod tests {
         let next_day = review_by.next_day().unwrap();
         assert_eq!(on(next_day).as_deref(), Some("1"));
         assert_eq!(on(later.next_day().unwrap()).as_deref(), Some("2"));
-        // The public encode() uses today's date.
+        // The public encode() uses the current time.
         m.set_pinned_reviews(vec![(
             "lab".into(),
-            vec![time::macros::date!(2020 - 01 - 01)],
+            vec![from(time::macros::date!(2020 - 01 - 01))],
         )]);
         assert_eq!(
             value(&m.encode(), pin, r#"trust="lab""#).as_deref(),

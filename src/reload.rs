@@ -115,42 +115,34 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
     let mut crls: Vec<(String, String, i64)> = Vec::new();
     let mut reviews = Vec::new();
-    let today = time::OffsetDateTime::now_utc().date();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for source in &config.trust {
         match &source.kind {
             TrustKind::Ca(ca) => {
-                for crl in &ca.crls {
-                    if let Some(next) = crl.next_update {
-                        let file = crl
-                            .path
-                            .file_name()
-                            .map(|f| f.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        // A PEM bundle holds several CRLs under one file name: the gauge
-                        // shows the earliest nextUpdate, the one an alert must fire on.
-                        let name = source.name.to_string();
-                        match crls.iter_mut().find(|(t, f, _)| *t == name && *f == file) {
-                            Some((_, _, earliest)) => *earliest = (*earliest).min(next),
-                            None => crls.push((name, file, next)),
-                        }
-                    }
-                }
+                // The gauge shows each file's earliest nextUpdate, the one an alert must fire on.
+                crls.extend(
+                    ca.next_update_per_file()
+                        .into_iter()
+                        .map(|(file, next)| (source.name.to_string(), file, next)),
+                );
             }
             TrustKind::Pinned(pinned) => {
-                for entry in &pinned.entries {
-                    if let Some(review_by) = entry.review_by.filter(|d| *d < today) {
-                        tracing::warn!(
-                            trust = %source.name,
-                            pinned = %entry.name,
-                            owner = entry.owner.as_deref().unwrap_or("-"),
-                            review_by = %review_by,
-                            action = ?pinned.on_overdue_review,
-                            "pinned certificate is past its review_by date"
-                        );
-                    }
+                for entry in pinned.entries.iter().filter(|e| e.overdue_at(now)) {
+                    tracing::warn!(
+                        trust = %source.name,
+                        pinned = %entry.name,
+                        owner = entry.owner.as_deref().unwrap_or("-"),
+                        review_by = ?entry.review_by,
+                        action = ?pinned.on_overdue_review,
+                        "pinned certificate is past its review_by date"
+                    );
                 }
-                let dates = pinned.entries.iter().filter_map(|e| e.review_by).collect();
-                reviews.push((source.name.to_string(), dates));
+                let overdue = pinned
+                    .entries
+                    .iter()
+                    .filter_map(|e| e.overdue_from())
+                    .collect();
+                reviews.push((source.name.to_string(), overdue));
             }
         }
     }
@@ -309,9 +301,7 @@ fn absolute(dir: &Path) -> PathBuf {
 /// Does any file's content differ from what was read (or its readability)? Blocking.
 fn differs_from_disk(digests: &FileDigests) -> bool {
     digests.0.iter().any(|(path, read)| {
-        let now = std::fs::read(path)
-            .ok()
-            .map(|b| crate::config::pki::sha256(&b));
+        let now = std::fs::read(path).ok().map(|b| crate::certs::sha256(&b));
         now != *read
     })
 }
@@ -574,7 +564,7 @@ mod tests {
         let file = dir.path().join("a.crl");
         let missing = dir.path().join("b.crl");
         std::fs::write(&file, "one").unwrap();
-        let sha = crate::config::pki::sha256;
+        let sha = crate::certs::sha256;
         let digests = FileDigests(vec![
             (file.clone(), Some(sha(b"one"))),
             (missing.clone(), None),

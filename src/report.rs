@@ -8,29 +8,26 @@ use std::path::Path;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use crate::certs::rfc3339_unix;
 use crate::config::{Config, Pin, RevocationDepth, TrustKind};
 use crate::identity::{CertInfo, Identity};
-use crate::policy::{self, Decision, RequestFacts};
-use crate::proxy::{host, normalize};
+use crate::policy::{self, RequestFacts};
+use crate::proxy::refusal::Refusal;
+use crate::proxy::service;
+use crate::request::host;
+use crate::request::host::HostError;
 use crate::tls::TrustVerifier;
 
 /// Warn about certificates and CRLs expiring within this many days.
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
+/// How many deny entries `check` prints before it summarizes the rest.
+const DENY_ENTRIES_SHOWN: usize = 50;
+
 /// The result of `explain`.
 pub struct Explanation {
     pub text: String,
     pub allowed: bool,
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 fn now_unix() -> i64 {
@@ -42,32 +39,32 @@ pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let now = now_unix();
     let soon = now + EXPIRY_WARNING_DAYS * 86_400;
-    let today = time::OffsetDateTime::now_utc().date();
     if let Some(leaf) = config.listen.cert_chain.first() {
         if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
             if info.not_after < soon {
                 out.push(format!(
                     "listen.cert: server certificate expires {} (within {EXPIRY_WARNING_DAYS} days or already)",
-                    rfc3339(info.not_after)
+                    rfc3339_unix(info.not_after)
                 ));
             }
         }
     }
+    out.extend(self_asserted_warnings(config));
     for source in &config.trust {
         let name = &source.name;
         match &source.kind {
             TrustKind::Ca(ca) => {
                 for (i, crl) in ca.crls.iter().enumerate() {
                     match crl.next_update {
-                        Some(next) if next < now => out.push(format!(
+                        Some(next) if crl.expired_at(now) => out.push(format!(
                             "trust.{name}.crl[{i}]: {} is past its nextUpdate ({}); handshakes needing it fail with crl_expired unless expired_crl: allow",
                             crl.path.display(),
-                            rfc3339(next)
+                            rfc3339_unix(next)
                         )),
                         Some(next) if next < soon => out.push(format!(
                             "trust.{name}.crl[{i}]: {} nextUpdate {} is within {EXPIRY_WARNING_DAYS} days",
                             crl.path.display(),
-                            rfc3339(next)
+                            rfc3339_unix(next)
                         )),
                         _ => {}
                     }
@@ -100,7 +97,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
             TrustKind::Pinned(pinned) => {
                 for (i, entry) in pinned.entries.iter().enumerate() {
-                    if let Some(review_by) = entry.review_by.filter(|d| *d < today) {
+                    if let Some(review_by) = entry.review_by.filter(|_| entry.overdue_at(now)) {
                         out.push(format!(
                             "trust.{name}.pinned[{i}] ({}): review_by {review_by} has passed (owner: {}; on_overdue_review: {})",
                             entry.name,
@@ -113,6 +110,45 @@ pub fn warnings(config: &Config) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    out
+}
+
+/// Allow entries that match on what a certificate says about itself (CN, OU, SANs, SPIFFE ID,
+/// serial, ...) without `trust:` or `pinned:`, when a pinned source exists: the holder of a
+/// pinned key (an `spki_sha256` pin above all) can mint a self-signed certificate claiming any
+/// such value, and the pinned source admits it.
+fn self_asserted_warnings(config: &Config) -> Vec<String> {
+    let Some(pinned) = config
+        .trust
+        .iter()
+        .find(|s| matches!(s.kind, TrustKind::Pinned(_)))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        for (j, entry) in route.allow.iter().enumerate() {
+            let names_source = entry
+                .matchers
+                .iter()
+                .any(|m| matches!(m, policy::Matcher::Trust(_) | policy::Matcher::Pinned(_)));
+            let keys: Vec<&str> = entry
+                .matchers
+                .iter()
+                .filter(|m| m.is_self_asserted())
+                .map(|m| m.key())
+                .collect();
+            if names_source || keys.is_empty() {
+                continue;
+            }
+            out.push(format!(
+                "routes[{i}].allow[{j}] ({}): matches {} without `trust:` or `pinned:`; the pinned source '{}' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)",
+                route.name,
+                keys.join(", "),
+                pinned.name
+            ));
         }
     }
     out
@@ -135,7 +171,7 @@ pub fn check(config: &Config) -> Result<String, String> {
                 s,
                 "  server certificate {} (expires {})",
                 info.subject,
-                rfc3339(info.not_after)
+                rfc3339_unix(info.not_after)
             );
         }
     }
@@ -165,7 +201,7 @@ pub fn check(config: &Config) -> Result<String, String> {
                         crl.path.display(),
                         crl.issuer,
                         crl.next_update
-                            .map(rfc3339)
+                            .map(rfc3339_unix)
                             .unwrap_or_else(|| "none".into())
                     );
                 }
@@ -220,9 +256,34 @@ pub fn check(config: &Config) -> Result<String, String> {
                 s,
                 "      allow[{j}] {}  (trust source: {})",
                 entry.describe(),
-                entry.required_trust(&config.trust).unwrap_or("any")
+                config.required_trust(entry).unwrap_or("any")
             );
         }
+    }
+    let deny = config.deny.entries();
+    let _ = writeln!(
+        s,
+        "\ndeny list: {}",
+        if deny.is_empty() {
+            "none".to_owned()
+        } else {
+            format!(
+                "{} entries (checked at the handshake and on every re-check)",
+                deny.len()
+            )
+        }
+    );
+    for e in deny.iter().take(DENY_ENTRIES_SHOWN) {
+        let _ = writeln!(
+            s,
+            "  deny[{}] {}  (reason: {})",
+            e.index,
+            e.entry.describe(),
+            e.reason.as_deref().unwrap_or("-")
+        );
+    }
+    if deny.len() > DENY_ENTRIES_SHOWN {
+        let _ = writeln!(s, "  ... and {} more", deny.len() - DENY_ENTRIES_SHOWN);
     }
     let warnings = warnings(config);
     let _ = writeln!(
@@ -234,6 +295,19 @@ pub fn check(config: &Config) -> Result<String, String> {
         let _ = writeln!(s, "  - {w}");
     }
     Ok(s)
+}
+
+/// Which mechanism a handshake rejection came from, for `explain`.
+fn mechanism(r: &crate::tls::Rejection) -> &'static str {
+    use crate::tls::Outcome;
+    match r.outcome {
+        Outcome::DenyListed => "the deny list",
+        Outcome::Revoked | Outcome::UnknownRevocationStatus | Outcome::CrlExpired => {
+            "revocation (CRL)"
+        }
+        Outcome::PinMismatch | Outcome::ReviewOverdue => "the pinned sources",
+        _ => "certificate verification",
+    }
 }
 
 /// The `explain` report for one certificate file and one request.
@@ -258,7 +332,9 @@ pub fn explain(
     let uri: http::Uri = target
         .parse()
         .map_err(|_| format!("invalid request target {target:?}"))?;
-    let verifier = TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
+    let verifier = TrustVerifier::new(&config.trust)
+        .map_err(|e| e.to_string())?
+        .with_deny(config.deny.clone());
     let now = UnixTime::now();
 
     let mut s = String::new();
@@ -271,8 +347,8 @@ pub fn explain(
     let _ = writeln!(
         s,
         "  validity     {} .. {}",
-        rfc3339(info.not_before),
-        rfc3339(info.not_after)
+        rfc3339_unix(info.not_before),
+        rfc3339_unix(info.not_after)
     );
     let _ = writeln!(
         s,
@@ -305,10 +381,25 @@ pub fn explain(
         "\nrequest {method} {target}{}",
         host_arg.map(|h| format!(" host {h}")).unwrap_or_default()
     );
-    let target = match normalize::normalize(&method, &uri) {
+    let denied = |s: &mut String, refusal: &Refusal| {
+        let _ = writeln!(
+            s,
+            "decision: DENIED with {} ({}): {}",
+            refusal.status().as_u16(),
+            refusal.reason().as_str(),
+            refusal.detail()
+        );
+    };
+    let (parts, ()) = http::Request::builder()
+        .method(method.clone())
+        .uri(uri.clone())
+        .body(())
+        .map_err(|e| format!("invalid request: {e}"))?
+        .into_parts();
+    let target = match service::check_target(&parts, false) {
         Ok(t) => t,
-        Err(e) => {
-            let _ = writeln!(s, "decision: DENIED with 400 (bad request target: {e})");
+        Err(refusal) => {
+            denied(&mut s, &refusal);
             return Ok(Explanation {
                 text: s,
                 allowed: false,
@@ -319,7 +410,7 @@ pub fn explain(
         Some(h) => match host::normalize_host(h) {
             Some(h) => Some(h),
             None => {
-                let _ = writeln!(s, "decision: DENIED with 400 (invalid host {h:?})");
+                denied(&mut s, &Refusal::Host(HostError::Bad("invalid host")));
                 return Ok(Explanation {
                     text: s,
                     allowed: false,
@@ -347,6 +438,7 @@ pub fn explain(
                 r.outcome,
                 r.trust.as_deref().unwrap_or("none")
             );
+            let _ = writeln!(s, "  decided by {}: {}", mechanism(&r), r.detail);
             return Ok(Explanation {
                 text: s,
                 allowed: false,
@@ -360,50 +452,54 @@ pub fn explain(
         identity.trust,
         identity.pinned.as_deref().unwrap_or("-")
     );
-    let allowed = match policy::authorize(&config.policy, &identity, &facts) {
-        Decision::Allowed(permit) => {
-            let route = permit.route();
-            let entry = &route.allow[permit.entry_index()];
-            let _ = writeln!(
-                s,
-                "  route        {} ({})",
-                route.name,
-                route.describe_match()
-            );
-            let _ = writeln!(
-                s,
-                "decision: ALLOWED by allow[{}] {} -> upstream {}",
-                permit.entry_index(),
-                entry.describe(),
-                route.upstream
-            );
-            true
-        }
-        Decision::NotAllowed { route } => {
-            let _ = writeln!(
-                s,
-                "  route        {} ({})",
-                route.name,
-                route.describe_match()
-            );
-            let _ = writeln!(s, "decision: DENIED with 403: no allow entry matches");
-            if route.allow.is_empty() {
-                let _ = writeln!(s, "  the route has no allow entries");
+    let allowed =
+        match service::authorize(&config.policy, &identity, &method, host.as_deref(), &target) {
+            Ok(permit) => {
+                let route = permit.route();
+                let entry = &route.allow[permit.entry_index()];
+                let _ = writeln!(
+                    s,
+                    "  route        {} ({})",
+                    route.name,
+                    route.describe_match()
+                );
+                let _ = writeln!(
+                    s,
+                    "decision: ALLOWED by allow[{}] {} -> upstream {}",
+                    permit.entry_index(),
+                    entry.describe(),
+                    route.upstream
+                );
+                true
             }
-            for (i, entry) in route.allow.iter().enumerate() {
-                let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
-                for m in entry.mismatches(&identity) {
-                    let _ = writeln!(s, "    - {m}");
+            Err(refusal) => {
+                let route = match &refusal {
+                    Refusal::NotAllowed { route } => config.policy.route(route),
+                    _ => None,
+                };
+                match route {
+                    Some(r) => {
+                        let _ = writeln!(s, "  route        {} ({})", r.name, r.describe_match());
+                    }
+                    None => {
+                        let _ = writeln!(s, "  route        none");
+                    }
                 }
+                denied(&mut s, &refusal);
+                if let Some(route) = route {
+                    if route.allow.is_empty() {
+                        let _ = writeln!(s, "  the route has no allow entries");
+                    }
+                    for (i, entry) in route.allow.iter().enumerate() {
+                        let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
+                        for m in entry.mismatches(&identity) {
+                            let _ = writeln!(s, "    - {m}");
+                        }
+                    }
+                }
+                false
             }
-            false
-        }
-        Decision::NoRoute => {
-            let _ = writeln!(s, "  route        none");
-            let _ = writeln!(s, "decision: DENIED with 404: no route matches");
-            false
-        }
-    };
+        };
     Ok(Explanation { text: s, allowed })
 }
 
@@ -489,6 +585,58 @@ routes:
                     .to_string(),
             ],
             "{w:#?}"
+        );
+    }
+
+    #[test]
+    fn self_asserted_keys_without_a_source_warn_when_a_pinned_source_exists() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let ca = TestCa::root("ca").unwrap();
+        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
+        let ci = crate::devpki::TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+        fs::write(d.join("ci.crt"), &ci.cert_pem).unwrap();
+        let routes = "upstreams:
+  app: { url: http://127.0.0.1:9000 }
+routes:
+  - name: a
+    path_prefix: /a
+    upstream: app
+    allow:
+      - { cn: alice }
+      - { trust: internal, cn: alice }
+      - { pinned: ci, cn: ci }
+      - { spiffe_id: 'spiffe://x/y', ou: payments }
+      - { fingerprint: 'abababababababababababababababababababababababababababababababab' }
+      - { authenticated: true }
+";
+        let head =
+            "listen: { cert: server.crt, key: server.key }\ntrust:\n  internal: { ca: ca.crt }\n";
+        let self_asserted = |w: &[String]| -> Vec<String> {
+            w.iter()
+                .filter(|w| w.contains("without `trust:`"))
+                .cloned()
+                .collect()
+        };
+        let no_pins = routes.replace("      - { pinned: ci, cn: ci }\n", "");
+        let config = Config::from_yaml(&format!("{head}{no_pins}"), &d.join("c.yaml")).unwrap();
+        assert_eq!(
+            self_asserted(&warnings(&config)),
+            Vec::<String>::new(),
+            "no pinned source"
+        );
+        let with_pins =
+            format!("{head}  lab:\n    pinned: [{{ name: ci, cert: ci.crt }}]\n{routes}");
+        let config = Config::from_yaml(&with_pins, &d.join("c.yaml")).unwrap();
+        assert_eq!(
+            self_asserted(&warnings(&config)),
+            vec![
+                "routes[0].allow[0] (a): matches cn without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
+                "routes[0].allow[3] (a): matches ou, spiffe_id without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
+            ]
         );
     }
 

@@ -7,8 +7,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::proxy::forward::Upstreams;
 use crate::tls::{ServerTls, TlsError, TrustVerifier};
+use crate::upstream::Upstreams;
 
 /// One immutable generation of reloadable state.
 pub struct Snapshot {
@@ -18,8 +18,8 @@ pub struct Snapshot {
     pub tls: ServerTls,
     pub upstreams: Upstreams,
     /// Sorted Unix times at which this snapshot's verdicts change without a reload: CRL
-    /// nextUpdate (with `expired_crl: deny`) and the day after a pinned `review_by` (with
-    /// `on_overdue_review: deny`). Open connections are re-verified when one passes.
+    /// nextUpdate (with `expired_crl: deny`), the notAfter of configured intermediates, and
+    /// the day after a pinned `review_by` (with `on_overdue_review: deny`). Open connections are re-verified when one passes.
     deadlines: Vec<i64>,
 }
 
@@ -30,7 +30,7 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, TlsError> {
-        let verifier = Arc::new(TrustVerifier::new(&config.trust)?);
+        let verifier = Arc::new(TrustVerifier::new(&config.trust)?.with_deny(config.deny.clone()));
         let tls = ServerTls::new(&config.listen, verifier)?;
         let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
         let deadlines = deadlines(&config);
@@ -97,15 +97,18 @@ fn deadlines(config: &Config) -> Vec<i64> {
     let mut out = Vec::new();
     for source in &config.trust {
         match &source.kind {
-            TrustKind::Ca(ca) if !ca.revocation.allow_expired_crl => {
-                out.extend(ca.crls.iter().filter_map(|c| c.next_update));
+            TrustKind::Ca(ca) => {
+                if !ca.revocation.allow_expired_crl {
+                    out.extend(ca.crls.iter().filter_map(|c| c.next_update));
+                }
+                // A configured intermediate that expires ends the paths built through it.
+                out.extend(ca.intermediates.iter().filter_map(|c| {
+                    let (_, x509) = x509_parser::parse_x509_certificate(c.as_ref()).ok()?;
+                    Some(x509.validity().not_after.timestamp())
+                }));
             }
             TrustKind::Pinned(p) if p.on_overdue_review == OverdueAction::Deny => {
-                // Overdue from the day after review_by (UTC).
-                out.extend(p.entries.iter().filter_map(|e| {
-                    let day = e.review_by?.next_day()?;
-                    Some(day.midnight().assume_utc().unix_timestamp())
-                }));
+                out.extend(p.entries.iter().filter_map(|e| e.overdue_from()));
             }
             _ => {}
         }

@@ -135,6 +135,7 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
     let trust = trust(&mut errs, &mut files, rc.trust, &mut names);
     let upstreams = upstreams(&mut errs, rc.upstreams.unwrap_or_default(), &mut names);
     let policy = super::routes::compile(&mut errs, rc.routes.unwrap_or_default(), &names);
+    let deny = super::routes::compile_deny(&mut errs, rc.deny.unwrap_or_default(), &names);
     let forward = forward(&mut errs, rc.forward.unwrap_or_default());
     let admin = Admin {
         address: socket_addr(
@@ -159,8 +160,9 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
             listen,
             trust,
             policy,
+            deny: Arc::new(deny),
             upstreams,
-            forward,
+            forward: Arc::new(forward),
             admin,
             reload,
             logging,
@@ -237,6 +239,20 @@ fn count(errs: &mut Errs, key: &str, v: Option<u64>, default: usize, min: u64) -
         return default;
     }
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Largest concurrency limit accepted (a semaphore's size).
+const MAX_LIMIT: u64 = 1_000_000;
+
+/// A concurrency limit: 1 to [`MAX_LIMIT`].
+fn bounded_count(errs: &mut Errs, key: &str, v: Option<u64>, default: usize) -> usize {
+    match v {
+        Some(n) if n > MAX_LIMIT => {
+            errs.push(key, format!("must be at most {MAX_LIMIT}"));
+            default
+        }
+        _ => count(errs, key, v, default, 1),
+    }
 }
 
 fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Listen> {
@@ -323,6 +339,12 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         65_536,
         1,
     );
+    let max_inflight_per_connection = bounded_count(
+        errs,
+        "listen.max_inflight_per_connection",
+        l.max_inflight_per_connection,
+        32,
+    );
 
     let ((cert_path, cert_chain), (key_path, key)) = (cert?, key?);
     Some(Listen {
@@ -338,6 +360,7 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         idle_timeout,
         max_connections,
         max_header_bytes,
+        max_inflight_per_connection,
         session_resumption: l.session_resumption.unwrap_or(false),
         require_sni_match: l.require_sni_match.unwrap_or(true),
     })
@@ -433,6 +456,18 @@ fn ca_trust(
         }
         ca_path = path;
     }
+    let mut intermediates = Vec::new();
+    if let Some(file) = &src.intermediates {
+        let k = format!("{key}.intermediates");
+        if let Some((path, bytes)) = files.read(errs, &k, file) {
+            match pki::parse_cert_pem(&path, &bytes)
+                .and_then(|certs| pki::check_intermediates(&path, &certs).map(|()| certs))
+            {
+                Ok(certs) => intermediates = certs,
+                Err(e) => errs.push(&k, e),
+            }
+        }
+    }
     let mut crls = Vec::new();
     for (i, c) in src.crl.iter().flatten().enumerate() {
         let crl_key = format!("{key}.crl[{i}]");
@@ -475,6 +510,7 @@ fn ca_trust(
     Some(CaTrust {
         ca_path,
         anchors: anchors?,
+        intermediates,
         crls,
         revocation,
         max_lifetime,
@@ -492,6 +528,7 @@ fn pinned_trust(
     let key = &format!("trust.{source}");
     for (set, k) in [
         (src.crl.is_some(), "crl"),
+        (src.intermediates.is_some(), "intermediates"),
         (src.revocation.is_some(), "revocation"),
         (src.max_lifetime.is_some(), "max_lifetime"),
     ] {
@@ -545,7 +582,7 @@ fn pinned_trust(
                         match pki::parse_cert_pem(&path, &bytes) {
                             Ok(certs) => {
                                 // parse_cert_pem never returns an empty list.
-                                let sha256 = pki::sha256(certs.first()?.as_ref());
+                                let sha256 = crate::certs::sha256(certs.first()?.as_ref());
                                 if certs.len() > 1 {
                                     errs.push(&ck, format!("{}: holds {} certificates; a pin file holds exactly one", path.display(), certs.len()));
                                 }
@@ -664,6 +701,8 @@ fn upstreams(
             64,
             0,
         );
+        let max_requests =
+            bounded_count(errs, &format!("{key}.max_requests"), up.max_requests, 1024);
         if let Some((scheme, authority)) = target {
             out.push(Upstream {
                 name: Arc::from(name.as_str()),
@@ -672,6 +711,7 @@ fn upstreams(
                 connect_timeout,
                 timeout,
                 max_idle_per_host,
+                max_requests,
             });
         }
     }
@@ -788,6 +828,7 @@ fn forward(errs: &mut Errs, f: raw::RawForward) -> Forward {
         xfcc_fields,
         x_forwarded: f.x_forwarded.unwrap_or(true),
         strip_headers,
+        strip_identity_headers: f.strip_identity_headers.unwrap_or(true),
     }
 }
 

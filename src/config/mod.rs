@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::policy::Policy;
+use crate::policy::deny::DenyList;
+use crate::policy::{AllowEntry, Policy};
 
 /// The whole configuration, every file already read and parsed.
 #[derive(Debug)]
@@ -32,7 +33,9 @@ pub struct Config {
     /// Upstreams in file order.
     pub upstreams: Vec<Upstream>,
     /// `forward:` what is added to and stripped from forwarded requests.
-    pub forward: Forward,
+    pub forward: Arc<Forward>,
+    /// `deny:` (SPEC 9.4), checked at the handshake and on every re-check.
+    pub deny: Arc<DenyList>,
     /// `admin:` the metrics/health listener.
     pub admin: Admin,
     /// `reload:` hot reload settings.
@@ -57,7 +60,8 @@ impl FileDigests {
     /// between two reads, the disk no longer matches the first digest and the watcher reloads.
     fn record(&mut self, path: &Path, bytes: Option<&[u8]>) {
         if self.0.iter().all(|(p, _)| p != path) {
-            self.0.push((path.to_path_buf(), bytes.map(pki::sha256)));
+            self.0
+                .push((path.to_path_buf(), bytes.map(crate::certs::sha256)));
         }
     }
 
@@ -94,6 +98,9 @@ pub struct Listen {
     pub max_connections: usize,
     /// Largest request head accepted; larger gets 431 (default 65536).
     pub max_header_bytes: usize,
+    /// Requests of one client connection that may be in flight upstream at once (default
+    /// 32); more wait for a place, up to the upstream's `timeout`, then get 503.
+    pub max_inflight_per_connection: usize,
     /// TLS session resumption (default off: a resumed session skips the verifier).
     pub session_resumption: bool,
     /// Answer 421 when Host differs from SNI (default on).
@@ -134,6 +141,9 @@ pub struct CaTrust {
     pub ca_path: PathBuf,
     /// Trust anchors from the `ca` bundle.
     pub anchors: Vec<CertificateDer<'static>>,
+    /// `intermediates` (SPEC 9.1): CA certificates that complete the chains of clients that
+    /// send only their leaf; never anchors.
+    pub intermediates: Vec<CertificateDer<'static>>,
     /// CRLs in `crl:` order.
     pub crls: Vec<CrlFile>,
     /// `revocation:` settings.
@@ -157,6 +167,40 @@ pub struct CrlFile {
     pub this_update: i64,
     /// nextUpdate as Unix seconds, when present.
     pub next_update: Option<i64>,
+}
+
+impl CrlFile {
+    /// The file's base name (the `file` label of the CRL gauges).
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the CRL is past its nextUpdate at `now` (Unix seconds).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.next_update.is_some_and(|next| next < now)
+    }
+}
+
+impl CaTrust {
+    /// `(file base name, earliest nextUpdate)` for each CRL file, in `crl:` order: a PEM
+    /// bundle holds several CRLs under one name, and the earliest is the one that matters.
+    pub fn next_update_per_file(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for crl in &self.crls {
+            let Some(next) = crl.next_update else {
+                continue;
+            };
+            let file = crl.file_name();
+            match out.iter_mut().find(|(f, _)| *f == file) {
+                Some((_, earliest)) => *earliest = (*earliest).min(next),
+                None => out.push((file, next)),
+            }
+        }
+        out
+    }
 }
 
 /// `trust.X.revocation:`
@@ -205,6 +249,30 @@ pub struct PinnedEntry {
     pub review_by: Option<time::Date>,
 }
 
+impl PinnedEntry {
+    /// The Unix time from which the entry is overdue for review: midnight (UTC) after its
+    /// `review_by` date, so that the whole `review_by` day still counts as on time.
+    pub fn overdue_from(&self) -> Option<i64> {
+        overdue_from(self.review_by?)
+    }
+
+    /// Whether the entry is overdue for review at `now` (Unix seconds).
+    pub fn overdue_at(&self, now: i64) -> bool {
+        self.overdue_from().is_some_and(|from| now >= from)
+    }
+}
+
+/// When a pin reviewed by `review_by` becomes overdue (see [`PinnedEntry::overdue_from`]).
+pub fn overdue_from(review_by: time::Date) -> Option<i64> {
+    Some(
+        review_by
+            .next_day()?
+            .midnight()
+            .assume_utc()
+            .unix_timestamp(),
+    )
+}
+
 /// A certificate or public-key pin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pin {
@@ -245,6 +313,9 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Idle pooled connections kept (default 64).
     pub max_idle_per_host: usize,
+    /// Requests in flight to this upstream at once, across all clients (default 1024); for
+    /// `http://` each uses its own connection. More wait up to `timeout`, then get 503.
+    pub max_requests: usize,
 }
 
 /// Scheme of an upstream URL.
@@ -267,6 +338,9 @@ pub struct Forward {
     pub x_forwarded: bool,
     /// Extra inbound headers always removed.
     pub strip_headers: Vec<http::HeaderName>,
+    /// Remove the client-address and client-certificate headers of other proxies
+    /// (`Forwarded`, `X-Real-IP`, `X-SSL-Client-*`, `SSL_CLIENT_*`, ...); default true.
+    pub strip_identity_headers: bool,
 }
 
 /// `forward.xfcc`.
@@ -382,6 +456,19 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
+    /// Which trust source an allow entry requires (for the access matrix): its `trust` key's
+    /// value, else the pinned source that defines its `pinned` name; `None` = any source.
+    pub fn required_trust<'a>(&'a self, entry: &'a AllowEntry) -> Option<&'a str> {
+        if let Some(t) = entry.trust_key() {
+            return Some(t);
+        }
+        let pinned = entry.pinned_key()?;
+        self.trust.iter().find_map(|s| match &s.kind {
+            TrustKind::Pinned(p) if p.entries.iter().any(|e| &*e.name == pinned) => Some(&*s.name),
+            _ => None,
+        })
+    }
+
     /// Read, parse and validate `path` and every file it names.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         Config::load_tracked(path).0
@@ -587,7 +674,7 @@ mod tests {
         let pinned = pin.self_signed(&pin_key).unwrap();
         fs::write(pki.join("ci-runner.crt"), pinned.pem()).unwrap();
         use base64::Engine as _;
-        let spki = pki::sha256(&rcgen::PublicKeyData::subject_public_key_info(&pin_key));
+        let spki = crate::certs::sha256(&rcgen::PublicKeyData::subject_public_key_info(&pin_key));
         Pki {
             server_key_pem: server_key.serialize_pem(),
             pinned_der: pinned.der().to_vec(),
@@ -795,7 +882,7 @@ routes:
         assert_eq!(e.owner.as_deref(), Some("platform-team"));
         assert_eq!(e.review_by, Some(time::macros::date!(2027 - 06 - 01)));
         match &e.pin {
-            Pin::Cert { sha256, .. } => assert_eq!(*sha256, pki::sha256(&pki.pinned_der)),
+            Pin::Cert { sha256, .. } => assert_eq!(*sha256, crate::certs::sha256(&pki.pinned_der)),
             other => panic!("{other:?}"),
         }
 
@@ -833,11 +920,8 @@ routes:
         let routes = &c.policy.routes;
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].allow.len(), 2);
-        assert_eq!(routes[0].allow[1].required_trust(&c.trust), Some("lab"));
-        assert_eq!(
-            routes[0].allow[0].required_trust(&c.trust),
-            Some("internal")
-        );
+        assert_eq!(c.required_trust(&routes[0].allow[1]), Some("lab"));
+        assert_eq!(c.required_trust(&routes[0].allow[0]), Some("internal"));
         assert!(routes[1].allow.is_empty());
         assert_eq!(
             c.pinned_entry("ci-runner").map(|(t, _)| &*t.name),
@@ -1012,11 +1096,13 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         let ca = dir.path().join("pki/ca.crt");
         assert_eq!(
             digests.0[0],
-            (path.clone(), Some(pki::sha256(yaml.as_bytes())))
+            (path.clone(), Some(crate::certs::sha256(yaml.as_bytes())))
         );
         assert!(digests.0.contains(&(crl.clone(), None)));
         let ca_bytes = fs::read(&ca).unwrap();
-        assert!(digests.0.contains(&(ca, Some(pki::sha256(&ca_bytes)))));
+        assert!(digests
+            .0
+            .contains(&(ca, Some(crate::certs::sha256(&ca_bytes)))));
 
         fs::create_dir_all(dir.path().join("crl")).unwrap();
         fs::copy(dir.path().join("pki/ca.crl"), &crl).unwrap();
@@ -1024,7 +1110,9 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         let c = result.unwrap();
         assert_eq!(c.digests, digests);
         let crl_bytes = fs::read(&crl).unwrap();
-        assert!(digests.0.contains(&(crl, Some(pki::sha256(&crl_bytes)))));
+        assert!(digests
+            .0
+            .contains(&(crl, Some(crate::certs::sha256(&crl_bytes)))));
 
         // An unreadable config file is recorded too.
         let missing = dir.path().join("missing.yaml");
@@ -1124,7 +1212,7 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
     #[test]
     fn pins_parse_with_and_without_colons() {
         let (dir, pki) = setup();
-        let digest = pki::sha256(&pki.pinned_der);
+        let digest = crate::certs::sha256(&pki.pinned_der);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let colons: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
         for (given, form) in [(hex.clone(), "plain"), (colons.join(":"), "colons")] {
@@ -1135,6 +1223,117 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
             };
             assert_eq!(lab.entries[0].pin, Pin::Sha256(digest), "{form}");
         }
+    }
+
+    #[test]
+    fn methods_connect_and_implied_head() {
+        let (dir, _) = setup();
+        let yaml = full("").replace(
+            "routes:\n",
+            "routes:
+  - name: get-only
+    path: /g
+    methods: [GET]
+    upstream: orders
+    allow: []
+  - name: tunnel
+    path: /t
+    methods: [POST, CONNECT, delete]
+    upstream: orders
+    allow: []
+",
+        );
+        let errors = load(&dir, &yaml).unwrap_err().0;
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.key.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "routes[1].methods[1]",
+                    "CONNECT is not proxied (certguard refuses it with 400)"
+                ),
+                (
+                    "routes[1].methods[2]",
+                    "`delete` is not an upper-case HTTP method token (e.g. GET)"
+                ),
+            ]
+        );
+        let yaml = yaml.replace("[POST, CONNECT, delete]", "[POST]");
+        let c = load(&dir, &yaml).unwrap();
+        let methods = |i: usize| c.policy.routes[i].methods.clone().unwrap();
+        assert_eq!(methods(0), [http::Method::GET, http::Method::HEAD]);
+        assert_eq!(methods(1), [http::Method::POST]);
+    }
+
+    #[test]
+    fn deny_entries() {
+        let (dir, _) = setup();
+        let good = full("").replace(
+            "upstreams:\n",
+            "deny:
+  - serial: '00:4F:2A:9C'
+    trust: internal
+    reason: INC-4711 key leaked
+  - spiffe_id: 'spiffe://example.org/ns/legacy/*'
+upstreams:
+",
+        );
+        let c = load(&dir, &good).unwrap();
+        let entries = c.deny.entries();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].reason.as_deref(), Some("INC-4711 key leaked"));
+        assert_eq!(entries[0].entry.describe(), "trust=internal, serial=4f2a9c");
+        assert_eq!(entries[1].reason, None);
+        let bad = full("").replace(
+            "upstreams:\n",
+            "deny:
+  - authenticated: true
+  - reason: nobody in particular
+  - {}
+  - serial: 'zz'
+  - trust: nowhere
+    cn: x
+  - cn: x
+    why: typo
+  - 42
+upstreams:
+",
+        );
+        assert_eq!(
+            keys(load(&dir, &bad)),
+            [
+                "deny[5].why",
+                "deny[6]",
+                "deny[0].authenticated",
+                "deny[1]",
+                "deny[2]",
+                "deny[3].serial",
+                "deny[4].trust",
+            ]
+        );
+    }
+
+    #[test]
+    fn concurrency_limits_are_bounded() {
+        let (dir, _) = setup();
+        let c = load(&dir, &full("")).unwrap();
+        assert_eq!(c.listen.max_inflight_per_connection, 32);
+        assert_eq!(c.upstreams[0].max_requests, 1024);
+        assert!(c.forward.strip_identity_headers);
+        let yaml = full("  max_inflight_per_connection: 0\n").replace(
+            "    url: http://127.0.0.1:9000\n",
+            "    url: http://127.0.0.1:9000\n    max_requests: 5000000\n",
+        );
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            [
+                "listen.max_inflight_per_connection",
+                "upstreams.orders.max_requests"
+            ]
+        );
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     format!("{}{which}: not a valid X.509 CRL: {e}", path.display())
                 })?;
                 (
-                    crate::identity::name_to_rfc4514(crl.issuer()),
+                    crate::certs::name_to_rfc4514(crl.issuer()),
                     crl.issuer().as_raw().to_vec(),
                     crl.last_update().timestamp(),
                     crl.next_update().map(|t| t.timestamp()),
@@ -152,6 +152,29 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
         .collect()
 }
 
+/// Check that every certificate of an `intermediates` bundle is a CA certificate (basic
+/// constraints `cA`): a leaf there would complete nothing, and is most likely a mistake.
+pub fn check_intermediates(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(), String> {
+    for (i, cert) in certs.iter().enumerate() {
+        let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+            format!(
+                "{}: certificate #{} cannot be parsed: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        if !x509.is_ca() {
+            return Err(format!(
+                "{}: certificate #{} ({}) is not a CA certificate",
+                path.display(),
+                i + 1,
+                crate::certs::name_to_rfc4514(x509.subject())
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Check that every certificate of a CA bundle is usable as a trust anchor (what the
 /// verifier will require).
 pub fn check_anchors(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(), String> {
@@ -165,12 +188,4 @@ pub fn check_anchors(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(
         })?;
     }
     Ok(())
-}
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }

@@ -96,6 +96,8 @@ pub struct RawConfig {
     pub trust: Option<NamedMap<RawTrust>>,
     /// `routes:` in order.
     pub routes: Option<Vec<RawRoute>>,
+    /// `deny:` in order.
+    pub deny: Option<Vec<RawDeny>>,
     /// `upstreams:` named upstreams.
     pub upstreams: Option<NamedMap<RawUpstream>>,
     /// `forward:`
@@ -134,6 +136,8 @@ pub struct RawListen {
     pub max_connections: Option<u64>,
     /// `listen.max_header_bytes`
     pub max_header_bytes: Option<u64>,
+    /// `listen.max_inflight_per_connection`
+    pub max_inflight_per_connection: Option<u64>,
     /// `listen.session_resumption`
     pub session_resumption: Option<bool>,
     /// `listen.require_sni_match`
@@ -149,6 +153,8 @@ pub struct RawTrust {
     pub ca: Option<String>,
     /// `trust.<name>.crl`
     pub crl: Option<Vec<String>>,
+    /// `trust.<name>.intermediates`
+    pub intermediates: Option<String>,
     /// `trust.<name>.revocation`
     pub revocation: Option<RawRevocation>,
     /// `trust.<name>.max_lifetime`
@@ -278,6 +284,17 @@ impl RawAllow {
     }
 }
 
+/// One `deny:` entry (SPEC 9.4): the allow-entry keys and a `reason`. (`authenticated` is
+/// read only to be refused with a clear message.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RawDeny {
+    /// `deny[i].<key>`: the identity keys.
+    #[serde(flatten)]
+    pub keys: RawAllow,
+    /// `deny[i].reason`
+    pub reason: Option<String>,
+}
+
 /// One upstream.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,6 +307,8 @@ pub struct RawUpstream {
     pub timeout: Option<Scalar>,
     /// `upstreams.<name>.max_idle_per_host`
     pub max_idle_per_host: Option<u64>,
+    /// `upstreams.<name>.max_requests`
+    pub max_requests: Option<u64>,
 }
 
 /// `forward:`
@@ -304,6 +323,8 @@ pub struct RawForward {
     pub x_forwarded: Option<bool>,
     /// `forward.strip_headers`
     pub strip_headers: Option<Vec<String>>,
+    /// `forward.strip_identity_headers`
+    pub strip_identity_headers: Option<bool>,
 }
 
 /// `admin:`
@@ -449,6 +470,11 @@ fn type_name(v: &Value) -> &'static str {
 
 /// A struct section the walker can fill key by key.
 trait Section: DeserializeOwned + Default {
+    /// The keys the section takes: serde's field list, unless the section says otherwise.
+    fn known() -> Vec<&'static str> {
+        field_names::<Self>().to_vec()
+    }
+
     fn fill(w: &mut Walker, m: &Mapping, path: &str) -> Self;
 }
 
@@ -474,7 +500,7 @@ impl Walker {
             );
             return None;
         };
-        let known = field_names::<T>();
+        let known = T::known();
         for k in m.keys() {
             match k.as_str() {
                 Some(s) if known.contains(&s) => {}
@@ -583,6 +609,7 @@ impl Section for RawConfig {
             listen: w.child(m, p, "listen"),
             trust: w.named(m, p, "trust"),
             routes: w.section_list(m, p, "routes"),
+            deny: w.section_list(m, p, "deny"),
             upstreams: w.named(m, p, "upstreams"),
             forward: w.child(m, p, "forward"),
             admin: w.child(m, p, "admin"),
@@ -606,6 +633,7 @@ impl Section for RawListen {
             idle_timeout: w.field(m, p, "idle_timeout"),
             max_connections: w.field(m, p, "max_connections"),
             max_header_bytes: w.field(m, p, "max_header_bytes"),
+            max_inflight_per_connection: w.field(m, p, "max_inflight_per_connection"),
             session_resumption: w.field(m, p, "session_resumption"),
             require_sni_match: w.field(m, p, "require_sni_match"),
         }
@@ -617,6 +645,7 @@ impl Section for RawTrust {
         RawTrust {
             ca: w.field(m, p, "ca"),
             crl: w.scalar_list(m, p, "crl"),
+            intermediates: w.field(m, p, "intermediates"),
             revocation: w.child(m, p, "revocation"),
             max_lifetime: w.field(m, p, "max_lifetime"),
             pinned: w.section_list(m, p, "pinned"),
@@ -687,6 +716,21 @@ impl Section for RawAllow {
     }
 }
 
+impl Section for RawDeny {
+    fn known() -> Vec<&'static str> {
+        let mut keys = field_names::<RawAllow>().to_vec();
+        keys.push("reason");
+        keys
+    }
+
+    fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
+        RawDeny {
+            keys: RawAllow::fill(w, m, p),
+            reason: w.field(m, p, "reason"),
+        }
+    }
+}
+
 impl Section for RawUpstream {
     fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
         RawUpstream {
@@ -694,6 +738,7 @@ impl Section for RawUpstream {
             connect_timeout: w.field(m, p, "connect_timeout"),
             timeout: w.field(m, p, "timeout"),
             max_idle_per_host: w.field(m, p, "max_idle_per_host"),
+            max_requests: w.field(m, p, "max_requests"),
         }
     }
 }
@@ -705,6 +750,7 @@ impl Section for RawForward {
             xfcc_fields: w.scalar_list(m, p, "xfcc_fields"),
             x_forwarded: w.field(m, p, "x_forwarded"),
             strip_headers: w.scalar_list(m, p, "strip_headers"),
+            strip_identity_headers: w.field(m, p, "strip_identity_headers"),
         }
     }
 }
@@ -847,7 +893,7 @@ runtime:
     #[test]
     fn field_lists_come_from_serde() {
         assert_eq!(field_names::<RawAdmin>(), &["address"]);
-        assert_eq!(field_names::<RawListen>().len(), 12);
+        assert_eq!(field_names::<RawListen>().len(), 13);
         assert_eq!(
             field_names::<RawAllow>(),
             crate::policy::pattern::ALLOW_KEYS

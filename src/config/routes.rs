@@ -1,12 +1,14 @@
-//! Compiling the `routes:` section into a [`Policy`]: patterns are parsed by
-//! [`crate::policy::pattern`], references to trust sources, pinned names and upstreams are
-//! checked against what the file declares.
+//! Compiling the `routes:` section into a [`Policy`] and the `deny:` section into a
+//! [`DenyList`]: patterns are parsed by [`crate::policy::pattern`], references to trust
+//! sources, pinned names and upstreams are checked against what the file declares.
 
 use std::sync::Arc;
 
 use super::build::{Errs, Names};
-use super::raw::{RawAllow, RawRoute};
+use super::raw::{RawAllow, RawDeny, RawRoute};
+use crate::policy::deny::{DenyEntry, DenyList};
 use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route};
+use crate::request::normalize::{check_method, BadTarget};
 
 /// Compile every route; errors are collected, broken routes are left out.
 pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> Policy {
@@ -77,16 +79,25 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
             let mut out = Vec::new();
             for (j, m) in list.iter().enumerate() {
                 let m = m.trim();
-                let valid = !m.is_empty()
-                    && m.bytes()
-                        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
-                match http::Method::from_bytes(m.as_bytes()) {
-                    Ok(method) if valid => out.push(method),
-                    _ => errs.push(
+                let method =
+                    http::Method::from_bytes(m.as_bytes()).map_err(|_| BadTarget::BadMethod);
+                match method.and_then(|method| check_method(&method).map(|()| method)) {
+                    Ok(method) => out.push(method),
+                    Err(BadTarget::Connect) => errs.push(
+                        format!("{key}.methods[{j}]"),
+                        "CONNECT is not proxied (certguard refuses it with 400)",
+                    ),
+                    Err(_) => errs.push(
                         format!("{key}.methods[{j}]"),
                         format!("`{m}` is not an upper-case HTTP method token (e.g. GET)"),
                     ),
                 }
+            }
+            // Frameworks serve HEAD with the GET handler (and nginx's `limit_except GET`
+            // allows HEAD too): a route for GET must also be the route for HEAD, or HEAD
+            // would fall through to a later, broader route and reach the same handler.
+            if out.contains(&http::Method::GET) && !out.contains(&http::Method::HEAD) {
+                out.push(http::Method::HEAD);
             }
             out
         });
@@ -132,6 +143,42 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
         }
     }
     Policy { routes: out }
+}
+
+/// Compile `deny:` (SPEC 9.4): each entry uses the allow-entry keys, needs at least one of
+/// them, and may not use `authenticated` (a deny entry for everyone is not an emergency brake).
+pub(super) fn compile_deny(errs: &mut Errs, deny: Vec<RawDeny>, names: &Names) -> DenyList {
+    let mut out = Vec::new();
+    for (i, d) in deny.into_iter().enumerate() {
+        let key = format!("deny[{i}]");
+        if errs.has(&key) && d == RawDeny::default() {
+            continue; // not a mapping: already reported
+        }
+        if d.keys.authenticated.is_some() {
+            errs.push(
+                format!("{key}.authenticated"),
+                "`authenticated` is not allowed in a deny entry: name the identity to deny",
+            );
+            continue;
+        }
+        if d.keys == RawAllow::default() {
+            if !errs.has(&key) {
+                errs.push(
+                    &key,
+                    "a deny entry needs at least one identity key (e.g. serial)",
+                );
+            }
+            continue;
+        }
+        if let Some(entry) = allow_entry(errs, &key, &d.keys, names) {
+            out.push(DenyEntry {
+                index: i,
+                entry,
+                reason: d.reason.map(|r| Arc::from(r.as_str())),
+            });
+        }
+    }
+    DenyList::new(out)
 }
 
 fn errs_len(errs: &Errs) -> usize {

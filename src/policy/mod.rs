@@ -5,6 +5,7 @@
 //! them to compile the `routes:` section, so everything here is already valid.
 #![warn(missing_docs)]
 
+pub mod deny;
 pub mod pattern;
 
 use std::fmt;
@@ -249,23 +250,15 @@ impl AllowEntry {
             .collect()
     }
 
-    /// Which trust source this entry requires (for the access matrix): the `trust` key's value,
-    /// else the source that defines the entry's `pinned` name; `None` = any source.
-    pub fn required_trust<'a>(
-        &'a self,
-        sources: &'a [crate::config::TrustSource],
-    ) -> Option<&'a str> {
-        if let Some(t) = self.matchers.iter().find_map(Matcher::required_trust) {
-            return Some(t);
-        }
-        let pinned = self.matchers.iter().find_map(|m| match m {
+    /// The entry's `trust:` value, if it has one.
+    pub fn trust_key(&self) -> Option<&str> {
+        self.matchers.iter().find_map(Matcher::required_trust)
+    }
+
+    /// The entry's `pinned:` value, if it has one.
+    pub fn pinned_key(&self) -> Option<&str> {
+        self.matchers.iter().find_map(|m| match m {
             Matcher::Pinned(p) => Some(p.as_str()),
-            _ => None,
-        })?;
-        sources.iter().find_map(|s| match &s.kind {
-            crate::config::TrustKind::Pinned(p) if p.entries.iter().any(|e| &*e.name == pinned) => {
-                Some(&*s.name)
-            }
             _ => None,
         })
     }
@@ -307,6 +300,7 @@ mod tests {
             serial: "1a2b".into(),
             not_before: 0,
             not_after: 4_000_000_000,
+            chain_not_after: vec![4_000_000_000],
             chain: vec![],
         }
     }
@@ -642,7 +636,8 @@ mod tests {
         );
         let any = route("s", None, PathMatch::Any, None, vec![]);
         assert_eq!(any.describe_match(), "any host any path any method");
-        assert_eq!(e.required_trust(&[]), Some("internal"));
-        assert_eq!(entry(&[("cn", "x")]).required_trust(&[]), None);
+        assert_eq!(e.trust_key(), Some("internal"));
+        assert_eq!(entry(&[("cn", "x")]).trust_key(), None);
+        assert_eq!(entry(&[("pinned", "ci")]).pinned_key(), Some("ci"));
     }
 }

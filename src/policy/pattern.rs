@@ -167,7 +167,7 @@ fn check_route_path(key: &str, p: &str) -> Result<(), String> {
     let uri: http::Uri = p
         .parse()
         .map_err(|_| format!("`{key}` `{p}` is not a valid request path"))?;
-    match crate::proxy::normalize::normalize(&http::Method::GET, &uri) {
+    match crate::request::normalize::normalize(&http::Method::GET, &uri) {
         Ok(t) if t.path == p => Ok(()),
         Ok(t) => Err(format!(
             "`{key}` must be written in normalized form: `{}` (requests are matched after \
@@ -512,6 +512,20 @@ impl Matcher {
         }
     }
 
+    /// Whether this key matches what a certificate says about itself (names, SANs, serial):
+    /// whoever issues the certificate chooses it. (`fingerprint` and `spki` name one
+    /// certificate or key; `trust`, `pinned` and `authenticated` are about who admitted it.)
+    pub fn is_self_asserted(&self) -> bool {
+        !matches!(
+            self,
+            Matcher::Trust(_)
+                | Matcher::Pinned(_)
+                | Matcher::Fingerprint(_)
+                | Matcher::Spki(_)
+                | Matcher::Authenticated
+        )
+    }
+
     /// The trust source this matcher requires by name (`trust:`), if any. For `pinned:` the
     /// source is known only with the config: see [`super::AllowEntry::required_trust`].
     pub fn required_trust(&self) -> Option<&str> {
@@ -650,12 +664,12 @@ mod tests {
             let p = HostPattern::parse(given).unwrap();
             assert_eq!(p, HostPattern::Exact("[::1]".into()), "{given}");
             assert_eq!(p.to_string(), "[::1]");
-            let req = crate::proxy::host::normalize_host("[::1]:8443");
+            let req = crate::request::host::normalize_host("[::1]:8443");
             assert!(p.matches(req.as_deref()), "{given}");
         }
         assert!(HostPattern::parse("[FE80::AB]")
             .unwrap()
-            .matches(crate::proxy::host::normalize_host("[fe80::ab]").as_deref()));
+            .matches(crate::request::host::normalize_host("[fe80::ab]").as_deref()));
         for bad in ["[::1]:8443", "[::1", "[example.com]", "[]", "[127.0.0.1]"] {
             assert!(HostPattern::parse(bad).is_err(), "{bad} should be rejected");
         }

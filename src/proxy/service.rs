@@ -1,236 +1,155 @@
 //! One request through the pipeline of SPEC section 4: framing, normalization, Host/SNI,
-//! identity re-check against the current snapshot, authorization, forwarding. Every exit
-//! produces exactly one metrics observation and one audit line.
+//! identity re-check against the current snapshot, authorization, then the relay upstream.
+//! Each step either passes the request on or ends it with a [`Refusal`]; every request,
+//! whoever answered it, produces exactly one metrics observation and one audit line.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::UnixTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::forward::UpstreamClient;
-use super::host::HostError;
-use super::{framing, headers, host, normalize, Reason};
+use super::refusal::{Limit, Refusal};
+use super::stream::{Hold, RequestBody, ResponseBody};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
+use crate::conn::{ConnContext, InflightGuard};
+use crate::headers;
 use crate::identity::Identity;
-use crate::policy::{self, Decision, Permit, RequestFacts};
-use crate::server::{Activity, InflightGuard, Lease, ProxyState};
+use crate::metrics::Reason;
+use crate::policy::{self, Decision, Permit, Policy, RequestFacts};
+use crate::request::framing::{self, FramingError};
+use crate::request::host;
+use crate::request::normalize::{self, Target};
 use crate::snapshot::Snapshot;
 use crate::tls::Rejection;
+use crate::upstream::{ProxyBody, UpstreamError, UpstreamErrorKind};
 
-/// Response body sent to clients.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
-/// (snapshot generation, deadlines passed): while it is unchanged, so is the verdict.
-type RecheckKey = (u64, usize);
-
-/// What one connection knows about itself, shared by its requests.
-pub struct ConnContext {
-    state: Arc<ProxyState>,
-    conn_id: u64,
-    peer: SocketAddr,
-    sni: Option<String>,
-    http2: bool,
-    /// The identity established at the handshake, under `generation`.
-    identity: Identity,
-    generation: u64,
-    /// How many of the snapshot's time deadlines had passed at the handshake.
-    passed: usize,
-    /// The identity re-verified against a later snapshot (or after a deadline passed), cached
-    /// per (generation, passed deadlines).
-    rechecked: Mutex<Option<(RecheckKey, Result<Identity, Rejection>)>>,
-    activity: Arc<Activity>,
-    /// The connection's slot and open-count entry, held until the last holder of this context
-    /// (the connection, or an upgraded tunnel that outlives it) is gone.
-    _lease: Lease,
-    /// The headers certguard adds for this client (XFCC element, X-Forwarded-For), built once
-    /// per config generation: they depend only on the certificate, the peer and `forward`.
-    client_headers: Mutex<Option<(u64, Arc<headers::ClientHeaders>)>>,
-}
-
-impl ConnContext {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        state: Arc<ProxyState>,
-        conn_id: u64,
-        peer: SocketAddr,
-        sni: Option<String>,
-        http2: bool,
-        identity: Identity,
-        snapshot: &Snapshot,
-        activity: Arc<Activity>,
-        lease: Lease,
-    ) -> ConnContext {
-        let now = i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX);
-        ConnContext {
-            state,
-            conn_id,
-            peer,
-            sni,
-            http2,
-            identity,
-            generation: snapshot.generation,
-            passed: snapshot.passed_deadlines(now),
-            rechecked: Mutex::new(None),
-            activity,
-            _lease: lease,
-            client_headers: Mutex::new(None),
-        }
-    }
-
-    /// This client's [`headers::ClientHeaders`] under `snap`'s `forward` settings.
-    fn client_headers(&self, snap: &Snapshot) -> Arc<headers::ClientHeaders> {
-        let mut cached = self
-            .client_headers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match &*cached {
-            Some((generation, h)) if *generation == snap.generation => h.clone(),
-            _ => {
-                let h = Arc::new(headers::ClientHeaders::new(
-                    &snap.config.forward,
-                    &self.identity.cert,
-                    self.peer.ip(),
-                ));
-                *cached = Some((snap.generation, h.clone()));
-                h
-            }
-        }
-    }
-
-    /// SPEC 5.3: the connection's identity as the current snapshot sees it. Re-verifies the
-    /// chain only when the generation changed since the handshake, or once the leaf expired.
-    fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
-        let now = UnixTime::now();
-        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        let expired = now_secs > self.identity.cert.not_after;
-        let key = (snap.generation, snap.passed_deadlines(now_secs));
-        if key == (self.generation, self.passed) && !expired {
-            return Ok(self.identity.clone());
-        }
-        if !expired {
-            if let Ok(guard) = self.rechecked.lock() {
-                if let Some((cached, result)) = guard.as_ref() {
-                    if *cached == key {
-                        return result.clone();
-                    }
-                }
-            }
-        }
-        let chain = &self.identity.cert.chain;
-        let result = match chain.split_first() {
-            Some((leaf, intermediates)) => snap
-                .verifier()
-                .verify(leaf, intermediates, now)
-                .map(|admission| Identity::new(admission, self.identity.cert.clone())),
-            None => Err(Rejection {
-                trust: None,
-                outcome: crate::tls::Outcome::NoClientCert,
-                detail: "connection has no certificate".into(),
-            }),
-        };
-        if let Ok(mut guard) = self.rechecked.lock() {
-            *guard = Some((key, result.clone()));
-        }
-        result
-    }
-}
-
-/// What the audit line and the metrics need to know about one request.
+/// What the metrics, the inventory and the audit line know about one request, filled in as
+/// the pipeline learns it.
 #[derive(Default)]
 struct Facts {
     host: Option<String>,
+    /// The raw path until normalization succeeds, the normalized path after.
     path: Option<String>,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
+    /// The identity as the current snapshot sees it, once re-checked.
+    identity: Option<Identity>,
+    /// The reason of the deny entry that refused the request.
+    deny_reason: Option<Arc<str>>,
 }
 
-/// The outcome of the pipeline before it is recorded.
-struct Answer {
-    response: Response<ProxyBody>,
-    allowed: bool,
-    reason: Reason,
-    identity: Option<Identity>,
+/// A response body as the pipeline produced it.
+enum Reply {
+    /// certguard's own answer, or one that carries no stream (a 101).
+    Local(ProxyBody),
+    /// Relayed from the upstream, holding the request's places until it ends.
+    Relayed(ProxyBody, Hold),
 }
 
 /// hyper service entry point for one request.
 pub async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    let guard = ctx.activity.request_started();
+    let inflight = Arc::new(ctx.activity.request_started());
     let method = req.method().clone();
     let snap = ctx.state.current.load();
     let mut facts = Facts::default();
-    let mut answer = pipeline(&ctx, &snap, req, &mut facts).await;
+    let (mut response, permitted, reason) =
+        match pipeline(&ctx, &snap, req, &mut facts, &inflight).await {
+            Ok(response) => (response, true, Reason::Ok),
+            Err(refusal) => {
+                if !refusal.has_route() {
+                    facts.route = None;
+                    facts.upstream = None;
+                }
+                if let Refusal::Revoked(r) = &refusal {
+                    facts.deny_reason = r.deny_reason.clone();
+                }
+                log_refusal(&ctx, &refusal);
+                let response = refusal.response().map(Reply::Local);
+                (response, refusal.permitted(), refusal.reason())
+            }
+        };
     if !ctx.http2
-        && answer.response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
         && ctx.activity.stream_lost()
     {
         // Fail closed: a connection whose byte stream certguard could not follow gets no
         // further request, since its framing could not be judged.
-        answer
-            .response
+        response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     record(
         &ctx,
         snap.config.logging.access_log,
-        &Record {
+        &RequestEnd {
             method: method.as_str(),
             facts: &facts,
-            allowed: answer.allowed,
-            reason: answer.reason,
-            status: answer.response.status().as_u16(),
-            identity: answer.identity.as_ref().unwrap_or(&ctx.identity),
+            permitted,
+            reason,
+            status: response.status().as_u16(),
             elapsed: started.elapsed(),
         },
     );
-    Ok(answer.response.map(|body| {
-        GuardedBody {
-            inner: body,
-            _guard: guard,
+    Ok(response.map(|reply| match reply {
+        Reply::Local(body) => ResponseBody::local(body, inflight),
+        Reply::Relayed(body, hold) => {
+            let (body, slot) = ResponseBody::relayed(body, hold);
+            ctx.watch(slot);
+            body
         }
-        .boxed()
     }))
 }
 
-/// One request decision, as metrics, the inventory and the audit log see it.
-struct Record<'a> {
+fn log_refusal(ctx: &ConnContext, refusal: &Refusal) {
+    let conn_id = ctx.conn_id;
+    let detail = refusal.detail();
+    match refusal {
+        Refusal::Upstream(_) | Refusal::Overflow(_) => {
+            tracing::warn!(conn_id, %detail, "request not relayed")
+        }
+        Refusal::Revoked(_) => tracing::info!(conn_id, %detail, "request refused"),
+        _ => tracing::debug!(conn_id, %detail, "request refused"),
+    }
+}
+
+/// How one request ended.
+struct RequestEnd<'a> {
     method: &'a str,
     facts: &'a Facts,
-    allowed: bool,
+    /// Policy permitted it (the `decision` label).
+    permitted: bool,
     reason: Reason,
     status: u16,
-    identity: &'a Identity,
     elapsed: std::time::Duration,
 }
 
-/// Count and log one request decision: exactly once per request, whoever answered it.
-fn record(ctx: &ConnContext, access_log: bool, r: &Record<'_>) {
+/// Count and log one request: exactly once per request, whoever answered it.
+fn record(ctx: &ConnContext, access_log: bool, o: &RequestEnd<'_>) {
     let state = &ctx.state;
-    let f = r.facts;
-    state
-        .metrics
-        .request(f.route.as_deref(), r.allowed, r.reason, r.status, r.elapsed);
-    state.inventory.request(r.identity, r.allowed);
+    let f = o.facts;
+    let id = f.identity.as_ref().unwrap_or(ctx.handshake_identity());
+    state.metrics.request(
+        f.route.as_deref(),
+        o.permitted,
+        o.reason,
+        o.status,
+        o.elapsed,
+    );
+    state.inventory.request(id, o.permitted);
     if access_log {
-        let id = r.identity;
         audit::request_line(&RequestAudit {
             conn_id: ctx.conn_id,
             peer: ctx.peer,
@@ -240,15 +159,16 @@ fn record(ctx: &ConnContext, access_log: bool, r: &Record<'_>) {
             subject: Some(&id.cert.subject),
             spiffe_id: id.cert.spiffe_id.as_deref(),
             fingerprint: Some(&id.cert.fingerprint),
-            method: r.method,
+            method: o.method,
             host: f.host.as_deref(),
             path: f.path.as_deref().unwrap_or(""),
             route: f.route.as_deref(),
             upstream: f.upstream.as_deref(),
-            decision: if r.allowed { "allowed" } else { "denied" },
-            reason: r.reason,
-            status: r.status,
-            duration_ms: r.elapsed.as_secs_f64() * 1000.0,
+            decision: if o.permitted { "allowed" } else { "denied" },
+            reason: o.reason,
+            status: o.status,
+            duration_ms: o.elapsed.as_secs_f64() * 1000.0,
+            deny_reason: f.deny_reason.as_deref(),
         });
     }
 }
@@ -268,49 +188,27 @@ pub fn record_refused(ctx: &ConnContext, error: Option<&hyper::Error>) {
     record(
         ctx,
         access_log,
-        &Record {
+        &RequestEnd {
             method: "-",
             facts: &Facts::default(),
-            allowed: false,
+            permitted: false,
             reason: Reason::BadRequest,
             status,
-            identity: &ctx.identity,
             elapsed: std::time::Duration::ZERO,
         },
     );
 }
 
-async fn pipeline(
-    ctx: &Arc<ConnContext>,
-    snap: &Snapshot,
-    req: Request<Incoming>,
-    facts: &mut Facts,
-) -> Answer {
-    let (mut parts, body) = req.into_parts();
-    // The raw path until normalization succeeds (logged for refused targets).
-    facts.path = Some(parts.uri.path().to_owned());
-
-    // Framing: only HTTP/1 has Content-Length/Transfer-Encoding ambiguity. hyper drops
-    // Content-Length when Transfer-Encoding is present, so that case is caught on the raw head.
-    if !ctx.http2 {
-        let conflict = if ctx.activity.take_framing_conflict() {
-            Err(framing::FramingError::LengthAndChunked)
-        } else {
-            framing::check(&parts.headers)
-        };
-        if let Err(e) = conflict {
-            tracing::debug!(conn_id = ctx.conn_id, error = %e, "ambiguous framing");
-            let mut response = fixed(StatusCode::BAD_REQUEST);
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return deny(response, Reason::BadRequest, None);
-        }
+/// SPEC 4 steps 1 and 2 for a request head: the HTTP/1 framing headers, then the method and
+/// the target, normalized into the one form policy sees and the upstream gets.
+pub fn check_target(parts: &Parts, http2: bool) -> Result<Target, Refusal> {
+    // Only HTTP/1 has Content-Length/Transfer-Encoding ambiguity.
+    if !http2 {
+        framing::check(&parts.headers).map_err(Refusal::Framing)?;
     }
-
     // HTTP/2 requests always carry scheme and authority in the URI; the request target proper
     // is the :path, which is what gets normalized.
-    let target_uri = if ctx.http2 || parts.version == Version::HTTP_2 {
+    let target_uri = if http2 || parts.version == Version::HTTP_2 {
         match parts.uri.path_and_query() {
             Some(pq) => Uri::from(pq.clone()),
             None if parts.method == Method::CONNECT => parts.uri.clone(),
@@ -319,75 +217,83 @@ async fn pipeline(
     } else {
         parts.uri.clone()
     };
-    let target = match normalize::normalize(&parts.method, &target_uri) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::debug!(conn_id = ctx.conn_id, error = %e, "bad request target");
-            return deny(fixed(StatusCode::BAD_REQUEST), Reason::BadRequest, None);
-        }
-    };
-    facts.path = Some(target.path.clone());
+    normalize::normalize(&parts.method, &target_uri).map_err(Refusal::Target)
+}
 
-    let listen = &snap.config.listen;
-    let host = match host::request_host(&parts, ctx.sni.as_deref(), listen.require_sni_match) {
-        Ok(h) => h,
-        Err(HostError::SniMismatch) => {
-            return deny(
-                fixed(StatusCode::MISDIRECTED_REQUEST),
-                Reason::SniMismatch,
-                None,
-            );
-        }
-        Err(HostError::Bad(why)) => {
-            tracing::debug!(conn_id = ctx.conn_id, why, "bad host");
-            return deny(fixed(StatusCode::BAD_REQUEST), Reason::BadRequest, None);
-        }
-    };
-    facts.host = host.clone();
+/// SPEC 4 step 2: the host policy matches (lower-case, no port), bound to the SNI.
+pub fn check_host(
+    parts: &Parts,
+    sni: Option<&str>,
+    require_sni_match: bool,
+) -> Result<Option<String>, Refusal> {
+    host::request_host(parts, sni, require_sni_match).map_err(Refusal::Host)
+}
 
-    let identity = match ctx.current_identity(snap) {
-        Ok(id) => id,
-        Err(rejection) => {
-            tracing::info!(
-                conn_id = ctx.conn_id,
-                outcome = %rejection.outcome,
-                detail = %rejection.detail,
-                "identity no longer valid under the current snapshot"
-            );
-            return deny(fixed(StatusCode::FORBIDDEN), Reason::Revoked, None);
-        }
-    };
-
+/// SPEC 4 step 4: the permit for `identity`, or the refusal.
+pub fn authorize<'p>(
+    policy: &'p Policy,
+    identity: &Identity,
+    method: &Method,
+    host: Option<&str>,
+    target: &Target,
+) -> Result<Permit<'p>, Refusal> {
     let request = RequestFacts {
-        method: &parts.method,
-        host: host.as_deref(),
+        method,
+        host,
         path: &target.path,
     };
-    let permit = match policy::authorize(&snap.config.policy, &identity, &request) {
-        Decision::NoRoute => {
-            return deny(
-                fixed(StatusCode::NOT_FOUND),
-                Reason::NoRoute,
-                Some(identity),
-            )
+    match policy::authorize(policy, identity, &request) {
+        Decision::Allowed(permit) => Ok(permit),
+        Decision::NotAllowed { route } => Err(Refusal::NotAllowed {
+            route: route.name.clone(),
+        }),
+        Decision::NoRoute => Err(Refusal::NoRoute),
+    }
+}
+
+async fn pipeline(
+    ctx: &Arc<ConnContext>,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    facts: &mut Facts,
+    inflight: &Arc<InflightGuard>,
+) -> Result<Response<Reply>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    facts.path = Some(parts.uri.path().to_owned());
+    // hyper drops Content-Length when Transfer-Encoding is present, so that conflict is
+    // caught on the raw head by the connection's stream tracker.
+    if !ctx.http2 && ctx.activity.take_framing_conflict() {
+        return Err(Refusal::Framing(FramingError::LengthAndChunked));
+    }
+    let target = check_target(&parts, ctx.http2)?;
+    facts.path = Some(target.path.clone());
+    let listen = &snap.config.listen;
+    let host = check_host(&parts, ctx.sni.as_deref(), listen.require_sni_match)?;
+    facts.host = host.clone();
+    let identity = ctx.current_identity(snap).map_err(Refusal::Revoked)?;
+    facts.identity = Some(identity.clone());
+    let permit = authorize(
+        &snap.config.policy,
+        &identity,
+        &parts.method,
+        host.as_deref(),
+        &target,
+    )
+    .inspect_err(|refusal| {
+        if let Refusal::NotAllowed { route } = refusal {
+            facts.route = Some(route.clone());
         }
-        Decision::NotAllowed { route } => {
-            facts.route = Some(route.name.clone());
-            return deny(
-                fixed(StatusCode::FORBIDDEN),
-                Reason::NotAllowed,
-                Some(identity),
-            );
-        }
-        Decision::Allowed(permit) => permit,
-    };
+    })?;
     let route = permit.route();
     facts.route = Some(route.name.clone());
     facts.upstream = Some(route.upstream.clone());
 
     let Some(upstream) = snap.upstreams.get(&route.upstream) else {
         // Config validation makes this unreachable; answer rather than panic.
-        return upstream_failure(StatusCode::BAD_GATEWAY, identity);
+        return Err(Refusal::Upstream(UpstreamError {
+            kind: UpstreamErrorKind::Protocol,
+            detail: format!("no upstream named {}", route.upstream),
+        }));
     };
 
     // Host as the client sent it, for X-Forwarded-Host and for the upstream's Host header.
@@ -422,13 +328,9 @@ async fn pipeline(
     if let Some(h) = &client_host {
         parts.headers.insert(HOST, h.clone());
     }
-    parts.uri = match upstream.uri(&target.path_and_query()) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(conn_id = ctx.conn_id, error = %e, "cannot build upstream request");
-            return upstream_failure(StatusCode::BAD_GATEWAY, identity);
-        }
-    };
+    parts.uri = upstream
+        .uri(&target.path_and_query())
+        .map_err(Refusal::Upstream)?;
     parts.version = match upstream.config.scheme {
         UpstreamScheme::Http => Version::HTTP_11,
         UpstreamScheme::H2c => Version::HTTP_2,
@@ -436,83 +338,116 @@ async fn pipeline(
     if upstream.config.scheme == UpstreamScheme::H2c {
         parts.headers.remove(HOST);
     }
-    let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let body = ClientBody {
-        inner: body,
-        failed: client_failed.clone(),
-    };
-    let upstream_req = Request::from_parts(parts, body.boxed());
-    forward(
-        ctx,
+    let body = RequestBody::new(body, snap.config.forward.clone(), inflight.clone());
+    let client_body = body.state().clone();
+    if !http_body::Body::is_end_stream(&body) {
+        ctx.watch(client_body.clone());
+    }
+    let exchange = Exchange {
         upstream,
         permit,
-        upstream_req,
         client_upgrade,
-        identity,
-        &client_failed,
-    )
-    .await
+        client_body: &client_body,
+        inflight,
+    };
+    relay(ctx, exchange, Request::from_parts(parts, body.boxed())).await
 }
 
-async fn forward(
-    ctx: &Arc<ConnContext>,
-    upstream: &UpstreamClient,
-    permit: Permit<'_>,
-    req: Request<super::forward::UpstreamBody>,
+/// What [`relay`] needs beside the request.
+struct Exchange<'a, 'p> {
+    upstream: &'a Arc<crate::upstream::UpstreamClient>,
+    permit: Permit<'p>,
     client_upgrade: Option<OnUpgrade>,
-    identity: Identity,
-    client_failed: &std::sync::atomic::AtomicBool,
-) -> Answer {
+    client_body: &'a super::stream::RequestState,
+    inflight: &'a Arc<InflightGuard>,
+}
+
+/// A place under `limit`, waiting until `deadline` at most.
+async fn place(
+    limit: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = limit.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::time::timeout_at(deadline, limit.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Send the request upstream under the concurrency limits and relay the response.
+async fn relay(
+    ctx: &Arc<ConnContext>,
+    exchange: Exchange<'_, '_>,
+    req: Request<crate::upstream::UpstreamBody>,
+) -> Result<Response<Reply>, Refusal> {
+    let Exchange {
+        upstream,
+        permit,
+        client_upgrade,
+        client_body,
+        inflight,
+    } = exchange;
     let name = &permit.route().upstream;
     let metrics = &ctx.state.metrics;
     let started = Instant::now();
-    let result = upstream.send(req).await;
+    let deadline = tokio::time::Instant::now() + upstream.config.timeout;
+    // One client connection (HTTP/2 multiplexes up to 128 streams) and all clients together
+    // get bounded shares of the upstream: a client that never reads its responses cannot
+    // pin an unbounded number of upstream connections.
+    let overflow = |limit: Limit| {
+        metrics.upstream_overflow(name, limit.as_str());
+        Refusal::Overflow(limit)
+    };
+    let connection = place(&ctx.inflight_slots, deadline)
+        .await
+        .ok_or_else(|| overflow(Limit::Connection))?;
+    let upstream_place = place(&upstream.slots, deadline)
+        .await
+        .ok_or_else(|| overflow(Limit::Upstream))?;
+    let hold = Hold {
+        inflight: inflight.clone(),
+        connection,
+        upstream: upstream_place,
+    };
+    let result = upstream.send(req, deadline).await;
     metrics.upstream_duration(name, started.elapsed());
     let mut response = match result {
         Ok(r) => r,
-        Err(e) if client_failed.load(std::sync::atomic::Ordering::Acquire) => {
-            // The exchange failed because the client's own body was malformed (e.g. invalid
-            // chunking), not because of the upstream.
-            tracing::debug!(conn_id = ctx.conn_id, error = %e, "client request body failed");
-            let mut response = fixed(StatusCode::BAD_REQUEST);
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return deny(response, Reason::BadRequest, Some(identity));
-        }
+        // The exchange failed because the client's own body was malformed (e.g. invalid
+        // chunking), not because of the upstream.
+        Err(e) if client_body.failed() => return Err(Refusal::BadBody(e.to_string())),
         Err(e) => {
             metrics.upstream_error(name, e.kind);
-            tracing::warn!(conn_id = ctx.conn_id, upstream = %name, error = %e, "upstream request failed");
-            return upstream_failure(e.status(), identity);
+            return Err(Refusal::Upstream(e));
         }
     };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) =
-            client_upgrade.filter(|_| headers::is_websocket_switch(response.headers()))
-        else {
-            // A 101 to a request that was not a WebSocket upgrade, or to another protocol:
-            // relaying it would open a tunnel no policy sees.
-            metrics.upstream_error(name, super::UpstreamErrorKind::Protocol);
-            tracing::warn!(conn_id = ctx.conn_id, upstream = %name, "upstream switched protocols unasked; refusing");
-            return upstream_failure(StatusCode::BAD_GATEWAY, identity);
-        };
-        spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response));
-        // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
-    } else {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(response.headers_mut());
+        return Ok(response.map(|b| Reply::Relayed(b.map_err(Into::into).boxed(), hold)));
     }
-    Answer {
-        response: response.map(|b| b.boxed()),
-        allowed: true,
-        reason: Reason::Ok,
-        identity: Some(identity),
-    }
+    let Some(client) = client_upgrade.filter(|_| headers::is_websocket_switch(response.headers()))
+    else {
+        // A 101 to a request that was not a WebSocket upgrade, or to another protocol:
+        // relaying it would open a tunnel no policy sees.
+        metrics.upstream_error(name, UpstreamErrorKind::Protocol);
+        return Err(Refusal::Upstream(UpstreamError {
+            kind: UpstreamErrorKind::Protocol,
+            detail: "upstream switched protocols unasked".to_owned(),
+        }));
+    };
+    spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response), hold);
+    // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
+    Ok(response.map(|b| Reply::Local(b.map_err(Into::into).boxed())))
 }
 
 /// Relay an upgraded (WebSocket) connection until either side closes or the client's identity
 /// is revoked. The tunnel holds `ctx`, and with it the connection's slot and open-count entry.
-fn spawn_tunnel(ctx: Arc<ConnContext>, client: OnUpgrade, upstream: OnUpgrade) {
+fn spawn_tunnel(ctx: Arc<ConnContext>, client: OnUpgrade, upstream: OnUpgrade, hold: Hold) {
     tokio::spawn(async move {
+        // The tunnel is an upstream connection: it keeps the request's places until it ends.
+        let _hold = hold;
         let conn_id = ctx.conn_id;
         match (client.await, upstream.await) {
             (Ok(c), Ok(u)) => {
@@ -563,98 +498,202 @@ async fn revoked(ctx: &ConnContext) -> Rejection {
     }
 }
 
-fn deny(response: Response<ProxyBody>, reason: Reason, identity: Option<Identity>) -> Answer {
-    Answer {
-        response,
-        allowed: false,
-        reason,
-        identity,
+#[cfg(test)]
+mod tests {
+    //! The pipeline's decisions before the relay, as a table: one request head in, a route
+    //! or a refusal (status and reason) out.
+    use super::*;
+    use crate::devpki::{LeafSpec, TestCa};
+    use crate::identity::{Admission, CertInfo};
+
+    const ROUTES: &str = "routes:
+  - name: orders-write
+    host: orders.internal
+    path_prefix: /orders
+    methods: [POST, DELETE]
+    upstream: app
+    allow: [{ cn: alice }]
+  - name: reports
+    path: /reports
+    methods: [GET]
+    upstream: app
+    allow: [{ cn: alice }]
+  - name: admin
+    path_prefix: /admin
+    upstream: app
+    allow: [{ cn: root }]
+upstreams:
+  app: { url: 'http://127.0.0.1:9' }
+";
+
+    fn setup() -> (tempfile::TempDir, crate::config::Config, Identity) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::devpki::write(&dir.path().join("pki"), false).unwrap();
+        let yaml = format!(
+            "listen: {{ cert: pki/server.crt, key: pki/server.key }}\n\
+             trust:\n  internal: {{ ca: pki/ca.crt }}\n{ROUTES}"
+        );
+        let config = crate::config::Config::from_yaml(&yaml, &dir.path().join("c.yaml")).unwrap();
+        let alice = TestCa::root("r")
+            .unwrap()
+            .issue(&LeafSpec::client("alice"))
+            .unwrap();
+        let identity = Identity::new(
+            Admission {
+                trust: "internal".into(),
+                pinned: None,
+            },
+            Arc::new(CertInfo::from_chain(&alice.chain).unwrap()),
+        );
+        (dir, config, identity)
     }
-}
 
-fn upstream_failure(status: StatusCode, identity: Identity) -> Answer {
-    Answer {
-        response: fixed(status),
-        allowed: true,
-        reason: Reason::UpstreamError,
-        identity: Some(identity),
+    /// A route name, or (status, reason).
+    fn decide(
+        policy: &Policy,
+        identity: &Identity,
+        req: http::Request<()>,
+        http2: bool,
+        sni: Option<&str>,
+    ) -> Result<String, (u16, &'static str)> {
+        let (parts, ()) = req.into_parts();
+        let refused = |r: Refusal| (r.status().as_u16(), r.reason().as_str());
+        let target = check_target(&parts, http2).map_err(refused)?;
+        let host = check_host(&parts, sni, true).map_err(refused)?;
+        authorize(policy, identity, &parts.method, host.as_deref(), &target)
+            .map(|p| p.route().name.to_string())
+            .map_err(refused)
     }
-}
 
-/// A proxy-generated response: fixed short body, details only in logs (SPEC 4 step 7).
-pub fn fixed(status: StatusCode) -> Response<ProxyBody> {
-    let body: &'static str = match status {
-        StatusCode::BAD_REQUEST => "bad request\n",
-        StatusCode::FORBIDDEN => "forbidden\n",
-        StatusCode::NOT_FOUND => "no route\n",
-        StatusCode::MISDIRECTED_REQUEST => "misdirected request\n",
-        StatusCode::BAD_GATEWAY => "bad gateway\n",
-        StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
-        _ => "error\n",
-    };
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// The client's request body on its way upstream; notes when reading it failed, so that the
-/// failure is charged to the client (400) rather than to the upstream (502).
-struct ClientBody {
-    inner: Incoming,
-    failed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &res {
-            self.failed
-                .store(true, std::sync::atomic::Ordering::Release);
+    #[test]
+    fn refusals_before_the_relay() {
+        let (_dir, config, alice) = setup();
+        let h1 = |method: &str, uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        let sni = Some("orders.internal");
+        type Row<'a> = (
+            http::Request<()>,
+            bool,
+            Option<&'a str>,
+            Result<&'a str, (u16, &'a str)>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                h1("POST", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Ok("orders-write"),
+            ),
+            (
+                h1("DELETE", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Ok("orders-write"),
+            ),
+            (
+                h1("delete", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("CONNECT", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("GET", "/orders/1", Some("orders.internal")),
+                false,
+                sni,
+                Err((404, "no_route")),
+            ),
+            (
+                h1("HEAD", "/reports", Some("orders.internal")),
+                false,
+                sni,
+                Ok("reports"),
+            ),
+            (
+                h1("GET", "/admin/x", Some("orders.internal")),
+                false,
+                sni,
+                Err((403, "not_allowed")),
+            ),
+            (
+                h1("GET", "/reports/../admin", Some("orders.internal")),
+                false,
+                sni,
+                Err((403, "not_allowed")),
+            ),
+            (
+                h1("GET", "/a%2Fb", Some("orders.internal")),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("GET", "/reports", None),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                h1("GET", "/reports", Some("other.internal")),
+                false,
+                sni,
+                Err((421, "sni_mismatch")),
+            ),
+            (
+                h1("GET", "/reports", Some("other.internal")),
+                false,
+                None,
+                Ok("reports"),
+            ),
+            (
+                http::Request::builder()
+                    .method("POST")
+                    .uri("/orders/1")
+                    .header("host", "orders.internal")
+                    .header("transfer-encoding", "gzip, chunked")
+                    .body(())
+                    .unwrap(),
+                false,
+                sni,
+                Err((400, "bad_request")),
+            ),
+            (
+                http::Request::builder()
+                    .method("POST")
+                    .uri("https://orders.internal/orders/1")
+                    .version(Version::HTTP_2)
+                    .body(())
+                    .unwrap(),
+                true,
+                sni,
+                Ok("orders-write"),
+            ),
+            (
+                http::Request::builder()
+                    .method("post")
+                    .uri("https://orders.internal/orders/1")
+                    .version(Version::HTTP_2)
+                    .body(())
+                    .unwrap(),
+                true,
+                sni,
+                Err((400, "bad_request")),
+            ),
+        ];
+        for (req, http2, sni, want) in rows {
+            let what = format!("{} {} (h2 {http2})", req.method(), req.uri());
+            let got = decide(&config.policy, &alice, req, http2, sni);
+            assert_eq!(got, want.map(str::to_owned), "{what}");
         }
-        res
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that keeps the request counted as in flight until it is finished.
-struct GuardedBody {
-    inner: ProxyBody,
-    _guard: InflightGuard,
-}
-
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -15,8 +15,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::{Admission, Outcome, Rejection, TlsError};
+use super::{Outcome, Rejection, TlsError};
 use crate::config::{CaTrust, RevocationDepth};
+use crate::identity::Admission;
 
 /// How many issuers to follow when deciding whether a presented chain reaches an anchor.
 const MAX_CHAIN_WALK: usize = 8;
@@ -30,6 +31,9 @@ pub struct CaSource {
     anchor_subjects: Vec<Vec<u8>>,
     hints: Vec<DistinguishedName>,
     max_lifetime: Option<Duration>,
+    /// `intermediates` (SPEC 9.1): offered to path building after the presented ones, never
+    /// anchors.
+    intermediates: Vec<CertificateDer<'static>>,
     /// The anchors as webpki sees them, and the provider's signature algorithms: to tell
     /// whether a rejected chain was really signed up to one of them (see [`Self::attribute`]).
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
@@ -105,6 +109,7 @@ impl CaSource {
             anchor_subjects,
             hints,
             max_lifetime: ca.max_lifetime,
+            intermediates: ca.intermediates.clone(),
             anchors,
             algorithms,
         })
@@ -131,6 +136,19 @@ impl CaSource {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Admission, Rejection> {
+        // Chain completion: the configured intermediates follow the presented ones (borrowed,
+        // not copied), so a client that sends only its leaf still gets a path.
+        let completed: Vec<CertificateDer<'_>>;
+        let intermediates = if self.intermediates.is_empty() {
+            intermediates
+        } else {
+            completed = intermediates
+                .iter()
+                .chain(&self.intermediates)
+                .map(|c| CertificateDer::from(c.as_ref()))
+                .collect();
+            &completed
+        };
         match self
             .verifier
             .verify_client_cert(end_entity, intermediates, now)
@@ -149,6 +167,7 @@ impl CaSource {
                         trust: None,
                         outcome,
                         detail,
+                        deny_reason: None,
                     });
                 }
                 let attribution = match outcome {
@@ -175,6 +194,7 @@ impl CaSource {
                     trust,
                     outcome,
                     detail,
+                    deny_reason: None,
                 })
             }
         }
@@ -188,6 +208,7 @@ impl CaSource {
                         trust: Some(self.name.clone()),
                         outcome: Outcome::InvalidCert,
                         detail: format!("leaf cannot be parsed: {e}"),
+                        deny_reason: None,
                     }
                 })?;
             let v = x509.validity();
@@ -200,6 +221,7 @@ impl CaSource {
                     detail: format!(
                         "certificate lifetime {lifetime}s exceeds max_lifetime {max_secs}s"
                     ),
+                    deny_reason: None,
                 });
             }
         }
@@ -297,5 +319,308 @@ impl CaSource {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tls::testing::*;
+
+    #[test]
+    fn ca_without_crls_admits_valid_client() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
+        assert_eq!(v.root_hint_subjects().len(), 1);
+    }
+
+    #[test]
+    fn ca_with_crls_admits_valid_client() {
+        let p = pki();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
+        ca_admits(
+            &v,
+            &p.inter.issue(&LeafSpec::client("alice")).unwrap(),
+            "internal",
+        );
+    }
+
+    #[test]
+    fn unknown_issuer() {
+        let p = pki();
+        let other = TestCa::root("other root").unwrap();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let c = other.issue(&LeafSpec::client("mallory")).unwrap();
+        assert_eq!(rejected(&v, &c), (None, Outcome::UnknownIssuer));
+        // A self-signed certificate with no pinned source is unknown_issuer too.
+        let rogue = TestCert::self_signed(&LeafSpec::client("rogue")).unwrap();
+        assert_eq!(rejected(&v, &rogue), (None, Outcome::UnknownIssuer));
+        // An expired certificate from an unrelated CA is not this source's failure.
+        let mut spec = LeafSpec::client("old");
+        (spec.not_before, spec.not_after) = past();
+        let c = other.issue(&spec).unwrap();
+        assert_eq!(rejected(&v, &c), (None, Outcome::UnknownIssuer));
+    }
+
+    #[test]
+    fn bad_signature() {
+        // Same subject DN as the trusted root, different key: the issuer name matches an
+        // anchor but the signature does not verify.
+        let p = pki();
+        let impostor = TestCa::root("test root").unwrap();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let c = impostor.issue(&LeafSpec::client("mallory")).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::BadSignature)
+        );
+    }
+
+    #[test]
+    fn expired() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let mut spec = LeafSpec::client("old");
+        (spec.not_before, spec.not_after) = past();
+        let c = p.inter.issue(&spec).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::Expired)
+        );
+    }
+
+    #[test]
+    fn not_yet_valid() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let mut spec = LeafSpec::client("future");
+        spec.not_before = OffsetDateTime::now_utc() + Duration::days(1);
+        spec.not_after = OffsetDateTime::now_utc() + Duration::days(30);
+        let c = p.inter.issue(&spec).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn revoked() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("revoked")).unwrap();
+        let ok = p.inter.issue(&LeafSpec::client("ok")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[&c.serial], a, b).unwrap(),
+        ];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::Revoked)
+        );
+        ca_admits(&v, &ok, "internal");
+    }
+
+    /// A source whose `intermediates` holds `p.inter`, with `crls`.
+    fn with_intermediates(
+        p: &Pki,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> TrustVerifier {
+        let mut source = ca_source("internal", &p.root, crls);
+        if let TrustKind::Ca(ca) = &mut source.kind {
+            ca.intermediates = vec![p.inter.cert.clone()];
+        }
+        TrustVerifier::new(&[source]).unwrap()
+    }
+
+    #[test]
+    fn configured_intermediates_complete_leaf_only_chains() {
+        let p = pki();
+        let alice = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let leaf_only = |v: &TrustVerifier| v.verify(&alice.chain[0], &[], now());
+        // Without them, a client that sends only its leaf has no path to the root.
+        let plain = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        assert_eq!(
+            leaf_only(&plain).unwrap_err().outcome,
+            Outcome::UnknownIssuer
+        );
+        let v = with_intermediates(&p, vec![]);
+        assert_eq!(&*leaf_only(&v).unwrap().trust, "internal");
+        // The full chain still works, and the intermediate is no anchor: a source that trusts
+        // another root does not admit through it.
+        ca_admits(&v, &alice, "internal");
+        let other = TestCa::root("other").unwrap();
+        let mut foreign = ca_source("foreign", &other, vec![]);
+        if let TrustKind::Ca(ca) = &mut foreign.kind {
+            ca.intermediates = vec![p.inter.cert.clone()];
+        }
+        let foreign = TrustVerifier::new(&[foreign]).unwrap();
+        assert_eq!(
+            foreign
+                .verify(&alice.chain[0], &[], now())
+                .unwrap_err()
+                .outcome,
+            Outcome::UnknownIssuer
+        );
+    }
+
+    #[test]
+    fn chains_completed_by_configured_intermediates_are_checked_against_crls() {
+        let p = pki();
+        let alice = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        let inter_serial = {
+            let (_, x) = x509_parser::parse_x509_certificate(p.inter.cert.as_ref()).unwrap();
+            x.raw_serial().to_vec()
+        };
+        // The root revokes the intermediate itself (depth: chain).
+        let crls = vec![
+            p.root.crl(&[&inter_serial], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
+        let v = with_intermediates(&p, crls);
+        assert_eq!(
+            v.verify(&alice.chain[0], &[], now()).unwrap_err().outcome,
+            Outcome::Revoked
+        );
+    }
+
+    #[test]
+    fn unknown_revocation_status_and_allow() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        // Only the root's CRL: the leaf's issuer (the intermediate) has none.
+        let crls = vec![p.root.crl(&[], a, b).unwrap()];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::UnknownRevocationStatus)
+        );
+
+        let mut rev = default_revocation();
+        rev.allow_unknown_status = true;
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        ca_admits(&v, &c, "internal");
+    }
+
+    #[test]
+    fn end_entity_depth_skips_intermediate_status() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = (
+            OffsetDateTime::now_utc() - Duration::days(1),
+            OffsetDateTime::now_utc() + Duration::days(30),
+        );
+        // Only the intermediate's CRL: with depth chain the intermediate's own status is unknown.
+        let crls = vec![p.inter.crl(&[], a, b).unwrap()];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
+        assert_eq!(rejected(&v, &c).1, Outcome::UnknownRevocationStatus);
+        let mut rev = default_revocation();
+        rev.depth = RevocationDepth::EndEntity;
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        ca_admits(&v, &c, "internal");
+    }
+
+    #[test]
+    fn crl_expired_and_allow() {
+        let p = pki();
+        let c = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let (a, b) = past();
+        let crls = vec![
+            p.root.crl(&[], a, b).unwrap(),
+            p.inter.crl(&[], a, b).unwrap(),
+        ];
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, crls.clone())]).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::CrlExpired)
+        );
+
+        let mut rev = default_revocation();
+        rev.allow_expired_crl = true;
+        let v =
+            TrustVerifier::new(&[ca_source_with("internal", &p.root, crls, rev, None)]).unwrap();
+        ca_admits(&v, &c, "internal");
+    }
+
+    #[test]
+    fn invalid_usage_server_auth_only() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let mut spec = LeafSpec::client("server-only");
+        spec.eku = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let c = p.inter.issue(&spec).unwrap();
+        assert_eq!(
+            rejected(&v, &c),
+            (Some("internal".into()), Outcome::InvalidUsage)
+        );
+        // No EKU at all is acceptable for client auth.
+        spec.eku = vec![];
+        ca_admits(&v, &p.inter.issue(&spec).unwrap(), "internal");
+    }
+
+    #[test]
+    fn lifetime_exceeded() {
+        let p = pki();
+        let max = Some(StdDuration::from_secs(90 * 86400));
+        let v = TrustVerifier::new(&[ca_source_with(
+            "internal",
+            &p.root,
+            vec![],
+            default_revocation(),
+            max,
+        )])
+        .unwrap();
+        let long = p.inter.issue(&LeafSpec::client("long")).unwrap(); // 366 days
+        assert_eq!(
+            rejected(&v, &long),
+            (Some("internal".into()), Outcome::LifetimeExceeded)
+        );
+        let mut spec = LeafSpec::client("short");
+        spec.not_after = spec.not_before + Duration::days(30);
+        ca_admits(&v, &p.inter.issue(&spec).unwrap(), "internal");
+    }
+
+    #[test]
+    fn invalid_cert_garbage_der() {
+        let p = pki();
+        let pin = TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
+        let v = TrustVerifier::new(&[
+            ca_source("internal", &p.root, vec![]),
+            pinned_source(
+                "lab",
+                vec![entry("ci", cert_pin(&pin), None)],
+                true,
+                OverdueAction::Warn,
+            ),
+        ])
+        .unwrap();
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02, 0x03]);
+        let r = v.verify(&garbage, &[], now()).unwrap_err();
+        assert_eq!((r.trust, r.outcome), (None, Outcome::InvalidCert));
     }
 }

@@ -27,11 +27,13 @@ pub enum Outcome {
     InvalidCert,
     Timeout,
     ProtocolError,
+    /// Release 2 (SPEC 9.4): a `deny:` entry matched the admitted certificate.
+    DenyListed,
 }
 
 impl Outcome {
     /// Every outcome, in the order SPEC section 6 lists them.
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Success,
         Outcome::NoClientCert,
         Outcome::UnknownIssuer,
@@ -48,6 +50,7 @@ impl Outcome {
         Outcome::InvalidCert,
         Outcome::Timeout,
         Outcome::ProtocolError,
+        Outcome::DenyListed,
     ];
 
     /// The metric label value.
@@ -69,6 +72,7 @@ impl Outcome {
             Outcome::InvalidCert => "invalid_cert",
             Outcome::Timeout => "timeout",
             Outcome::ProtocolError => "protocol_error",
+            Outcome::DenyListed => "deny_listed",
         }
     }
 }
@@ -126,7 +130,8 @@ impl Outcome {
         match self {
             Outcome::Expired => CertificateError::Expired,
             Outcome::NotYetValid => CertificateError::NotValidYet,
-            Outcome::Revoked => CertificateError::Revoked,
+            // A deny-listed client gets the same alert as a revoked one.
+            Outcome::Revoked | Outcome::DenyListed => CertificateError::Revoked,
             Outcome::UnknownIssuer | Outcome::PinMismatch => CertificateError::UnknownIssuer,
             Outcome::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
             Outcome::CrlExpired => CertificateError::ExpiredRevocationList,
@@ -174,6 +179,24 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
-        assert_eq!(seen.len(), 16);
+        assert_eq!(seen.len(), 17);
+    }
+
+    #[test]
+    fn certificate_error_round_trip() {
+        for o in Outcome::ALL {
+            if o == Outcome::Success {
+                continue;
+            }
+            assert_eq!(
+                Outcome::from_certificate_error(&o.to_certificate_error()),
+                match o {
+                    Outcome::PinMismatch => Outcome::UnknownIssuer,
+                    Outcome::LifetimeExceeded | Outcome::ReviewOverdue => Outcome::InvalidCert,
+                    Outcome::DenyListed => Outcome::Revoked,
+                    o => o,
+                }
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! at test time, a real upstream, and curl as an external client. One binary, one module per
 //! feature, so the whole stack is linked once.
 
+mod attacks;
 mod common;
 mod data_path;
 mod deploy;
@@ -9,3 +10,4 @@ mod hardening;
 mod lifecycle;
 mod observability;
 mod pinned;
+mod revocation;

@@ -208,6 +208,14 @@ impl Conn {
         Ok(Conn { sender, http2 })
     }
 
+    /// A handle for concurrent requests on this HTTP/2 connection.
+    pub fn h2(&self) -> hyper::client::conn::http2::SendRequest<ReqBody> {
+        match &self.sender {
+            Sender::H2(s) => s.clone(),
+            Sender::H1(_) => panic!("not an HTTP/2 connection"),
+        }
+    }
+
     pub async fn send(
         &mut self,
         req: Request<ReqBody>,

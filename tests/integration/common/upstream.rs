@@ -1,9 +1,12 @@
 //! A real upstream HTTP server for the tests (HTTP/1.1 and h2c on one port), recording what it
-//! receives. Paths: `/slow?ms=N` waits, `/upload` hashes the body, `/trailers` sends trailers,
-//! `/ws` is a WebSocket echo, anything else echoes method, path and headers as JSON.
+//! receives. Paths: `/slow?ms=N` waits, `/upload` hashes the body (and records its trailers),
+//! `/early` answers at once and reads the body afterwards, `/trailers` sends trailers,
+//! `/events?n=N&ms=M` streams N events M ms apart, `/big?mb=N` streams N MiB, `/ws` is a
+//! WebSocket echo, anything else echoes method, path and headers as JSON.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +32,31 @@ pub struct Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the upstream counts beside the requests it saw.
+#[derive(Default)]
+struct Stats {
+    /// TCP connections open now.
+    open: AtomicUsize,
+    /// `/slow` requests being answered now, and the most at once.
+    slow_now: AtomicUsize,
+    slow_max: AtomicUsize,
+    /// Trailers of `/upload` bodies, in order.
+    trailers: Mutex<Vec<HeaderMap>>,
+    /// Bytes of `/early` bodies read after the response was sent.
+    early_bytes: AtomicUsize,
+}
+
+/// Decrements `open` when a connection ends.
+struct OpenConn(Arc<Stats>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for Upstream {
@@ -43,15 +70,21 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
         let recorder = seen.clone();
+        let counters = stats.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let recorder = recorder.clone();
+                let counters = counters.clone();
+                counters.open.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(recorder.clone(), req));
+                    let _open = OpenConn(counters.clone());
+                    let svc =
+                        service_fn(move |req| handle(recorder.clone(), counters.clone(), req));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = builder
@@ -60,7 +93,32 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, task }
+        Upstream {
+            addr,
+            seen,
+            stats,
+            task,
+        }
+    }
+
+    /// TCP connections to the upstream open now.
+    pub fn open_connections(&self) -> usize {
+        self.stats.open.load(Ordering::Acquire)
+    }
+
+    /// The most `/slow` requests the upstream was answering at once.
+    pub fn max_concurrent_slow(&self) -> usize {
+        self.stats.slow_max.load(Ordering::Acquire)
+    }
+
+    /// Trailers of every `/upload` body received, in order.
+    pub fn trailers(&self) -> Vec<HeaderMap> {
+        self.stats.trailers.lock().unwrap().clone()
+    }
+
+    /// Bytes of `/early` request bodies read after their response was sent.
+    pub fn early_bytes(&self) -> usize {
+        self.stats.early_bytes.load(Ordering::Acquire)
     }
 
     /// Every request received so far.
@@ -81,6 +139,7 @@ fn full(s: impl Into<Bytes>) -> Body {
 
 async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
+    stats: Arc<Stats>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req
@@ -102,8 +161,48 @@ async fn handle(
             .and_then(|q| q.strip_prefix("ms="))
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
+        let now = stats.slow_now.fetch_add(1, Ordering::AcqRel) + 1;
+        stats.slow_max.fetch_max(now, Ordering::AcqRel);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        stats.slow_now.fetch_sub(1, Ordering::AcqRel);
         return Ok(Response::new(full("slow done")));
+    }
+    if p == "/early" {
+        // Answer before reading the body (as an upstream refusing an upload early would),
+        // then keep reading it.
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    stats.early_bytes.fetch_add(data.len(), Ordering::AcqRel);
+                }
+            }
+        });
+        return Ok(Response::new(full("early")));
+    }
+    if p == "/events" {
+        let param = |name: &str| -> Option<u64> {
+            req.uri().query()?.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name).then(|| v.parse().ok())?
+            })
+        };
+        let n = param("n").unwrap_or(10);
+        let ms = param("ms").unwrap_or(100);
+        let events = futures_util::stream::unfold(0u64, move |i| async move {
+            if i >= n {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let event = Frame::data(Bytes::from(format!("data: {i}\n\n")));
+            Some((Ok::<_, Infallible>(event), i + 1))
+        });
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(StreamBody::new(events)))
+            .unwrap());
     }
     if p == "/upload" {
         let mut body = req.into_body();
@@ -119,6 +218,9 @@ async fn handle(
             if let Some(data) = frame.data_ref() {
                 n += data.len();
                 ctx.update(data);
+            }
+            if let Some(trailers) = frame.trailers_ref() {
+                stats.trailers.lock().unwrap().push(trailers.clone());
             }
         }
         let hash = hex(ctx.finish().as_ref());

@@ -59,6 +59,33 @@ pub enum BadTarget {
     /// policy did. An encoded `%3B` is not a separator and is kept as is.
     #[error("path parameters (`;`) in path")]
     PathParameters,
+    /// A method that is not one or more of `A-Z`, `_` and `-` (nginx's rule). Methods are
+    /// case-sensitive (RFC 9110 9.1) and policy compares them exactly, but many frameworks
+    /// (Flask, Express, Rails) upper-case them before routing: `delete` would miss a route
+    /// restricted to `DELETE`, match a broader one, and run the DELETE handler.
+    #[error("method is not an upper-case token")]
+    BadMethod,
+    /// `CONNECT` in any form: certguard is a reverse proxy, not a tunnel, and an origin-form
+    /// `CONNECT /x` would be judged on `/x` but reach the upstream as a tunnel request.
+    #[error("CONNECT is not proxied")]
+    Connect,
+}
+
+/// Whether `method` may be judged and forwarded: one or more of `A-Z`, `_`, `-`, and not
+/// `CONNECT`.
+pub fn check_method(method: &http::Method) -> Result<(), BadTarget> {
+    let token = method.as_str();
+    if token.is_empty()
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+    {
+        return Err(BadTarget::BadMethod);
+    }
+    if *method == http::Method::CONNECT {
+        return Err(BadTarget::Connect);
+    }
+    Ok(())
 }
 
 /// Normalize the request target of `method` (`uri` as hyper parsed it).
@@ -67,8 +94,10 @@ pub enum BadTarget {
 /// a scheme or an authority is treated as absolute-form (or authority-form, as used by
 /// `CONNECT`) and refused with [`BadTarget::NotOriginForm`]. hyper gives HTTP/2 requests a
 /// `Uri` with scheme and authority taken from the pseudo-headers, so for HTTP/2 the caller
-/// must pass a `Uri` built from the `:path` (path-and-query) alone. An extended `CONNECT`
-/// (RFC 8441) carries an origin-form `:path` and is normalized like any other request.
+/// must pass a `Uri` built from the `:path` (path-and-query) alone.
+///
+/// The method is checked first ([`check_method`]): anything but an upper-case token, and
+/// `CONNECT`, is refused.
 ///
 /// Steps, in this order: percent-decode unreserved characters (so `%2e%2e` is `..`) and
 /// uppercase the hex digits of every other escape; percent-encode raw bytes that are not
@@ -76,6 +105,7 @@ pub enum BadTarget {
 /// segments (RFC 3986 5.2.4), refusing a `..` above the root. The query string is kept
 /// byte-for-byte (not decoded, not validated beyond what the `Uri` parser did).
 pub fn normalize(method: &http::Method, uri: &http::Uri) -> Result<Target, BadTarget> {
+    check_method(method)?;
     if uri.scheme().is_some() || uri.authority().is_some() {
         return Err(BadTarget::NotOriginForm);
     }
@@ -357,11 +387,32 @@ mod tests {
     }
 
     #[test]
-    fn connect_authority_form_is_refused() {
-        assert_eq!(
-            norm(Method::CONNECT, "example.com:443"),
-            Err(BadTarget::NotOriginForm)
-        );
+    fn connect_is_refused_in_every_form() {
+        for target in ["example.com:443", "/x", "*"] {
+            assert_eq!(
+                norm(Method::CONNECT, target),
+                Err(BadTarget::Connect),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn methods_must_be_upper_case_tokens() {
+        for ok in [
+            "GET", "HEAD", "DELETE", "PATCH", "PROPFIND", "M-SEARCH", "X_CUSTOM",
+        ] {
+            let m = Method::from_bytes(ok.as_bytes()).expect("token");
+            assert_eq!(check_method(&m), Ok(()), "{ok}");
+            assert!(norm(m, "/a").is_ok(), "{ok}");
+        }
+        for bad in [
+            "delete", "Delete", "post", "gEt", "GET2", "G.T", "PUT!", "connect",
+        ] {
+            let m = Method::from_bytes(bad.as_bytes()).expect("token");
+            assert_eq!(check_method(&m), Err(BadTarget::BadMethod), "{bad}");
+            assert_eq!(norm(m, "/a"), Err(BadTarget::BadMethod), "{bad}");
+        }
     }
 
     #[test]

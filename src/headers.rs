@@ -6,13 +6,13 @@
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::certs::pem_certificate;
 use crate::config::{Forward, XfccField, XfccMode};
 use crate::identity::CertInfo;
 
@@ -151,20 +151,132 @@ const PROTECTED: [&str; 16] = [
     "http2-settings",
 ];
 
-/// Remove every header whose name contains `_` and reads as a [`PROTECTED`] name or as one of
-/// `strip` when `_` is taken for `-`.
-fn remove_underscore_aliases(headers: &mut HeaderMap, strip: &[HeaderName]) {
-    let aliases: Vec<HeaderName> = headers
+/// Headers that other proxies, load balancers and CDNs use to pass a client's address or its
+/// certificate to the application (nginx `X-Real-IP`, RFC 7239 `Forwarded`, HAProxy and nginx
+/// `X-SSL-Client-*`, Apache `SSL_CLIENT_*`, AWS ALB `X-Amzn-Mtls-Clientcert-*`, Azure
+/// `X-ARR-ClientCert`, Cloudflare and Akamai client-IP headers). certguard vouches for none of
+/// them, and an application configured for another proxy would believe them: removed inbound
+/// unless `forward.strip_identity_headers: false`. Compared after `_` is read as `-`.
+const FOREIGN_IDENTITY: [&str; 11] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-arr-clientcert",
+    "x-client-verify",
+    "x-client-dn",
+    "x-ssl-cert",
+];
+/// Name prefixes of [`FOREIGN_IDENTITY`] header families. `x-forwarded-` covers the rest of
+/// the family certguard sets (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`, ...).
+const FOREIGN_IDENTITY_PREFIXES: [&str; 5] = [
+    "x-forwarded-",
+    "x-ssl-client-",
+    "ssl-client-",
+    "x-client-cert",
+    "x-amzn-mtls-clientcert",
+];
+
+/// Whether a (lower-case) header name, with `_` read as `-`, is one of [`FOREIGN_IDENTITY`].
+fn is_foreign_identity(dashed: &str) -> bool {
+    FOREIGN_IDENTITY.contains(&dashed)
+        || FOREIGN_IDENTITY_PREFIXES
+            .iter()
+            .any(|p| dashed.starts_with(p))
+}
+
+/// `name` with `_` read as `-`, borrowed when it has none.
+fn dashed(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if s.contains('_') {
+        std::borrow::Cow::Owned(s.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Remove, in one pass over the names: every header whose name contains `_` and reads as a
+/// [`PROTECTED`] name or as one of `forward.strip_headers` when `_` is taken for `-`; and, with
+/// `forward.strip_identity_headers`, every [`FOREIGN_IDENTITY`] header in either spelling.
+fn remove_aliases_and_foreign(headers: &mut HeaderMap, forward: &Forward) {
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().contains('_'))
         .filter(|name| {
-            let dashed = name.as_str().replace('_', "-");
-            PROTECTED.contains(&dashed.as_str()) || strip.iter().any(|s| s.as_str() == dashed)
+            let underscore = name.as_str().contains('_');
+            if !underscore && !forward.strip_identity_headers {
+                return false;
+            }
+            let d = dashed(name);
+            if PROTECTED.contains(&&*d) {
+                // certguard's own headers have their own rules (`append` keeps an inbound
+                // XFCC), except in an underscore spelling.
+                return underscore;
+            }
+            (forward.strip_identity_headers && is_foreign_identity(&d))
+                || (underscore && forward.strip_headers.iter().any(|s| s.as_str() == d))
         })
         .cloned()
         .collect();
-    for name in aliases {
+    for name in doomed {
         headers.remove(name);
+    }
+}
+
+/// Whether a request trailer field named `name` is dropped on its way upstream: everything
+/// certguard removes from or sets in a request head (identity and forwarding headers in every
+/// spelling, `strip_headers`, hop-by-hop headers), and the fields RFC 9110 6.5.1 forbids in
+/// trailers because they frame or route the message (`Host`, `Content-Length`,
+/// `Transfer-Encoding`, `Trailer`). An upstream that merges trailers into its headers (many
+/// do) would otherwise read a client's `x-forwarded-client-cert` trailer as certguard's.
+pub fn is_dropped_trailer(name: &HeaderName, forward: &Forward) -> bool {
+    let d = dashed(name);
+    PROTECTED.contains(&&*d)
+        || HOP_BY_HOP.iter().any(|h| h.as_str() == d)
+        || d == "trailer"
+        || d.starts_with("x-forwarded-")
+        || forward.strip_headers.iter().any(|s| s.as_str() == d)
+        || (forward.strip_identity_headers && is_foreign_identity(&d))
+}
+
+/// Remove [`is_dropped_trailer`] fields from a request's trailers.
+pub fn clean_trailers(trailers: &mut HeaderMap, forward: &Forward) {
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| is_dropped_trailer(name, forward))
+        .cloned()
+        .collect();
+    for name in doomed {
+        trailers.remove(name);
+    }
+}
+
+/// Rewrite a request's `Trailer` header so that it no longer announces fields that
+/// [`clean_trailers`] drops; removed when nothing is left. (An HTTP/1.1 hop sends only the
+/// trailer fields its `Trailer` header declares.)
+pub fn clean_trailer_declaration(headers: &mut HeaderMap, forward: &Forward) {
+    if !headers.contains_key(TRAILER) {
+        return;
+    }
+    let declared: Vec<&str> = tokens(headers, &TRAILER).collect();
+    let kept: Vec<&str> = declared
+        .iter()
+        .copied()
+        .filter(|t| {
+            HeaderName::from_bytes(t.as_bytes()).is_ok_and(|n| !is_dropped_trailer(&n, forward))
+        })
+        .collect();
+    if kept.len() == declared.len() && headers.get_all(TRAILER).iter().count() == 1 {
+        return;
+    }
+    let value = (!kept.is_empty())
+        .then(|| HeaderValue::from_str(&kept.join(", ")).ok())
+        .flatten();
+    headers.remove(TRAILER);
+    if let Some(value) = value {
+        headers.insert(TRAILER, value);
     }
 }
 
@@ -182,23 +294,6 @@ fn url_encode(input: &str) -> String {
             out.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
     }
-    out
-}
-
-/// One certificate as PEM: base64 in 64-character lines, `\n` line ends.
-pub fn pem_encode(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    // base64 output is ASCII, so any byte offset is a char boundary.
-    let mut rest = b64.as_str();
-    while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        out.push_str(line);
-        out.push('\n');
-        rest = tail;
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
     out
 }
 
@@ -265,11 +360,14 @@ pub fn xfcc_element(cert: &CertInfo, fields: &[XfccField]) -> String {
     }
     if has(XfccField::Cert) {
         if let Some(leaf) = cert.chain.first() {
-            pairs.push(format!("Cert={}", quoted(&url_encode(&pem_encode(leaf)))));
+            pairs.push(format!(
+                "Cert={}",
+                quoted(&url_encode(&pem_certificate(leaf)))
+            ));
         }
     }
     if has(XfccField::Chain) && !cert.chain.is_empty() {
-        let pem: String = cert.chain.iter().map(|c| pem_encode(c)).collect();
+        let pem: String = cert.chain.iter().map(|c| pem_certificate(c)).collect();
         pairs.push(format!("Chain={}", quoted(&url_encode(&pem))));
     }
     if has(XfccField::Subject) {
@@ -324,7 +422,8 @@ pub fn apply_forward_with(
     ours: &ClientHeaders,
     host: Option<&http::HeaderValue>,
 ) {
-    remove_underscore_aliases(headers, &forward.strip_headers);
+    remove_aliases_and_foreign(headers, forward);
+    clean_trailer_declaration(headers, forward);
     headers.remove(CLIENT_CERT);
     headers.remove(CLIENT_CERT_CHAIN);
     for name in &forward.strip_headers {
@@ -459,6 +558,7 @@ mod tests {
             serial: "1a".to_owned(),
             not_before: 0,
             not_after: 1,
+            chain_not_after: vec![1],
             chain: vec![
                 CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]),
                 CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x02]),
@@ -477,6 +577,7 @@ mod tests {
             ],
             x_forwarded,
             strip_headers: vec![HeaderName::from_static("x-internal-role")],
+            strip_identity_headers: true,
         }
     }
 
@@ -609,20 +710,6 @@ mod tests {
         );
         assert_eq!(got, want);
         assert!(HeaderValue::from_str(&got).is_ok());
-    }
-
-    #[test]
-    fn pem_lines_are_64_chars() {
-        let der = vec![0xabu8; 100];
-        let pem = pem_encode(&der);
-        let lines: Vec<&str> = pem.lines().collect();
-        assert_eq!(lines.first(), Some(&"-----BEGIN CERTIFICATE-----"));
-        assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
-        let body: Vec<usize> = lines[1..lines.len() - 1].iter().map(|l| l.len()).collect();
-        assert_eq!(body, vec![64, 64, 8]);
-        assert!(pem.ends_with("-----\n"));
-        // Exactly 48 bytes: one full line, no empty line.
-        assert_eq!(pem_encode(&[0u8; 48]).lines().count(), 3);
     }
 
     #[test]
@@ -950,6 +1037,97 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h, map(&[("accept", "*/*")]));
+    }
+
+    #[test]
+    fn trailers_lose_what_a_head_would_lose() {
+        let f = forward(XfccMode::Append, true);
+        let mut t = map(&[
+            ("x-forwarded-client-cert", "Hash=evil"),
+            ("X_Forwarded_Client_Cert", "Hash=evil"),
+            ("client-cert", ":AAAA:"),
+            ("client-cert-chain", ":AAAA:"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+            ("x-internal-role", "admin"),
+            ("x_internal_role", "admin"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-ssl-client-cert", "x"),
+            ("host", "evil"),
+            ("content-length", "1"),
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x"),
+            ("connection", "close"),
+            ("te", "trailers"),
+            ("grpc-status", "0"),
+            ("x-checksum", "abc"),
+        ]);
+        clean_trailers(&mut t, &f);
+        assert_eq!(t, map(&[("grpc-status", "0"), ("x-checksum", "abc")]));
+    }
+
+    #[test]
+    fn trailer_declaration_keeps_only_relayed_fields() {
+        let f = forward(XfccMode::SanitizeSet, true);
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&["grpc-status"], Some("grpc-status")),
+            (
+                &["grpc-status, grpc-message"],
+                Some("grpc-status, grpc-message"),
+            ),
+            (
+                &["x-forwarded-client-cert, grpc-status", "client-cert"],
+                Some("grpc-status"),
+            ),
+            (&["X-Forwarded-For", "x-internal-role"], None),
+            (&["not a name, x-real-ip"], None),
+        ];
+        for (lines, want) in cases {
+            let mut h = HeaderMap::new();
+            for l in *lines {
+                h.append(TRAILER, HeaderValue::from_str(l).unwrap());
+            }
+            clean_trailer_declaration(&mut h, &f);
+            assert_eq!(
+                h.get_all(TRAILER)
+                    .iter()
+                    .map(|v| v.to_str().unwrap())
+                    .collect::<Vec<_>>(),
+                want.iter().copied().collect::<Vec<_>>(),
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_proxies_identity_headers_are_removed_unless_disabled() {
+        let inbound = map(&[
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-ssl-client-s-dn", "CN=admin"),
+            ("ssl_client_verify", "SUCCESS"),
+            ("x-client-cert-dn", "CN=admin"),
+            ("x-amzn-mtls-clientcert", "x"),
+            ("x-clientside", "kept"),
+            ("x-forwarded", "kept: not a family member"),
+            ("x-forwarded-client-cert", "By=upstream-proxy"),
+        ]);
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut f = forward(XfccMode::Append, false);
+        let mut h = inbound.clone();
+        apply_forward(&mut h, &f, &cert(), peer, None);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-clientside", "x-forwarded", "x-forwarded-client-cert"]
+        );
+        assert!(all(&h, "x-forwarded-client-cert")[0].starts_with("By=upstream-proxy,"));
+        f.strip_identity_headers = false;
+        let mut h = inbound.clone();
+        apply_forward(&mut h, &f, &cert(), peer, None);
+        assert_eq!(h.len(), inbound.len());
     }
 
     #[test]

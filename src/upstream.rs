@@ -5,19 +5,41 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::UpstreamErrorKind;
 use crate::config::{self, UpstreamScheme};
 
+/// Error type of the bodies certguard relays.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A body relayed by certguard, either way (boxed).
+pub type ProxyBody = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+
 /// Request body type sent upstream: the client's body, streamed.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = ProxyBody;
+
+/// `certguard_upstream_errors_total{kind}` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
 
 /// Why an upstream exchange failed, already classified for status code and metrics.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +63,8 @@ impl UpstreamError {
 pub struct UpstreamClient {
     pub config: config::Upstream,
     client: Client<HttpConnector, UpstreamBody>,
+    /// `max_requests`: places for requests in flight to this upstream.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl UpstreamClient {
@@ -61,6 +85,7 @@ impl UpstreamClient {
         UpstreamClient {
             config: config.clone(),
             client: builder.build(connector),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
         }
     }
 
@@ -77,12 +102,14 @@ impl UpstreamClient {
             })
     }
 
-    /// Send `req` (its URI already absolute) and wait for response headers within `timeout`.
+    /// Send `req` (its URI already absolute) and wait for response headers until `deadline`
+    /// (the upstream's `timeout` after the request started).
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
                 detail: format!("no response headers within {:?}", self.config.timeout),
@@ -172,4 +199,5 @@ fn same_settings(a: &config::Upstream, b: &config::Upstream) -> bool {
         && a.connect_timeout == b.connect_timeout
         && a.timeout == b.timeout
         && a.max_idle_per_host == b.max_idle_per_host
+        && a.max_requests == b.max_requests
 }
