@@ -1,13 +1,13 @@
-//! Prometheus metrics (SPEC section 6): one struct owning its `Registry`, no global statics.
-//! Label values come only from config names and fixed enums.
+//! Prometheus metrics (SPEC sections 6 and 9.10): one struct owning its `Registry`, no global
+//! statics. Label values come only from config names and fixed enums.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::tls::Outcome;
@@ -17,6 +17,8 @@ use crate::upstream::UpstreamErrorKind;
 pub const TRUST_NONE: &str = "none";
 /// The `route` label for requests answered before routing (400, 421).
 pub const ROUTE_NONE: &str = "none";
+/// The `reason` label of connections refused at `max_connections`.
+const REFUSED_LIMIT: &str = "limit";
 
 /// Handshake duration buckets, seconds: 1ms .. 10s.
 const HANDSHAKE_BUCKETS: &[f64] = &[
@@ -112,6 +114,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     crl_fetches: IntCounterVec,
     crl_last_success: IntGaugeVec,
+    last_reload_successful: IntGauge,
+    last_reload_success_timestamp: Gauge,
+    connections_refused: IntCounterVec,
     config_generation: IntGauge,
     crl_next_update: IntGaugeVec,
     /// `(trust, file)` label sets of `crl_next_update` now exported, so that a replacement
@@ -258,6 +263,25 @@ impl Metrics {
                 "Configuration reload attempts by result.",
                 &["result"],
             ),
+            last_reload_successful: gauge(
+                &r,
+                "certguard_config_last_reload_successful",
+                "1 if the last attempt to load the configuration (at start or reload) succeeded, else 0.",
+            ),
+            last_reload_success_timestamp: register(
+                &r,
+                Gauge::with_opts(Opts::new(
+                    "certguard_config_last_reload_success_timestamp_seconds",
+                    "When the configuration now serving was loaded, Unix seconds.",
+                ))
+                .expect("valid gauge definition"),
+            ),
+            connections_refused: counter_vec(
+                &r,
+                "certguard_connections_refused_total",
+                "Client connections closed before their handshake, by reason (limit: max_connections).",
+                &["reason"],
+            ),
             config_generation: gauge(
                 &r,
                 "certguard_config_generation",
@@ -291,6 +315,17 @@ impl Metrics {
         for cut in ResetReason::ALL {
             m.stream_resets.with_label_values(&[cut.as_str()]);
         }
+        m.connections_refused.with_label_values(&[REFUSED_LIMIT]);
+        let build_info = gauge_vec(
+            &m.registry,
+            "certguard_build_info",
+            "Always 1; the version label is the running certguard's version.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        register_process_metrics(&m.registry);
         m.init_trust_sources([]);
         m
     }
@@ -416,6 +451,28 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 
+    /// The outcome of the last attempt to load the configuration, at start or on reload: a
+    /// success also records now as the time the serving configuration was loaded. The gauge
+    /// stays 0 until a later load succeeds, however long that takes.
+    pub fn config_loaded(&self, success: bool) {
+        self.last_reload_successful.set(i64::from(success));
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.last_reload_success_timestamp.set(now);
+        }
+    }
+
+    /// A client connection was closed before its handshake because `max_connections` were open
+    /// and no slot freed up in time.
+    pub fn connection_refused_at_limit(&self) {
+        self.connections_refused
+            .with_label_values(&[REFUSED_LIMIT])
+            .inc();
+    }
+
     /// Generation of the snapshot now serving.
     pub fn set_generation(&self, generation: u64) {
         self.config_generation
@@ -509,6 +566,19 @@ impl Default for Metrics {
     }
 }
 
+/// The standard `process_*` metrics (CPU, memory, file descriptors, threads, start time), read
+/// from `/proc/self` at every scrape. Linux only; elsewhere they are absent.
+#[cfg(target_os = "linux")]
+fn register_process_metrics(registry: &Registry) {
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    registry
+        .register(Box::new(collector))
+        .expect("process metric names are valid and unique");
+}
+
+#[cfg(not(target_os = "linux"))]
+fn register_process_metrics(_: &Registry) {}
+
 /// A status code as a label value without allocating (codes are three digits).
 fn status_label(code: u16, buf: &mut [u8; 5]) -> &str {
     let mut n = code;
@@ -567,6 +637,20 @@ mod tests {
             ("certguard_crl_next_update_timestamp_seconds", "gauge"),
             ("certguard_server_cert_not_after_timestamp_seconds", "gauge"),
             ("certguard_pinned_review_overdue", "gauge"),
+            ("certguard_build_info", "gauge"),
+            ("certguard_config_last_reload_successful", "gauge"),
+            (
+                "certguard_config_last_reload_success_timestamp_seconds",
+                "gauge",
+            ),
+            ("certguard_connections_refused_total", "counter"),
+            ("process_cpu_seconds_total", "counter"),
+            ("process_open_fds", "gauge"),
+            ("process_max_fds", "gauge"),
+            ("process_virtual_memory_bytes", "gauge"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_start_time_seconds", "gauge"),
+            ("process_threads", "gauge"),
         ];
         for (name, ty) in expected {
             let type_line = format!("# TYPE {name} {ty}");
@@ -833,6 +917,84 @@ mod tests {
             value(&m.encode(), pin, r#"trust="lab""#).as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn operations_metrics_start_with_their_documented_values() {
+        let m = Metrics::new();
+        let out = m.encode();
+        let version = format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            value(&out, "certguard_build_info", &version).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(
+                &out,
+                "certguard_connections_refused_total",
+                r#"reason="limit""#
+            )
+            .as_deref(),
+            Some("0")
+        );
+        m.connection_refused_at_limit();
+        m.connection_refused_at_limit();
+        let out = m.encode();
+        assert_eq!(
+            value(
+                &out,
+                "certguard_connections_refused_total",
+                r#"reason="limit""#
+            )
+            .as_deref(),
+            Some("2")
+        );
+        // This process's own numbers, read from /proc.
+        let threads: f64 = value(&out, "process_threads", "").unwrap().parse().unwrap();
+        assert!(threads >= 1.0, "{out}");
+        let rss: f64 = value(&out, "process_resident_memory_bytes", "")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{out}");
+        let start: f64 = value(&out, "process_start_time_seconds", "")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start > now - 86_400.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+    }
+
+    #[test]
+    fn a_failed_load_clears_the_success_gauge_until_a_load_succeeds() {
+        let m = Metrics::new();
+        let ok = "certguard_config_last_reload_successful";
+        let at = "certguard_config_last_reload_success_timestamp_seconds";
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        let before = now();
+        m.config_loaded(true);
+        let out = m.encode();
+        assert_eq!(value(&out, ok, "").as_deref(), Some("1"));
+        let first: f64 = value(&out, at, "").unwrap().parse().unwrap();
+        assert!(first >= before.floor() && first <= now(), "{first}");
+        m.config_loaded(false);
+        let out = m.encode();
+        assert_eq!(value(&out, ok, "").as_deref(), Some("0"));
+        let kept: f64 = value(&out, at, "").unwrap().parse().unwrap();
+        assert_eq!(kept, first, "a failure keeps the last success time");
+        m.config_loaded(true);
+        assert_eq!(value(&m.encode(), ok, "").as_deref(), Some("1"));
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub fn reload_tracked(
         }
         Err(e) => {
             metrics.reload(false);
+            metrics.config_loaded(false);
             tracing::error!(error = %e, "reload rejected; the previous configuration keeps serving");
             Err(e)
         }
@@ -104,12 +105,14 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     }
 }
 
-/// Set the gauges that describe a snapshot (generation, CRL nextUpdate, server certificate
-/// notAfter, the pinned review dates behind the overdue gauge) and log overdue pinned entries.
+/// Set the gauges that describe a snapshot about to serve, the first one or a reloaded one
+/// (generation, when its configuration was loaded, CRL nextUpdate, server certificate notAfter,
+/// the pinned review dates behind the overdue gauge) and log overdue pinned entries.
 /// The overdue gauge itself is computed at scrape time; the log line only here.
 pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
     metrics.set_generation(snapshot.generation);
+    metrics.config_loaded(true);
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
     let mut crls: Vec<(String, String, i64)> = Vec::new();
     let mut reviews = Vec::new();

@@ -52,12 +52,14 @@ pub async fn serve(
                 Some(p) => p,
                 None => {
                     let Ok(_queued) = waiting.try_acquire_owned() else {
+                        state.metrics.connection_refused_at_limit();
                         tracing::warn!(%peer, "connection refused: max_connections reached");
                         return;
                     };
                     match tokio::time::timeout(CAP_WAIT, slots.acquire_owned()).await {
                         Ok(Ok(p)) => p,
                         _ => {
+                            state.metrics.connection_refused_at_limit();
                             tracing::warn!(%peer, "connection refused: max_connections reached");
                             return;
                         }

@@ -5,6 +5,7 @@
 mod attacks;
 mod common;
 mod data_path;
+mod deploy;
 mod faults;
 mod hardening;
 mod lifecycle;
