@@ -8,5 +8,6 @@ mod data_path;
 mod hardening;
 mod lifecycle;
 mod observability;
+mod ocsp;
 mod pinned;
 mod revocation;
