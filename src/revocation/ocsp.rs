@@ -53,6 +53,10 @@ pub const CLOCK_SKEW: i64 = 300;
 /// The largest response body [`ask`] reads; a bigger one is [`OcspError::TooLarge`].
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// Included certificates tried as the signer, in order (responders send one, sometimes with
+/// its issuer): a response stuffed with certificates costs at most this many verifications.
+const MAX_SIGNER_CANDIDATES: usize = 4;
+
 const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 const ID_PKIX_OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
@@ -413,7 +417,7 @@ fn verify_signer(
     if signed_by(&issuer_cert) {
         return Ok(());
     }
-    for any in basic.certs.iter().flatten() {
+    for any in basic.certs.iter().flatten().take(MAX_SIGNER_CANDIDATES) {
         let Ok(der) = any.to_der() else { continue };
         let der = CertificateDer::from(der);
         let Ok(responder) = webpki::EndEntityCert::try_from(&der) else {

@@ -126,6 +126,107 @@ async fn a_delegated_responder_is_accepted() {
     assert!(matches!(bob.unwrap().status, CertStatus::Revoked { .. }));
 }
 
+/// An RSA delegated responder made by the openssl CLI (key, CSR, certificate signed by our
+/// issuer with EKU OCSPSigning): its PKCS#1 and PSS signatures verify, SHA-1 ones do not.
+#[tokio::test]
+async fn rsa_responders_pkcs1_and_pss() {
+    let p = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "issuer.pem", p.ca.cert_pem.as_bytes());
+    write(d, "issuer.key", p.ca_key.as_bytes());
+    write(
+        d,
+        "ext.cnf",
+        b"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=OCSPSigning\n",
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "rsa.key",
+            "-out",
+            "rsa.csr",
+            "-subj",
+            "/CN=rsa ocsp responder",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "rsa.csr",
+            "-CA",
+            "issuer.pem",
+            "-CAkey",
+            "issuer.key",
+            "-set_serial",
+            "4711",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "rsa.pem",
+        ],
+    );
+    let cert_pem = std::fs::read_to_string(d.join("rsa.pem")).unwrap();
+    let key_pem = std::fs::read_to_string(d.join("rsa.key")).unwrap();
+    let signer = || Signer {
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    };
+    let client = ocsp::http_client();
+    let pss = [
+        "-rsigopt",
+        "rsa_padding_mode:pss",
+        "-rsigopt",
+        "rsa_pss_saltlen:digest",
+    ];
+    for args in [&["-rmd", "sha256"][..], &["-rmd", "sha384"], &pss] {
+        let responder = Responder::start(&p.ca, signer(), args).await;
+        responder.revoke(&p.alice);
+        // The algorithm openssl really used, as openssl reads it back.
+        let req = ocsp::request(&p.alice.cert, &p.ca.cert).unwrap();
+        write(d, "resp.der", &responder.respond(&req));
+        let text = openssl(
+            d,
+            &["ocsp", "-respin", "resp.der", "-resp_text", "-noverify"],
+        );
+        let want = if args == pss {
+            "rsassaPss"
+        } else {
+            "WithRSAEncryption"
+        };
+        assert!(text.contains(want), "{args:?}: {text}");
+        let r = status(&client, &responder.url(), &p.alice, &p.ca).await;
+        assert!(
+            matches!(
+                r,
+                Ok(Answer {
+                    status: CertStatus::Revoked { .. },
+                    ..
+                })
+            ),
+            "{args:?}: {r:?}"
+        );
+    }
+    let responder = Responder::start(&p.ca, signer(), &["-rmd", "sha1"]).await;
+    responder.good(&p.alice);
+    let r = status(&client, &responder.url(), &p.alice, &p.ca).await;
+    assert!(
+        matches!(r, Err(OcspError::UnsupportedSignatureAlgorithm)),
+        "{r:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_responder_certificate_without_ocsp_signing_is_refused() {
     let p = Pki::new();
