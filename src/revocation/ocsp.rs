@@ -267,6 +267,32 @@ impl Subject {
     }
 }
 
+/// The first OCSP responder URL in `leaf`'s Authority Information Access extension, if any
+/// (whatever its scheme: [`ask`] accepts only `http://`). `None` also for a certificate that
+/// cannot be parsed.
+pub fn responder_url(leaf: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let url = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                aia.iter()
+                    .find_map(|desc| match (&desc.access_method, &desc.access_location) {
+                        (method, GeneralName::URI(uri))
+                            if *method
+                                == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP =>
+                        {
+                            Some(uri.to_string())
+                        }
+                        _ => None,
+                    })
+            }
+            _ => None,
+        });
+    url
+}
+
 /// A DER OCSPRequest (RFC 6960 4.1) asking for `leaf`'s status: one CertID made with SHA-1
 /// from `issuer` (the certificate that signed `leaf`), no nonce, unsigned.
 pub fn request(

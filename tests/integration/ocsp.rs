@@ -140,6 +140,11 @@ async fn rsa_responders_pkcs1_and_pss() {
         "ext.cnf",
         b"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=OCSPSigning\n",
     );
+    write(
+        d,
+        "leaf.cnf",
+        b"authorityInfoAccess=caIssuers;URI:http://ca.test/ca.crt,OCSP;URI:http://ocsp.test:8080/x\n",
+    );
     openssl(
         d,
         &[
@@ -178,6 +183,37 @@ async fn rsa_responders_pkcs1_and_pss() {
         ],
     );
     let cert_pem = std::fs::read_to_string(d.join("rsa.pem")).unwrap();
+    // The same CLI adds an AIA OCSP URL to a leaf (rcgen cannot): responder_url finds it.
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "rsa.csr",
+            "-CA",
+            "issuer.pem",
+            "-CAkey",
+            "issuer.key",
+            "-set_serial",
+            "4712",
+            "-days",
+            "30",
+            "-extfile",
+            "leaf.cnf",
+            "-outform",
+            "DER",
+            "-out",
+            "aia.der",
+        ],
+    );
+    let with_aia =
+        rustls::pki_types::CertificateDer::from(std::fs::read(d.join("aia.der")).unwrap());
+    assert_eq!(
+        ocsp::responder_url(&with_aia).as_deref(),
+        Some("http://ocsp.test:8080/x")
+    );
+    assert_eq!(ocsp::responder_url(&p.alice.cert), None);
     let key_pem = std::fs::read_to_string(d.join("rsa.key")).unwrap();
     let signer = || Signer {
         cert_pem: &cert_pem,
