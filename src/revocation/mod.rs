@@ -6,6 +6,7 @@
 //! fetched, and a newly fetched CRL makes a new snapshot (`crate::refresh`).
 
 pub mod crl;
+pub mod ocsp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -10,5 +10,6 @@ mod faults;
 mod hardening;
 mod lifecycle;
 mod observability;
+mod ocsp;
 mod pinned;
 mod revocation;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod ocsp;
 pub mod upstream;
 
 use std::collections::BTreeMap;
