@@ -150,3 +150,243 @@ async fn configured_intermediates_complete_a_leaf_only_client_for_curl() {
         0
     );
 }
+
+// ---- CRLs over HTTP (SPEC 9.2) ----
+
+use crate::common::admin_get;
+use crate::common::crl_server::CrlServer;
+use time::{Duration as TimeDuration, OffsetDateTime};
+
+/// A DER CRL by `ca` listing `revoked`, valid from a minute ago for a day.
+fn crl_der(ca: &certguard::devpki::TestCa, revoked: &[&certguard::devpki::TestCert]) -> Vec<u8> {
+    let now = OffsetDateTime::now_utc();
+    let serials: Vec<&[u8]> = revoked.iter().map(|c| c.serial.as_slice()).collect();
+    ca.crl(
+        &serials,
+        now - TimeDuration::minutes(1),
+        now + TimeDuration::days(1),
+    )
+    .unwrap()
+    .as_ref()
+    .to_vec()
+}
+
+/// The standard config with the internal source's CRLs taken from `server` instead of files.
+/// The intermediate is configured so that the signature of its CRL can be checked before use.
+fn fetched_crl_config(env: &Env, server: &CrlServer, extra_trust: &str) -> String {
+    env.write("intermediates.pem", &env.pki.inter.cert_pem);
+    env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    intermediates: intermediates.pem\n    crl_urls:\n      - {{ url: \"{}\", refresh: 1s }}\n      - {{ url: \"{}\", refresh: 1s }}\n{extra_trust}",
+            server.url("pki/intermediate.crl"),
+            server.url("pki/ca.crl")
+        ),
+    )
+}
+
+async fn ready(proxy: &certguard::Proxy) -> bool {
+    admin_get(proxy, "/readyz").await.0 == 200
+}
+
+/// Poll `cond` (it may await) every 50 ms for up to `secs` seconds.
+macro_rules! within {
+    ($secs:expr, $what:expr, $cond:expr) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs($secs);
+        while !$cond {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not within {}s: {}",
+                $secs,
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_published_over_http_revokes_new_and_open_connections() {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    server.publish(
+        "pki/intermediate.crl",
+        crl_der(&env.pki.inter, &[&env.pki.revoked]),
+    );
+    server.publish("pki/ca.crl", crl_der(&env.pki.root, &[]));
+    let proxy = env.start(&fetched_crl_config(&env, &server, "")).await;
+    within!(10, "ready once both CRLs are fetched", ready(&proxy).await);
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.revoked, &[b"h2"]),
+        "internal",
+        "revoked",
+        "revoked by the fetched CRL",
+    )
+    .await;
+    let mut h1 = open(&env, &proxy, false).await;
+    let mut h2 = open(&env, &proxy, true).await;
+    assert_eq!(h1.get("localhost", "/x").await.0, 200);
+    assert_eq!(h2.get("localhost", "/x").await.0, 200);
+
+    // The CA publishes a CRL that revokes alice: open connections are refused within the
+    // refresh interval, new handshakes too.
+    server.publish(
+        "pki/intermediate.crl",
+        crl_der(&env.pki.inter, &[&env.pki.revoked, &env.pki.alice]),
+    );
+    within!(
+        10,
+        "alice's open HTTP/1.1 connection refused",
+        h1.get("localhost", "/x").await.0 == 403
+    );
+    assert_eq!(h2.get("localhost", "/x").await.0, 403);
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.alice, &[b"h2"]),
+        "internal",
+        "revoked",
+        "alice, revoked by the newly fetched CRL",
+    )
+    .await;
+
+    let text = scrape(&proxy).await;
+    let fetches = |result| {
+        metric(
+            &text,
+            "certguard_crl_fetches_total",
+            &[("trust", "internal"), ("result", result)],
+        )
+    };
+    assert!(fetches("updated") >= 3.0, "{text}");
+    assert!(
+        fetches("not_modified") >= 1.0,
+        "conditional GETs answered 304"
+    );
+    assert_eq!(fetches("failed") + fetches("rejected"), 0.0);
+    assert!(
+        metric(
+            &text,
+            "certguard_crl_last_success_timestamp_seconds",
+            &[("trust", "internal"), ("file", "intermediate.crl")]
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "certguard_crl_next_update_timestamp_seconds",
+            &[("trust", "internal"), ("file", "ca.crl")]
+        ) > 0.0
+    );
+    // Fetches after the first are conditional.
+    let hits = server.hits_for("pki/ca.crl");
+    assert!(hits.len() >= 2, "{hits:?}");
+    assert!(
+        hits[1..]
+            .iter()
+            .all(|h| h.if_none_match.as_deref() == Some("\"v1\"")),
+        "{hits:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_forged_and_older_crls_are_refused_and_the_last_good_keeps_serving() {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    let older = crl_der(&env.pki.inter, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    server.publish(
+        "pki/intermediate.crl",
+        crl_der(&env.pki.inter, &[&env.pki.revoked]),
+    );
+    server.publish("pki/ca.crl", crl_der(&env.pki.root, &[]));
+    let proxy = env.start(&fetched_crl_config(&env, &server, "")).await;
+    within!(10, "ready", ready(&proxy).await);
+    let rejected = |text: &str| {
+        metric(
+            text,
+            "certguard_crl_fetches_total",
+            &[("trust", "internal"), ("result", "rejected")],
+        )
+    };
+    // A CA with the intermediate's name but another key.
+    let forger = certguard::devpki::TestCa::root("test intermediate").unwrap();
+    let bodies: [(&str, Vec<u8>); 3] = [
+        ("garbage", b"this is not a CRL".to_vec()),
+        ("forged", crl_der(&forger, &[&env.pki.alice])),
+        ("older", older),
+    ];
+    for (i, (what, body)) in bodies.into_iter().enumerate() {
+        server.publish("pki/intermediate.crl", body);
+        within!(
+            10,
+            format!("the {what} CRL rejected"),
+            rejected(&scrape(&proxy).await) >= (i + 1) as f64
+        );
+        // The last good CRL keeps serving: revoked refused, alice admitted.
+        assert_rejected(
+            &proxy,
+            &env.client(&env.pki.revoked, &[b"h2"]),
+            "internal",
+            "revoked",
+            what,
+        )
+        .await;
+        let mut alice = open(&env, &proxy, false).await;
+        assert_eq!(alice.get("localhost", "/x").await.0, 200, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_first_crl_and_the_cache_serves_a_restart() {
+    let env = Env::new().await;
+    // A port with nobody listening yet.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cache = env.path("crl-cache");
+    let extra = format!("    crl_cache_dir: \"{}\"\n", cache.display());
+    let yaml = {
+        let stand_in = CrlServer::start().await; // only for its URL shape
+        fetched_crl_config(&env, &stand_in, &extra)
+            .replace(&stand_in.addr.port().to_string(), &port.to_string())
+    };
+    let proxy = env.start(&yaml).await;
+    for _ in 0..10 {
+        assert!(!ready(&proxy).await, "ready without any CRL");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = scrape(&proxy).await;
+    assert!(
+        metric(
+            &text,
+            "certguard_crl_fetches_total",
+            &[("result", "failed")]
+        ) >= 1.0
+    );
+
+    let server = CrlServer::start_on(port).await;
+    server.publish(
+        "pki/intermediate.crl",
+        crl_der(&env.pki.inter, &[&env.pki.revoked]),
+    );
+    server.publish("pki/ca.crl", crl_der(&env.pki.root, &[]));
+    within!(10, "ready after the first fetch", ready(&proxy).await);
+    proxy.shutdown(std::time::Duration::from_secs(1)).await;
+    drop(server);
+
+    // A restart with the CRL server down serves at once from the cache.
+    let proxy = env.start(&yaml).await;
+    assert!(ready(&proxy).await, "not ready on a restart with a cache");
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.revoked, &[b"h2"]),
+        "internal",
+        "revoked",
+        "revoked by the cached CRL",
+    )
+    .await;
+    let mut alice = open(&env, &proxy, false).await;
+    assert_eq!(alice.get("localhost", "/x").await.0, 200);
+}

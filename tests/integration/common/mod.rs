@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod crl_server;
 pub mod ocsp;
 pub mod upstream;
 
