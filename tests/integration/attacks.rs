@@ -81,7 +81,7 @@ async fn conn(
 macro_rules! eventually {
     ($within:expr, $what:expr, $cond:expr) => {{
         let deadline = Instant::now() + $within;
-        while !$cond {
+        while !($cond) {
             assert!(
                 Instant::now() < deadline,
                 "not within {:?}: {}",

@@ -193,7 +193,7 @@ async fn ready(proxy: &certguard::Proxy) -> bool {
 macro_rules! within {
     ($secs:expr, $what:expr, $cond:expr) => {{
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs($secs);
-        while !$cond {
+        while !($cond) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "not within {}s: {}",
