@@ -81,7 +81,10 @@ async fn conn(
 macro_rules! eventually {
     ($within:expr, $what:expr, $cond:expr) => {{
         let deadline = Instant::now() + $within;
-        while !($cond) {
+        loop {
+            if $cond {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
                 "not within {:?}: {}",

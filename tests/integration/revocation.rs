@@ -193,7 +193,10 @@ async fn ready(proxy: &certguard::Proxy) -> bool {
 macro_rules! within {
     ($secs:expr, $what:expr, $cond:expr) => {{
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs($secs);
-        while !($cond) {
+        loop {
+            if $cond {
+                break;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "not within {}s: {}",
