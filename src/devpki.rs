@@ -361,6 +361,8 @@ pub struct LeafSpec {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
+    /// CRL distribution point URIs (none by default).
+    pub crl_distribution_points: Vec<String>,
 }
 
 impl LeafSpec {
@@ -378,6 +380,7 @@ impl LeafSpec {
             eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
             not_before: now - Duration::days(1),
             not_after: now + Duration::days(365),
+            crl_distribution_points: Vec::new(),
         }
     }
 
@@ -425,6 +428,11 @@ impl LeafSpec {
         let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
+        if !self.crl_distribution_points.is_empty() {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: self.crl_distribution_points.clone(),
+            }];
+        }
         Ok((params, serial))
     }
 }

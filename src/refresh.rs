@@ -69,7 +69,7 @@ fn load_cached(dir: &Path, source: &str, ca: &CaTrust, url: &str, revocation: &R
         return;
     };
     match crl::check(url, &body, &issuers(ca), None) {
-        Ok(crl) => {
+        Ok((crl, signer)) => {
             tracing::info!(trust = source, url, "CRL loaded from the cache");
             revocation.crls.put(
                 source,
@@ -79,6 +79,7 @@ fn load_cached(dir: &Path, source: &str, ca: &CaTrust, url: &str, revocation: &R
                     etag: None,
                     last_modified: None,
                     checked_at: 0,
+                    signer,
                 },
             );
         }
@@ -152,6 +153,10 @@ pub fn spawn(current: Arc<Current>, metrics: Arc<Metrics>) -> tokio::task::JoinH
                     }
                 }
                 () = current.revocation.changed.notified() => {}
+                () = current.revocation.rebuild.notified() => {
+                    let (current, metrics) = (current.clone(), metrics.clone());
+                    let _ = tokio::task::spawn_blocking(move || rebuild(&current, &metrics)).await;
+                }
                 () = tokio::time::sleep(RESCAN) => {}
             }
         }
@@ -185,6 +190,23 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
         }
         let revocation = &current.revocation;
         let previous = revocation.crls.get(&source, &url);
+        // Fetched moments ago (a distribution point fetched inside a handshake): wait out the
+        // rest of the refresh interval first.
+        if let Some(p) = &previous {
+            let age = u64::try_from(now_unix().saturating_sub(p.checked_at)).unwrap_or(0);
+            if age < refresh.as_secs() {
+                tokio::time::sleep(Duration::from_secs(refresh.as_secs() - age)).await;
+                continue;
+            }
+        }
+        // A distribution point's CRL may be signed by an intermediate only clients send: the
+        // signer of the CRL in use may sign the next one.
+        let mut issuers = issuers;
+        if let Some(p) = &previous {
+            if !issuers.contains(&p.signer) {
+                issuers.push(p.signer.clone());
+            }
+        }
         let result = match crl::get(revocation.client(), &url, previous.as_deref()).await {
             Ok(Got::NotModified) => match &previous {
                 Some(p) => {
@@ -196,6 +218,7 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
                             etag: p.etag.clone(),
                             last_modified: p.last_modified.clone(),
                             checked_at: now_unix(),
+                            signer: p.signer.clone(),
                         },
                     );
                     Ok("not_modified")
@@ -208,7 +231,7 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
                 etag,
                 last_modified,
             }) => match check_off_runtime(&url, &body, &issuers, previous.as_ref()).await {
-                Ok(crl) => {
+                Ok((crl, signer)) => {
                     let same = previous
                         .as_ref()
                         .is_some_and(|p| p.crl.der.as_ref() == crl.der.as_ref());
@@ -220,6 +243,7 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
                             etag,
                             last_modified,
                             checked_at: now_unix(),
+                            signer,
                         },
                     );
                     if let Some(dir) = &cache_dir {
@@ -268,7 +292,7 @@ async fn check_off_runtime(
     body: &bytes::Bytes,
     issuers: &[CertificateDer<'static>],
     previous: Option<&Arc<Fetched>>,
-) -> Result<crate::config::CrlFile, crl::FetchError> {
+) -> Result<(crate::config::CrlFile, CertificateDer<'static>), crl::FetchError> {
     let (url, body, issuers) = (url.to_owned(), body.clone(), issuers.to_vec());
     let current = previous.map(|p| p.crl.clone());
     tokio::task::spawn_blocking(move || crl::check(&url, &body, &issuers, current.as_ref()))

@@ -34,10 +34,11 @@ impl Snapshot {
         config: Arc<Config>,
         generation: u64,
         previous: Option<&Snapshot>,
-        revocation: &Revocation,
+        revocation: &Arc<Revocation>,
     ) -> Result<Snapshot, TlsError> {
+        let wait = config.listen.handshake_timeout;
         let verifier = Arc::new(
-            TrustVerifier::with_revocation(&config.trust, revocation)?
+            TrustVerifier::with_revocation(&config.trust, revocation, wait)?
                 .with_deny(config.deny.clone()),
         );
         let tls = ServerTls::new(&config.listen, verifier)?;

@@ -71,6 +71,8 @@ pub struct Fetched {
     pub last_modified: Option<String>,
     /// When it was last fetched or confirmed unchanged (Unix seconds).
     pub checked_at: i64,
+    /// The CA certificate its signature verified with (the next version must verify too).
+    pub signer: CertificateDer<'static>,
 }
 
 /// What one GET brought.
@@ -197,7 +199,7 @@ pub fn check(
     body: &[u8],
     issuers: &[CertificateDer<'_>],
     current: Option<&CrlFile>,
-) -> Result<CrlFile, FetchError> {
+) -> Result<(CrlFile, CertificateDer<'static>), FetchError> {
     let mut crls = parse_crls(Path::new(url), body).map_err(FetchError::Invalid)?;
     if crls.len() != 1 {
         return Err(FetchError::Invalid(format!(
@@ -206,17 +208,20 @@ pub fn check(
         )));
     }
     let crl = crls.remove(0);
-    verify_signature(&crl, issuers)?;
+    let signer = verify_signature(&crl, issuers)?;
     if let Some(current) = current {
         if current.is_newer_than(&crl) {
             return Err(FetchError::Older);
         }
     }
-    Ok(crl)
+    Ok((crl, signer))
 }
 
 /// The CRL's signature, by a certificate among `issuers` whose subject is the CRL's issuer.
-fn verify_signature(crl: &CrlFile, issuers: &[CertificateDer<'_>]) -> Result<(), FetchError> {
+fn verify_signature(
+    crl: &CrlFile,
+    issuers: &[CertificateDer<'_>],
+) -> Result<CertificateDer<'static>, FetchError> {
     let (_, parsed) =
         x509_parser::revocation_list::CertificateRevocationList::from_der(crl.der.as_ref())
             .map_err(|e| FetchError::Invalid(e.to_string()))?;
@@ -230,7 +235,7 @@ fn verify_signature(crl: &CrlFile, issuers: &[CertificateDer<'_>]) -> Result<(),
         }
         tried = true;
         if parsed.verify_signature(cert.public_key()).is_ok() {
-            return Ok(());
+            return Ok(issuer.clone().into_owned());
         }
     }
     Err(FetchError::Signature(if tried {
@@ -337,9 +342,10 @@ mod tests {
         let other = TestCa::root("inter").unwrap(); // same name, another key
         let issuers = [root.cert.clone(), inter.cert.clone()];
         let url = "http://pki.internal/inter.crl";
-        let old = check(url, &crl(&inter, 10), &issuers, None).unwrap();
+        let (old, signer) = check(url, &crl(&inter, 10), &issuers, None).unwrap();
+        assert_eq!(signer, inter.cert);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let new = check(url, &crl(&inter, 5), &issuers, Some(&old)).unwrap();
+        let (new, _) = check(url, &crl(&inter, 5), &issuers, Some(&old)).unwrap();
         assert!(new.is_newer_than(&old));
         assert!(matches!(
             check(url, old.der.as_ref(), &issuers, Some(&new)),

@@ -9,8 +9,11 @@ pub mod crl;
 pub mod ocsp;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
+use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
 
 use crate::config::{CaTrust, MAX_DISTRIBUTION_POINTS};
@@ -25,7 +28,19 @@ pub struct Revocation {
     discovered: Mutex<HashMap<String, Vec<String>>>,
     /// Woken when a distribution point is discovered, so that it gets a fetch task.
     pub changed: Notify,
+    /// Woken when fetched data changed outside the refresh tasks (a distribution point fetched
+    /// inside a handshake), so that the snapshot is rebuilt with it.
+    pub rebuild: Notify,
     client: OnceLock<crl::HttpClient>,
+    /// Distribution-point fetches in flight: one per URL serves every handshake that waits.
+    inflight: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// One fetch in flight and the handshakes waiting for it.
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<Option<Arc<crl::Fetched>>>>,
+    ready: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,4 +105,173 @@ impl Revocation {
         let urls = self.urls(source, ca);
         self.crls.for_urls(source, urls.iter().map(String::as_str))
     }
+}
+
+impl Revocation {
+    /// The first fetch of distribution point `url` of `source`, from inside a handshake that
+    /// needs it (SPEC 9.2): waits at most `limit`, and one fetch serves every handshake that
+    /// waits for the same URL. The CRL must be signed by one of `issuers`. `None` when the
+    /// fetch failed or took too long (`unknown_status` then decides); a CRL that arrives late
+    /// is still kept for the next handshakes.
+    pub fn fetch_distribution_point(
+        self: &Arc<Self>,
+        source: &str,
+        url: &str,
+        issuers: Vec<CertificateDer<'static>>,
+        limit: Duration,
+    ) -> Option<Arc<crl::Fetched>> {
+        if let Some(f) = self.crls.get(source, url) {
+            return Some(f);
+        }
+        let key = format!("{source}\n{url}");
+        let (flight, leader) = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    inflight.insert(key.clone(), f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if leader {
+            let this = self.clone();
+            let (source, url) = (source.to_owned(), url.to_owned());
+            let fetch = async move {
+                let client = crl::client();
+                match crl::get(&client, &url, None).await {
+                    Ok(crl::Got::Body {
+                        body,
+                        etag,
+                        last_modified,
+                    }) => match crl::check(&url, &body, &issuers, None) {
+                        Ok((crl, signer)) => {
+                            this.crls.put(
+                                &source,
+                                crl::Fetched {
+                                    url: url.clone(),
+                                    crl,
+                                    etag,
+                                    last_modified,
+                                    checked_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                                    signer,
+                                },
+                            );
+                            this.rebuild.notify_one();
+                            this.crls.get(&source, &url)
+                        }
+                        Err(e) => {
+                            tracing::warn!(trust = %source, %url, error = %e, "distribution point CRL refused");
+                            None
+                        }
+                    },
+                    Ok(crl::Got::NotModified) => None,
+                    Err(e) => {
+                        tracing::warn!(trust = %source, %url, error = %e, "distribution point fetch failed");
+                        None
+                    }
+                }
+            };
+            let flight = flight.clone();
+            let this = self.clone();
+            let key = key.clone();
+            // The fetch runs on its own thread and finishes even if every handshake that
+            // waits for it gives up.
+            std::thread::spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()
+                    .and_then(|rt| rt.block_on(fetch));
+                lock(&this.inflight).remove(&key);
+                *lock(&flight.done) = Some(result);
+                flight.ready.notify_all();
+                // From now on the URL is refreshed like a `crl_urls` entry.
+                this.changed.notify_one();
+            });
+        }
+        wait_blocking(|| {
+            let deadline = Instant::now() + limit;
+            let mut done = lock(&flight.done);
+            while done.is_none() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                done = flight
+                    .ready
+                    .wait_timeout(done, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            done.clone().flatten()
+        })
+    }
+}
+
+/// Run `wait`, which blocks, from code that runs on the async runtime (a verifier inside a
+/// handshake). On a multi-threaded runtime the worker hands its other tasks over first, so
+/// that one handshake waiting for a responder stalls nothing else; elsewhere it just blocks.
+pub fn wait_blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+/// Run `fut` to completion from synchronous code inside a handshake, waiting at most `limit`
+/// (see [`wait_blocking`]); `None` when it took longer.
+pub fn run_blocking<T: Send + 'static>(
+    limit: Duration,
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| {
+                handle.block_on(async { tokio::time::timeout(limit, fut).await.ok() })
+            })
+        }
+        _ => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()
+                    .and_then(|rt| {
+                        rt.block_on(async { tokio::time::timeout(limit, fut).await.ok() })
+                    });
+                let _ = tx.send(result);
+            });
+            rx.recv_timeout(limit + Duration::from_secs(1))
+                .ok()
+                .flatten()
+        }
+    }
+}
+
+/// The `http://` and `https://` CRL distribution points `cert` names.
+pub fn distribution_points(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ext in x509.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            for point in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                    for name in names {
+                        if let GeneralName::URI(uri) = name {
+                            if uri.starts_with("http://") || uri.starts_with("https://") {
+                                out.push((*uri).to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }

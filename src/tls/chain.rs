@@ -19,6 +19,27 @@ use super::{Outcome, Rejection, TlsError};
 use crate::config::{CaTrust, RevocationDepth};
 use crate::identity::Admission;
 
+/// The webpki client verifier for these anchors, CRLs and revocation settings.
+fn webpki_verifier(
+    roots: &Arc<RootCertStore>,
+    crls: &[CertificateRevocationListDer<'static>],
+    revocation: &crate::config::Revocation,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls.iter().cloned());
+    if revocation.depth == RevocationDepth::EndEntity {
+        builder = builder.only_check_end_entity_revocation();
+    }
+    if revocation.allow_unknown_status {
+        builder = builder.allow_unknown_revocation_status();
+    }
+    if !revocation.allow_expired_crl {
+        builder = builder.enforce_revocation_expiration();
+    }
+    builder.build()
+}
+
 /// How many issuers to follow when deciding whether a presented chain reaches an anchor.
 const MAX_CHAIN_WALK: usize = 8;
 
@@ -38,6 +59,36 @@ pub struct CaSource {
     /// whether a rejected chain was really signed up to one of them (see [`Self::attribute`]).
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
+    /// What it takes to build the verifier again with more CRLs.
+    roots: Arc<RootCertStore>,
+    anchor_certs: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    revocation: crate::config::Revocation,
+    provider: Arc<CryptoProvider>,
+    /// `crl_distribution_points` (SPEC 9.2), when configured and fetching is possible.
+    distribution_points: Option<DistributionPoints>,
+}
+
+/// What a CA source needs to fetch the CRL distribution points its certificates name.
+#[derive(Clone)]
+pub struct DistributionPoints {
+    /// Only URLs under these prefixes are ever fetched.
+    pub allow: Vec<String>,
+    /// Where fetched CRLs go (and come from, once fetched).
+    pub revocation: Arc<crate::revocation::Revocation>,
+    /// The longest a handshake waits for a first fetch (`handshake_timeout`).
+    pub wait: Duration,
+    /// The distribution points whose CRLs this snapshot already verifies with.
+    pub known: Vec<String>,
+}
+
+impl std::fmt::Debug for DistributionPoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributionPoints")
+            .field("allow", &self.allow)
+            .field("known", &self.known)
+            .finish()
+    }
 }
 
 /// Whose failure a rejected chain is.
@@ -67,6 +118,7 @@ impl CaSource {
         name: Arc<str>,
         ca: &CaTrust,
         fetched: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
+        distribution_points: Option<DistributionPoints>,
         provider: Arc<CryptoProvider>,
     ) -> Result<CaSource, TlsError> {
         let err = |reason: String| TlsError::Trust {
@@ -92,18 +144,15 @@ impl CaSource {
         let hints = roots.subjects();
         let algorithms = provider.signature_verification_algorithms.all;
 
-        let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .with_crls(ca.crls.iter().map(|c| c.der.clone()).chain(fetched));
-        if ca.revocation.depth == RevocationDepth::EndEntity {
-            builder = builder.only_check_end_entity_revocation();
-        }
-        if ca.revocation.allow_unknown_status {
-            builder = builder.allow_unknown_revocation_status();
-        }
-        if !ca.revocation.allow_expired_crl {
-            builder = builder.enforce_revocation_expiration();
-        }
-        let verifier = builder.build().map_err(|e| err(e.to_string()))?;
+        let roots = Arc::new(roots);
+        let crls: Vec<_> = ca
+            .crls
+            .iter()
+            .map(|c| c.der.clone())
+            .chain(fetched)
+            .collect();
+        let verifier = webpki_verifier(&roots, &crls, &ca.revocation, &provider)
+            .map_err(|e| err(e.to_string()))?;
         Ok(CaSource {
             name,
             verifier,
@@ -113,7 +162,61 @@ impl CaSource {
             intermediates: ca.intermediates.clone(),
             anchors,
             algorithms,
+            roots,
+            anchor_certs: ca.anchors.clone(),
+            crls,
+            revocation: ca.revocation,
+            provider,
+            distribution_points: distribution_points.filter(|dp| !dp.allow.is_empty()),
         })
+    }
+
+    /// The CRLs of distribution points that `chain` names, that this snapshot does not have
+    /// yet, and that can be had now: from the store (fetched since the snapshot was built), or
+    /// fetched while this handshake waits (at most `wait`). URLs outside `allow` are never
+    /// fetched: a client's certificate must not make certguard request arbitrary URLs.
+    fn new_distribution_point_crls(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Vec<CertificateRevocationListDer<'static>> {
+        let Some(dp) = &self.distribution_points else {
+            return Vec::new();
+        };
+        let mut urls: Vec<String> = Vec::new();
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            for url in crate::revocation::distribution_points(cert) {
+                let allowed = dp
+                    .allow
+                    .iter()
+                    .any(|prefix| url.starts_with(prefix.as_str()));
+                if allowed && !dp.known.contains(&url) && !urls.contains(&url) {
+                    urls.push(url);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for url in urls {
+            if !dp.revocation.discover(&self.name, &url) {
+                tracing::warn!(trust = %self.name, %url, "more than 64 distribution points: not fetched");
+                continue;
+            }
+            // The CRL may be signed by an intermediate that only clients send.
+            let mut issuers: Vec<CertificateDer<'static>> =
+                self.anchors_and_intermediates().collect();
+            issuers.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+            if let Some(fetched) = dp
+                .revocation
+                .fetch_distribution_point(&self.name, &url, issuers, dp.wait)
+            {
+                out.push(fetched.crl.der.clone());
+            }
+        }
+        out
+    }
+
+    fn anchors_and_intermediates(&self) -> impl Iterator<Item = CertificateDer<'static>> + '_ {
+        self.anchor_certs.iter().chain(&self.intermediates).cloned()
     }
 
     /// The source's name from the config.
@@ -150,10 +253,26 @@ impl CaSource {
                 .collect();
             &completed
         };
-        match self
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
-        {
+        // Distribution points met for the first time: this handshake verifies with their CRLs
+        // already (a verifier built for it alone); the next snapshot has them for everyone.
+        let fresh = self.new_distribution_point_crls(end_entity, intermediates);
+        let with_fresh;
+        let verifier = if fresh.is_empty() {
+            &self.verifier
+        } else {
+            let crls: Vec<_> = self.crls.iter().cloned().chain(fresh).collect();
+            match webpki_verifier(&self.roots, &crls, &self.revocation, &self.provider) {
+                Ok(v) => {
+                    with_fresh = v;
+                    &with_fresh
+                }
+                Err(e) => {
+                    tracing::warn!(trust = %self.name, error = %e, "a fetched distribution point CRL is not usable");
+                    &self.verifier
+                }
+            }
+        };
+        match verifier.verify_client_cert(end_entity, intermediates, now) {
             Ok(_) => self.check_lifetime(end_entity),
             Err(e) => {
                 let outcome = Outcome::from_rustls_error(&e);

@@ -62,16 +62,20 @@ impl TrustVerifier {
 
     /// [`TrustVerifier::new`], with the CRLs `revocation` fetched for each CA source (SPEC 9.2)
     /// beside the ones its files hold.
+    ///
+    /// Sources with `crl_distribution_points` fetch the distribution points their clients'
+    /// certificates name, a handshake waiting at most `wait` for a first fetch.
     pub fn with_revocation(
         sources: &[config::TrustSource],
-        revocation: &Revocation,
+        revocation: &Arc<Revocation>,
+        wait: std::time::Duration,
     ) -> Result<TrustVerifier, TlsError> {
-        Self::build(sources, Some(revocation))
+        Self::build(sources, Some((revocation, wait)))
     }
 
     fn build(
         sources: &[config::TrustSource],
-        revocation: Option<&Revocation>,
+        revocation: Option<(&Arc<Revocation>, std::time::Duration)>,
     ) -> Result<TrustVerifier, TlsError> {
         let provider = provider();
         let mut built = Vec::with_capacity(sources.len());
@@ -80,12 +84,20 @@ impl TrustVerifier {
             match &source.kind {
                 config::TrustKind::Ca(ca) => {
                     let fetched = revocation
-                        .map(|r| r.fetched_crls(&source.name, ca))
+                        .map(|(r, _)| r.fetched_crls(&source.name, ca))
                         .unwrap_or_default();
+                    let distribution_points =
+                        revocation.map(|(r, wait)| chain::DistributionPoints {
+                            allow: ca.crl_dp_allow.clone(),
+                            revocation: r.clone(),
+                            wait,
+                            known: fetched.iter().map(|f| f.url.clone()).collect(),
+                        });
                     let s = chain::CaSource::new(
                         source.name.clone(),
                         ca,
                         fetched.iter().map(|f| f.crl.der.clone()),
+                        distribution_points,
                         provider.clone(),
                     )?;
                     hints.extend(s.root_hint_subjects().iter().cloned());

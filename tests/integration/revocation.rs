@@ -393,3 +393,94 @@ async fn readiness_waits_for_the_first_crl_and_the_cache_serves_a_restart() {
     let mut alice = open(&env, &proxy, false).await;
     assert_eq!(alice.get("localhost", "/x").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_points_are_fetched_only_under_the_allowed_prefixes() {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    let issue = |cn: &str, dp: String| {
+        let mut spec = certguard::devpki::LeafSpec::client(cn);
+        spec.crl_distribution_points = vec![dp];
+        env.pki.inter.issue(&spec).unwrap()
+    };
+    let carol = issue("carol", server.url("dp/inter.crl"));
+    let dave = issue("dave", server.url("dp/inter.crl"));
+    let mallory = issue("mallory", server.url("elsewhere/inter.crl"));
+    // Another intermediate, whose distribution point answers 404.
+    let inter2 = env.pki.root.intermediate("second intermediate").unwrap();
+    let missing = {
+        let mut spec = certguard::devpki::LeafSpec::client("missing");
+        spec.crl_distribution_points = vec![server.url("dp/absent.crl")];
+        inter2.issue(&spec).unwrap()
+    };
+    server.publish("dp/inter.crl", crl_der(&env.pki.inter, &[&dave]));
+    server.publish("elsewhere/inter.crl", crl_der(&env.pki.inter, &[]));
+    // The root's CRL comes from a file; the intermediate's only from the distribution point
+    // (signed by the intermediate the clients send, which the config does not name).
+    let yaml = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n",
+            server.url("dp/")
+        ),
+    );
+    let proxy = env.start(&yaml).await;
+
+    // Outside the prefix: no request at all, and no CRL for the leaf -> unknown status.
+    assert_rejected(
+        &proxy,
+        &env.client(&mallory, &[b"h2"]),
+        "internal",
+        "unknown_revocation_status",
+        "a distribution point outside the allowed prefixes",
+    )
+    .await;
+    assert!(
+        server.hits_for("elsewhere/inter.crl").is_empty(),
+        "{:?}",
+        server.hits()
+    );
+
+    // Under the prefix: the first handshake that needs it waits for one fetch.
+    let mut c = Conn::open(
+        proxy.listen_addr,
+        env.client(&carol, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.get("localhost", "/x").await.0, 200);
+    assert_eq!(
+        server.hits_for("dp/inter.crl").len(),
+        1,
+        "{:?}",
+        server.hits()
+    );
+    assert_rejected(
+        &proxy,
+        &env.client(&dave, &[b"h2"]),
+        "internal",
+        "revoked",
+        "dave, revoked by the distribution point's CRL",
+    )
+    .await;
+    // A distribution point that cannot be fetched leaves the status unknown (no CRL of that
+    // intermediate at all).
+    assert_rejected(
+        &proxy,
+        &env.client(&missing, &[b"h2"]),
+        "internal",
+        "unknown_revocation_status",
+        "a distribution point that answers 404",
+    )
+    .await;
+    // From then on it is refreshed like a crl_urls entry: counted per source.
+    within!(10, "the distribution point refreshed", {
+        let text = scrape(&proxy).await;
+        metric(
+            &text,
+            "certguard_crl_fetches_total",
+            &[("trust", "internal")],
+        ) >= 1.0
+    });
+}
