@@ -16,7 +16,7 @@ use crate::revocation::Revocation;
 /// One configured trust source, built.
 #[derive(Debug)]
 enum Source {
-    Ca(chain::CaSource),
+    Ca(Box<chain::CaSource>),
     Pinned(pinned::PinnedSource),
 }
 
@@ -101,7 +101,7 @@ impl TrustVerifier {
                         provider.clone(),
                     )?;
                     hints.extend(s.root_hint_subjects().iter().cloned());
-                    built.push(Source::Ca(s));
+                    built.push(Source::Ca(Box::new(s)));
                 }
                 config::TrustKind::Pinned(p) => {
                     built.push(Source::Pinned(pinned::PinnedSource::new(
