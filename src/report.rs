@@ -47,6 +47,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     out.extend(self_asserted_warnings(config));
+    out.extend(unbound_spiffe_warnings(config));
     for source in &config.trust {
         let name = &source.name;
         match &source.kind {
@@ -146,6 +147,46 @@ fn self_asserted_warnings(config: &Config) -> Vec<String> {
                 keys.join(", "),
                 pinned.name
             ));
+        }
+    }
+    out
+}
+
+/// SPEC 9.5: `spiffe_id` rules that name no trust source, for a trust domain no source binds,
+/// when more than one CA source could issue that SPIFFE ID.
+fn unbound_spiffe_warnings(config: &Config) -> Vec<String> {
+    let ca_sources = config
+        .trust
+        .iter()
+        .filter(|s| matches!(s.kind, TrustKind::Ca(_)))
+        .count();
+    if ca_sources < 2 {
+        return Vec::new();
+    }
+    let bound = |td: &str| {
+        config
+            .trust
+            .iter()
+            .any(|s| s.spiffe_trust_domains.iter().any(|d| d == td))
+    };
+    let mut out = Vec::new();
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        for (j, entry) in route.allow.iter().enumerate() {
+            if config.required_trust(entry).is_some() {
+                continue;
+            }
+            for m in &entry.matchers {
+                let policy::Matcher::SpiffeId(p) = m else {
+                    continue;
+                };
+                let Some(td) = p.spiffe_trust_domain().filter(|td| !bound(td)) else {
+                    continue;
+                };
+                out.push(format!(
+                    "routes[{i}].allow[{j}] ({}): spiffe_id {p} has no `trust:` and its trust domain `{td}` is not bound: any of the {ca_sources} CA sources can issue it (add `trust: <source>`, or `spiffe_trust_domains: [{td}]` to the source that owns it)",
+                    route.name
+                ));
+            }
         }
     }
     out
@@ -593,6 +634,54 @@ routes:
                 "routes[0].allow[0] (a): matches cn without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
                 "routes[0].allow[3] (a): matches ou, spiffe_id without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn unbound_spiffe_rules_warn_with_two_ca_sources() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let ca = TestCa::root("ca").unwrap();
+        let other = TestCa::root("other").unwrap();
+        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+        fs::write(d.join("other.crt"), &other.cert_pem).unwrap();
+        let routes = "upstreams:
+  app: { url: http://127.0.0.1:9000 }
+routes:
+  - name: a
+    path_prefix: /a
+    upstream: app
+    allow:
+      - { spiffe_id: 'spiffe://example.org/ns/*' }
+      - { trust: internal, spiffe_id: 'spiffe://example.org/x' }
+      - { spiffe_id: 'spiffe://bound.example/x' }
+";
+        let spiffe = |yaml: String| -> Vec<String> {
+            let config = Config::from_yaml(&yaml, &d.join("c.yaml")).unwrap();
+            warnings(&config)
+                .into_iter()
+                .filter(|w| w.contains("spiffe_id"))
+                .collect()
+        };
+        let head = "listen: { cert: server.crt, key: server.key }
+trust:
+  internal: { ca: ca.crt, spiffe_trust_domains: [bound.example] }
+";
+        assert_eq!(
+            spiffe(format!("{head}{routes}")),
+            Vec::<String>::new(),
+            "one CA source"
+        );
+        let two = format!(
+            "{head}  partner: {{ ca: other.crt }}
+{routes}"
+        );
+        assert_eq!(
+            spiffe(two),
+            vec!["routes[0].allow[0] (a): spiffe_id spiffe://example.org/ns/* has no `trust:` and its trust domain `example.org` is not bound: any of the 2 CA sources can issue it (add `trust: <source>`, or `spiffe_trust_domains: [example.org]` to the source that owns it)".to_string()]
         );
     }
 

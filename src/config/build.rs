@@ -378,6 +378,7 @@ fn trust(
         );
     }
     let mut out = Vec::new();
+    let mut domains = Vec::new();
     for (name, src) in sources {
         let key = format!("trust.{name}");
         names.trust.push(name.clone());
@@ -414,12 +415,57 @@ fn trust(
                 pinned_trust(errs, files, &name, p, &src, &mut names.pinned).map(TrustKind::Pinned)
             }
         };
+        let spiffe_trust_domains = trust_domains(
+            errs,
+            &key,
+            src.spiffe_trust_domains.as_deref(),
+            &mut domains,
+        );
         if let Some(kind) = kind {
             out.push(TrustSource {
                 name: Arc::from(name.as_str()),
                 kind,
+                spiffe_trust_domains,
             });
         }
+    }
+    out
+}
+
+/// `trust.<name>.spiffe_trust_domains`: valid trust domains, each bound to one source only.
+/// `bound` holds `(domain, key path of its binding)` of the sources read so far.
+fn trust_domains(
+    errs: &mut Errs,
+    key: &str,
+    list: Option<&[String]>,
+    bound: &mut Vec<(String, String)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, d) in list.unwrap_or_default().iter().enumerate() {
+        let dk = format!("{key}.spiffe_trust_domains[{i}]");
+        let domain = d.trim();
+        if !crate::identity::valid_trust_domain(domain) {
+            errs.push(
+                &dk,
+                format!(
+                    "`{d}` is not a SPIFFE trust domain (lower-case letters, digits, `.`, `-` \
+                     and `_`; no scheme, port or path)"
+                ),
+            );
+            continue;
+        }
+        if let Some((_, first)) = bound.iter().find(|(b, _)| b == domain) {
+            errs.push(
+                &dk,
+                format!(
+                    "trust domain `{domain}` is already bound at {first}; a trust domain belongs \
+                     to one trust source"
+                ),
+            );
+            continue;
+        }
+        bound.push((domain.to_owned(), dk));
+        out.push(domain.to_owned());
     }
     out
 }

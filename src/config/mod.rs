@@ -120,6 +120,9 @@ pub struct TrustSource {
     pub name: Arc<str>,
     /// CA chain or pinned list.
     pub kind: TrustKind,
+    /// `spiffe_trust_domains`: SPIFFE trust domains that belong to this source alone (SPEC
+    /// 9.5), lower-case, unique across sources.
+    pub spiffe_trust_domains: Vec<String>,
 }
 
 /// What kind of trust source: decided by `ca` vs `pinned` in the file.
@@ -1200,6 +1203,60 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         assert_eq!(
             keys(load(&dir, "")),
             vec!["listen.cert", "listen.key", "trust"]
+        );
+    }
+
+    #[test]
+    fn spiffe_trust_domains_are_valid_and_bound_once() {
+        let (dir, _) = setup();
+        let yaml = format!(
+            "{HEAD}trust:
+  internal:
+    ca: pki/ca.crt
+    spiffe_trust_domains: [example.org, corp.example]
+  partner:
+    ca: pki/ca.crt
+    spiffe_trust_domains: [partner.example, Example.COM, 'spiffe://x', corp.example, x:1]
+  lab:
+    pinned: [{{ name: a, sha256: '{fp}' }}]
+    spiffe_trust_domains: [lab.example, lab.example]
+",
+            fp = "ab".repeat(32),
+        );
+        let r = load(&dir, &yaml);
+        let e = error_at(load(&dir, &yaml), "trust.partner.spiffe_trust_domains[3]");
+        assert!(
+            e.message
+                .contains("already bound at trust.internal.spiffe_trust_domains[1]"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            keys(r),
+            vec![
+                "trust.partner.spiffe_trust_domains[1]",
+                "trust.partner.spiffe_trust_domains[2]",
+                "trust.partner.spiffe_trust_domains[3]",
+                "trust.partner.spiffe_trust_domains[4]",
+                "trust.lab.spiffe_trust_domains[1]",
+            ]
+        );
+        let ok = yaml
+            .replace(", Example.COM, 'spiffe://x', corp.example, x:1", "")
+            .replace("[lab.example, lab.example]", "[lab.example]");
+        let c = load(&dir, &ok).unwrap();
+        let domains: Vec<_> = c
+            .trust
+            .iter()
+            .map(|t| t.spiffe_trust_domains.clone())
+            .collect();
+        assert_eq!(
+            domains,
+            vec![
+                vec!["example.org".to_string(), "corp.example".to_string()],
+                vec!["partner.example".to_string()],
+                vec!["lab.example".to_string()],
+            ]
         );
     }
 

@@ -161,6 +161,8 @@ pub struct RawTrust {
     pub check_validity: Option<bool>,
     /// `trust.<name>.on_overdue_review`
     pub on_overdue_review: Option<String>,
+    /// `trust.<name>.spiffe_trust_domains`
+    pub spiffe_trust_domains: Option<Vec<String>>,
 }
 
 /// `trust.X.revocation:`
@@ -629,6 +631,7 @@ impl Section for RawTrust {
             pinned: w.section_list(m, p, "pinned"),
             check_validity: w.field(m, p, "check_validity"),
             on_overdue_review: w.field(m, p, "on_overdue_review"),
+            spiffe_trust_domains: w.scalar_list(m, p, "spiffe_trust_domains"),
         }
     }
 }

@@ -27,11 +27,14 @@ pub enum Outcome {
     InvalidCert,
     Timeout,
     ProtocolError,
+    /// SPEC 9.5: a SPIFFE ID of a trust domain bound to another source, or outside the
+    /// admitting source's own bindings.
+    TrustDomainMismatch,
 }
 
 impl Outcome {
-    /// Every outcome, in the order SPEC section 6 lists them.
-    pub const ALL: [Outcome; 16] = [
+    /// Every outcome, in the order SPEC section 6 lists them, then those of section 9.
+    pub const ALL: [Outcome; 17] = [
         Outcome::Success,
         Outcome::NoClientCert,
         Outcome::UnknownIssuer,
@@ -48,6 +51,7 @@ impl Outcome {
         Outcome::InvalidCert,
         Outcome::Timeout,
         Outcome::ProtocolError,
+        Outcome::TrustDomainMismatch,
     ];
 
     /// The metric label value.
@@ -69,6 +73,7 @@ impl Outcome {
             Outcome::InvalidCert => "invalid_cert",
             Outcome::Timeout => "timeout",
             Outcome::ProtocolError => "protocol_error",
+            Outcome::TrustDomainMismatch => "trust_domain_mismatch",
         }
     }
 }
@@ -132,7 +137,7 @@ impl Outcome {
             Outcome::CrlExpired => CertificateError::ExpiredRevocationList,
             Outcome::BadSignature => CertificateError::BadSignature,
             Outcome::InvalidUsage => CertificateError::InvalidPurpose,
-            Outcome::LifetimeExceeded | Outcome::ReviewOverdue => {
+            Outcome::LifetimeExceeded | Outcome::ReviewOverdue | Outcome::TrustDomainMismatch => {
                 CertificateError::ApplicationVerificationFailure
             }
             Outcome::InvalidCert => CertificateError::BadEncoding,
@@ -174,7 +179,7 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
-        assert_eq!(seen.len(), 16);
+        assert_eq!(seen.len(), Outcome::ALL.len());
     }
 
     #[test]
@@ -187,7 +192,9 @@ mod tests {
                 Outcome::from_certificate_error(&o.to_certificate_error()),
                 match o {
                     Outcome::PinMismatch => Outcome::UnknownIssuer,
-                    Outcome::LifetimeExceeded | Outcome::ReviewOverdue => Outcome::InvalidCert,
+                    Outcome::LifetimeExceeded
+                    | Outcome::ReviewOverdue
+                    | Outcome::TrustDomainMismatch => Outcome::InvalidCert,
                     o => o,
                 }
             );

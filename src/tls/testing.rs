@@ -65,6 +65,7 @@ pub(crate) fn ca_source_with(
             revocation,
             max_lifetime,
         }),
+        spiffe_trust_domains: Vec::new(),
     }
 }
 
@@ -91,6 +92,7 @@ pub(crate) fn pinned_source(
             check_validity,
             on_overdue_review: on_overdue,
         }),
+        spiffe_trust_domains: Vec::new(),
     }
 }
 
