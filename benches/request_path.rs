@@ -375,7 +375,7 @@ fn bench_authorize(c: &mut Criterion, pairs: &mut Pairs, config: &Config, alice:
         };
         let got = match authorize(policy, id, &req) {
             Decision::Allowed(permit) => format!("allowed {}", permit.route().name),
-            Decision::NotAllowed { route } => format!("not_allowed {}", route.name),
+            Decision::NotAllowed { route, .. } => format!("not_allowed {}", route.name),
             Decision::NoRoute => "no_route".to_owned(),
         };
         assert_eq!(got, expect, "authorize case {case}");

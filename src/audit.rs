@@ -47,6 +47,8 @@ pub struct RequestAudit<'a> {
     pub decision: &'a str,
     /// As in `certguard_requests_total{reason}`.
     pub reason: Reason,
+    /// The route's `shadow_allow` verdict, `allowed` or `denied`, when it has one.
+    pub shadow: Option<&'a str>,
     /// Response status sent to the client.
     pub status: u16,
     /// Time from request head to response head, milliseconds.
@@ -72,6 +74,7 @@ pub fn request_line(r: &RequestAudit<'_>) {
         upstream = r.upstream,
         decision = r.decision,
         reason = r.reason.as_str(),
+        shadow = r.shadow,
         status = r.status,
         duration_ms = r.duration_ms,
         "request"
@@ -351,6 +354,7 @@ mod tests {
             upstream: Some("orders"),
             decision: "denied",
             reason: Reason::NotAllowed,
+            shadow: Some("allowed"),
             status: 403,
             duration_ms: 0.123_456_789,
         }
@@ -434,6 +438,7 @@ mod tests {
                 upstream: Some("orders"),
                 decision: "allowed",
                 reason: Reason::Ok,
+                shadow: Some("denied"),
                 status: 200,
                 duration_ms: 1.5,
             })
@@ -456,6 +461,7 @@ mod tests {
         assert_eq!(l["upstream"], "orders");
         assert_eq!(l["decision"], "allowed");
         assert_eq!(l["reason"], "ok");
+        assert_eq!(l["shadow"], "denied");
         assert_eq!(l["status"], 200);
         assert_eq!(l["duration_ms"], 1.5);
     }

@@ -37,10 +37,12 @@ pub enum Reason {
     BadRequest,
     SniMismatch,
     UpstreamError,
+    /// SPEC 9.6: `allow` refused it, and the route has `enforce: false`, so it was forwarded.
+    NotEnforced,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Ok,
         Reason::NoRoute,
         Reason::NotAllowed,
@@ -48,6 +50,7 @@ impl Reason {
         Reason::BadRequest,
         Reason::SniMismatch,
         Reason::UpstreamError,
+        Reason::NotEnforced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::SniMismatch => "sni_mismatch",
             Reason::UpstreamError => "upstream_error",
+            Reason::NotEnforced => "not_enforced",
         }
     }
 }
@@ -97,6 +101,7 @@ pub struct Metrics {
     tls_handshake_duration: HistogramVec,
     connections_active: IntGauge,
     requests: IntCounterVec,
+    shadow_decisions: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -192,6 +197,13 @@ impl Metrics {
                 "certguard_requests_total",
                 "Requests by route, policy decision, reason and response status code.",
                 &["route", "decision", "reason", "code"],
+            ),
+            shadow_decisions: counter_vec(
+                &r,
+                "certguard_shadow_decisions_total",
+                "Requests on routes with shadow_allow, by route, the decision enforced and what \
+                 shadow_allow would have decided (each allowed or denied).",
+                &["route", "enforced", "shadow"],
             ),
             request_duration: histogram_vec(
                 &r,
@@ -340,6 +352,28 @@ impl Metrics {
         self.request_duration
             .with_label_values(&[route])
             .observe(duration.as_secs_f64());
+    }
+
+    /// Zero-initialise the four shadow-decision series of each route that has `shadow_allow`.
+    /// Safe to call on every reload: counts are kept.
+    pub fn init_shadow_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            for enforced in ["allowed", "denied"] {
+                for shadow in ["allowed", "denied"] {
+                    self.shadow_decisions
+                        .with_label_values(&[route, enforced, shadow]);
+                }
+            }
+        }
+    }
+
+    /// One request on a route with `shadow_allow`: what was enforced, what the shadow list
+    /// said (true = allowed).
+    pub fn shadow_decision(&self, route: &str, enforced: bool, shadow: bool) {
+        let word = |allowed: bool| if allowed { "allowed" } else { "denied" };
+        self.shadow_decisions
+            .with_label_values(&[route, word(enforced), word(shadow)])
+            .inc();
     }
 
     /// Time until `upstream` returned response headers.
@@ -509,6 +543,7 @@ mod tests {
         m.upstream_overflow("orders", "connection");
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
         m.set_pinned_reviews(vec![("lab".into(), vec![])]);
+        m.init_shadow_routes(["r"]);
         let out = m.encode();
         let expected = [
             ("certguard_tls_handshakes_total", "counter"),
@@ -525,6 +560,7 @@ mod tests {
             ("certguard_crl_next_update_timestamp_seconds", "gauge"),
             ("certguard_server_cert_not_after_timestamp_seconds", "gauge"),
             ("certguard_pinned_review_overdue", "gauge"),
+            ("certguard_shadow_decisions_total", "counter"),
         ];
         for (name, ty) in expected {
             let type_line = format!("# TYPE {name} {ty}");
@@ -791,6 +827,51 @@ mod tests {
             value(&m.encode(), pin, r#"trust="lab""#).as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn shadow_decisions_start_at_zero_and_count_by_both_verdicts() {
+        let m = Metrics::new();
+        m.init_shadow_routes(["orders"]);
+        // (enforced, shadow) per request: tightening (shadow denies what allow allows),
+        // agreement both ways, loosening.
+        let rows = [
+            (true, false),
+            (true, false),
+            (true, true),
+            (false, false),
+            (false, true),
+            (false, true),
+            (false, true),
+        ];
+        for (enforced, shadow) in rows {
+            m.shadow_decision("orders", enforced, shadow);
+        }
+        m.init_shadow_routes(["orders"]);
+        let out = m.encode();
+        let name = "certguard_shadow_decisions_total";
+        for (enforced, shadow, want) in [
+            ("allowed", "allowed", "1"),
+            ("allowed", "denied", "2"),
+            ("denied", "allowed", "3"),
+            ("denied", "denied", "1"),
+        ] {
+            let labels = format!(r#"enforced="{enforced}",route="orders",shadow="{shadow}""#);
+            assert_eq!(
+                value(&out, name, &labels).as_deref(),
+                Some(want),
+                "{labels}"
+            );
+        }
+        let fresh = Metrics::new();
+        fresh.init_shadow_routes(["billing"]);
+        let out = fresh.encode();
+        let zero = value(
+            &out,
+            name,
+            r#"enforced="denied",route="billing",shadow="allowed""#,
+        );
+        assert_eq!(zero.as_deref(), Some("0"));
     }
 
     #[test]

@@ -110,6 +110,14 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
     metrics.set_generation(snapshot.generation);
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
+    metrics.init_shadow_routes(
+        config
+            .policy
+            .routes
+            .iter()
+            .filter(|r| r.shadow_allow.is_some())
+            .map(|r| &*r.name),
+    );
     let mut crls: Vec<(String, String, i64)> = Vec::new();
     let mut reviews = Vec::new();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -48,6 +48,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
     }
     out.extend(self_asserted_warnings(config));
     out.extend(unbound_spiffe_warnings(config));
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        if !route.enforce {
+            out.push(format!(
+                "routes[{i}] ({}): enforce: false: requests that no allow entry matches are forwarded anyway (counted with reason not_enforced); set enforce: true to enforce the route's policy",
+                route.name
+            ));
+        }
+    }
     for source in &config.trust {
         let name = &source.name;
         match &source.kind {
@@ -449,55 +457,105 @@ pub fn explain(
         identity.trust,
         identity.pinned.as_deref().unwrap_or("-")
     );
-    let allowed =
-        match service::authorize(&config.policy, &identity, &method, host.as_deref(), &target) {
-            Ok(permit) => {
-                let route = permit.route();
-                let entry = &route.allow[permit.entry_index()];
-                let _ = writeln!(
-                    s,
-                    "  route        {} ({})",
-                    route.name,
-                    route.describe_match()
-                );
-                let _ = writeln!(
-                    s,
-                    "decision: ALLOWED by allow[{}] {} -> upstream {}",
-                    permit.entry_index(),
-                    entry.describe(),
-                    route.upstream
-                );
-                true
-            }
-            Err(refusal) => {
-                let route = match &refusal {
-                    Refusal::NotAllowed { route } => config.policy.route(route),
-                    _ => None,
-                };
-                match route {
-                    Some(r) => {
-                        let _ = writeln!(s, "  route        {} ({})", r.name, r.describe_match());
-                    }
-                    None => {
-                        let _ = writeln!(s, "  route        none");
-                    }
+    let allowed = match service::authorize(
+        &config.policy,
+        &identity,
+        &method,
+        host.as_deref(),
+        &target,
+    ) {
+        Ok(permit) => {
+            let route = permit.route();
+            let _ = writeln!(
+                s,
+                "  route        {} ({})",
+                route.name,
+                route.describe_match()
+            );
+            match permit.grant() {
+                policy::Grant::Entry(i) => {
+                    let _ = writeln!(
+                        s,
+                        "decision: ALLOWED by allow[{i}] {} -> upstream {}",
+                        route.allow[i].describe(),
+                        route.upstream
+                    );
                 }
-                denied(&mut s, &refusal);
-                if let Some(route) = route {
-                    if route.allow.is_empty() {
-                        let _ = writeln!(s, "  the route has no allow entries");
-                    }
-                    for (i, entry) in route.allow.iter().enumerate() {
-                        let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
-                        for m in entry.mismatches(&identity) {
-                            let _ = writeln!(s, "    - {m}");
-                        }
-                    }
+                policy::Grant::NotEnforced => {
+                    let _ = writeln!(
+                            s,
+                            "decision: ALLOWED (not_enforced: no allow entry matches, and the route has enforce: false) -> upstream {}",
+                            route.upstream
+                        );
+                    explain_entries(&mut s, route, &identity);
                 }
-                false
             }
-        };
+            explain_shadow(&mut s, route, &identity);
+            true
+        }
+        Err(refusal) => {
+            let route = match &refusal {
+                Refusal::NotAllowed { route, .. } => config.policy.route(route),
+                _ => None,
+            };
+            match route {
+                Some(r) => {
+                    let _ = writeln!(s, "  route        {} ({})", r.name, r.describe_match());
+                }
+                None => {
+                    let _ = writeln!(s, "  route        none");
+                }
+            }
+            denied(&mut s, &refusal);
+            if let Some(route) = route {
+                explain_entries(&mut s, route, &identity);
+                explain_shadow(&mut s, route, &identity);
+            }
+            false
+        }
+    };
     Ok(Explanation { text: s, allowed })
+}
+
+/// Each allow entry of `route` with the keys that did not match `identity`.
+fn explain_entries(s: &mut String, route: &policy::Route, identity: &Identity) {
+    if route.allow.is_empty() {
+        let _ = writeln!(s, "  the route has no allow entries");
+    }
+    for (i, entry) in route.allow.iter().enumerate() {
+        let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
+        for m in entry.mismatches(identity) {
+            let _ = writeln!(s, "    - {m}");
+        }
+    }
+}
+
+/// What the route's `shadow_allow` says about `identity` (never enforced).
+fn explain_shadow(s: &mut String, route: &policy::Route, identity: &Identity) {
+    let Some(list) = &route.shadow_allow else {
+        return;
+    };
+    match list.iter().position(|e| e.matches(identity)) {
+        Some(i) => {
+            let _ = writeln!(
+                s,
+                "shadow: allowed by shadow_allow[{i}] {} (not enforced)",
+                list[i].describe()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "shadow: denied: no shadow_allow entry matches (not enforced)"
+            );
+            for (i, entry) in list.iter().enumerate() {
+                let _ = writeln!(s, "  shadow_allow[{i}] {}:", entry.describe());
+                for m in entry.mismatches(identity) {
+                    let _ = writeln!(s, "    - {m}");
+                }
+            }
+        }
+    }
 }
 
 fn join(v: &[String]) -> String {

@@ -1320,6 +1320,41 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
     }
 
     #[test]
+    fn shadow_allow_and_enforce() {
+        let (dir, _) = setup();
+        let c = load(&dir, &full("")).unwrap();
+        assert!(c
+            .policy
+            .routes
+            .iter()
+            .all(|r| r.enforce && r.shadow_allow.is_none()));
+        let shadowed = full("").replace(
+            "      - pinned: ci-runner\n",
+            "      - pinned: ci-runner\n    shadow_allow:\n      - trust: internal\n      - pinned: ci-runner\n    enforce: false\n",
+        );
+        let c = load(&dir, &shadowed).unwrap();
+        let r = &c.policy.routes[0];
+        assert!(!r.enforce);
+        let shadow: Vec<String> = r
+            .shadow_allow
+            .iter()
+            .flatten()
+            .map(|e| e.describe())
+            .collect();
+        assert_eq!(shadow, ["trust=internal", "pinned=ci-runner"]);
+        let broken = shadowed
+            .replace(
+                "      - trust: internal\n      - pinned",
+                "      - trust: nowhere\n      - pinned",
+            )
+            .replace("enforce: false", "enforce: maybe");
+        assert_eq!(
+            keys(load(&dir, &broken)),
+            ["routes[0].enforce", "routes[0].shadow_allow[0].trust"]
+        );
+    }
+
+    #[test]
     fn concurrency_limits_are_bounded() {
         let (dir, _) = setup();
         let c = load(&dir, &full("")).unwrap();

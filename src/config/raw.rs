@@ -215,6 +215,10 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     /// `routes[i].allow`
     pub allow: Option<Vec<RawAllow>>,
+    /// `routes[i].shadow_allow`
+    pub shadow_allow: Option<Vec<RawAllow>>,
+    /// `routes[i].enforce`
+    pub enforce: Option<bool>,
 }
 
 /// One allow entry (SPEC 2.1).
@@ -670,6 +674,8 @@ impl Section for RawRoute {
             methods: w.scalar_list(m, p, "methods"),
             upstream: w.field(m, p, "upstream"),
             allow: w.section_list(m, p, "allow"),
+            shadow_allow: w.section_list(m, p, "shadow_allow"),
+            enforce: w.field(m, p, "enforce"),
         }
     }
 }

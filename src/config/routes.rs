@@ -128,6 +128,14 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
                 Vec::new()
             }
         };
+        let shadow_allow = r.shadow_allow.map(|list| {
+            list.iter()
+                .enumerate()
+                .filter_map(|(j, a)| {
+                    allow_entry(errs, &format!("{key}.shadow_allow[{j}]"), a, names)
+                })
+                .collect()
+        });
         if let (Some(name), Some(upstream)) = (name, upstream) {
             if errs_len(errs) == before {
                 out.push(Route {
@@ -137,6 +145,8 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
                     methods,
                     upstream: Arc::from(upstream),
                     allow,
+                    shadow_allow,
+                    enforce: r.enforce.unwrap_or(true),
                 });
             }
         }

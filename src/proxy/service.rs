@@ -43,6 +43,10 @@ struct Facts {
     upstream: Option<Arc<str>>,
     /// The identity as the current snapshot sees it, once re-checked.
     identity: Option<Identity>,
+    /// The route's `shadow_allow` verdict (true = allowed), when it has one (SPEC 9.6).
+    shadow: Option<bool>,
+    /// `allow` refused the request and the route does not enforce: it is forwarded anyway.
+    not_enforced: bool,
 }
 
 /// A response body as the pipeline produced it.
@@ -65,6 +69,7 @@ pub async fn handle(
     let mut facts = Facts::default();
     let (mut response, permitted, reason) =
         match pipeline(&ctx, &snap, req, &mut facts, &inflight).await {
+            Ok(response) if facts.not_enforced => (response, true, Reason::NotEnforced),
             Ok(response) => (response, true, Reason::Ok),
             Err(refusal) => {
                 if !refusal.has_route() {
@@ -144,6 +149,10 @@ fn record(ctx: &ConnContext, access_log: bool, o: &Outcome<'_>) {
         o.elapsed,
     );
     state.inventory.request(id, o.permitted);
+    let shadow = f.route.as_deref().zip(f.shadow);
+    if let Some((route, shadow)) = shadow {
+        state.metrics.shadow_decision(route, o.permitted, shadow);
+    }
     if access_log {
         audit::request_line(&RequestAudit {
             conn_id: ctx.conn_id,
@@ -161,6 +170,7 @@ fn record(ctx: &ConnContext, access_log: bool, o: &Outcome<'_>) {
             upstream: f.upstream.as_deref(),
             decision: if o.permitted { "allowed" } else { "denied" },
             reason: o.reason,
+            shadow: shadow.map(|(_, allowed)| if allowed { "allowed" } else { "denied" }),
             status: o.status,
             duration_ms: o.elapsed.as_secs_f64() * 1000.0,
         });
@@ -238,8 +248,9 @@ pub fn authorize<'p>(
     };
     match policy::authorize(policy, identity, &request) {
         Decision::Allowed(permit) => Ok(permit),
-        Decision::NotAllowed { route } => Err(Refusal::NotAllowed {
+        Decision::NotAllowed { route, shadow } => Err(Refusal::NotAllowed {
             route: route.name.clone(),
+            shadow,
         }),
         Decision::NoRoute => Err(Refusal::NoRoute),
     }
@@ -274,10 +285,13 @@ async fn pipeline(
         &target,
     )
     .inspect_err(|refusal| {
-        if let Refusal::NotAllowed { route } = refusal {
+        if let Refusal::NotAllowed { route, shadow } = refusal {
             facts.route = Some(route.clone());
+            facts.shadow = *shadow;
         }
     })?;
+    facts.shadow = permit.shadow();
+    facts.not_enforced = permit.grant() == policy::Grant::NotEnforced;
     let route = permit.route();
     facts.route = Some(route.name.clone());
     facts.upstream = Some(route.upstream.clone());
