@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
+use crate::snapshot::Current;
 
 /// Shared state the admin endpoints read.
 pub struct AdminState {
@@ -27,6 +28,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Rendered at `/identities`.
     pub inventory: Arc<Inventory>,
+    /// The snapshot serving now: `/identities` says which of its routes each identity may
+    /// reach.
+    pub current: Arc<Current>,
     /// True while the listener is bound, a snapshot is active and we are not draining.
     pub ready: Arc<AtomicBool>,
 }
@@ -63,8 +67,11 @@ pub async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(&state, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move {
+                    let response = respond(state, req.method(), req.uri().path()).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -84,10 +91,10 @@ pub async fn serve(
     }
 }
 
-/// The whole admin API as a pure function of (state, method, path).
+/// The whole admin API as a function of (state, method, path).
 ///
 /// HEAD is answered like GET; hyper omits the body on the wire and keeps Content-Length.
-fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+async fn respond(state: Arc<AdminState>, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/identities");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found");
@@ -106,11 +113,18 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
         ),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
-        "/identities" => with_type(
-            StatusCode::OK,
-            JSON_CONTENT_TYPE,
-            state.inventory.to_json().into(),
-        ),
+        "/identities" => {
+            // Inventory size x routes matches: on a blocking thread, not a runtime worker.
+            let json = tokio::task::spawn_blocking(move || {
+                let snapshot = state.current.load();
+                state.inventory.to_json(|id| snapshot.routes_for(id))
+            })
+            .await;
+            match json {
+                Ok(json) => with_type(StatusCode::OK, JSON_CONTENT_TYPE, json.into()),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            }
+        }
         _ => text(StatusCode::OK, "ok"),
     }
 }
@@ -148,6 +162,20 @@ mod tests {
         task: tokio::task::JoinHandle<()>,
     }
 
+    /// A snapshot of the development PKI's config with one route.
+    fn snapshot() -> crate::snapshot::Snapshot {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::devpki::write(&dir.path().join("pki"), false).expect("pki");
+        let yaml = "listen: { cert: pki/server.crt, key: pki/server.key }
+trust: { internal: { ca: pki/ca.crt } }
+upstreams: { app: { url: 'http://127.0.0.1:9' } }
+routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
+";
+        let config =
+            crate::config::Config::from_yaml(yaml, &dir.path().join("c.yaml")).expect("config");
+        crate::snapshot::Snapshot::build(config, 1, None).expect("snapshot")
+    }
+
     async fn start() -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -156,6 +184,7 @@ mod tests {
         let state = Arc::new(AdminState {
             metrics,
             inventory: Arc::new(Inventory::new(16)),
+            current: Arc::new(Current::new(snapshot())),
             ready: Arc::new(AtomicBool::new(true)),
         });
         let (tx, rx) = oneshot::channel::<()>();

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use crate::access::AccessDiff;
 use crate::metrics::Reason;
 use crate::tls::Outcome;
 
@@ -100,6 +101,36 @@ pub fn handshake_failure_line(
         detail = detail,
         "handshake failed"
     );
+}
+
+/// Write one `access changed` line per change of a reload's [`AccessDiff`] (SPEC 9.7): each
+/// (selector, route) pair gained or lost with its methods, then each route and trust source
+/// change. `generation` is the snapshot now serving.
+pub fn access_changed(diff: &AccessDiff, generation: u64) {
+    for (change, list) in [("gained", &diff.gained), ("lost", &diff.lost)] {
+        for a in list {
+            tracing::info!(
+                target: TARGET,
+                generation,
+                change,
+                selector = %a.selector,
+                route = %a.route,
+                methods = %a.methods_text,
+                "access changed"
+            );
+        }
+    }
+    for c in &diff.changes {
+        tracing::info!(
+            target: TARGET,
+            generation,
+            change = c.change.as_str(),
+            route = c.route.as_deref(),
+            trust = c.trust.as_deref(),
+            detail = %c.detail,
+            "access changed"
+        );
+    }
 }
 
 /// A `tracing` layer that writes [`TARGET`] events as JSON lines, with the same keys as

@@ -125,6 +125,17 @@ struct EntryJson<'a> {
     last_seen: String,
     requests_allowed: u64,
     requests_denied: u64,
+    routes: Vec<String>,
+}
+
+/// An entry copied out of the lock, for [`Inventory::to_json`].
+struct Copied {
+    key: Key,
+    cert: Arc<CertInfo>,
+    first_seen: OffsetDateTime,
+    last_seen: OffsetDateTime,
+    requests_allowed: u64,
+    requests_denied: u64,
 }
 
 impl Inventory {
@@ -164,27 +175,55 @@ impl Inventory {
         self.request_at(id, allowed, OffsetDateTime::now_utc());
     }
 
-    /// JSON array with exactly the SPEC 6 keys, most recently seen first.
-    pub fn to_json(&self) -> String {
-        let inner = self.lock();
-        let items: Vec<EntryJson<'_>> = inner
-            .order
-            .values()
-            .rev()
-            .filter_map(|key| inner.entries.get(key).map(|e| (key, e)))
-            .map(|(key, e)| EntryJson {
-                trust: &key.trust,
-                pinned: key.pinned.as_deref(),
-                subject: &e.cert.subject,
-                spiffe_id: e.cert.spiffe_id.as_deref(),
-                san_dns: &e.cert.san_dns,
-                fingerprint: &key.fingerprint,
-                serial: &e.cert.serial,
-                not_after: rfc3339_unix(e.cert.not_after),
-                first_seen: rfc3339(e.first_seen),
-                last_seen: rfc3339(e.last_seen),
-                requests_allowed: e.requests_allowed,
-                requests_denied: e.requests_denied,
+    /// JSON array with exactly the SPEC 6 keys and `routes` (SPEC 9.7: what `routes_for`
+    /// says the identity may reach), most recently seen first.
+    ///
+    /// The entries are copied out under the lock (cheap: `Arc`s and counters), and the routes
+    /// are computed after it is released: requests update the inventory, and must not wait
+    /// for inventory size x routes matches.
+    pub fn to_json(&self, routes_for: impl Fn(&Identity) -> Vec<Arc<str>>) -> String {
+        let copied: Vec<Copied> = {
+            let inner = self.lock();
+            inner
+                .order
+                .values()
+                .rev()
+                .filter_map(|key| {
+                    let e = inner.entries.get(key)?;
+                    Some(Copied {
+                        key: key.clone(),
+                        cert: e.cert.clone(),
+                        first_seen: e.first_seen,
+                        last_seen: e.last_seen,
+                        requests_allowed: e.requests_allowed,
+                        requests_denied: e.requests_denied,
+                    })
+                })
+                .collect()
+        };
+        let items: Vec<EntryJson<'_>> = copied
+            .iter()
+            .map(|c| EntryJson {
+                trust: &c.key.trust,
+                pinned: c.key.pinned.as_deref(),
+                subject: &c.cert.subject,
+                spiffe_id: c.cert.spiffe_id.as_deref(),
+                san_dns: &c.cert.san_dns,
+                fingerprint: &c.key.fingerprint,
+                serial: &c.cert.serial,
+                not_after: rfc3339_unix(c.cert.not_after),
+                first_seen: rfc3339(c.first_seen),
+                last_seen: rfc3339(c.last_seen),
+                requests_allowed: c.requests_allowed,
+                requests_denied: c.requests_denied,
+                routes: routes_for(&Identity {
+                    trust: c.key.trust.clone(),
+                    pinned: c.key.pinned.clone(),
+                    cert: c.cert.clone(),
+                })
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
             })
             .collect();
         serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
@@ -249,7 +288,14 @@ mod tests {
     }
 
     fn parse(inv: &Inventory) -> Vec<Value> {
-        match serde_json::from_str(&inv.to_json()) {
+        let routes = |id: &Identity| -> Vec<Arc<str>> {
+            if id.pinned.is_some() {
+                vec![Arc::from("deploy")]
+            } else {
+                vec![Arc::from("api"), Arc::from("status")]
+            }
+        };
+        match serde_json::from_str(&inv.to_json(routes)) {
             Ok(Value::Array(items)) => items,
             other => panic!("not a JSON array: {other:?}"),
         }
@@ -293,6 +339,7 @@ mod tests {
             "last_seen",
             "requests_allowed",
             "requests_denied",
+            "routes",
         ];
         want.sort_unstable();
         assert_eq!(keys, want);
@@ -312,6 +359,8 @@ mod tests {
         assert_eq!(ca["last_seen"], "2025-03-01T10:00:00Z");
         assert_eq!(ca["requests_allowed"], 0);
         assert_eq!(ca["requests_denied"], 0);
+        assert_eq!(ca["routes"], serde_json::json!(["api", "status"]));
+        assert_eq!(pinned["routes"], serde_json::json!(["deploy"]));
     }
 
     #[test]
@@ -400,6 +449,6 @@ mod tests {
         inv.seen(&id("a", "t", None));
         inv.request(&id("a", "t", None), true);
         assert!(inv.is_empty());
-        assert_eq!(inv.to_json(), "[]");
+        assert_eq!(inv.to_json(|_| Vec::new()), "[]");
     }
 }

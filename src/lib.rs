@@ -7,6 +7,7 @@
 //! [`snapshot::Snapshot`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod certs;
@@ -104,6 +105,7 @@ impl Proxy {
         let admin_state = Arc::new(AdminState {
             metrics,
             inventory,
+            current: state.current.clone(),
             ready: ready.clone(),
         });
         // The admin listener outlives the drain so that /readyz can report 503 meanwhile.

@@ -108,6 +108,7 @@ pub struct Metrics {
     upstream_overflow: IntCounterVec,
     stream_resets: IntCounterVec,
     reloads: IntCounterVec,
+    access_changes: IntCounterVec,
     config_generation: IntGauge,
     crl_next_update: IntGaugeVec,
     /// `(trust, file)` label sets of `crl_next_update` now exported, so that a replacement
@@ -247,6 +248,13 @@ impl Metrics {
                 "Configuration reload attempts by result.",
                 &["result"],
             ),
+            access_changes: counter_vec(
+                &r,
+                "certguard_access_changes_total",
+                "(selector, route) pairs that gained or lost access in a reload, by change \
+                 (gained, lost).",
+                &["change"],
+            ),
             config_generation: gauge(
                 &r,
                 "certguard_config_generation",
@@ -276,6 +284,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
             m.tls_handshake_duration.with_label_values(&[result]);
+        }
+        for change in ["gained", "lost"] {
+            m.access_changes.with_label_values(&[change]);
         }
         for cut in ResetReason::ALL {
             m.stream_resets.with_label_values(&[cut.as_str()]);
@@ -406,6 +417,15 @@ impl Metrics {
     pub fn reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// A reload changed access: `gained` and `lost` (selector, route) pairs.
+    pub fn access_changes(&self, gained: usize, lost: usize) {
+        for (change, n) in [("gained", gained), ("lost", lost)] {
+            self.access_changes
+                .with_label_values(&[change])
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
     }
 
     /// Generation of the snapshot now serving.
@@ -561,6 +581,7 @@ mod tests {
             ("certguard_server_cert_not_after_timestamp_seconds", "gauge"),
             ("certguard_pinned_review_overdue", "gauge"),
             ("certguard_shadow_decisions_total", "counter"),
+            ("certguard_access_changes_total", "counter"),
         ];
         for (name, ty) in expected {
             let type_line = format!("# TYPE {name} {ty}");

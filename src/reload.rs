@@ -55,11 +55,16 @@ pub fn reload_tracked(
     let result = match result {
         Ok(snapshot) => {
             let generation = snapshot.generation;
-            warn_restart_needed(&current.load().config, &snapshot.config);
+            let previous = current.load();
+            warn_restart_needed(&previous.config, &snapshot.config);
             publish(metrics, &snapshot);
             current.store(snapshot);
             metrics.reload(true);
             tracing::info!(generation, "configuration reloaded");
+            // After the swap: the new snapshot serves while the diff is computed.
+            let diff = crate::access::diff(&previous.config, &current.load().config);
+            crate::audit::access_changed(&diff, generation);
+            metrics.access_changes(diff.gained.len(), diff.lost.len());
             Ok(generation)
         }
         Err(e) => {

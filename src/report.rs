@@ -8,10 +8,11 @@ use std::path::Path;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use crate::access;
 use crate::certs::rfc3339_unix;
 use crate::config::{Config, Pin, RevocationDepth, TrustKind};
 use crate::identity::{CertInfo, Identity};
-use crate::policy::{self, RequestFacts};
+use crate::policy::{self, reach, RequestFacts};
 use crate::proxy::refusal::Refusal;
 use crate::proxy::service;
 use crate::request::host;
@@ -48,7 +49,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
     }
     out.extend(self_asserted_warnings(config));
     out.extend(unbound_spiffe_warnings(config));
+    let reached = reach::reached(&config.policy);
     for (i, route) in config.policy.routes.iter().enumerate() {
+        if !reached.get(i).copied().unwrap_or(true) {
+            out.push(format!(
+                "routes[{i}] ({}): never reached: earlier routes match every request it matches",
+                route.name
+            ));
+        }
         if !route.enforce {
             out.push(format!(
                 "routes[{i}] ({}): enforce: false: requests that no allow entry matches are forwarded anyway (counted with reason not_enforced); set enforce: true to enforce the route's policy",
@@ -200,6 +208,123 @@ fn unbound_spiffe_warnings(config: &Config) -> Vec<String> {
     out
 }
 
+/// `orders (host=orders.internal path_prefix=/orders methods=GET,HEAD)`.
+fn route_ref_text(r: &access::RouteRef) -> String {
+    let mut parts = Vec::new();
+    if let Some(h) = &r.host {
+        parts.push(format!("host={h}"));
+    }
+    if let Some(p) = &r.path {
+        parts.push(format!("path={p}"));
+    }
+    if let Some(p) = &r.path_prefix {
+        parts.push(format!("path_prefix={p}"));
+    }
+    if let Some(ms) = &r.methods {
+        parts.push(format!("methods={}", ms.join(",")));
+    }
+    if parts.is_empty() {
+        r.route.clone()
+    } else {
+        format!("{} ({})", r.route, parts.join(" "))
+    }
+}
+
+/// `certguard check --format json` (SPEC 9.7): one object with `trust_sources`, `routes`,
+/// `warnings` and `matrix`.
+pub fn check_json(config: &Config) -> Result<serde_json::Value, String> {
+    use serde_json::json;
+    TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
+    let selectors = |list: &[policy::AllowEntry]| -> Vec<access::Selector> {
+        list.iter().map(access::Selector::of).collect()
+    };
+    let not_after = |der: &CertificateDer<'_>| {
+        CertInfo::from_chain(std::slice::from_ref(der))
+            .ok()
+            .map(|i| (i.subject, rfc3339_unix(i.not_after)))
+    };
+    let trust_sources: Vec<serde_json::Value> = config
+        .trust
+        .iter()
+        .map(|source| {
+            let mut v = match &source.kind {
+                TrustKind::Ca(ca) => json!({
+                    "name": &*source.name,
+                    "kind": "ca",
+                    "ca": ca.ca_path.display().to_string(),
+                    "anchors": ca.anchors.iter().filter_map(not_after).map(|(subject, not_after)| json!({
+                        "subject": subject, "not_after": not_after,
+                    })).collect::<Vec<_>>(),
+                    "crls": ca.crls.iter().map(|c| json!({
+                        "file": c.path.display().to_string(),
+                        "issuer": c.issuer,
+                        "next_update": c.next_update.map(rfc3339_unix),
+                    })).collect::<Vec<_>>(),
+                    "revocation": {
+                        "depth": match ca.revocation.depth {
+                            RevocationDepth::Chain => "chain",
+                            RevocationDepth::EndEntity => "end_entity",
+                        },
+                        "unknown_status": if ca.revocation.allow_unknown_status { "allow" } else { "deny" },
+                        "expired_crl": if ca.revocation.allow_expired_crl { "allow" } else { "deny" },
+                    },
+                    "max_lifetime": ca.max_lifetime.map(duration_text),
+                }),
+                TrustKind::Pinned(p) => json!({
+                    "name": &*source.name,
+                    "kind": "pinned",
+                    "pinned": p.entries.iter().map(|e| json!({
+                        "name": &*e.name,
+                        "pin": match &e.pin {
+                            Pin::Cert { .. } => "cert",
+                            Pin::Sha256(_) => "sha256",
+                            Pin::Spki(_) => "spki_sha256",
+                        },
+                        "owner": e.owner,
+                        "purpose": e.purpose,
+                        "review_by": e.review_by.map(|d| d.to_string()),
+                    })).collect::<Vec<_>>(),
+                    "check_validity": p.check_validity,
+                    "on_overdue_review": match p.on_overdue_review {
+                        crate::config::OverdueAction::Warn => "warn",
+                        crate::config::OverdueAction::Deny => "deny",
+                    },
+                }),
+            };
+            v["spiffe_trust_domains"] = json!(source.spiffe_trust_domains);
+            v
+        })
+        .collect();
+    let reached = reach::reached(&config.policy);
+    let routes: Vec<serde_json::Value> = config
+        .policy
+        .routes
+        .iter()
+        .zip(&reached)
+        .map(|(route, reached)| {
+            let r = access::RouteRef::of(route);
+            json!({
+                "name": r.route,
+                "host": r.host,
+                "path": r.path,
+                "path_prefix": r.path_prefix,
+                "methods": r.methods,
+                "upstream": &*route.upstream,
+                "allow": selectors(&route.allow),
+                "shadow_allow": route.shadow_allow.as_deref().map(selectors),
+                "enforce": route.enforce,
+                "reached": reached,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "trust_sources": trust_sources,
+        "routes": routes,
+        "warnings": warnings(config),
+        "matrix": access::matrix(&config.policy, &reached),
+    }))
+}
+
 /// The `check` summary: trust sources, routes, the access matrix and warnings.
 pub fn check(config: &Config) -> Result<String, String> {
     // Build the verifier exactly as the proxy would, so `check` catches what `run` would.
@@ -285,7 +410,8 @@ pub fn check(config: &Config) -> Result<String, String> {
             }
         }
     }
-    let _ = writeln!(s, "\nroutes (first match wins) and access matrix:");
+    let reached = reach::reached(&config.policy);
+    let _ = writeln!(s, "\nroutes (first match wins):");
     for (i, route) in config.policy.routes.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -294,7 +420,13 @@ pub fn check(config: &Config) -> Result<String, String> {
             route.describe_match(),
             route.upstream
         );
-        if route.allow.is_empty() {
+        if !reached.get(i).copied().unwrap_or(true) {
+            let _ = writeln!(
+                s,
+                "      never reached: earlier routes match every request this route matches"
+            );
+        }
+        if route.allow.is_empty() && route.enforce {
             let _ = writeln!(s, "      (no allow entries: every request is denied)");
         }
         for (j, entry) in route.allow.iter().enumerate() {
@@ -305,6 +437,41 @@ pub fn check(config: &Config) -> Result<String, String> {
                 config.required_trust(entry).unwrap_or("any")
             );
         }
+        for (j, entry) in route.shadow_allow.iter().flatten().enumerate() {
+            let _ = writeln!(
+                s,
+                "      shadow_allow[{j}] {}  (counted, never enforced)",
+                entry.describe()
+            );
+        }
+        if route.shadow_allow.as_ref().is_some_and(Vec::is_empty) {
+            let _ = writeln!(
+                s,
+                "      shadow_allow: [] (would deny everyone; counted, never enforced)"
+            );
+        }
+        if !route.enforce {
+            let _ = writeln!(
+                s,
+                "      enforce: false (what no allow entry matches is forwarded: every verified client reaches it)"
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\naccess matrix (each allow entry and the routes it reaches):"
+    );
+    for row in access::matrix(&config.policy, &reached) {
+        let reaches = if row.routes.is_empty() {
+            "nothing (its route is shadowed by earlier routes)".to_owned()
+        } else {
+            row.routes
+                .iter()
+                .map(route_ref_text)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(s, "  {} {} -> {reaches}", row.rule, row.selector);
     }
     let warnings = warnings(config);
     let _ = writeln!(
@@ -741,6 +908,106 @@ trust:
             spiffe(two),
             vec!["routes[0].allow[0] (a): spiffe_id spiffe://example.org/ns/* has no `trust:` and its trust domain `example.org` is not bound: any of the 2 CA sources can issue it (add `trust: <source>`, or `spiffe_trust_domains: [example.org]` to the source that owns it)".to_string()]
         );
+    }
+
+    #[test]
+    fn check_json_has_the_four_sections_and_the_text_the_same_matrix() {
+        let dir = tempfile::TempDir::new().unwrap();
+        crate::devpki::write(&dir.path().join("pki"), false).unwrap();
+        let yaml = "listen: { cert: pki/server.crt, key: pki/server.key }
+trust:
+  internal: { ca: pki/ca.crt, crl: [pki/intermediate.crl, pki/ca.crl], spiffe_trust_domains: [dev.local] }
+  lab: { pinned: [{ name: ci-runner, cert: pki/ci-runner.crt }] }
+upstreams: { app: { url: 'http://127.0.0.1:9000' } }
+routes:
+  - name: api
+    path_prefix: /api
+    methods: [GET]
+    upstream: app
+    allow: [{ trust: internal, spiffe_id: 'spiffe://dev.local/ns/default/*' }]
+    shadow_allow: [{ trust: internal, cn: alice }]
+  - name: api-get
+    path: /api/x
+    methods: [HEAD]
+    upstream: app
+    allow: [{ pinned: ci-runner }]
+  - name: open
+    host: '*.internal'
+    upstream: app
+    allow: []
+    enforce: false
+";
+        let config = Config::from_yaml(yaml, &dir.path().join("c.yaml")).unwrap();
+        let v = check_json(&config).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["matrix", "routes", "trust_sources", "warnings"]);
+        assert_eq!(v["trust_sources"][0]["kind"], "ca");
+        assert_eq!(
+            v["trust_sources"][0]["spiffe_trust_domains"],
+            serde_json::json!(["dev.local"])
+        );
+        assert_eq!(v["trust_sources"][1]["pinned"][0]["pin"], "cert");
+        assert_eq!(
+            v["routes"][0]["methods"],
+            serde_json::json!(["GET", "HEAD"])
+        );
+        assert_eq!(
+            v["routes"][0]["shadow_allow"],
+            serde_json::json!([{"trust": "internal", "cn": "alice"}])
+        );
+        assert_eq!(v["routes"][1]["reached"], false);
+        assert_eq!(v["routes"][2]["enforce"], false);
+        let rules: Vec<(String, usize)> = v["matrix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["rule"].as_str().unwrap().to_owned(),
+                    r["routes"].as_array().unwrap().len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("routes[0].allow[0]".to_owned(), 1),
+                ("routes[1].allow[0]".to_owned(), 0),
+                ("routes[2].enforce".to_owned(), 1),
+            ]
+        );
+        assert_eq!(
+            v["matrix"][2]["routes"][0],
+            serde_json::json!({"route": "open", "host": "*.internal", "path": null, "path_prefix": null, "methods": null})
+        );
+        let warnings: Vec<&str> = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w.as_str())
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("routes[1] (api-get): never reached")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("routes[2] (open): enforce: false")),
+            "{warnings:?}"
+        );
+
+        let text = check(&config).unwrap();
+        for line in [
+            "  routes[0].allow[0] trust=internal, spiffe_id=spiffe://dev.local/ns/default/* -> api (path_prefix=/api methods=GET,HEAD)",
+            "  routes[1].allow[0] pinned=ci-runner -> nothing (its route is shadowed by earlier routes)",
+            "  routes[2].enforce authenticated=true -> open (host=*.internal)",
+            "      shadow_allow[0] trust=internal, cn=alice  (counted, never enforced)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
     }
 
     #[test]

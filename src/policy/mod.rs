@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod pattern;
+pub mod reach;
 
 use std::fmt;
 
