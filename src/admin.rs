@@ -106,11 +106,14 @@ async fn respond(state: Arc<AdminState>, method: &Method, path: &str) -> Respons
         return r;
     }
     match path {
-        "/metrics" => with_type(
-            StatusCode::OK,
-            METRICS_CONTENT_TYPE,
-            state.metrics.encode().into(),
-        ),
+        "/metrics" => {
+            refresh_clients_expiring(&state);
+            with_type(
+                StatusCode::OK,
+                METRICS_CONTENT_TYPE,
+                state.metrics.encode().into(),
+            )
+        }
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
         "/identities" => {
@@ -127,6 +130,23 @@ async fn respond(state: Arc<AdminState>, method: &Method, path: &str) -> Respons
         }
         _ => text(StatusCode::OK, "ok"),
     }
+}
+
+/// `certguard_client_certificates_expiring` from the inventory as it is now: every trust
+/// source of the current snapshot gets its series (0 without such clients), and so does the
+/// source of every counted identity.
+fn refresh_clients_expiring(state: &AdminState) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let windows = crate::metrics::EXPIRY_WINDOWS.map(|(_, secs)| secs);
+    let mut counts = state.inventory.expiring(now, windows);
+    for source in &state.current.load().config.trust {
+        counts.entry(source.name.clone()).or_insert([0; 3]);
+    }
+    let per_trust: Vec<(String, [u64; 3])> = counts
+        .into_iter()
+        .map(|(trust, n)| (trust.to_string(), n))
+        .collect();
+    state.metrics.set_clients_expiring(&per_trust);
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -13,6 +13,9 @@ use time::OffsetDateTime;
 
 use crate::identity::{CertInfo, Identity};
 
+/// How recently an identity must have been seen to count as expiring (SPEC 9.8: 24 hours).
+const SEEN_WITHIN: i64 = 86_400;
+
 /// What identifies an inventory entry: one certificate as admitted by one source.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
@@ -229,6 +232,32 @@ impl Inventory {
         serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
     }
 
+    /// SPEC 9.8: per trust source, the identities seen in the last 24 hours whose notAfter
+    /// falls within each of `windows` (seconds from `now`, Unix seconds), in that order.
+    /// Windows are cumulative: each counts the shorter ones too. Certificates already expired
+    /// are in no window.
+    pub fn expiring<const N: usize>(
+        &self,
+        now: i64,
+        windows: [i64; N],
+    ) -> std::collections::BTreeMap<Arc<str>, [u64; N]> {
+        let since = now.saturating_sub(SEEN_WITHIN);
+        let mut out: std::collections::BTreeMap<Arc<str>, [u64; N]> = Default::default();
+        let inner = self.lock();
+        for (key, e) in &inner.entries {
+            if e.last_seen.unix_timestamp() < since || e.cert.not_after < now {
+                continue;
+            }
+            let counts = out.entry(key.trust.clone()).or_insert([0; N]);
+            for (count, window) in counts.iter_mut().zip(windows) {
+                if e.cert.not_after <= now.saturating_add(window) {
+                    *count += 1;
+                }
+            }
+        }
+        out
+    }
+
     fn seen_at(&self, id: &Identity, now: OffsetDateTime) {
         self.lock().touch(id, now, self.capacity);
     }
@@ -441,6 +470,49 @@ mod tests {
         let items = parse(&inv);
         assert_eq!(items[0]["requests_allowed"], 1);
         assert_eq!(items[2]["requests_denied"], 1);
+    }
+
+    #[test]
+    fn expiring_counts_recent_identities_by_window() {
+        let inv = Inventory::new(10);
+        let now = datetime!(2030-01-01 00:00:00 UTC);
+        let t = now.unix_timestamp();
+        let day = 86_400;
+        let with = |fp: &str, trust: &str, not_after: i64| {
+            let mut c = (*cert(fp)).clone();
+            c.not_after = not_after;
+            Identity {
+                trust: trust.into(),
+                pinned: None,
+                cert: Arc::new(c),
+            }
+        };
+        // (identity, last seen)
+        for (id, seen) in [
+            (with("h12", "internal", t + day / 2), now),
+            (with("d3", "internal", t + 3 * day), now),
+            (
+                with("d7", "internal", t + 7 * day),
+                now - time::Duration::hours(23),
+            ),
+            (with("d20", "lab", t + 20 * day), now),
+            (with("d90", "internal", t + 90 * day), now),
+            (with("gone", "internal", t - 1), now),
+            (
+                with("stale", "internal", t + day),
+                now - time::Duration::hours(25),
+            ),
+        ] {
+            inv.seen_at(&id, seen);
+        }
+        let got = inv.expiring(t, [day, 7 * day, 30 * day]);
+        let want: std::collections::BTreeMap<Arc<str>, [u64; 3]> = [
+            (Arc::from("internal"), [1, 3, 3]),
+            (Arc::from("lab"), [0, 0, 1]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

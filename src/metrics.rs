@@ -91,6 +91,43 @@ impl ResetReason {
     pub const ALL: [ResetReason; 2] = [ResetReason::Stalled, ResetReason::Revoked];
 }
 
+/// The `within` windows of `certguard_client_certificates_expiring`, in seconds.
+pub const EXPIRY_WINDOWS: [(&str, i64); 3] =
+    [("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
+
+/// A gauge vector whose whole set of series is replaced at once: series missing from the new
+/// set are removed, the others are updated in place, so a concurrent scrape never sees them
+/// missing.
+struct GaugeSet {
+    vec: IntGaugeVec,
+    labels: Mutex<Vec<Vec<String>>>,
+}
+
+impl GaugeSet {
+    fn new(vec: IntGaugeVec) -> GaugeSet {
+        GaugeSet {
+            vec,
+            labels: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn replace(&self, series: Vec<(Vec<String>, i64)>) {
+        let mut labels = lock(&self.labels);
+        for (values, v) in &series {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            self.vec.with_label_values(&values).set(*v);
+        }
+        for old in labels.iter() {
+            if !series.iter().any(|(values, _)| values == old) {
+                let old: Vec<&str> = old.iter().map(String::as_str).collect();
+                // Err only means the series was already absent.
+                let _ = self.vec.remove_label_values(&old);
+            }
+        }
+        *labels = series.into_iter().map(|(values, _)| values).collect();
+    }
+}
+
 /// Every certguard metric, registered in `registry`.
 ///
 /// Cheap to call from the data path: every method is a label lookup plus an atomic update.
@@ -115,6 +152,9 @@ pub struct Metrics {
     /// removes only the ones that went away (a reset would leave scrapes with no series).
     crl_labels: Mutex<Vec<(String, String)>>,
     server_cert_not_after: IntGauge,
+    trust_anchor_not_after: GaugeSet,
+    pinned_not_after: GaugeSet,
+    clients_expiring: GaugeSet,
     pinned_review_overdue: IntGaugeVec,
     /// `(trust, when each of its pinned entries becomes overdue)` of the current snapshot. The
     /// overdue gauge is computed from these at every scrape, so a date passing on a running
@@ -272,6 +312,25 @@ impl Metrics {
                 "certguard_server_cert_not_after_timestamp_seconds",
                 "notAfter of the serving certificate, Unix seconds.",
             ),
+            trust_anchor_not_after: GaugeSet::new(gauge_vec(
+                &r,
+                "certguard_trust_anchor_not_after_timestamp_seconds",
+                "Earliest notAfter among a CA trust source's anchors and intermediates, Unix seconds.",
+                &["trust"],
+            )),
+            pinned_not_after: GaugeSet::new(gauge_vec(
+                &r,
+                "certguard_pinned_not_after_timestamp_seconds",
+                "notAfter of each pinned entry that names a certificate file, Unix seconds.",
+                &["trust", "pinned"],
+            )),
+            clients_expiring: GaugeSet::new(gauge_vec(
+                &r,
+                "certguard_client_certificates_expiring",
+                "Inventory identities seen in the last 24 hours whose certificate's notAfter falls \
+                 within the window (1d, 7d, 30d; each window counts the shorter ones too).",
+                &["trust", "within"],
+            )),
             pinned_review_overdue: gauge_vec(
                 &r,
                 "certguard_pinned_review_overdue",
@@ -464,6 +523,40 @@ impl Metrics {
         self.server_cert_not_after.set(unix_seconds);
     }
 
+    /// Replace the anchor expiry gauge: `(trust, earliest notAfter)` per CA source.
+    pub fn set_trust_anchor_not_after(&self, per_trust: &[(String, i64)]) {
+        self.trust_anchor_not_after.replace(
+            per_trust
+                .iter()
+                .map(|(t, v)| (vec![t.clone()], *v))
+                .collect(),
+        );
+    }
+
+    /// Replace the pinned certificate expiry gauge: `(trust, pinned name, notAfter)`.
+    pub fn set_pinned_not_after(&self, pins: &[(String, String, i64)]) {
+        self.pinned_not_after.replace(
+            pins.iter()
+                .map(|(t, p, v)| (vec![t.clone(), p.clone()], *v))
+                .collect(),
+        );
+    }
+
+    /// Replace the expiring-clients gauge: per trust source, the counts for each of
+    /// [`EXPIRY_WINDOWS`] (in that order).
+    pub fn set_clients_expiring(&self, per_trust: &[(String, [u64; 3])]) {
+        let mut series = Vec::with_capacity(per_trust.len() * EXPIRY_WINDOWS.len());
+        for (trust, counts) in per_trust {
+            for ((within, _), n) in EXPIRY_WINDOWS.iter().zip(counts) {
+                series.push((
+                    vec![trust.clone(), (*within).to_owned()],
+                    i64::try_from(*n).unwrap_or(i64::MAX),
+                ));
+            }
+        }
+        self.clients_expiring.replace(series);
+    }
+
     /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, when each of
     /// its entries becomes overdue, Unix seconds)` (see
     /// [`crate::config::PinnedEntry::overdue_from`]); evaluated at every scrape.
@@ -564,6 +657,9 @@ mod tests {
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
         m.set_pinned_reviews(vec![("lab".into(), vec![])]);
         m.init_shadow_routes(["r"]);
+        m.set_trust_anchor_not_after(&[("internal".into(), 1)]);
+        m.set_pinned_not_after(&[("lab".into(), "ci".into(), 1)]);
+        m.set_clients_expiring(&[("internal".into(), [0, 1, 2])]);
         let out = m.encode();
         let expected = [
             ("certguard_tls_handshakes_total", "counter"),
@@ -582,6 +678,12 @@ mod tests {
             ("certguard_pinned_review_overdue", "gauge"),
             ("certguard_shadow_decisions_total", "counter"),
             ("certguard_access_changes_total", "counter"),
+            (
+                "certguard_trust_anchor_not_after_timestamp_seconds",
+                "gauge",
+            ),
+            ("certguard_pinned_not_after_timestamp_seconds", "gauge"),
+            ("certguard_client_certificates_expiring", "gauge"),
         ];
         for (name, ty) in expected {
             let type_line = format!("# TYPE {name} {ty}");
@@ -893,6 +995,46 @@ mod tests {
             r#"enforced="denied",route="billing",shadow="allowed""#,
         );
         assert_eq!(zero.as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn expiry_gauges_are_replaced_whole() {
+        let m = Metrics::new();
+        m.set_trust_anchor_not_after(&[("internal".into(), 100), ("partner".into(), 200)]);
+        m.set_pinned_not_after(&[
+            ("lab".into(), "ci".into(), 300),
+            ("lab".into(), "old".into(), 1),
+        ]);
+        m.set_clients_expiring(&[("internal".into(), [0, 1, 3])]);
+        m.set_trust_anchor_not_after(&[("internal".into(), 150)]);
+        m.set_pinned_not_after(&[("lab".into(), "ci".into(), 300)]);
+        m.set_clients_expiring(&[("internal".into(), [1, 1, 2]), ("lab".into(), [0, 0, 0])]);
+        let out = m.encode();
+        let anchor = "certguard_trust_anchor_not_after_timestamp_seconds";
+        assert_eq!(
+            value(&out, anchor, r#"trust="internal""#).as_deref(),
+            Some("150")
+        );
+        assert_eq!(value(&out, anchor, r#"trust="partner""#), None);
+        let pinned = "certguard_pinned_not_after_timestamp_seconds";
+        assert_eq!(
+            value(&out, pinned, r#"pinned="ci",trust="lab""#).as_deref(),
+            Some("300")
+        );
+        assert_eq!(value(&out, pinned, r#"pinned="old",trust="lab""#), None);
+        let clients = "certguard_client_certificates_expiring";
+        for (labels, want) in [
+            (r#"trust="internal",within="1d""#, "1"),
+            (r#"trust="internal",within="7d""#, "1"),
+            (r#"trust="internal",within="30d""#, "2"),
+            (r#"trust="lab",within="30d""#, "0"),
+        ] {
+            assert_eq!(
+                value(&out, clients, labels).as_deref(),
+                Some(want),
+                "{labels}"
+            );
+        }
     }
 
     #[test]

@@ -108,8 +108,9 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     }
 }
 
-/// Set the gauges that describe a snapshot (generation, CRL nextUpdate, server certificate
-/// notAfter, the pinned review dates behind the overdue gauge) and log overdue pinned entries.
+/// Set the gauges that describe a snapshot (generation, CRL nextUpdate, server certificate,
+/// trust anchor and pinned certificate notAfter, the pinned review dates behind the overdue
+/// gauge) and log overdue pinned entries.
 /// The overdue gauge itself is computed at scrape time; the log line only here.
 pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
@@ -124,6 +125,8 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
             .map(|r| &*r.name),
     );
     let mut crls: Vec<(String, String, i64)> = Vec::new();
+    let mut anchors: Vec<(String, i64)> = Vec::new();
+    let mut pins: Vec<(String, String, i64)> = Vec::new();
     let mut reviews = Vec::new();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for source in &config.trust {
@@ -135,6 +138,12 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                         .into_iter()
                         .map(|(file, next)| (source.name.to_string(), file, next)),
                 );
+                let earliest = ca
+                    .trusted_certificates()
+                    .filter_map(|c| crate::certs::subject_and_not_after(c.as_ref()))
+                    .map(|(_, not_after)| not_after)
+                    .min();
+                anchors.extend(earliest.map(|t| (source.name.to_string(), t)));
             }
             TrustKind::Pinned(pinned) => {
                 for entry in pinned.entries.iter().filter(|e| e.overdue_at(now)) {
@@ -147,6 +156,12 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                         "pinned certificate is past its review_by date"
                     );
                 }
+                pins.extend(pinned.entries.iter().filter_map(|e| match e.pin {
+                    crate::config::Pin::Cert { not_after, .. } => {
+                        Some((source.name.to_string(), e.name.to_string(), not_after))
+                    }
+                    _ => None,
+                }));
                 let overdue = pinned
                     .entries
                     .iter()
@@ -157,6 +172,8 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
         }
     }
     metrics.set_crl_next_updates(&crls);
+    metrics.set_trust_anchor_not_after(&anchors);
+    metrics.set_pinned_not_after(&pins);
     metrics.set_pinned_reviews(reviews);
     if let Some(not_after) = config
         .listen

@@ -21,6 +21,9 @@ use crate::tls::TrustVerifier;
 
 /// Warn about certificates and CRLs expiring within this many days.
 const EXPIRY_WARNING_DAYS: i64 = 14;
+/// Warn about trust anchors, intermediates and pinned certificates expiring within this many
+/// days (SPEC 9.8).
+const TRUST_EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// The result of `explain`.
 pub struct Explanation {
@@ -37,6 +40,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let now = now_unix();
     let soon = now + EXPIRY_WARNING_DAYS * 86_400;
+    let trust_soon = now + TRUST_EXPIRY_WARNING_DAYS * 86_400;
     if let Some(leaf) = config.listen.cert_chain.first() {
         if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
             if info.not_after < soon {
@@ -68,6 +72,19 @@ pub fn warnings(config: &Config) -> Vec<String> {
         let name = &source.name;
         match &source.kind {
             TrustKind::Ca(ca) => {
+                for cert in ca.trusted_certificates() {
+                    let Some((subject, not_after)) =
+                        crate::certs::subject_and_not_after(cert.as_ref())
+                    else {
+                        continue;
+                    };
+                    if not_after < trust_soon {
+                        out.push(format!(
+                            "trust.{name}.ca: CA certificate '{subject}' expires {} (within {TRUST_EXPIRY_WARNING_DAYS} days or already)",
+                            rfc3339_unix(not_after)
+                        ));
+                    }
+                }
                 for (i, crl) in ca.crls.iter().enumerate() {
                     match crl.next_update {
                         Some(next) if crl.expired_at(now) => out.push(format!(
@@ -111,6 +128,15 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
             TrustKind::Pinned(pinned) => {
                 for (i, entry) in pinned.entries.iter().enumerate() {
+                    if let Pin::Cert { not_after, .. } = entry.pin {
+                        if not_after < trust_soon {
+                            out.push(format!(
+                                "trust.{name}.pinned[{i}] ({}): pinned certificate expires {} (within {TRUST_EXPIRY_WARNING_DAYS} days or already)",
+                                entry.name,
+                                rfc3339_unix(not_after)
+                            ));
+                        }
+                    }
                     if let Some(review_by) = entry.review_by.filter(|_| entry.overdue_at(now)) {
                         out.push(format!(
                             "trust.{name}.pinned[{i}] ({}): review_by {review_by} has passed (owner: {}; on_overdue_review: {})",
@@ -1008,6 +1034,66 @@ routes:
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn anchors_and_pinned_certificates_expiring_within_30_days_warn() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let now = OffsetDateTime::now_utc();
+        let server_ca = TestCa::root("server ca").unwrap();
+        let server = server_ca.issue(&LeafSpec::server("localhost")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        let soon = TestCa::root_with_validity(
+            "soon ca",
+            now - Duration::days(1),
+            now + Duration::days(20),
+        )
+        .unwrap();
+        let later = TestCa::root_with_validity(
+            "later ca",
+            now - Duration::days(1),
+            now + Duration::days(40),
+        )
+        .unwrap();
+        fs::write(
+            d.join("cas.crt"),
+            format!("{}{}", later.cert_pem, soon.cert_pem),
+        )
+        .unwrap();
+        let mut spec = LeafSpec::client("ci");
+        spec.not_after = now + Duration::days(29);
+        let ci = crate::devpki::TestCert::self_signed(&spec).unwrap();
+        spec.not_after = now + Duration::days(31);
+        let fine = crate::devpki::TestCert::self_signed(&spec).unwrap();
+        fs::write(d.join("ci.crt"), &ci.cert_pem).unwrap();
+        fs::write(d.join("fine.crt"), &fine.cert_pem).unwrap();
+        let yaml = "listen: { cert: server.crt, key: server.key }
+trust:
+  internal: { ca: cas.crt }
+  lab: { pinned: [{ name: fine, cert: fine.crt }, { name: ci, cert: ci.crt }] }
+upstreams: { app: { url: 'http://127.0.0.1:9000' } }
+routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
+";
+        let config = Config::from_yaml(yaml, &d.join("c.yaml")).unwrap();
+        let w: Vec<String> = warnings(&config)
+            .into_iter()
+            .filter(|w| w.contains("within 30 days"))
+            .collect();
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with(
+                "trust.internal.ca: CA certificate 'CN=soon ca,O=certguard dev' expires "
+            ),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with("trust.lab.pinned[1] (ci): pinned certificate expires "),
+            "{}",
+            w[1]
+        );
     }
 
     #[test]

@@ -612,11 +612,19 @@ fn pinned_trust(
                         match pki::parse_cert_pem(&path, &bytes) {
                             Ok(certs) => {
                                 // parse_cert_pem never returns an empty list.
-                                let sha256 = crate::certs::sha256(certs.first()?.as_ref());
+                                let first = certs.first()?;
+                                let sha256 = crate::certs::sha256(first.as_ref());
+                                // parse_cert_pem checked that it parses.
+                                let (_, not_after) =
+                                    crate::certs::subject_and_not_after(first.as_ref())?;
                                 if certs.len() > 1 {
                                     errs.push(&ck, format!("{}: holds {} certificates; a pin file holds exactly one", path.display(), certs.len()));
                                 }
-                                Some(Pin::Cert { path, sha256 })
+                                Some(Pin::Cert {
+                                    path,
+                                    sha256,
+                                    not_after,
+                                })
                             }
                             Err(e) => {
                                 errs.push(&ck, e);

@@ -182,6 +182,13 @@ impl CrlFile {
 }
 
 impl CaTrust {
+    /// Every certificate this source trusts as an issuer: its anchors (and, once SPEC 9.1
+    /// lands, its configured intermediates). The expiry gauge and `check`'s 30-day warnings
+    /// read them from here.
+    pub fn trusted_certificates(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        self.anchors.iter()
+    }
+
     /// `(file base name, earliest nextUpdate)` for each CRL file, in `crl:` order: a PEM
     /// bundle holds several CRLs under one name, and the earliest is the one that matters.
     pub fn next_update_per_file(&self) -> Vec<(String, i64)> {
@@ -279,6 +286,8 @@ pub enum Pin {
         path: PathBuf,
         /// SHA-256 of its DER.
         sha256: [u8; 32],
+        /// The certificate's notAfter, Unix seconds (the pinned expiry gauge).
+        not_after: i64,
     },
     /// SHA-256 certificate fingerprint given in the config.
     Sha256([u8; 32]),

@@ -100,6 +100,7 @@ pub(crate) fn cert_pin(c: &TestCert) -> Pin {
     Pin::Cert {
         path: PathBuf::from("pinned.crt"),
         sha256: sha256(c.cert.as_ref()),
+        not_after: 0,
     }
 }
 
