@@ -867,6 +867,7 @@ fn forward(errs: &mut Errs, f: raw::RawForward) -> Forward {
         x_forwarded: f.x_forwarded.unwrap_or(true),
         strip_headers,
         strip_identity_headers: f.strip_identity_headers.unwrap_or(true),
+        client_cert_headers: f.client_cert_headers.unwrap_or(false),
     }
 }
 

@@ -347,6 +347,8 @@ pub struct Forward {
     /// Remove the client-address and client-certificate headers of other proxies
     /// (`Forwarded`, `X-Real-IP`, `X-SSL-Client-*`, `SSL_CLIENT_*`, ...); default true.
     pub strip_identity_headers: bool,
+    /// Add RFC 9440 `Client-Cert` and `Client-Cert-Chain` (SPEC 9.9); default false.
+    pub client_cert_headers: bool,
 }
 
 /// `forward.xfcc`.

@@ -316,6 +316,8 @@ pub struct RawForward {
     pub strip_headers: Option<Vec<String>>,
     /// `forward.strip_identity_headers`
     pub strip_identity_headers: Option<bool>,
+    /// `forward.client_cert_headers`
+    pub client_cert_headers: Option<bool>,
 }
 
 /// `admin:`
@@ -723,6 +725,7 @@ impl Section for RawForward {
             x_forwarded: w.field(m, p, "x_forwarded"),
             strip_headers: w.scalar_list(m, p, "strip_headers"),
             strip_identity_headers: w.field(m, p, "strip_identity_headers"),
+            client_cert_headers: w.field(m, p, "client_cert_headers"),
         }
     }
 }
