@@ -5,6 +5,7 @@
 mod attacks;
 mod common;
 mod data_path;
+mod governance;
 mod hardening;
 mod lifecycle;
 mod observability;
