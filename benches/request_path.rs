@@ -10,6 +10,7 @@
 //! | `normalize` | `proxy::normalize::normalize` on a `Uri`  | parsing the same target as a `Uri` |
 //! | `authorize` | `policy::authorize` on a 50-route policy  | linear scan of the route paths     |
 //! | `headers`   | XFCC element, hop-by-hop strip, forward   | cloning the request's header map  |
+//! | `shadow`    | `authorize`, every route with `shadow_allow` | the same policy without it     |
 //!
 //! `cargo bench --bench request_path` runs them (about a minute and a half on 2 cores, once
 //! built); `cargo bench --bench request_path -- authorize` runs one group, and the table then
@@ -191,6 +192,13 @@ const SERVICE_ROUTES: usize = 48;
 /// host), each with several allow entries of different kinds, the last of which lets alice in,
 /// so an allowed request walks every entry; then an exact `/status` and a host-bound catch-all.
 fn policy_yaml() -> String {
+    policy_yaml_with(false)
+}
+
+/// [`policy_yaml`], and with `shadow` every service route also gets a `shadow_allow` list as
+/// long as its `allow` list, none of whose entries matches alice or bob: the worst case, one
+/// more full pass over as many entries (SPEC 9.6's candidate rules).
+fn policy_yaml_with(shadow: bool) -> String {
     let mut y = String::from(
         "listen:\n  address: \"127.0.0.1:0\"\n  cert: server.crt\n  key: server.key\n\
          trust:\n  internal:\n    ca: ca.crt\n  lab:\n    pinned:\n      - name: ci-runner\n        \
@@ -216,6 +224,16 @@ fn policy_yaml() -> String {
              - pinned: ci-runner\n      \
              - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/default/sa/alice\"\n"
         ));
+        if shadow {
+            y.push_str(&format!(
+                "    shadow_allow:\n      \
+                 - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/svc{i:02}/*\"\n      \
+                 - cn: \"svc{i:02}-*\"\n        ou: payments\n      \
+                 - san_dns: \"*.svc{i:02}.svc.cluster.local\"\n      \
+                 - pinned: ci-runner\n      \
+                 - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/default/sa/carol\"\n"
+            ));
+        }
     }
     y.push_str(
         "  - name: status\n    path: /status\n    upstream: app\n    allow:\n      \
@@ -230,8 +248,12 @@ fn policy_yaml() -> String {
 }
 
 fn load_config(dir: &Path) -> Config {
+    load_config_with(dir, false)
+}
+
+fn load_config_with(dir: &Path, shadow: bool) -> Config {
     let path = dir.join("certguard.yaml");
-    let yaml = policy_yaml();
+    let yaml = policy_yaml_with(shadow);
     std::fs::write(&path, &yaml).expect("write config");
     match Config::from_yaml(&yaml, &path) {
         Ok(config) => config,
@@ -401,6 +423,81 @@ fn bench_authorize(c: &mut Criterion, pairs: &mut Pairs, config: &Config, alice:
             case,
             format!("authorize/{case}"),
             format!("linear_path_scan/{case}"),
+        );
+    }
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// shadow
+
+/// `authorize` on the 50-route policy with `shadow_allow` on every service route, against the
+/// same policy without: SPEC 9.6 wants the shadow pass to cost under 1.5x.
+fn bench_shadow(c: &mut Criterion, pairs: &mut Pairs, plain: &Config, shadowed: &Config) {
+    let alice = alice(Vec::new());
+    let bob = bob();
+    let get = Method::GET;
+    // (case, identity, path, expected decision with the shadow verdict)
+    let cases: [(&str, &Identity, &str, &str); 3] = [
+        (
+            "allowed_first",
+            &alice,
+            "/api/svc00/orders/42",
+            "allowed svc00 shadow=Some(false)",
+        ),
+        (
+            "allowed_middle",
+            &alice,
+            "/api/svc24/orders/42",
+            "allowed svc24 shadow=Some(false)",
+        ),
+        (
+            "denied_middle",
+            &bob,
+            "/api/svc24/orders/42",
+            "not_allowed svc24 shadow=Some(false)",
+        ),
+    ];
+    let describe = |d: Decision<'_>| match d {
+        Decision::Allowed(p) => format!("allowed {} shadow={:?}", p.route().name, p.shadow()),
+        Decision::NotAllowed { route, shadow } => {
+            format!("not_allowed {} shadow={shadow:?}", route.name)
+        }
+        Decision::NoRoute => "no_route".to_owned(),
+    };
+    let mut group = c.benchmark_group("shadow");
+    for (case, id, path, expect) in cases {
+        let req = RequestFacts {
+            method: &get,
+            host: Some("api.internal"),
+            path,
+        };
+        assert_eq!(
+            describe(authorize(&shadowed.policy, id, &req)),
+            expect,
+            "shadow case {case}"
+        );
+        assert_eq!(
+            describe(authorize(&plain.policy, id, &req)),
+            expect.replace("Some(false)", "None"),
+            "the plain policy decides the same, without a shadow verdict ({case})"
+        );
+        for (name, config) in [("authorize", plain), ("authorize_shadow", shadowed)] {
+            let policy = &config.policy;
+            group.bench_function(BenchmarkId::new(name, case), |b| {
+                b.iter(|| {
+                    matches!(
+                        authorize(black_box(policy), black_box(id), black_box(&req)),
+                        Decision::Allowed(_)
+                    )
+                })
+            });
+        }
+        pairs.add(
+            "shadow",
+            case,
+            format!("authorize_shadow/{case}"),
+            format!("authorize/{case}"),
         );
     }
     group.finish();
@@ -623,12 +720,14 @@ fn main() {
 
     let pki = make_pki();
     let config = load_config(pki.dir.path());
+    let shadowed = load_config_with(pki.dir.path(), true);
     let alice = alice(pki.client_chain.clone());
 
     let mut pairs = Pairs::default();
     bench_normalize(&mut c, &mut pairs);
     bench_authorize(&mut c, &mut pairs, &config, &alice);
     bench_headers(&mut c, &mut pairs, &config, &alice);
+    bench_shadow(&mut c, &mut pairs, &config, &shadowed);
     c.final_summary();
     print_ratios(&out, &pairs, started);
 }
