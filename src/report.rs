@@ -337,7 +337,7 @@ pub fn check_json(config: &Config) -> Result<serde_json::Value, String> {
                 "methods": r.methods,
                 "upstream": &*route.upstream,
                 "allow": selectors(&route.allow),
-                "shadow_allow": route.shadow_allow.as_deref().map(selectors),
+                "shadow_allow": route.shadow_allow.as_ref().map(|s| selectors(s.entries())),
                 "enforce": route.enforce,
                 "reached": reached,
             })
@@ -463,14 +463,23 @@ pub fn check(config: &Config) -> Result<String, String> {
                 config.required_trust(entry).unwrap_or("any")
             );
         }
-        for (j, entry) in route.shadow_allow.iter().flatten().enumerate() {
+        for (j, entry) in route
+            .shadow_allow
+            .iter()
+            .flat_map(|s| s.entries())
+            .enumerate()
+        {
             let _ = writeln!(
                 s,
                 "      shadow_allow[{j}] {}  (counted, never enforced)",
                 entry.describe()
             );
         }
-        if route.shadow_allow.as_ref().is_some_and(Vec::is_empty) {
+        if route
+            .shadow_allow
+            .as_ref()
+            .is_some_and(|s| s.entries().is_empty())
+        {
             let _ = writeln!(
                 s,
                 "      shadow_allow: [] (would deny everyone; counted, never enforced)"
@@ -725,7 +734,7 @@ fn explain_entries(s: &mut String, route: &policy::Route, identity: &Identity) {
 
 /// What the route's `shadow_allow` says about `identity` (never enforced).
 fn explain_shadow(s: &mut String, route: &policy::Route, identity: &Identity) {
-    let Some(list) = &route.shadow_allow else {
+    let Some(list) = route.shadow_allow.as_ref().map(|s| s.entries()) else {
         return;
     };
     match list.iter().position(|e| e.matches(identity)) {

@@ -1349,7 +1349,7 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
         let shadow: Vec<String> = r
             .shadow_allow
             .iter()
-            .flatten()
+            .flat_map(|s| s.entries())
             .map(|e| e.describe())
             .collect();
         assert_eq!(shadow, ["trust=internal", "pinned=ci-runner"]);

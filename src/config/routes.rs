@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::build::{Errs, Names};
 use super::raw::{RawAllow, RawRoute};
-use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route};
+use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route, ShadowAllow};
 use crate::request::normalize::{check_method, BadTarget};
 
 /// Compile every route; errors are collected, broken routes are left out.
@@ -129,12 +129,14 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
             }
         };
         let shadow_allow = r.shadow_allow.map(|list| {
-            list.iter()
+            let entries = list
+                .iter()
                 .enumerate()
                 .filter_map(|(j, a)| {
                     allow_entry(errs, &format!("{key}.shadow_allow[{j}]"), a, names)
                 })
-                .collect()
+                .collect();
+            ShadowAllow::new(entries, &allow)
         });
         if let (Some(name), Some(upstream)) = (name, upstream) {
             if errs_len(errs) == before {

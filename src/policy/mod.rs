@@ -36,7 +36,7 @@ pub struct Route {
     pub allow: Vec<AllowEntry>,
     /// `shadow_allow`: candidate entries judged beside `allow` and counted, never enforced
     /// (SPEC 9.6); `None` when the route has none.
-    pub shadow_allow: Option<Vec<AllowEntry>>,
+    pub shadow_allow: Option<ShadowAllow>,
     /// `enforce` (default true); false forwards what `allow` refuses, as `not_enforced`.
     pub enforce: bool,
 }
@@ -59,6 +59,49 @@ pub enum PathMatch {
     Exact(String),
     /// Segment-boundary prefix, stored without a trailing `/` (except the root `/`).
     Prefix(String),
+}
+
+/// A route's `shadow_allow` list, with each entry that repeats an `allow` entry linked to it:
+/// candidate lists are usually the `allow` list with a few entries changed, and the verdict of
+/// a repeated entry is already known from the `allow` pass whenever that pass reached it.
+#[derive(Debug)]
+pub struct ShadowAllow {
+    entries: Vec<AllowEntry>,
+    /// For each entry, the index of an identical `allow` entry (same keys and canonical values).
+    same_as: Vec<Option<usize>>,
+}
+
+impl ShadowAllow {
+    /// The shadow list `entries` of a route whose `allow` list is `allow`.
+    pub fn new(entries: Vec<AllowEntry>, allow: &[AllowEntry]) -> ShadowAllow {
+        let same_as = entries
+            .iter()
+            .map(|e| {
+                let text = e.describe();
+                allow.iter().position(|a| a.describe() == text)
+            })
+            .collect();
+        ShadowAllow { entries, same_as }
+    }
+
+    /// The entries, in config order.
+    pub fn entries(&self) -> &[AllowEntry] {
+        &self.entries
+    }
+
+    /// Does any entry match `id`, given `allowed`, the index of the first `allow` entry that
+    /// matched (`None`: the allow pass tried every entry and none matched)? A repeated entry
+    /// whose twin the allow pass evaluated is not matched again.
+    fn judge(&self, id: &Identity, allowed: Option<usize>) -> bool {
+        self.entries
+            .iter()
+            .zip(&self.same_as)
+            .any(|(entry, same)| match (same, allowed) {
+                (Some(_), None) => false,
+                (Some(j), Some(p)) if *j <= p => *j == p,
+                _ => entry.matches(id),
+            })
+    }
 }
 
 /// One `allow` entry: all of its matchers must match.
@@ -201,11 +244,9 @@ pub fn authorize<'p>(policy: &'p Policy, id: &Identity, req: &RequestFacts<'_>) 
     let Some(route) = policy.find_route(req) else {
         return Decision::NoRoute;
     };
-    let shadow = route
-        .shadow_allow
-        .as_ref()
-        .map(|list| list.iter().any(|entry| entry.matches(id)));
-    match route.allow.iter().position(|entry| entry.matches(id)) {
+    let allowed = route.allow.iter().position(|entry| entry.matches(id));
+    let shadow = route.shadow_allow.as_ref().map(|s| s.judge(id, allowed));
+    match allowed {
         Some(entry) => Decision::Allowed(Permit {
             route,
             grant: Grant::Entry(entry),
@@ -736,7 +777,7 @@ mod tests {
         ];
         for (i, (allow, shadow_allow, enforce, id, want)) in rows.into_iter().enumerate() {
             let mut r = route("r", None, PathMatch::Any, None, allow);
-            r.shadow_allow = shadow_allow;
+            r.shadow_allow = shadow_allow.map(|list| ShadowAllow::new(list, &r.allow));
             r.enforce = enforce;
             let p = Policy { routes: vec![r] };
             let got = match authorize(&p, id, &req) {
@@ -745,6 +786,42 @@ mod tests {
                 Decision::NoRoute => ("no_route", None, None),
             };
             assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn shadow_entries_repeating_allow_entries_agree_with_matching_them() {
+        let pool: [&[(&str, &str)]; 5] = [
+            &[("cn", "alice")],
+            &[("trust", "internal")],
+            &[("trust", "lab")],
+            &[("pinned", "ci-runner")],
+            &[("ou", "risk"), ("trust", "internal")],
+        ];
+        // Every list of up to two distinct pool entries, in every order.
+        let mut lists: Vec<Vec<usize>> = vec![vec![]];
+        for a in 0..pool.len() {
+            lists.push(vec![a]);
+            for b in (0..pool.len()).filter(|b| *b != a) {
+                lists.push(vec![a, b]);
+            }
+        }
+        let make = |l: &[usize]| -> Vec<AllowEntry> { l.iter().map(|i| entry(pool[*i])).collect() };
+        let ids = [ca_id(), pinned_id()];
+        for allow in &lists {
+            for shadow in &lists {
+                let r = route("r", None, PathMatch::Any, None, make(allow));
+                let s = ShadowAllow::new(make(shadow), &r.allow);
+                for id in &ids {
+                    let allowed = r.allow.iter().position(|e| e.matches(id));
+                    let naive = s.entries().iter().any(|e| e.matches(id));
+                    assert_eq!(
+                        s.judge(id, allowed),
+                        naive,
+                        "allow {allow:?} shadow {shadow:?}"
+                    );
+                }
+            }
         }
     }
 
