@@ -12,6 +12,9 @@
 //! | `headers`   | XFCC element, hop-by-hop strip, forward   | cloning the request's header map  |
 //! | `shadow`    | `authorize`, every route with `shadow_allow` (a tightened copy of `allow`, and a list sharing nothing with it) | the same policy without it |
 //!
+//! The `shadow` group is also measured as paired ratios (both sides timed in interleaved
+//! rounds, so that they share the machine's load), printed last.
+//!
 //! `cargo bench --bench request_path` runs them (about a minute and a half on 2 cores, once
 //! built); `cargo bench --bench request_path -- authorize` runs one group, and the table then
 //! shows only what this run measured. `cargo test --all-targets` runs each benchmark once as a
@@ -486,7 +489,7 @@ fn bench_shadow(c: &mut Criterion, pairs: &mut Pairs, plain: &Config, shadowed: 
     };
     let mut group = c.benchmark_group("shadow");
     let bench = |group: &mut criterion::BenchmarkGroup<'_, _>,
-                 name: String,
+                 name: BenchmarkId,
                  policy: &Policy,
                  id: &Identity,
                  req: &RequestFacts<'_>| {
@@ -510,30 +513,101 @@ fn bench_shadow(c: &mut Criterion, pairs: &mut Pairs, plain: &Config, shadowed: 
             expect.replace("Some(false)", "None"),
             "the plain policy decides the same, without a shadow verdict ({case})"
         );
-        bench(
-            &mut group,
-            format!("authorize/{case}"),
-            &plain.policy,
-            id,
-            &req,
-        );
+        let baseline = BenchmarkId::new("authorize", case);
+        bench(&mut group, baseline, &plain.policy, id, &req);
         for (kind, config) in shadowed {
             assert_eq!(
                 describe(authorize(&config.policy, id, &req)),
                 expect,
                 "shadow case {kind} {case}"
             );
-            let name = format!("shadow_{kind}/{case}");
-            bench(&mut group, name.clone(), &config.policy, id, &req);
+            let name = format!("shadow_{kind}");
+            bench(
+                &mut group,
+                BenchmarkId::new(&name, case),
+                &config.policy,
+                id,
+                &req,
+            );
             pairs.add(
                 "shadow",
                 &format!("{kind}/{case}"),
-                name,
+                format!("{name}/{case}"),
                 format!("authorize/{case}"),
             );
         }
     }
     group.finish();
+}
+
+/// Rounds of [`paired_ratio`]; odd, for a median.
+const PAIRED_ROUNDS: usize = 201;
+/// Calls per side and round of [`paired_ratio`].
+const PAIRED_CALLS: u32 = 2_000;
+
+/// `subject` time / `baseline` time, measured in interleaved rounds (the order alternating from
+/// round to round) and the median round taken: both sides see the same load at the same
+/// moment, which separately measured medians on a busy shared machine do not.
+fn paired_ratio(baseline: &dyn Fn() -> bool, subject: &dyn Fn() -> bool) -> f64 {
+    let time = |f: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        for _ in 0..PAIRED_CALLS {
+            black_box(f());
+        }
+        started.elapsed().as_secs_f64()
+    };
+    let mut ratios: Vec<f64> = (0..PAIRED_ROUNDS)
+        .map(|round| {
+            let (b, s) = if round % 2 == 0 {
+                let b = time(baseline);
+                (b, time(subject))
+            } else {
+                let s = time(subject);
+                (time(baseline), s)
+            };
+            s / b.max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[PAIRED_ROUNDS / 2]
+}
+
+/// The `shadow` cases again as [`paired_ratio`]s; only after a real `shadow` run (not in test
+/// mode, not when a filter left the group out).
+fn paired_shadow_ratios(
+    plain: &Config,
+    shadowed: &[(&str, Config)],
+    out: &Path,
+    since: SystemTime,
+) {
+    if median_ns(out, "shadow", "authorize/allowed_first", since).is_none() {
+        return;
+    }
+    let alice = alice(Vec::new());
+    let bob = bob();
+    let get = Method::GET;
+    println!();
+    println!(
+        "Paired ratios, shadow_allow / without ({PAIRED_ROUNDS} interleaved rounds of {PAIRED_CALLS} calls, median):"
+    );
+    for (case, id, path) in [
+        ("allowed_first", &alice, "/api/svc00/orders/42"),
+        ("allowed_middle", &alice, "/api/svc24/orders/42"),
+        ("denied_middle", &bob, "/api/svc24/orders/42"),
+    ] {
+        let req = RequestFacts {
+            method: &get,
+            host: Some("api.internal"),
+            path,
+        };
+        let run = |policy: &Policy| matches!(authorize(policy, id, &req), Decision::Allowed(_));
+        for (kind, config) in shadowed {
+            let ratio = paired_ratio(&|| run(black_box(&plain.policy)), &|| {
+                run(black_box(&config.policy))
+            });
+            println!("shadow     {:<24} {ratio:>7.2}x", format!("{kind}/{case}"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -772,4 +846,5 @@ fn main() {
     bench_shadow(&mut c, &mut pairs, &config, &shadowed);
     c.final_summary();
     print_ratios(&out, &pairs, started);
+    paired_shadow_ratios(&config, &shadowed, &out, started);
 }

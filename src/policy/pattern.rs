@@ -431,11 +431,19 @@ pub fn parse_serial(s: &str) -> Result<String, String> {
     Ok(h)
 }
 
-/// Compare serials numerically: leading zero digits, case and colons do not matter.
+/// Compare serials numerically: leading zero digits, case and colons do not matter. Runs per
+/// request for every `serial` key tried, so it allocates nothing.
 fn serial_eq(canonical: &str, cert: &str) -> bool {
-    let a = canonical.trim_start_matches('0');
-    let b: String = cert.chars().filter(|c| *c != ':').collect();
-    a.eq_ignore_ascii_case(b.trim_start_matches('0'))
+    let a = canonical
+        .trim_start_matches('0')
+        .bytes()
+        .map(|c| c.to_ascii_lowercase());
+    let b = cert
+        .bytes()
+        .filter(|c| *c != b':')
+        .skip_while(|c| *c == b'0')
+        .map(|c| c.to_ascii_lowercase());
+    a.eq(b)
 }
 
 /// Compare fingerprints ignoring case and colons.
