@@ -191,13 +191,6 @@ fn make_pki() -> Pki {
 /// Number of `/api/svcNN` routes before `status` and the `admin.internal` catch-all.
 const SERVICE_ROUTES: usize = 48;
 
-/// A realistic 50-route policy: per-service prefixes (some method-restricted, some bound to a
-/// host), each with several allow entries of different kinds, the last of which lets alice in,
-/// so an allowed request walks every entry; then an exact `/status` and a host-bound catch-all.
-fn policy_yaml() -> String {
-    policy_yaml_with(Shadow::None)
-}
-
 /// Which `shadow_allow` list every service route gets (SPEC 9.6's candidate rules). Both are
 /// as long as the route's `allow` list and match neither alice nor bob, so the shadow pass
 /// never stops early.
@@ -210,6 +203,10 @@ enum Shadow {
     Disjoint,
 }
 
+/// A realistic 50-route policy: per-service prefixes (some method-restricted, some bound to a
+/// host), each with several allow entries of different kinds, the last of which lets alice in,
+/// so an allowed request walks every entry (and the `shadow` list, if any); then an exact
+/// `/status` and a host-bound catch-all.
 fn policy_yaml_with(shadow: Shadow) -> String {
     let mut y = String::from(
         "listen:\n  address: \"127.0.0.1:0\"\n  cert: server.crt\n  key: server.key\n\
