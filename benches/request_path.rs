@@ -10,6 +10,10 @@
 //! | `normalize` | `proxy::normalize::normalize` on a `Uri`  | parsing the same target as a `Uri` |
 //! | `authorize` | `policy::authorize` on a 50-route policy  | linear scan of the route paths     |
 //! | `headers`   | XFCC element, hop-by-hop strip, forward   | cloning the request's header map  |
+//! | `shadow`    | `authorize`, every route with `shadow_allow` (a tightened copy of `allow`, and a list sharing nothing with it) | the same policy without it |
+//!
+//! The `shadow` group is also measured as paired ratios (both sides timed in interleaved
+//! rounds, so that they share the machine's load), printed last.
 //!
 //! `cargo bench --bench request_path` runs them (about a minute and a half on 2 cores, once
 //! built); `cargo bench --bench request_path -- authorize` runs one group, and the table then
@@ -30,7 +34,7 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 use certguard::config::{Config, XfccField};
 use certguard::headers::{apply_forward, strip_hop_by_hop, xfcc_element};
 use certguard::identity::{CertInfo, Identity};
-use certguard::policy::{authorize, Decision, PathMatch, RequestFacts};
+use certguard::policy::{authorize, Decision, PathMatch, Policy, RequestFacts};
 use certguard::request::normalize::normalize;
 
 /// Pairs of (subject, baseline) benchmark ids, recorded as benchmarks are registered, read back
@@ -187,10 +191,23 @@ fn make_pki() -> Pki {
 /// Number of `/api/svcNN` routes before `status` and the `admin.internal` catch-all.
 const SERVICE_ROUTES: usize = 48;
 
+/// Which `shadow_allow` list every service route gets (SPEC 9.6's candidate rules). Both are
+/// as long as the route's `allow` list and match neither alice nor bob, so the shadow pass
+/// never stops early.
+#[derive(Clone, Copy, Debug)]
+enum Shadow {
+    None,
+    /// The usual candidate: the `allow` list with alice's entry narrowed to carol.
+    Tightened,
+    /// The worst case: five entries that share nothing with `allow`.
+    Disjoint,
+}
+
 /// A realistic 50-route policy: per-service prefixes (some method-restricted, some bound to a
 /// host), each with several allow entries of different kinds, the last of which lets alice in,
-/// so an allowed request walks every entry; then an exact `/status` and a host-bound catch-all.
-fn policy_yaml() -> String {
+/// so an allowed request walks every entry (and the `shadow` list, if any); then an exact
+/// `/status` and a host-bound catch-all.
+fn policy_yaml_with(shadow: Shadow) -> String {
     let mut y = String::from(
         "listen:\n  address: \"127.0.0.1:0\"\n  cert: server.crt\n  key: server.key\n\
          trust:\n  internal:\n    ca: ca.crt\n  lab:\n    pinned:\n      - name: ci-runner\n        \
@@ -216,6 +233,25 @@ fn policy_yaml() -> String {
              - pinned: ci-runner\n      \
              - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/default/sa/alice\"\n"
         ));
+        match shadow {
+            Shadow::None => {}
+            Shadow::Tightened => y.push_str(&format!(
+                "    shadow_allow:\n      \
+                 - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/svc{i:02}/*\"\n      \
+                 - cn: \"svc{i:02}-*\"\n        ou: payments\n      \
+                 - san_dns: \"*.svc{i:02}.svc.cluster.local\"\n      \
+                 - pinned: ci-runner\n      \
+                 - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/default/sa/carol\"\n"
+            )),
+            Shadow::Disjoint => y.push_str(&format!(
+                "    shadow_allow:\n      \
+                 - trust: lab\n      \
+                 - o: \"svc{i:02}-team\"\n        ou: payments\n      \
+                 - san_uri: \"https://svc{i:02}.example/*\"\n      \
+                 - serial: \"0a0b0c\"\n      \
+                 - trust: internal\n        cn: carol\n"
+            )),
+        }
     }
     y.push_str(
         "  - name: status\n    path: /status\n    upstream: app\n    allow:\n      \
@@ -230,8 +266,12 @@ fn policy_yaml() -> String {
 }
 
 fn load_config(dir: &Path) -> Config {
+    load_config_with(dir, Shadow::None)
+}
+
+fn load_config_with(dir: &Path, shadow: Shadow) -> Config {
     let path = dir.join("certguard.yaml");
-    let yaml = policy_yaml();
+    let yaml = policy_yaml_with(shadow);
     std::fs::write(&path, &yaml).expect("write config");
     match Config::from_yaml(&yaml, &path) {
         Ok(config) => config,
@@ -375,7 +415,7 @@ fn bench_authorize(c: &mut Criterion, pairs: &mut Pairs, config: &Config, alice:
         };
         let got = match authorize(policy, id, &req) {
             Decision::Allowed(permit) => format!("allowed {}", permit.route().name),
-            Decision::NotAllowed { route } => format!("not_allowed {}", route.name),
+            Decision::NotAllowed { route, .. } => format!("not_allowed {}", route.name),
             Decision::NoRoute => "no_route".to_owned(),
         };
         assert_eq!(got, expect, "authorize case {case}");
@@ -404,6 +444,167 @@ fn bench_authorize(c: &mut Criterion, pairs: &mut Pairs, config: &Config, alice:
         );
     }
     group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// shadow
+
+/// `authorize` on the 50-route policy with `shadow_allow` on every service route, against the
+/// same policy without: SPEC 9.6 wants the shadow pass to cost under 1.5x. Measured for a
+/// tightened copy of `allow` (the usual candidate) and for a list that shares nothing with it.
+fn bench_shadow(c: &mut Criterion, pairs: &mut Pairs, plain: &Config, shadowed: &[(&str, Config)]) {
+    let alice = alice(Vec::new());
+    let bob = bob();
+    let get = Method::GET;
+    // (case, identity, path, expected decision with the shadow verdict)
+    let cases: [(&str, &Identity, &str, &str); 3] = [
+        (
+            "allowed_first",
+            &alice,
+            "/api/svc00/orders/42",
+            "allowed svc00 shadow=Some(false)",
+        ),
+        (
+            "allowed_middle",
+            &alice,
+            "/api/svc24/orders/42",
+            "allowed svc24 shadow=Some(false)",
+        ),
+        (
+            "denied_middle",
+            &bob,
+            "/api/svc24/orders/42",
+            "not_allowed svc24 shadow=Some(false)",
+        ),
+    ];
+    let describe = |d: Decision<'_>| match d {
+        Decision::Allowed(p) => format!("allowed {} shadow={:?}", p.route().name, p.shadow()),
+        Decision::NotAllowed { route, shadow } => {
+            format!("not_allowed {} shadow={shadow:?}", route.name)
+        }
+        Decision::NoRoute => "no_route".to_owned(),
+    };
+    let mut group = c.benchmark_group("shadow");
+    let bench = |group: &mut criterion::BenchmarkGroup<'_, _>,
+                 name: BenchmarkId,
+                 policy: &Policy,
+                 id: &Identity,
+                 req: &RequestFacts<'_>| {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                matches!(
+                    authorize(black_box(policy), black_box(id), black_box(req)),
+                    Decision::Allowed(_)
+                )
+            })
+        });
+    };
+    for (case, id, path, expect) in cases {
+        let req = RequestFacts {
+            method: &get,
+            host: Some("api.internal"),
+            path,
+        };
+        assert_eq!(
+            describe(authorize(&plain.policy, id, &req)),
+            expect.replace("Some(false)", "None"),
+            "the plain policy decides the same, without a shadow verdict ({case})"
+        );
+        let baseline = BenchmarkId::new("authorize", case);
+        bench(&mut group, baseline, &plain.policy, id, &req);
+        for (kind, config) in shadowed {
+            assert_eq!(
+                describe(authorize(&config.policy, id, &req)),
+                expect,
+                "shadow case {kind} {case}"
+            );
+            let name = format!("shadow_{kind}");
+            bench(
+                &mut group,
+                BenchmarkId::new(&name, case),
+                &config.policy,
+                id,
+                &req,
+            );
+            pairs.add(
+                "shadow",
+                &format!("{kind}/{case}"),
+                format!("{name}/{case}"),
+                format!("authorize/{case}"),
+            );
+        }
+    }
+    group.finish();
+}
+
+/// Rounds of [`paired_ratio`]; odd, for a median.
+const PAIRED_ROUNDS: usize = 201;
+/// Calls per side and round of [`paired_ratio`].
+const PAIRED_CALLS: u32 = 2_000;
+
+/// `subject` time / `baseline` time, measured in interleaved rounds (the order alternating from
+/// round to round) and the median round taken: both sides see the same load at the same
+/// moment, which separately measured medians on a busy shared machine do not.
+fn paired_ratio(baseline: &dyn Fn() -> bool, subject: &dyn Fn() -> bool) -> f64 {
+    let time = |f: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        for _ in 0..PAIRED_CALLS {
+            black_box(f());
+        }
+        started.elapsed().as_secs_f64()
+    };
+    let mut ratios: Vec<f64> = (0..PAIRED_ROUNDS)
+        .map(|round| {
+            let (b, s) = if round % 2 == 0 {
+                let b = time(baseline);
+                (b, time(subject))
+            } else {
+                let s = time(subject);
+                (time(baseline), s)
+            };
+            s / b.max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[PAIRED_ROUNDS / 2]
+}
+
+/// The `shadow` cases again as [`paired_ratio`]s; only after a real `shadow` run (not in test
+/// mode, not when a filter left the group out).
+fn paired_shadow_ratios(
+    plain: &Config,
+    shadowed: &[(&str, Config)],
+    out: &Path,
+    since: SystemTime,
+) {
+    if median_ns(out, "shadow", "authorize/allowed_first", since).is_none() {
+        return;
+    }
+    let alice = alice(Vec::new());
+    let bob = bob();
+    let get = Method::GET;
+    println!();
+    println!(
+        "Paired ratios, shadow_allow / without ({PAIRED_ROUNDS} interleaved rounds of {PAIRED_CALLS} calls, median):"
+    );
+    for (case, id, path) in [
+        ("allowed_first", &alice, "/api/svc00/orders/42"),
+        ("allowed_middle", &alice, "/api/svc24/orders/42"),
+        ("denied_middle", &bob, "/api/svc24/orders/42"),
+    ] {
+        let req = RequestFacts {
+            method: &get,
+            host: Some("api.internal"),
+            path,
+        };
+        let run = |policy: &Policy| matches!(authorize(policy, id, &req), Decision::Allowed(_));
+        for (kind, config) in shadowed {
+            let ratio = paired_ratio(&|| run(black_box(&plain.policy)), &|| {
+                run(black_box(&config.policy))
+            });
+            println!("shadow     {:<24} {ratio:>7.2}x", format!("{kind}/{case}"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,12 +824,24 @@ fn main() {
 
     let pki = make_pki();
     let config = load_config(pki.dir.path());
+    let shadowed = [
+        (
+            "tightened",
+            load_config_with(pki.dir.path(), Shadow::Tightened),
+        ),
+        (
+            "disjoint",
+            load_config_with(pki.dir.path(), Shadow::Disjoint),
+        ),
+    ];
     let alice = alice(pki.client_chain.clone());
 
     let mut pairs = Pairs::default();
     bench_normalize(&mut c, &mut pairs);
     bench_authorize(&mut c, &mut pairs, &config, &alice);
     bench_headers(&mut c, &mut pairs, &config, &alice);
+    bench_shadow(&mut c, &mut pairs, &config, &shadowed);
     c.final_summary();
     print_ratios(&out, &pairs, started);
+    paired_shadow_ratios(&config, &shadowed, &out, started);
 }

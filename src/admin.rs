@@ -28,24 +28,24 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Rendered at `/identities`.
     pub inventory: Arc<Inventory>,
+    /// The snapshot serving now: `/identities` says which of its routes each identity may
+    /// reach, and `/readyz` waits until every `crl_urls` entry has a CRL (SPEC 9.2).
+    pub current: Arc<Current>,
     /// True while the listener is bound, a snapshot is active and we are not draining.
     pub ready: Arc<AtomicBool>,
-    /// The snapshots, for readiness conditions beyond `ready`: every `crl_urls` entry has a
-    /// CRL (SPEC 9.2). `None` when there are none to check.
-    pub current: Option<Arc<Current>>,
 }
 
 impl AdminState {
     /// `/readyz`: serving, not draining, and no CRL URL still without a CRL.
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self.current.as_ref().map_or(true, |c| {
-                let missing = c.revocation.missing(&c.load().config);
-                for (trust, url) in &missing {
-                    tracing::debug!(%trust, %url, "not ready: no CRL yet");
-                }
-                missing.is_empty()
-            })
+        self.ready.load(Ordering::Acquire) && {
+            let c = &self.current;
+            let missing = c.revocation.missing(&c.load().config);
+            for (trust, url) in &missing {
+                tracing::debug!(%trust, %url, "not ready: no CRL yet");
+            }
+            missing.is_empty()
+        }
     }
 }
 
@@ -81,8 +81,11 @@ pub async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(&state, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move {
+                    let response = respond(state, req.method(), req.uri().path()).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -102,10 +105,10 @@ pub async fn serve(
     }
 }
 
-/// The whole admin API as a pure function of (state, method, path).
+/// The whole admin API as a function of (state, method, path).
 ///
 /// HEAD is answered like GET; hyper omits the body on the wire and keeps Content-Length.
-fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+async fn respond(state: Arc<AdminState>, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/identities");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found");
@@ -117,20 +120,47 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
         return r;
     }
     match path {
-        "/metrics" => with_type(
-            StatusCode::OK,
-            METRICS_CONTENT_TYPE,
-            state.metrics.encode().into(),
-        ),
+        "/metrics" => {
+            refresh_clients_expiring(&state);
+            with_type(
+                StatusCode::OK,
+                METRICS_CONTENT_TYPE,
+                state.metrics.encode().into(),
+            )
+        }
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
-        "/identities" => with_type(
-            StatusCode::OK,
-            JSON_CONTENT_TYPE,
-            state.inventory.to_json().into(),
-        ),
+        "/identities" => {
+            // Inventory size x routes matches: on a blocking thread, not a runtime worker.
+            let json = tokio::task::spawn_blocking(move || {
+                let snapshot = state.current.load();
+                state.inventory.to_json(|id| snapshot.routes_for(id))
+            })
+            .await;
+            match json {
+                Ok(json) => with_type(StatusCode::OK, JSON_CONTENT_TYPE, json.into()),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            }
+        }
         _ => text(StatusCode::OK, "ok"),
     }
+}
+
+/// `certguard_client_certificates_expiring` from the inventory as it is now: every trust
+/// source of the current snapshot gets its series (0 without such clients), and so does the
+/// source of every counted identity.
+fn refresh_clients_expiring(state: &AdminState) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let windows = crate::metrics::EXPIRY_WINDOWS.map(|(_, secs)| secs);
+    let mut counts = state.inventory.expiring(now, windows);
+    for source in &state.current.load().config.trust {
+        counts.entry(source.name.clone()).or_insert([0; 3]);
+    }
+    let per_trust: Vec<(String, [u64; 3])> = counts
+        .into_iter()
+        .map(|(trust, n)| (trust.to_string(), n))
+        .collect();
+    state.metrics.set_clients_expiring(&per_trust);
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -166,6 +196,21 @@ mod tests {
         task: tokio::task::JoinHandle<()>,
     }
 
+    /// A snapshot of the development PKI's config with one route.
+    fn snapshot() -> crate::snapshot::Snapshot {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::devpki::write(&dir.path().join("pki"), false).expect("pki");
+        let yaml = "listen: { cert: pki/server.crt, key: pki/server.key }
+trust: { internal: { ca: pki/ca.crt } }
+upstreams: { app: { url: 'http://127.0.0.1:9' } }
+routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
+";
+        let config =
+            crate::config::Config::from_yaml(yaml, &dir.path().join("c.yaml")).expect("config");
+        crate::snapshot::Snapshot::build(Arc::new(config), 1, None, &Default::default())
+            .expect("snapshot")
+    }
+
     async fn start() -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -174,8 +219,8 @@ mod tests {
         let state = Arc::new(AdminState {
             metrics,
             inventory: Arc::new(Inventory::new(16)),
+            current: Arc::new(Current::new(snapshot(), Default::default())),
             ready: Arc::new(AtomicBool::new(true)),
-            current: None,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state.clone(), async move {

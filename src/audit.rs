@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use crate::access::AccessDiff;
 use crate::metrics::Reason;
 use crate::tls::Rejection;
 
@@ -47,6 +48,8 @@ pub struct RequestAudit<'a> {
     pub decision: &'a str,
     /// As in `certguard_requests_total{reason}`.
     pub reason: Reason,
+    /// The route's `shadow_allow` verdict, `allowed` or `denied`, when it has one.
+    pub shadow: Option<&'a str>,
     /// Response status sent to the client.
     pub status: u16,
     /// Time from request head to response head, milliseconds.
@@ -74,6 +77,7 @@ pub fn request_line(r: &RequestAudit<'_>) {
         upstream = r.upstream,
         decision = r.decision,
         reason = r.reason.as_str(),
+        shadow = r.shadow,
         status = r.status,
         duration_ms = r.duration_ms,
         deny_reason = r.deny_reason,
@@ -95,6 +99,36 @@ pub fn handshake_failure_line(peer: SocketAddr, sni: Option<&str>, rejection: &R
         deny_reason = rejection.deny_reason.as_deref(),
         "handshake failed"
     );
+}
+
+/// Write one `access changed` line per change of a reload's [`AccessDiff`] (SPEC 9.7): each
+/// (selector, route) pair gained or lost with its methods, then each route and trust source
+/// change. `generation` is the snapshot now serving.
+pub fn access_changed(diff: &AccessDiff, generation: u64) {
+    for (change, list) in [("gained", &diff.gained), ("lost", &diff.lost)] {
+        for a in list {
+            tracing::info!(
+                target: TARGET,
+                generation,
+                change,
+                selector = %a.selector,
+                route = %a.route,
+                methods = %a.methods_text,
+                "access changed"
+            );
+        }
+    }
+    for c in &diff.changes {
+        tracing::info!(
+            target: TARGET,
+            generation,
+            change = c.change.as_str(),
+            route = c.route.as_deref(),
+            trust = c.trust.as_deref(),
+            detail = %c.detail,
+            "access changed"
+        );
+    }
 }
 
 /// A `tracing` layer that writes [`TARGET`] events as JSON lines, with the same keys as
@@ -350,6 +384,7 @@ mod tests {
             upstream: Some("orders"),
             decision: "denied",
             reason: Reason::NotAllowed,
+            shadow: Some("allowed"),
             status: 403,
             duration_ms: 0.123_456_789,
             deny_reason: Some("INC-4711 \"key\" leaked"),
@@ -449,6 +484,7 @@ mod tests {
                 upstream: Some("orders"),
                 decision: "allowed",
                 reason: Reason::Ok,
+                shadow: Some("denied"),
                 status: 200,
                 duration_ms: 1.5,
                 deny_reason: None,
@@ -472,6 +508,7 @@ mod tests {
         assert_eq!(l["upstream"], "orders");
         assert_eq!(l["decision"], "allowed");
         assert_eq!(l["reason"], "ok");
+        assert_eq!(l["shadow"], "denied");
         assert_eq!(l["status"], 200);
         assert_eq!(l["duration_ms"], 1.5);
     }

@@ -46,6 +46,16 @@ pub fn serial_hex(raw: &[u8]) -> String {
     }
 }
 
+/// The subject (RFC 4514) and notAfter (Unix seconds) of a certificate; `None` if it does not
+/// parse (the config loader has refused those already).
+pub fn subject_and_not_after(der: &[u8]) -> Option<(String, i64)> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some((
+        name_to_rfc4514(x509.subject()),
+        x509.validity().not_after.timestamp(),
+    ))
+}
+
 /// OpenSSL's short name for an attribute type (what `-nameopt RFC2253` prints).
 fn short_name(oid: &str) -> Option<&'static str> {
     Some(match oid {

@@ -610,6 +610,7 @@ mod tests {
                     },
                     max_lifetime: None,
                 }),
+                spiffe_trust_domains: Vec::new(),
             },
             config::TrustSource {
                 name: Arc::from("lab"),
@@ -624,6 +625,7 @@ mod tests {
                     check_validity: true,
                     on_overdue_review: config::OverdueAction::Warn,
                 }),
+                spiffe_trust_domains: Vec::new(),
             },
         ];
         let v = TrustVerifier::new(&sources).unwrap();

@@ -429,6 +429,12 @@ pub fn apply_forward_with(
     for name in &forward.strip_headers {
         headers.remove(name);
     }
+    if let Some(value) = &ours.client_cert {
+        headers.insert(CLIENT_CERT, value.clone());
+    }
+    if let Some(value) = &ours.client_cert_chain {
+        headers.insert(CLIENT_CERT_CHAIN, value.clone());
+    }
 
     match forward.xfcc {
         XfccMode::Sanitize => {
@@ -472,6 +478,38 @@ pub fn apply_forward_with(
 pub struct ClientHeaders {
     xfcc: OurXfcc,
     forwarded_for: HeaderValue,
+    /// RFC 9440 `Client-Cert`, with `forward.client_cert_headers`.
+    client_cert: Option<HeaderValue>,
+    /// RFC 9440 `Client-Cert-Chain`, with `forward.client_cert_headers` and when the client
+    /// sent intermediates.
+    client_cert_chain: Option<HeaderValue>,
+}
+
+/// An RFC 8941 byte sequence: `:` + standard base64 with padding + `:`.
+fn byte_sequence(der: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    )
+}
+
+/// RFC 9440 `Client-Cert` (the leaf) and `Client-Cert-Chain` (the intermediates the client
+/// sent, as an RFC 8941 list; `None` when it sent none). Base64 and `:`, `,` and spaces are
+/// always valid header value bytes.
+fn rfc9440(cert: &CertInfo) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let Some((leaf, intermediates)) = cert.chain.split_first() else {
+        return (None, None);
+    };
+    let value = |s: String| HeaderValue::from_str(&s).ok();
+    let chain = (!intermediates.is_empty()).then(|| {
+        intermediates
+            .iter()
+            .map(|c| byte_sequence(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    (value(byte_sequence(leaf)), chain.and_then(value))
 }
 
 #[derive(Clone, Debug)]
@@ -503,9 +541,16 @@ impl ClientHeaders {
         // is written as IPv4).
         let forwarded_for = HeaderValue::from_str(&peer.to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let (client_cert, client_cert_chain) = if forward.client_cert_headers {
+            rfc9440(cert)
+        } else {
+            (None, None)
+        };
         ClientHeaders {
             xfcc,
             forwarded_for,
+            client_cert,
+            client_cert_chain,
         }
     }
 }
@@ -578,6 +623,54 @@ mod tests {
             x_forwarded,
             strip_headers: vec![HeaderName::from_static("x-internal-role")],
             strip_identity_headers: true,
+            client_cert_headers: false,
+        }
+    }
+
+    #[test]
+    fn rfc9440_client_cert_headers() {
+        let inbound = || {
+            map(&[
+                ("client-cert", ":Zm9yZ2Vk:"),
+                ("client-cert-chain", ":Zm9yZ2Vk:"),
+                ("client_cert", ":Zm9yZ2Vk:"),
+            ])
+        };
+        let peer = IpAddr::from(Ipv4Addr::LOCALHOST);
+        // Off (the default): inbound copies are removed, nothing is added.
+        let mut h = inbound();
+        apply_forward(
+            &mut h,
+            &forward(XfccMode::SanitizeSet, true),
+            &cert(),
+            peer,
+            None,
+        );
+        assert!(!h.contains_key("client-cert") && !h.contains_key("client-cert-chain"));
+        assert!(!h.contains_key("client_cert"));
+        // On: the leaf and the intermediates the client sent, as RFC 8941 byte sequences.
+        let mut on = forward(XfccMode::Sanitize, false);
+        on.client_cert_headers = true;
+        let mut h = inbound();
+        apply_forward(&mut h, &on, &cert(), peer, None);
+        assert_eq!(all(&h, "client-cert"), [":MAMCAQE=:"]);
+        assert_eq!(all(&h, "client-cert-chain"), [":MAMCAQI=:"]);
+        // Several intermediates form a list; none means no Client-Cert-Chain at all.
+        let mut c = cert();
+        c.chain
+            .push(CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x03]));
+        let mut h = inbound();
+        apply_forward(&mut h, &on, &c, peer, None);
+        assert_eq!(all(&h, "client-cert-chain"), [":MAMCAQI=:, :MAMCAQM=:"]);
+        c.chain.truncate(1);
+        let mut h = inbound();
+        apply_forward(&mut h, &on, &c, peer, None);
+        assert_eq!(all(&h, "client-cert"), [":MAMCAQE=:"]);
+        assert!(!h.contains_key("client-cert-chain"));
+        // Trailers never carry them upstream.
+        for name in ["client-cert", "client-cert-chain", "Client_Cert"] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_dropped_trailer(&name, &on), "{name}");
         }
     }
 

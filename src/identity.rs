@@ -35,7 +35,9 @@ pub struct CertInfo {
     pub san_email: Vec<String>,
     /// IP address SANs.
     pub san_ip: Vec<IpAddr>,
-    /// The first `spiffe://` URI SAN, if any.
+    /// The SPIFFE ID (SPEC 9.5): set only when the leaf has exactly one URI SAN and it is a
+    /// valid SPIFFE ID (X509-SVID shape); otherwise `None`, and the URI SANs are still in
+    /// `san_uri`.
     pub spiffe_id: Option<String>,
     /// SHA-256 of the leaf DER, lowercase hex without colons.
     pub fingerprint: String,
@@ -121,7 +123,7 @@ impl CertInfo {
                 }
             }
         }
-        let spiffe_id = san_uri.iter().find(|u| u.starts_with("spiffe://")).cloned();
+        let spiffe_id = svid_spiffe_id(&san_uri).map(str::to_owned);
 
         Ok(CertInfo {
             subject,
@@ -167,6 +169,125 @@ impl Identity {
             cert,
         }
     }
+}
+
+/// The SPIFFE ID of a leaf with these URI SANs: its only URI SAN, when that is a valid SPIFFE
+/// ID (an X509-SVID carries exactly one URI SAN).
+pub fn svid_spiffe_id(san_uri: &[String]) -> Option<&str> {
+    match san_uri {
+        [only] if spiffe_trust_domain(only).is_ok() => Some(only.as_str()),
+        _ => None,
+    }
+}
+
+/// Why a URI is not a valid SPIFFE ID (SPEC 9.5, after the SPIFFE ID standard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeIdError {
+    #[error("does not start with `spiffe://`")]
+    NotSpiffe,
+    #[error("longer than 2048 bytes")]
+    TooLong,
+    #[error("has a fragment")]
+    Fragment,
+    #[error("has a query")]
+    Query,
+    #[error("has no trust domain")]
+    EmptyTrustDomain,
+    #[error("has userinfo in the trust domain")]
+    Userinfo,
+    #[error("has a port in the trust domain")]
+    Port,
+    #[error("has a trust domain that is not lower-case letters, digits, `.`, `-` and `_`")]
+    TrustDomainChars,
+    #[error("has no path")]
+    NoPath,
+    #[error("has an empty path segment (`//` or a trailing `/`)")]
+    EmptySegment,
+    #[error("has a `.` or `..` path segment")]
+    DotSegment,
+    #[error("has a path character other than letters, digits, `.`, `-` and `_`")]
+    PathChars,
+}
+
+/// The longest SPIFFE ID the standard allows, in bytes.
+const SPIFFE_ID_MAX: usize = 2048;
+
+/// Whether `td` is a valid SPIFFE trust domain: lower-case letters, digits, `.`, `-`, `_`.
+pub fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+/// The trust domain of a valid SPIFFE ID: `spiffe://` + a lower-case trust domain + a path of
+/// one or more segments, with no port, userinfo, query, fragment, or empty, `.` or `..`
+/// segment, and no percent-encoding.
+pub fn spiffe_trust_domain(uri: &str) -> Result<&str, SpiffeIdError> {
+    let rest = uri
+        .strip_prefix("spiffe://")
+        .ok_or(SpiffeIdError::NotSpiffe)?;
+    if uri.len() > SPIFFE_ID_MAX {
+        return Err(SpiffeIdError::TooLong);
+    }
+    if rest.contains('#') {
+        return Err(SpiffeIdError::Fragment);
+    }
+    if rest.contains('?') {
+        return Err(SpiffeIdError::Query);
+    }
+    let (td, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if td.contains('@') {
+        return Err(SpiffeIdError::Userinfo);
+    }
+    if td.contains(':') {
+        return Err(SpiffeIdError::Port);
+    }
+    if td.is_empty() {
+        return Err(SpiffeIdError::EmptyTrustDomain);
+    }
+    if !valid_trust_domain(td) {
+        return Err(SpiffeIdError::TrustDomainChars);
+    }
+    let Some(path) = path.strip_prefix('/') else {
+        return Err(SpiffeIdError::NoPath);
+    };
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err(SpiffeIdError::EmptySegment),
+            "." | ".." => return Err(SpiffeIdError::DotSegment),
+            s if !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) =>
+            {
+                return Err(SpiffeIdError::PathChars)
+            }
+            _ => {}
+        }
+    }
+    Ok(td)
+}
+
+/// Whether a URI SAN uses the `spiffe` scheme, in any case (`SPIFFE://` too: URI schemes are
+/// case-insensitive, so a relying party other than certguard may read it as one).
+pub fn is_spiffe_uri(uri: &str) -> bool {
+    uri.get(..9)
+        .is_some_and(|p| p.eq_ignore_ascii_case("spiffe://"))
+}
+
+/// The trust domain a `spiffe` URI names, read leniently for URIs that are not valid SPIFFE
+/// IDs (`SPIFFE://Example.ORG:8/x?y`): the authority without userinfo or port, lower-cased.
+/// Trust-domain bindings use it so that a malformed ID cannot slip past them.
+pub fn loose_trust_domain(uri: &str) -> Option<String> {
+    if !is_spiffe_uri(uri) {
+        return None;
+    }
+    let rest = uri.get(9..)?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.split_once(':').map_or(host, |(h, _)| h);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    Some(host.to_ascii_lowercase())
 }
 
 const OID_CN: &str = "2.5.4.3";
@@ -267,10 +388,8 @@ mod tests {
         assert_eq!(info.issuer, "CN=root,O=certguard dev");
         assert_eq!(info.san_dns, vec!["alice.example.com"]);
         assert_eq!(info.san_uri.len(), 2);
-        assert_eq!(
-            info.spiffe_id.as_deref(),
-            Some("spiffe://dev.local/ns/default/sa/alice")
-        );
+        // Two URI SANs: not an X509-SVID, so no SPIFFE ID (both URIs stay in san_uri).
+        assert_eq!(info.spiffe_id, None);
         assert_eq!(info.san_email, vec!["alice@example.com"]);
         assert_eq!(info.san_ip, spec.ips);
         assert_eq!(info.fingerprint, hex_lower(&sha256(cert.cert.as_ref())));
@@ -282,6 +401,69 @@ mod tests {
         assert_eq!(info.not_before, spec.not_before.unix_timestamp());
         assert_eq!(info.not_after, spec.not_after.unix_timestamp());
         assert_eq!(info.chain, cert.chain);
+    }
+
+    #[test]
+    fn spiffe_id_syntax() {
+        use SpiffeIdError::*;
+        let rows: &[(&str, Result<&str, SpiffeIdError>)] = &[
+            ("spiffe://example.org/ns/prod/sa/billing", Ok("example.org")),
+            ("spiffe://example.org/a", Ok("example.org")),
+            ("spiffe://my-td_1.example/A.b-c_D/e", Ok("my-td_1.example")),
+            ("https://example.org/a", Err(NotSpiffe)),
+            ("SPIFFE://example.org/a", Err(NotSpiffe)),
+            ("spiffe:/example.org/a", Err(NotSpiffe)),
+            ("spiffe://example.org/a#frag", Err(Fragment)),
+            ("spiffe://example.org/a?x=1", Err(Query)),
+            ("spiffe:///a", Err(EmptyTrustDomain)),
+            ("spiffe://user@example.org/a", Err(Userinfo)),
+            ("spiffe://example.org:443/a", Err(Port)),
+            ("spiffe://Example.org/a", Err(TrustDomainChars)),
+            ("spiffe://exa%6dple.org/a", Err(TrustDomainChars)),
+            ("spiffe://example.org", Err(NoPath)),
+            ("spiffe://example.org/", Err(EmptySegment)),
+            ("spiffe://example.org/a/", Err(EmptySegment)),
+            ("spiffe://example.org//a", Err(EmptySegment)),
+            ("spiffe://example.org/a/./b", Err(DotSegment)),
+            ("spiffe://example.org/..", Err(DotSegment)),
+            ("spiffe://example.org/a%2Fb", Err(PathChars)),
+            ("spiffe://example.org/a b", Err(PathChars)),
+            ("spiffe://example.org/caf\u{e9}", Err(PathChars)),
+        ];
+        for (uri, want) in rows {
+            assert_eq!(spiffe_trust_domain(uri), *want, "{uri}");
+        }
+        let long = format!("spiffe://example.org/{}", "a".repeat(2048));
+        assert_eq!(spiffe_trust_domain(&long), Err(TooLong));
+
+        // The X509-SVID shape: exactly one URI SAN, and a valid one.
+        let one = |u: &str| vec![u.to_owned()];
+        assert_eq!(
+            svid_spiffe_id(&one("spiffe://example.org/a")),
+            Some("spiffe://example.org/a")
+        );
+        assert_eq!(svid_spiffe_id(&one("spiffe://example.org/a/")), None);
+        assert_eq!(svid_spiffe_id(&[]), None);
+        let two = vec![
+            "spiffe://example.org/a".to_owned(),
+            "https://x/y".to_owned(),
+        ];
+        assert_eq!(svid_spiffe_id(&two), None);
+
+        // Lenient reading, for bindings: whatever a relying party might take as the domain.
+        for (uri, want) in [
+            ("spiffe://example.org/a", Some("example.org")),
+            ("SPIFFE://Example.ORG./x", Some("example.org")),
+            ("spiffe://u@example.org:8443/x?q", Some("example.org")),
+            ("spiffe://example.org", Some("example.org")),
+            ("https://example.org/a", None),
+        ] {
+            assert_eq!(loose_trust_domain(uri).as_deref(), want, "{uri}");
+        }
+        assert!(valid_trust_domain("example.org"));
+        assert!(!valid_trust_domain(""));
+        assert!(!valid_trust_domain("Example.org"));
+        assert!(!valid_trust_domain("example.org:80"));
     }
 
     #[test]

@@ -13,6 +13,9 @@ use time::OffsetDateTime;
 
 use crate::identity::{CertInfo, Identity};
 
+/// How recently an identity must have been seen to count as expiring (SPEC 9.8: 24 hours).
+const SEEN_WITHIN: i64 = 86_400;
+
 /// What identifies an inventory entry: one certificate as admitted by one source.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
@@ -125,6 +128,17 @@ struct EntryJson<'a> {
     last_seen: String,
     requests_allowed: u64,
     requests_denied: u64,
+    routes: Vec<String>,
+}
+
+/// An entry copied out of the lock, for [`Inventory::to_json`].
+struct Copied {
+    key: Key,
+    cert: Arc<CertInfo>,
+    first_seen: OffsetDateTime,
+    last_seen: OffsetDateTime,
+    requests_allowed: u64,
+    requests_denied: u64,
 }
 
 impl Inventory {
@@ -164,30 +178,84 @@ impl Inventory {
         self.request_at(id, allowed, OffsetDateTime::now_utc());
     }
 
-    /// JSON array with exactly the SPEC 6 keys, most recently seen first.
-    pub fn to_json(&self) -> String {
-        let inner = self.lock();
-        let items: Vec<EntryJson<'_>> = inner
-            .order
-            .values()
-            .rev()
-            .filter_map(|key| inner.entries.get(key).map(|e| (key, e)))
-            .map(|(key, e)| EntryJson {
-                trust: &key.trust,
-                pinned: key.pinned.as_deref(),
-                subject: &e.cert.subject,
-                spiffe_id: e.cert.spiffe_id.as_deref(),
-                san_dns: &e.cert.san_dns,
-                fingerprint: &key.fingerprint,
-                serial: &e.cert.serial,
-                not_after: rfc3339_unix(e.cert.not_after),
-                first_seen: rfc3339(e.first_seen),
-                last_seen: rfc3339(e.last_seen),
-                requests_allowed: e.requests_allowed,
-                requests_denied: e.requests_denied,
+    /// JSON array with exactly the SPEC 6 keys and `routes` (SPEC 9.7: what `routes_for`
+    /// says the identity may reach), most recently seen first.
+    ///
+    /// The entries are copied out under the lock (cheap: `Arc`s and counters), and the routes
+    /// are computed after it is released: requests update the inventory, and must not wait
+    /// for inventory size x routes matches.
+    pub fn to_json(&self, routes_for: impl Fn(&Identity) -> Vec<Arc<str>>) -> String {
+        let copied: Vec<Copied> = {
+            let inner = self.lock();
+            inner
+                .order
+                .values()
+                .rev()
+                .filter_map(|key| {
+                    let e = inner.entries.get(key)?;
+                    Some(Copied {
+                        key: key.clone(),
+                        cert: e.cert.clone(),
+                        first_seen: e.first_seen,
+                        last_seen: e.last_seen,
+                        requests_allowed: e.requests_allowed,
+                        requests_denied: e.requests_denied,
+                    })
+                })
+                .collect()
+        };
+        let items: Vec<EntryJson<'_>> = copied
+            .iter()
+            .map(|c| EntryJson {
+                trust: &c.key.trust,
+                pinned: c.key.pinned.as_deref(),
+                subject: &c.cert.subject,
+                spiffe_id: c.cert.spiffe_id.as_deref(),
+                san_dns: &c.cert.san_dns,
+                fingerprint: &c.key.fingerprint,
+                serial: &c.cert.serial,
+                not_after: rfc3339_unix(c.cert.not_after),
+                first_seen: rfc3339(c.first_seen),
+                last_seen: rfc3339(c.last_seen),
+                requests_allowed: c.requests_allowed,
+                requests_denied: c.requests_denied,
+                routes: routes_for(&Identity {
+                    trust: c.key.trust.clone(),
+                    pinned: c.key.pinned.clone(),
+                    cert: c.cert.clone(),
+                })
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
             })
             .collect();
         serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    /// SPEC 9.8: per trust source, the identities seen in the last 24 hours whose notAfter
+    /// falls within each of `windows` (seconds from `now`, Unix seconds), in that order.
+    /// Windows are cumulative: each counts the shorter ones too. Certificates already expired
+    /// are in no window.
+    pub fn expiring<const N: usize>(
+        &self,
+        now: i64,
+        windows: [i64; N],
+    ) -> std::collections::BTreeMap<Arc<str>, [u64; N]> {
+        let since = now.saturating_sub(SEEN_WITHIN);
+        let mut out: std::collections::BTreeMap<Arc<str>, [u64; N]> = Default::default();
+        let inner = self.lock();
+        for (key, e) in &inner.entries {
+            if e.last_seen.unix_timestamp() < since || e.cert.not_after < now {
+                continue;
+            }
+            let counts = out.entry(key.trust.clone()).or_insert([0; N]);
+            for (count, window) in counts.iter_mut().zip(windows) {
+                if e.cert.not_after <= now.saturating_add(window) {
+                    *count += 1;
+                }
+            }
+        }
+        out
     }
 
     fn seen_at(&self, id: &Identity, now: OffsetDateTime) {
@@ -249,7 +317,14 @@ mod tests {
     }
 
     fn parse(inv: &Inventory) -> Vec<Value> {
-        match serde_json::from_str(&inv.to_json()) {
+        let routes = |id: &Identity| -> Vec<Arc<str>> {
+            if id.pinned.is_some() {
+                vec![Arc::from("deploy")]
+            } else {
+                vec![Arc::from("api"), Arc::from("status")]
+            }
+        };
+        match serde_json::from_str(&inv.to_json(routes)) {
             Ok(Value::Array(items)) => items,
             other => panic!("not a JSON array: {other:?}"),
         }
@@ -293,6 +368,7 @@ mod tests {
             "last_seen",
             "requests_allowed",
             "requests_denied",
+            "routes",
         ];
         want.sort_unstable();
         assert_eq!(keys, want);
@@ -312,6 +388,8 @@ mod tests {
         assert_eq!(ca["last_seen"], "2025-03-01T10:00:00Z");
         assert_eq!(ca["requests_allowed"], 0);
         assert_eq!(ca["requests_denied"], 0);
+        assert_eq!(ca["routes"], serde_json::json!(["api", "status"]));
+        assert_eq!(pinned["routes"], serde_json::json!(["deploy"]));
     }
 
     #[test]
@@ -395,11 +473,54 @@ mod tests {
     }
 
     #[test]
+    fn expiring_counts_recent_identities_by_window() {
+        let inv = Inventory::new(10);
+        let now = datetime!(2030-01-01 00:00:00 UTC);
+        let t = now.unix_timestamp();
+        let day = 86_400;
+        let with = |fp: &str, trust: &str, not_after: i64| {
+            let mut c = (*cert(fp)).clone();
+            c.not_after = not_after;
+            Identity {
+                trust: trust.into(),
+                pinned: None,
+                cert: Arc::new(c),
+            }
+        };
+        // (identity, last seen)
+        for (id, seen) in [
+            (with("h12", "internal", t + day / 2), now),
+            (with("d3", "internal", t + 3 * day), now),
+            (
+                with("d7", "internal", t + 7 * day),
+                now - time::Duration::hours(23),
+            ),
+            (with("d20", "lab", t + 20 * day), now),
+            (with("d90", "internal", t + 90 * day), now),
+            (with("gone", "internal", t - 1), now),
+            (
+                with("stale", "internal", t + day),
+                now - time::Duration::hours(25),
+            ),
+        ] {
+            inv.seen_at(&id, seen);
+        }
+        let got = inv.expiring(t, [day, 7 * day, 30 * day]);
+        let want: std::collections::BTreeMap<Arc<str>, [u64; 3]> = [
+            (Arc::from("internal"), [1, 3, 3]),
+            (Arc::from("lab"), [0, 0, 1]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn zero_capacity_keeps_nothing() {
         let inv = Inventory::new(0);
         inv.seen(&id("a", "t", None));
         inv.request(&id("a", "t", None), true);
         assert!(inv.is_empty());
-        assert_eq!(inv.to_json(), "[]");
+        assert_eq!(inv.to_json(|_| Vec::new()), "[]");
     }
 }

@@ -7,6 +7,7 @@
 //! [`snapshot::Snapshot`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod certs;
@@ -111,8 +112,8 @@ impl Proxy {
         let admin_state = Arc::new(AdminState {
             metrics,
             inventory,
+            current: state.current.clone(),
             ready: ready.clone(),
-            current: Some(state.current.clone()),
         });
         // The admin listener outlives the drain so that /readyz can report 503 meanwhile.
         let (admin_stop, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,4 +1,4 @@
-//! The `certguard` command line: run, check, explain, dev-certs, demo, health.
+//! The `certguard` command line: run, check, diff, explain, dev-certs, demo, health.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -33,12 +33,34 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve until SIGTERM/SIGINT; SIGHUP reloads.
     Run(ConfigArg),
     /// Validate the config and everything it names; print a summary and warnings.
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// `text` (default) or `json` (trust_sources, routes, warnings, matrix).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// What changing OLD into NEW does to access: exit 0 unchanged, 3 changed, 2 error.
+    Diff {
+        /// The configuration before the change.
+        old: PathBuf,
+        /// The configuration after the change.
+        new: PathBuf,
+        /// `text` (default) or `json` (gained, lost, changes).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Offline dry run: would this client certificate be allowed this request?
     Explain {
         #[command(flatten)]
@@ -82,7 +104,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(c) => serve(&c.config, false),
         Command::Demo(c) => serve(&c.config, true),
-        Command::Check(c) => check(&c.config),
+        Command::Check { config, format } => check(&config.config, format),
+        Command::Diff { old, new, format } => diff(&old, &new, format),
         Command::Explain {
             config,
             cert,
@@ -282,11 +305,15 @@ fn lexical(path: &Path) -> PathBuf {
     out
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, format: Format) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::from(1);
     };
-    match certguard::report::check(&config) {
+    let report = match format {
+        Format::Text => certguard::report::check(&config),
+        Format::Json => certguard::report::check_json(&config).map(|v| format!("{v:#}\n")),
+    };
+    match report {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -295,6 +322,30 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{}: {e}", path.display());
             ExitCode::from(1)
         }
+    }
+}
+
+/// `certguard diff OLD NEW`: 0 when access is unchanged, 3 when it changed (a CI gate for
+/// policy review), 2 when either configuration does not load.
+fn diff(old: &Path, new: &Path, format: Format) -> ExitCode {
+    let (Some(old_config), Some(new_config)) = (load(old), load(new)) else {
+        return ExitCode::from(2);
+    };
+    let diff = certguard::access::diff(&old_config, &new_config);
+    match format {
+        Format::Text => print!("{}", diff.text()),
+        Format::Json => match serde_json::to_string_pretty(&diff) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("certguard diff: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    }
+    if diff.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     }
 }
 

@@ -41,10 +41,12 @@ pub enum Reason {
     UpstreamError,
     /// Release 2 (SPEC 9.4).
     DenyListed,
+    /// SPEC 9.6: `allow` refused it, and the route has `enforce: false`, so it was forwarded.
+    NotEnforced,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Ok,
         Reason::NoRoute,
         Reason::NotAllowed,
@@ -53,6 +55,7 @@ impl Reason {
         Reason::SniMismatch,
         Reason::UpstreamError,
         Reason::DenyListed,
+        Reason::NotEnforced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Reason {
             Reason::SniMismatch => "sni_mismatch",
             Reason::UpstreamError => "upstream_error",
             Reason::DenyListed => "deny_listed",
+            Reason::NotEnforced => "not_enforced",
         }
     }
 }
@@ -95,6 +99,42 @@ impl ResetReason {
 
 /// `certguard_crl_fetches_total{result}` values.
 pub const CRL_FETCH_RESULTS: [&str; 4] = ["updated", "not_modified", "failed", "rejected"];
+/// The `within` windows of `certguard_client_certificates_expiring`, in seconds.
+pub const EXPIRY_WINDOWS: [(&str, i64); 3] =
+    [("1d", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400)];
+
+/// A gauge vector whose whole set of series is replaced at once: series missing from the new
+/// set are removed, the others are updated in place, so a concurrent scrape never sees them
+/// missing.
+struct GaugeSet {
+    vec: IntGaugeVec,
+    labels: Mutex<Vec<Vec<String>>>,
+}
+
+impl GaugeSet {
+    fn new(vec: IntGaugeVec) -> GaugeSet {
+        GaugeSet {
+            vec,
+            labels: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn replace(&self, series: Vec<(Vec<String>, i64)>) {
+        let mut labels = lock(&self.labels);
+        for (values, v) in &series {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            self.vec.with_label_values(&values).set(*v);
+        }
+        for old in labels.iter() {
+            if !series.iter().any(|(values, _)| values == old) {
+                let old: Vec<&str> = old.iter().map(String::as_str).collect();
+                // Err only means the series was already absent.
+                let _ = self.vec.remove_label_values(&old);
+            }
+        }
+        *labels = series.into_iter().map(|(values, _)| values).collect();
+    }
+}
 
 /// Every certguard metric, registered in `registry`.
 ///
@@ -106,6 +146,7 @@ pub struct Metrics {
     tls_handshake_duration: HistogramVec,
     connections_active: IntGauge,
     requests: IntCounterVec,
+    shadow_decisions: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -117,12 +158,16 @@ pub struct Metrics {
     last_reload_successful: IntGauge,
     last_reload_success_timestamp: Gauge,
     connections_refused: IntCounterVec,
+    access_changes: IntCounterVec,
     config_generation: IntGauge,
     crl_next_update: IntGaugeVec,
     /// `(trust, file)` label sets of `crl_next_update` now exported, so that a replacement
     /// removes only the ones that went away (a reset would leave scrapes with no series).
     crl_labels: Mutex<Vec<(String, String)>>,
     server_cert_not_after: IntGauge,
+    trust_anchor_not_after: GaugeSet,
+    pinned_not_after: GaugeSet,
+    clients_expiring: GaugeSet,
     pinned_review_overdue: IntGaugeVec,
     /// `(trust, when each of its pinned entries becomes overdue)` of the current snapshot. The
     /// overdue gauge is computed from these at every scrape, so a date passing on a running
@@ -207,6 +252,13 @@ impl Metrics {
                 "Requests by route, policy decision, reason and response status code.",
                 &["route", "decision", "reason", "code"],
             ),
+            shadow_decisions: counter_vec(
+                &r,
+                "certguard_shadow_decisions_total",
+                "Requests on routes with shadow_allow, by route, the decision enforced and what \
+                 shadow_allow would have decided (each allowed or denied).",
+                &["route", "enforced", "shadow"],
+            ),
             request_duration: histogram_vec(
                 &r,
                 "certguard_request_duration_seconds",
@@ -282,6 +334,13 @@ impl Metrics {
                 "Client connections closed before their handshake, by reason (limit: max_connections).",
                 &["reason"],
             ),
+            access_changes: counter_vec(
+                &r,
+                "certguard_access_changes_total",
+                "(selector, route) pairs that gained or lost access in a reload, by change \
+                 (gained, lost).",
+                &["change"],
+            ),
             config_generation: gauge(
                 &r,
                 "certguard_config_generation",
@@ -299,6 +358,25 @@ impl Metrics {
                 "certguard_server_cert_not_after_timestamp_seconds",
                 "notAfter of the serving certificate, Unix seconds.",
             ),
+            trust_anchor_not_after: GaugeSet::new(gauge_vec(
+                &r,
+                "certguard_trust_anchor_not_after_timestamp_seconds",
+                "Earliest notAfter among a CA trust source's anchors and intermediates, Unix seconds.",
+                &["trust"],
+            )),
+            pinned_not_after: GaugeSet::new(gauge_vec(
+                &r,
+                "certguard_pinned_not_after_timestamp_seconds",
+                "notAfter of each pinned entry that names a certificate file, Unix seconds.",
+                &["trust", "pinned"],
+            )),
+            clients_expiring: GaugeSet::new(gauge_vec(
+                &r,
+                "certguard_client_certificates_expiring",
+                "Inventory identities seen in the last 24 hours whose certificate's notAfter falls \
+                 within the window (1d, 7d, 30d; each window counts the shorter ones too).",
+                &["trust", "within"],
+            )),
             pinned_review_overdue: gauge_vec(
                 &r,
                 "certguard_pinned_review_overdue",
@@ -311,6 +389,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
             m.tls_handshake_duration.with_label_values(&[result]);
+        }
+        for change in ["gained", "lost"] {
+            m.access_changes.with_label_values(&[change]);
         }
         for cut in ResetReason::ALL {
             m.stream_resets.with_label_values(&[cut.as_str()]);
@@ -400,6 +481,28 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
+    /// Zero-initialise the four shadow-decision series of each route that has `shadow_allow`.
+    /// Safe to call on every reload: counts are kept.
+    pub fn init_shadow_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            for enforced in ["allowed", "denied"] {
+                for shadow in ["allowed", "denied"] {
+                    self.shadow_decisions
+                        .with_label_values(&[route, enforced, shadow]);
+                }
+            }
+        }
+    }
+
+    /// One request on a route with `shadow_allow`: what was enforced, what the shadow list
+    /// said (true = allowed).
+    pub fn shadow_decision(&self, route: &str, enforced: bool, shadow: bool) {
+        let word = |allowed: bool| if allowed { "allowed" } else { "denied" };
+        self.shadow_decisions
+            .with_label_values(&[route, word(enforced), word(shadow)])
+            .inc();
+    }
+
     /// Time until `upstream` returned response headers.
     pub fn upstream_duration(&self, upstream: &str, duration: Duration) {
         self.upstream_duration
@@ -473,6 +576,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A reload changed access: `gained` and `lost` (selector, route) pairs.
+    pub fn access_changes(&self, gained: usize, lost: usize) {
+        for (change, n) in [("gained", gained), ("lost", lost)] {
+            self.access_changes
+                .with_label_values(&[change])
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+    }
+
     /// Generation of the snapshot now serving.
     pub fn set_generation(&self, generation: u64) {
         self.config_generation
@@ -507,6 +619,40 @@ impl Metrics {
     /// notAfter of the serving certificate (leaf), Unix seconds.
     pub fn set_server_cert_not_after(&self, unix_seconds: i64) {
         self.server_cert_not_after.set(unix_seconds);
+    }
+
+    /// Replace the anchor expiry gauge: `(trust, earliest notAfter)` per CA source.
+    pub fn set_trust_anchor_not_after(&self, per_trust: &[(String, i64)]) {
+        self.trust_anchor_not_after.replace(
+            per_trust
+                .iter()
+                .map(|(t, v)| (vec![t.clone()], *v))
+                .collect(),
+        );
+    }
+
+    /// Replace the pinned certificate expiry gauge: `(trust, pinned name, notAfter)`.
+    pub fn set_pinned_not_after(&self, pins: &[(String, String, i64)]) {
+        self.pinned_not_after.replace(
+            pins.iter()
+                .map(|(t, p, v)| (vec![t.clone(), p.clone()], *v))
+                .collect(),
+        );
+    }
+
+    /// Replace the expiring-clients gauge: per trust source, the counts for each of
+    /// [`EXPIRY_WINDOWS`] (in that order).
+    pub fn set_clients_expiring(&self, per_trust: &[(String, [u64; 3])]) {
+        let mut series = Vec::with_capacity(per_trust.len() * EXPIRY_WINDOWS.len());
+        for (trust, counts) in per_trust {
+            for ((within, _), n) in EXPIRY_WINDOWS.iter().zip(counts) {
+                series.push((
+                    vec![trust.clone(), (*within).to_owned()],
+                    i64::try_from(*n).unwrap_or(i64::MAX),
+                ));
+            }
+        }
+        self.clients_expiring.replace(series);
     }
 
     /// Replace the pinned trust sources behind the overdue-review gauge: `(trust, when each of
@@ -621,6 +767,10 @@ mod tests {
         m.upstream_overflow("orders", "connection");
         m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
         m.set_pinned_reviews(vec![("lab".into(), vec![])]);
+        m.init_shadow_routes(["r"]);
+        m.set_trust_anchor_not_after(&[("internal".into(), 1)]);
+        m.set_pinned_not_after(&[("lab".into(), "ci".into(), 1)]);
+        m.set_clients_expiring(&[("internal".into(), [0, 1, 2])]);
         let out = m.encode();
         let expected = [
             ("certguard_tls_handshakes_total", "counter"),
@@ -651,6 +801,14 @@ mod tests {
             ("process_resident_memory_bytes", "gauge"),
             ("process_start_time_seconds", "gauge"),
             ("process_threads", "gauge"),
+            ("certguard_shadow_decisions_total", "counter"),
+            ("certguard_access_changes_total", "counter"),
+            (
+                "certguard_trust_anchor_not_after_timestamp_seconds",
+                "gauge",
+            ),
+            ("certguard_pinned_not_after_timestamp_seconds", "gauge"),
+            ("certguard_client_certificates_expiring", "gauge"),
         ];
         for (name, ty) in expected {
             let type_line = format!("# TYPE {name} {ty}");
@@ -995,6 +1153,91 @@ mod tests {
         assert_eq!(kept, first, "a failure keeps the last success time");
         m.config_loaded(true);
         assert_eq!(value(&m.encode(), ok, "").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn shadow_decisions_start_at_zero_and_count_by_both_verdicts() {
+        let m = Metrics::new();
+        m.init_shadow_routes(["orders"]);
+        // (enforced, shadow) per request: tightening (shadow denies what allow allows),
+        // agreement both ways, loosening.
+        let rows = [
+            (true, false),
+            (true, false),
+            (true, true),
+            (false, false),
+            (false, true),
+            (false, true),
+            (false, true),
+        ];
+        for (enforced, shadow) in rows {
+            m.shadow_decision("orders", enforced, shadow);
+        }
+        m.init_shadow_routes(["orders"]);
+        let out = m.encode();
+        let name = "certguard_shadow_decisions_total";
+        for (enforced, shadow, want) in [
+            ("allowed", "allowed", "1"),
+            ("allowed", "denied", "2"),
+            ("denied", "allowed", "3"),
+            ("denied", "denied", "1"),
+        ] {
+            let labels = format!(r#"enforced="{enforced}",route="orders",shadow="{shadow}""#);
+            assert_eq!(
+                value(&out, name, &labels).as_deref(),
+                Some(want),
+                "{labels}"
+            );
+        }
+        let fresh = Metrics::new();
+        fresh.init_shadow_routes(["billing"]);
+        let out = fresh.encode();
+        let zero = value(
+            &out,
+            name,
+            r#"enforced="denied",route="billing",shadow="allowed""#,
+        );
+        assert_eq!(zero.as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn expiry_gauges_are_replaced_whole() {
+        let m = Metrics::new();
+        m.set_trust_anchor_not_after(&[("internal".into(), 100), ("partner".into(), 200)]);
+        m.set_pinned_not_after(&[
+            ("lab".into(), "ci".into(), 300),
+            ("lab".into(), "old".into(), 1),
+        ]);
+        m.set_clients_expiring(&[("internal".into(), [0, 1, 3])]);
+        m.set_trust_anchor_not_after(&[("internal".into(), 150)]);
+        m.set_pinned_not_after(&[("lab".into(), "ci".into(), 300)]);
+        m.set_clients_expiring(&[("internal".into(), [1, 1, 2]), ("lab".into(), [0, 0, 0])]);
+        let out = m.encode();
+        let anchor = "certguard_trust_anchor_not_after_timestamp_seconds";
+        assert_eq!(
+            value(&out, anchor, r#"trust="internal""#).as_deref(),
+            Some("150")
+        );
+        assert_eq!(value(&out, anchor, r#"trust="partner""#), None);
+        let pinned = "certguard_pinned_not_after_timestamp_seconds";
+        assert_eq!(
+            value(&out, pinned, r#"pinned="ci",trust="lab""#).as_deref(),
+            Some("300")
+        );
+        assert_eq!(value(&out, pinned, r#"pinned="old",trust="lab""#), None);
+        let clients = "certguard_client_certificates_expiring";
+        for (labels, want) in [
+            (r#"trust="internal",within="1d""#, "1"),
+            (r#"trust="internal",within="7d""#, "1"),
+            (r#"trust="internal",within="30d""#, "2"),
+            (r#"trust="lab",within="30d""#, "0"),
+        ] {
+            assert_eq!(
+                value(&out, clients, labels).as_deref(),
+                Some(want),
+                "{labels}"
+            );
+        }
     }
 
     #[test]

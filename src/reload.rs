@@ -56,11 +56,16 @@ pub fn reload_tracked(
     let result = match result {
         Ok(snapshot) => {
             let generation = snapshot.generation;
-            warn_restart_needed(&current.load().config, &snapshot.config);
+            let previous = current.load();
+            warn_restart_needed(&previous.config, &snapshot.config);
             publish(metrics, &snapshot);
             current.store(snapshot);
             metrics.reload(true);
             tracing::info!(generation, "configuration reloaded");
+            // After the swap: the new snapshot serves while the diff is computed.
+            let diff = crate::access::diff(&previous.config, &current.load().config);
+            crate::audit::access_changed(&diff, generation);
+            metrics.access_changes(diff.gained.len(), diff.lost.len());
             Ok(generation)
         }
         Err(e) => {
@@ -106,15 +111,26 @@ fn warn_restart_needed(old: &Config, new: &Config) {
 }
 
 /// Set the gauges that describe a snapshot about to serve, the first one or a reloaded one
-/// (generation, when its configuration was loaded, CRL nextUpdate, server certificate notAfter,
-/// the pinned review dates behind the overdue gauge) and log overdue pinned entries.
+/// (generation, when its configuration was loaded, CRL nextUpdate, server certificate, trust
+/// anchor and pinned certificate notAfter, the pinned review dates behind the overdue gauge)
+/// and log overdue pinned entries.
 /// The overdue gauge itself is computed at scrape time; the log line only here.
 pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
     let config = &snapshot.config;
     metrics.set_generation(snapshot.generation);
     metrics.config_loaded(true);
     metrics.init_trust_sources(config.trust.iter().map(|t| &*t.name));
+    metrics.init_shadow_routes(
+        config
+            .policy
+            .routes
+            .iter()
+            .filter(|r| r.shadow_allow.is_some())
+            .map(|r| &*r.name),
+    );
     let mut crls: Vec<(String, String, i64)> = Vec::new();
+    let mut anchors: Vec<(String, i64)> = Vec::new();
+    let mut pins: Vec<(String, String, i64)> = Vec::new();
     let mut reviews = Vec::new();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for source in &config.trust {
@@ -127,6 +143,12 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                         .into_iter()
                         .map(|(file, next)| (source.name.to_string(), file, next)),
                 );
+                let earliest = ca
+                    .trusted_certificates()
+                    .filter_map(|c| crate::certs::subject_and_not_after(c.as_ref()))
+                    .map(|(_, not_after)| not_after)
+                    .min();
+                anchors.extend(earliest.map(|t| (source.name.to_string(), t)));
             }
             TrustKind::Pinned(pinned) => {
                 for entry in pinned.entries.iter().filter(|e| e.overdue_at(now)) {
@@ -139,6 +161,12 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
                         "pinned certificate is past its review_by date"
                     );
                 }
+                pins.extend(pinned.entries.iter().filter_map(|e| match e.pin {
+                    crate::config::Pin::Cert { not_after, .. } => {
+                        Some((source.name.to_string(), e.name.to_string(), not_after))
+                    }
+                    _ => None,
+                }));
                 let overdue = pinned
                     .entries
                     .iter()
@@ -158,6 +186,8 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
         }
     }
     metrics.set_crl_next_updates(&crls);
+    metrics.set_trust_anchor_not_after(&anchors);
+    metrics.set_pinned_not_after(&pins);
     metrics.set_pinned_reviews(reviews);
     if let Some(not_after) = config
         .listen

@@ -8,10 +8,11 @@ use std::path::Path;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
+use crate::access;
 use crate::certs::rfc3339_unix;
 use crate::config::{Config, Pin, RevocationDepth, TrustKind};
 use crate::identity::{CertInfo, Identity};
-use crate::policy::{self, RequestFacts};
+use crate::policy::{self, reach, RequestFacts};
 use crate::proxy::refusal::Refusal;
 use crate::proxy::service;
 use crate::request::host;
@@ -20,6 +21,9 @@ use crate::tls::TrustVerifier;
 
 /// Warn about certificates and CRLs expiring within this many days.
 const EXPIRY_WARNING_DAYS: i64 = 14;
+/// Warn about trust anchors, intermediates and pinned certificates expiring within this many
+/// days (SPEC 9.8).
+const TRUST_EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// How many deny entries `check` prints before it summarizes the rest.
 const DENY_ENTRIES_SHOWN: usize = 50;
@@ -39,6 +43,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let now = now_unix();
     let soon = now + EXPIRY_WARNING_DAYS * 86_400;
+    let trust_soon = now + TRUST_EXPIRY_WARNING_DAYS * 86_400;
     if let Some(leaf) = config.listen.cert_chain.first() {
         if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
             if info.not_after < soon {
@@ -50,10 +55,39 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     out.extend(self_asserted_warnings(config));
+    out.extend(unbound_spiffe_warnings(config));
+    let reached = reach::reached(&config.policy);
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        if !reached.get(i).copied().unwrap_or(true) {
+            out.push(format!(
+                "routes[{i}] ({}): never reached: earlier routes match every request it matches",
+                route.name
+            ));
+        }
+        if !route.enforce {
+            out.push(format!(
+                "routes[{i}] ({}): enforce: false: requests that no allow entry matches are forwarded anyway (counted with reason not_enforced); set enforce: true to enforce the route's policy",
+                route.name
+            ));
+        }
+    }
     for source in &config.trust {
         let name = &source.name;
         match &source.kind {
             TrustKind::Ca(ca) => {
+                for cert in ca.trusted_certificates() {
+                    let Some((subject, not_after)) =
+                        crate::certs::subject_and_not_after(cert.as_ref())
+                    else {
+                        continue;
+                    };
+                    if not_after < trust_soon {
+                        out.push(format!(
+                            "trust.{name}.ca: CA certificate '{subject}' expires {} (within {TRUST_EXPIRY_WARNING_DAYS} days or already)",
+                            rfc3339_unix(not_after)
+                        ));
+                    }
+                }
                 for (i, crl) in ca.crls.iter().enumerate() {
                     match crl.next_update {
                         Some(next) if crl.expired_at(now) => out.push(format!(
@@ -97,6 +131,15 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
             TrustKind::Pinned(pinned) => {
                 for (i, entry) in pinned.entries.iter().enumerate() {
+                    if let Pin::Cert { not_after, .. } = entry.pin {
+                        if not_after < trust_soon {
+                            out.push(format!(
+                                "trust.{name}.pinned[{i}] ({}): pinned certificate expires {} (within {TRUST_EXPIRY_WARNING_DAYS} days or already)",
+                                entry.name,
+                                rfc3339_unix(not_after)
+                            ));
+                        }
+                    }
                     if let Some(review_by) = entry.review_by.filter(|_| entry.overdue_at(now)) {
                         out.push(format!(
                             "trust.{name}.pinned[{i}] ({}): review_by {review_by} has passed (owner: {}; on_overdue_review: {})",
@@ -152,6 +195,163 @@ fn self_asserted_warnings(config: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// SPEC 9.5: `spiffe_id` rules that name no trust source, for a trust domain no source binds,
+/// when more than one CA source could issue that SPIFFE ID.
+fn unbound_spiffe_warnings(config: &Config) -> Vec<String> {
+    let ca_sources = config
+        .trust
+        .iter()
+        .filter(|s| matches!(s.kind, TrustKind::Ca(_)))
+        .count();
+    if ca_sources < 2 {
+        return Vec::new();
+    }
+    let bound = |td: &str| {
+        config
+            .trust
+            .iter()
+            .any(|s| s.spiffe_trust_domains.iter().any(|d| d == td))
+    };
+    let mut out = Vec::new();
+    for (i, route) in config.policy.routes.iter().enumerate() {
+        for (j, entry) in route.allow.iter().enumerate() {
+            if config.required_trust(entry).is_some() {
+                continue;
+            }
+            for m in &entry.matchers {
+                let policy::Matcher::SpiffeId(p) = m else {
+                    continue;
+                };
+                let Some(td) = p.spiffe_trust_domain().filter(|td| !bound(td)) else {
+                    continue;
+                };
+                out.push(format!(
+                    "routes[{i}].allow[{j}] ({}): spiffe_id {p} has no `trust:` and its trust domain `{td}` is not bound: any of the {ca_sources} CA sources can issue it (add `trust: <source>`, or `spiffe_trust_domains: [{td}]` to the source that owns it)",
+                    route.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `orders (host=orders.internal path_prefix=/orders methods=GET,HEAD)`.
+fn route_ref_text(r: &access::RouteRef) -> String {
+    let mut parts = Vec::new();
+    if let Some(h) = &r.host {
+        parts.push(format!("host={h}"));
+    }
+    if let Some(p) = &r.path {
+        parts.push(format!("path={p}"));
+    }
+    if let Some(p) = &r.path_prefix {
+        parts.push(format!("path_prefix={p}"));
+    }
+    if let Some(ms) = &r.methods {
+        parts.push(format!("methods={}", ms.join(",")));
+    }
+    if parts.is_empty() {
+        r.route.clone()
+    } else {
+        format!("{} ({})", r.route, parts.join(" "))
+    }
+}
+
+/// `certguard check --format json` (SPEC 9.7): one object with `trust_sources`, `routes`,
+/// `warnings` and `matrix`.
+pub fn check_json(config: &Config) -> Result<serde_json::Value, String> {
+    use serde_json::json;
+    TrustVerifier::new(&config.trust).map_err(|e| e.to_string())?;
+    let selectors = |list: &[policy::AllowEntry]| -> Vec<access::Selector> {
+        list.iter().map(access::Selector::of).collect()
+    };
+    let not_after = |der: &CertificateDer<'_>| {
+        CertInfo::from_chain(std::slice::from_ref(der))
+            .ok()
+            .map(|i| (i.subject, rfc3339_unix(i.not_after)))
+    };
+    let trust_sources: Vec<serde_json::Value> = config
+        .trust
+        .iter()
+        .map(|source| {
+            let mut v = match &source.kind {
+                TrustKind::Ca(ca) => json!({
+                    "name": &*source.name,
+                    "kind": "ca",
+                    "ca": ca.ca_path.display().to_string(),
+                    "anchors": ca.anchors.iter().filter_map(not_after).map(|(subject, not_after)| json!({
+                        "subject": subject, "not_after": not_after,
+                    })).collect::<Vec<_>>(),
+                    "crls": ca.crls.iter().map(|c| json!({
+                        "file": c.path.display().to_string(),
+                        "issuer": c.issuer,
+                        "next_update": c.next_update.map(rfc3339_unix),
+                    })).collect::<Vec<_>>(),
+                    "revocation": {
+                        "depth": match ca.revocation.depth {
+                            RevocationDepth::Chain => "chain",
+                            RevocationDepth::EndEntity => "end_entity",
+                        },
+                        "unknown_status": if ca.revocation.allow_unknown_status { "allow" } else { "deny" },
+                        "expired_crl": if ca.revocation.allow_expired_crl { "allow" } else { "deny" },
+                    },
+                    "max_lifetime": ca.max_lifetime.map(duration_text),
+                }),
+                TrustKind::Pinned(p) => json!({
+                    "name": &*source.name,
+                    "kind": "pinned",
+                    "pinned": p.entries.iter().map(|e| json!({
+                        "name": &*e.name,
+                        "pin": match &e.pin {
+                            Pin::Cert { .. } => "cert",
+                            Pin::Sha256(_) => "sha256",
+                            Pin::Spki(_) => "spki_sha256",
+                        },
+                        "owner": e.owner,
+                        "purpose": e.purpose,
+                        "review_by": e.review_by.map(|d| d.to_string()),
+                    })).collect::<Vec<_>>(),
+                    "check_validity": p.check_validity,
+                    "on_overdue_review": match p.on_overdue_review {
+                        crate::config::OverdueAction::Warn => "warn",
+                        crate::config::OverdueAction::Deny => "deny",
+                    },
+                }),
+            };
+            v["spiffe_trust_domains"] = json!(source.spiffe_trust_domains);
+            v
+        })
+        .collect();
+    let reached = reach::reached(&config.policy);
+    let routes: Vec<serde_json::Value> = config
+        .policy
+        .routes
+        .iter()
+        .zip(&reached)
+        .map(|(route, reached)| {
+            let r = access::RouteRef::of(route);
+            json!({
+                "name": r.route,
+                "host": r.host,
+                "path": r.path,
+                "path_prefix": r.path_prefix,
+                "methods": r.methods,
+                "upstream": &*route.upstream,
+                "allow": selectors(&route.allow),
+                "shadow_allow": route.shadow_allow.as_ref().map(|s| selectors(s.entries())),
+                "enforce": route.enforce,
+                "reached": reached,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "trust_sources": trust_sources,
+        "routes": routes,
+        "warnings": warnings(config),
+        "matrix": access::matrix(&config.policy, &reached),
+    }))
 }
 
 /// The `check` summary: trust sources, routes, the access matrix and warnings.
@@ -239,7 +439,8 @@ pub fn check(config: &Config) -> Result<String, String> {
             }
         }
     }
-    let _ = writeln!(s, "\nroutes (first match wins) and access matrix:");
+    let reached = reach::reached(&config.policy);
+    let _ = writeln!(s, "\nroutes (first match wins):");
     for (i, route) in config.policy.routes.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -248,7 +449,13 @@ pub fn check(config: &Config) -> Result<String, String> {
             route.describe_match(),
             route.upstream
         );
-        if route.allow.is_empty() {
+        if !reached.get(i).copied().unwrap_or(true) {
+            let _ = writeln!(
+                s,
+                "      never reached: earlier routes match every request this route matches"
+            );
+        }
+        if route.allow.is_empty() && route.enforce {
             let _ = writeln!(s, "      (no allow entries: every request is denied)");
         }
         for (j, entry) in route.allow.iter().enumerate() {
@@ -259,6 +466,50 @@ pub fn check(config: &Config) -> Result<String, String> {
                 config.required_trust(entry).unwrap_or("any")
             );
         }
+        for (j, entry) in route
+            .shadow_allow
+            .iter()
+            .flat_map(|s| s.entries())
+            .enumerate()
+        {
+            let _ = writeln!(
+                s,
+                "      shadow_allow[{j}] {}  (counted, never enforced)",
+                entry.describe()
+            );
+        }
+        if route
+            .shadow_allow
+            .as_ref()
+            .is_some_and(|s| s.entries().is_empty())
+        {
+            let _ = writeln!(
+                s,
+                "      shadow_allow: [] (would deny everyone; counted, never enforced)"
+            );
+        }
+        if !route.enforce {
+            let _ = writeln!(
+                s,
+                "      enforce: false (what no allow entry matches is forwarded: every verified client reaches it)"
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\naccess matrix (each allow entry and the routes it reaches):"
+    );
+    for row in access::matrix(&config.policy, &reached) {
+        let reaches = if row.routes.is_empty() {
+            "nothing (its route is shadowed by earlier routes)".to_owned()
+        } else {
+            row.routes
+                .iter()
+                .map(route_ref_text)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(s, "  {} {} -> {reaches}", row.rule, row.selector);
     }
     let deny = config.deny.entries();
     let _ = writeln!(
@@ -452,55 +703,105 @@ pub fn explain(
         identity.trust,
         identity.pinned.as_deref().unwrap_or("-")
     );
-    let allowed =
-        match service::authorize(&config.policy, &identity, &method, host.as_deref(), &target) {
-            Ok(permit) => {
-                let route = permit.route();
-                let entry = &route.allow[permit.entry_index()];
-                let _ = writeln!(
-                    s,
-                    "  route        {} ({})",
-                    route.name,
-                    route.describe_match()
-                );
-                let _ = writeln!(
-                    s,
-                    "decision: ALLOWED by allow[{}] {} -> upstream {}",
-                    permit.entry_index(),
-                    entry.describe(),
-                    route.upstream
-                );
-                true
-            }
-            Err(refusal) => {
-                let route = match &refusal {
-                    Refusal::NotAllowed { route } => config.policy.route(route),
-                    _ => None,
-                };
-                match route {
-                    Some(r) => {
-                        let _ = writeln!(s, "  route        {} ({})", r.name, r.describe_match());
-                    }
-                    None => {
-                        let _ = writeln!(s, "  route        none");
-                    }
+    let allowed = match service::authorize(
+        &config.policy,
+        &identity,
+        &method,
+        host.as_deref(),
+        &target,
+    ) {
+        Ok(permit) => {
+            let route = permit.route();
+            let _ = writeln!(
+                s,
+                "  route        {} ({})",
+                route.name,
+                route.describe_match()
+            );
+            match permit.grant() {
+                policy::Grant::Entry(i) => {
+                    let _ = writeln!(
+                        s,
+                        "decision: ALLOWED by allow[{i}] {} -> upstream {}",
+                        route.allow[i].describe(),
+                        route.upstream
+                    );
                 }
-                denied(&mut s, &refusal);
-                if let Some(route) = route {
-                    if route.allow.is_empty() {
-                        let _ = writeln!(s, "  the route has no allow entries");
-                    }
-                    for (i, entry) in route.allow.iter().enumerate() {
-                        let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
-                        for m in entry.mismatches(&identity) {
-                            let _ = writeln!(s, "    - {m}");
-                        }
-                    }
+                policy::Grant::NotEnforced => {
+                    let _ = writeln!(
+                            s,
+                            "decision: ALLOWED (not_enforced: no allow entry matches, and the route has enforce: false) -> upstream {}",
+                            route.upstream
+                        );
+                    explain_entries(&mut s, route, &identity);
                 }
-                false
             }
-        };
+            explain_shadow(&mut s, route, &identity);
+            true
+        }
+        Err(refusal) => {
+            let route = match &refusal {
+                Refusal::NotAllowed { route, .. } => config.policy.route(route),
+                _ => None,
+            };
+            match route {
+                Some(r) => {
+                    let _ = writeln!(s, "  route        {} ({})", r.name, r.describe_match());
+                }
+                None => {
+                    let _ = writeln!(s, "  route        none");
+                }
+            }
+            denied(&mut s, &refusal);
+            if let Some(route) = route {
+                explain_entries(&mut s, route, &identity);
+                explain_shadow(&mut s, route, &identity);
+            }
+            false
+        }
+    };
     Ok(Explanation { text: s, allowed })
+}
+
+/// Each allow entry of `route` with the keys that did not match `identity`.
+fn explain_entries(s: &mut String, route: &policy::Route, identity: &Identity) {
+    if route.allow.is_empty() {
+        let _ = writeln!(s, "  the route has no allow entries");
+    }
+    for (i, entry) in route.allow.iter().enumerate() {
+        let _ = writeln!(s, "  allow[{i}] {}:", entry.describe());
+        for m in entry.mismatches(identity) {
+            let _ = writeln!(s, "    - {m}");
+        }
+    }
+}
+
+/// What the route's `shadow_allow` says about `identity` (never enforced).
+fn explain_shadow(s: &mut String, route: &policy::Route, identity: &Identity) {
+    let Some(list) = route.shadow_allow.as_ref().map(|s| s.entries()) else {
+        return;
+    };
+    match list.iter().position(|e| e.matches(identity)) {
+        Some(i) => {
+            let _ = writeln!(
+                s,
+                "shadow: allowed by shadow_allow[{i}] {} (not enforced)",
+                list[i].describe()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "shadow: denied: no shadow_allow entry matches (not enforced)"
+            );
+            for (i, entry) in list.iter().enumerate() {
+                let _ = writeln!(s, "  shadow_allow[{i}] {}:", entry.describe());
+                for m in entry.mismatches(identity) {
+                    let _ = writeln!(s, "    - {m}");
+                }
+            }
+        }
+    }
 }
 
 fn join(v: &[String]) -> String {
@@ -637,6 +938,214 @@ routes:
                 "routes[0].allow[0] (a): matches cn without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
                 "routes[0].allow[3] (a): matches ou, spiffe_id without `trust:` or `pinned:`; the pinned source 'lab' admits self-signed certificates whose holders choose these values themselves (add `trust: <CA source>`)".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn unbound_spiffe_rules_warn_with_two_ca_sources() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let ca = TestCa::root("ca").unwrap();
+        let other = TestCa::root("other").unwrap();
+        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+        fs::write(d.join("other.crt"), &other.cert_pem).unwrap();
+        let routes = "upstreams:
+  app: { url: http://127.0.0.1:9000 }
+routes:
+  - name: a
+    path_prefix: /a
+    upstream: app
+    allow:
+      - { spiffe_id: 'spiffe://example.org/ns/*' }
+      - { trust: internal, spiffe_id: 'spiffe://example.org/x' }
+      - { spiffe_id: 'spiffe://bound.example/x' }
+";
+        let spiffe = |yaml: String| -> Vec<String> {
+            let config = Config::from_yaml(&yaml, &d.join("c.yaml")).unwrap();
+            warnings(&config)
+                .into_iter()
+                .filter(|w| w.contains("spiffe_id"))
+                .collect()
+        };
+        let head = "listen: { cert: server.crt, key: server.key }
+trust:
+  internal: { ca: ca.crt, spiffe_trust_domains: [bound.example] }
+";
+        assert_eq!(
+            spiffe(format!("{head}{routes}")),
+            Vec::<String>::new(),
+            "one CA source"
+        );
+        let two = format!(
+            "{head}  partner: {{ ca: other.crt }}
+{routes}"
+        );
+        assert_eq!(
+            spiffe(two),
+            vec!["routes[0].allow[0] (a): spiffe_id spiffe://example.org/ns/* has no `trust:` and its trust domain `example.org` is not bound: any of the 2 CA sources can issue it (add `trust: <source>`, or `spiffe_trust_domains: [example.org]` to the source that owns it)".to_string()]
+        );
+    }
+
+    #[test]
+    fn check_json_has_the_four_sections_and_the_text_the_same_matrix() {
+        let dir = tempfile::TempDir::new().unwrap();
+        crate::devpki::write(&dir.path().join("pki"), false).unwrap();
+        let yaml = "listen: { cert: pki/server.crt, key: pki/server.key }
+trust:
+  internal: { ca: pki/ca.crt, crl: [pki/intermediate.crl, pki/ca.crl], spiffe_trust_domains: [dev.local] }
+  lab: { pinned: [{ name: ci-runner, cert: pki/ci-runner.crt }] }
+upstreams: { app: { url: 'http://127.0.0.1:9000' } }
+routes:
+  - name: api
+    path_prefix: /api
+    methods: [GET]
+    upstream: app
+    allow: [{ trust: internal, spiffe_id: 'spiffe://dev.local/ns/default/*' }]
+    shadow_allow: [{ trust: internal, cn: alice }]
+  - name: api-get
+    path: /api/x
+    methods: [HEAD]
+    upstream: app
+    allow: [{ pinned: ci-runner }]
+  - name: open
+    host: '*.internal'
+    upstream: app
+    allow: []
+    enforce: false
+";
+        let config = Config::from_yaml(yaml, &dir.path().join("c.yaml")).unwrap();
+        let v = check_json(&config).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["matrix", "routes", "trust_sources", "warnings"]);
+        assert_eq!(v["trust_sources"][0]["kind"], "ca");
+        assert_eq!(
+            v["trust_sources"][0]["spiffe_trust_domains"],
+            serde_json::json!(["dev.local"])
+        );
+        assert_eq!(v["trust_sources"][1]["pinned"][0]["pin"], "cert");
+        assert_eq!(
+            v["routes"][0]["methods"],
+            serde_json::json!(["GET", "HEAD"])
+        );
+        assert_eq!(
+            v["routes"][0]["shadow_allow"],
+            serde_json::json!([{"trust": "internal", "cn": "alice"}])
+        );
+        assert_eq!(v["routes"][1]["reached"], false);
+        assert_eq!(v["routes"][2]["enforce"], false);
+        let rules: Vec<(String, usize)> = v["matrix"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["rule"].as_str().unwrap().to_owned(),
+                    r["routes"].as_array().unwrap().len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("routes[0].allow[0]".to_owned(), 1),
+                ("routes[1].allow[0]".to_owned(), 0),
+                ("routes[2].enforce".to_owned(), 1),
+            ]
+        );
+        assert_eq!(
+            v["matrix"][2]["routes"][0],
+            serde_json::json!({"route": "open", "host": "*.internal", "path": null, "path_prefix": null, "methods": null})
+        );
+        let warnings: Vec<&str> = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w.as_str())
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("routes[1] (api-get): never reached")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("routes[2] (open): enforce: false")),
+            "{warnings:?}"
+        );
+
+        let text = check(&config).unwrap();
+        for line in [
+            "  routes[0].allow[0] trust=internal, spiffe_id=spiffe://dev.local/ns/default/* -> api (path_prefix=/api methods=GET,HEAD)",
+            "  routes[1].allow[0] pinned=ci-runner -> nothing (its route is shadowed by earlier routes)",
+            "  routes[2].enforce authenticated=true -> open (host=*.internal)",
+            "      shadow_allow[0] trust=internal, cn=alice  (counted, never enforced)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn anchors_and_pinned_certificates_expiring_within_30_days_warn() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let now = OffsetDateTime::now_utc();
+        let server_ca = TestCa::root("server ca").unwrap();
+        let server = server_ca.issue(&LeafSpec::server("localhost")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        let soon = TestCa::root_with_validity(
+            "soon ca",
+            now - Duration::days(1),
+            now + Duration::days(20),
+        )
+        .unwrap();
+        let later = TestCa::root_with_validity(
+            "later ca",
+            now - Duration::days(1),
+            now + Duration::days(40),
+        )
+        .unwrap();
+        fs::write(
+            d.join("cas.crt"),
+            format!("{}{}", later.cert_pem, soon.cert_pem),
+        )
+        .unwrap();
+        let mut spec = LeafSpec::client("ci");
+        spec.not_after = now + Duration::days(29);
+        let ci = crate::devpki::TestCert::self_signed(&spec).unwrap();
+        spec.not_after = now + Duration::days(31);
+        let fine = crate::devpki::TestCert::self_signed(&spec).unwrap();
+        fs::write(d.join("ci.crt"), &ci.cert_pem).unwrap();
+        fs::write(d.join("fine.crt"), &fine.cert_pem).unwrap();
+        let yaml = "listen: { cert: server.crt, key: server.key }
+trust:
+  internal: { ca: cas.crt }
+  lab: { pinned: [{ name: fine, cert: fine.crt }, { name: ci, cert: ci.crt }] }
+upstreams: { app: { url: 'http://127.0.0.1:9000' } }
+routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
+";
+        let config = Config::from_yaml(yaml, &d.join("c.yaml")).unwrap();
+        let w: Vec<String> = warnings(&config)
+            .into_iter()
+            .filter(|w| w.contains("within 30 days"))
+            .collect();
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with(
+                "trust.internal.ca: CA certificate 'CN=soon ca,O=certguard dev' expires "
+            ),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with("trust.lab.pinned[1] (ci): pinned certificate expires "),
+            "{}",
+            w[1]
         );
     }
 

@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub tls: ServerTls,
     pub upstreams: Upstreams,
+    /// For each route (in config order), whether any request reaches it: false when earlier
+    /// routes shadow it completely (SPEC 9.7). Computed once per snapshot.
+    pub reached: Vec<bool>,
     /// Sorted Unix times at which this snapshot's verdicts change without a reload: CRL
     /// nextUpdate (with `expired_crl: deny`), the notAfter of configured intermediates, and
     /// the day after a pinned `review_by` (with `on_overdue_review: deny`). Open connections are re-verified when one passes.
@@ -58,11 +61,13 @@ impl Snapshot {
                     .map(|f| (s.name.clone(), f))
             })
             .collect();
+        let reached = crate::policy::reach::reached(&config.policy);
         Ok(Snapshot {
             generation,
             config,
             tls,
             upstreams,
+            reached,
             deadlines,
             fetched,
         })
@@ -76,6 +81,22 @@ impl Snapshot {
 
     pub fn verifier(&self) -> &Arc<TrustVerifier> {
         self.tls.verifier()
+    }
+
+    /// The names of the routes `id` may reach under this snapshot (its blast radius): routes
+    /// that some request reaches, with an allow entry that matches `id` or `enforce: false`.
+    /// Shadow rules are not counted.
+    pub fn routes_for(&self, id: &crate::identity::Identity) -> Vec<Arc<str>> {
+        self.config
+            .policy
+            .routes
+            .iter()
+            .zip(&self.reached)
+            .filter(|(r, reached)| {
+                **reached && (!r.enforce || r.allow.iter().any(|e| e.matches(id)))
+            })
+            .map(|(r, _)| r.name.clone())
+            .collect()
     }
 }
 

@@ -380,6 +380,7 @@ fn trust(
         );
     }
     let mut out = Vec::new();
+    let mut domains = Vec::new();
     for (name, src) in sources {
         let key = format!("trust.{name}");
         names.trust.push(name.clone());
@@ -416,10 +417,17 @@ fn trust(
                 pinned_trust(errs, files, &name, p, &src, &mut names.pinned).map(TrustKind::Pinned)
             }
         };
+        let spiffe_trust_domains = trust_domains(
+            errs,
+            &key,
+            src.spiffe_trust_domains.as_deref(),
+            &mut domains,
+        );
         if let Some(kind) = kind {
             out.push(TrustSource {
                 name: Arc::from(name.as_str()),
                 kind,
+                spiffe_trust_domains,
             });
         }
     }
@@ -449,6 +457,44 @@ fn url_prefix(prefix: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `trust.<name>.spiffe_trust_domains`: valid trust domains, each bound to one source only.
+/// `bound` holds `(domain, key path of its binding)` of the sources read so far.
+fn trust_domains(
+    errs: &mut Errs,
+    key: &str,
+    list: Option<&[String]>,
+    bound: &mut Vec<(String, String)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, d) in list.unwrap_or_default().iter().enumerate() {
+        let dk = format!("{key}.spiffe_trust_domains[{i}]");
+        let domain = d.trim();
+        if !crate::identity::valid_trust_domain(domain) {
+            errs.push(
+                &dk,
+                format!(
+                    "`{d}` is not a SPIFFE trust domain (lower-case letters, digits, `.`, `-` \
+                     and `_`; no scheme, port or path)"
+                ),
+            );
+            continue;
+        }
+        if let Some((_, first)) = bound.iter().find(|(b, _)| b == domain) {
+            errs.push(
+                &dk,
+                format!(
+                    "trust domain `{domain}` is already bound at {first}; a trust domain belongs \
+                     to one trust source"
+                ),
+            );
+            continue;
+        }
+        bound.push((domain.to_owned(), dk));
+        out.push(domain.to_owned());
+    }
+    out
 }
 
 fn ca_trust(
@@ -654,11 +700,19 @@ fn pinned_trust(
                         match pki::parse_cert_pem(&path, &bytes) {
                             Ok(certs) => {
                                 // parse_cert_pem never returns an empty list.
-                                let sha256 = crate::certs::sha256(certs.first()?.as_ref());
+                                let first = certs.first()?;
+                                let sha256 = crate::certs::sha256(first.as_ref());
+                                // parse_cert_pem checked that it parses.
+                                let (_, not_after) =
+                                    crate::certs::subject_and_not_after(first.as_ref())?;
                                 if certs.len() > 1 {
                                     errs.push(&ck, format!("{}: holds {} certificates; a pin file holds exactly one", path.display(), certs.len()));
                                 }
-                                Some(Pin::Cert { path, sha256 })
+                                Some(Pin::Cert {
+                                    path,
+                                    sha256,
+                                    not_after,
+                                })
                             }
                             Err(e) => {
                                 errs.push(&ck, e);
@@ -901,6 +955,7 @@ fn forward(errs: &mut Errs, f: raw::RawForward) -> Forward {
         x_forwarded: f.x_forwarded.unwrap_or(true),
         strip_headers,
         strip_identity_headers: f.strip_identity_headers.unwrap_or(true),
+        client_cert_headers: f.client_cert_headers.unwrap_or(false),
     }
 }
 

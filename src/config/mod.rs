@@ -123,6 +123,9 @@ pub struct TrustSource {
     pub name: Arc<str>,
     /// CA chain or pinned list.
     pub kind: TrustKind,
+    /// `spiffe_trust_domains`: SPIFFE trust domains that belong to this source alone (SPEC
+    /// 9.5), lower-case, unique across sources.
+    pub spiffe_trust_domains: Vec<String>,
 }
 
 /// What kind of trust source: decided by `ca` vs `pinned` in the file.
@@ -220,6 +223,13 @@ impl CrlFile {
 }
 
 impl CaTrust {
+    /// Every certificate this source trusts as an issuer: its anchors (and, once SPEC 9.1
+    /// lands, its configured intermediates). The expiry gauge and `check`'s 30-day warnings
+    /// read them from here.
+    pub fn trusted_certificates(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        self.anchors.iter()
+    }
+
     /// `(file base name, earliest nextUpdate)` for each CRL file, in `crl:` order: a PEM
     /// bundle holds several CRLs under one name, and the earliest is the one that matters.
     pub fn next_update_per_file(&self) -> Vec<(String, i64)> {
@@ -317,6 +327,8 @@ pub enum Pin {
         path: PathBuf,
         /// SHA-256 of its DER.
         sha256: [u8; 32],
+        /// The certificate's notAfter, Unix seconds (the pinned expiry gauge).
+        not_after: i64,
     },
     /// SHA-256 certificate fingerprint given in the config.
     Sha256([u8; 32]),
@@ -376,6 +388,8 @@ pub struct Forward {
     /// Remove the client-address and client-certificate headers of other proxies
     /// (`Forwarded`, `X-Real-IP`, `X-SSL-Client-*`, `SSL_CLIENT_*`, ...); default true.
     pub strip_identity_headers: bool,
+    /// Add RFC 9440 `Client-Cert` and `Client-Cert-Chain` (SPEC 9.9); default false.
+    pub client_cert_headers: bool,
 }
 
 /// `forward.xfcc`.
@@ -1245,6 +1259,60 @@ runtime: { worker_threads: 1, shutdown_grace: 2m }",
     }
 
     #[test]
+    fn spiffe_trust_domains_are_valid_and_bound_once() {
+        let (dir, _) = setup();
+        let yaml = format!(
+            "{HEAD}trust:
+  internal:
+    ca: pki/ca.crt
+    spiffe_trust_domains: [example.org, corp.example]
+  partner:
+    ca: pki/ca.crt
+    spiffe_trust_domains: [partner.example, Example.COM, 'spiffe://x', corp.example, x:1]
+  lab:
+    pinned: [{{ name: a, sha256: '{fp}' }}]
+    spiffe_trust_domains: [lab.example, lab.example]
+",
+            fp = "ab".repeat(32),
+        );
+        let r = load(&dir, &yaml);
+        let e = error_at(load(&dir, &yaml), "trust.partner.spiffe_trust_domains[3]");
+        assert!(
+            e.message
+                .contains("already bound at trust.internal.spiffe_trust_domains[1]"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            keys(r),
+            vec![
+                "trust.partner.spiffe_trust_domains[1]",
+                "trust.partner.spiffe_trust_domains[2]",
+                "trust.partner.spiffe_trust_domains[3]",
+                "trust.partner.spiffe_trust_domains[4]",
+                "trust.lab.spiffe_trust_domains[1]",
+            ]
+        );
+        let ok = yaml
+            .replace(", Example.COM, 'spiffe://x', corp.example, x:1", "")
+            .replace("[lab.example, lab.example]", "[lab.example]");
+        let c = load(&dir, &ok).unwrap();
+        let domains: Vec<_> = c
+            .trust
+            .iter()
+            .map(|t| t.spiffe_trust_domains.clone())
+            .collect();
+        assert_eq!(
+            domains,
+            vec![
+                vec!["example.org".to_string(), "corp.example".to_string()],
+                vec!["partner.example".to_string()],
+                vec!["lab.example".to_string()],
+            ]
+        );
+    }
+
+    #[test]
     fn pins_parse_with_and_without_colons() {
         let (dir, pki) = setup();
         let digest = crate::certs::sha256(&pki.pinned_der);
@@ -1348,6 +1416,41 @@ upstreams:
                 "deny[3].serial",
                 "deny[4].trust",
             ]
+        );
+    }
+
+    #[test]
+    fn shadow_allow_and_enforce() {
+        let (dir, _) = setup();
+        let c = load(&dir, &full("")).unwrap();
+        assert!(c
+            .policy
+            .routes
+            .iter()
+            .all(|r| r.enforce && r.shadow_allow.is_none()));
+        let shadowed = full("").replace(
+            "      - pinned: ci-runner\n",
+            "      - pinned: ci-runner\n    shadow_allow:\n      - trust: internal\n      - pinned: ci-runner\n    enforce: false\n",
+        );
+        let c = load(&dir, &shadowed).unwrap();
+        let r = &c.policy.routes[0];
+        assert!(!r.enforce);
+        let shadow: Vec<String> = r
+            .shadow_allow
+            .iter()
+            .flat_map(|s| s.entries())
+            .map(|e| e.describe())
+            .collect();
+        assert_eq!(shadow, ["trust=internal", "pinned=ci-runner"]);
+        let broken = shadowed
+            .replace(
+                "      - trust: internal\n      - pinned",
+                "      - trust: nowhere\n      - pinned",
+            )
+            .replace("enforce: false", "enforce: maybe");
+        assert_eq!(
+            keys(load(&dir, &broken)),
+            ["routes[0].enforce", "routes[0].shadow_allow[0].trust"]
         );
     }
 

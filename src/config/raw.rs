@@ -171,6 +171,8 @@ pub struct RawTrust {
     pub check_validity: Option<bool>,
     /// `trust.<name>.on_overdue_review`
     pub on_overdue_review: Option<String>,
+    /// `trust.<name>.spiffe_trust_domains`
+    pub spiffe_trust_domains: Option<Vec<String>>,
 }
 
 /// One entry of `trust.X.crl_urls:`.
@@ -241,6 +243,10 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     /// `routes[i].allow`
     pub allow: Option<Vec<RawAllow>>,
+    /// `routes[i].shadow_allow`
+    pub shadow_allow: Option<Vec<RawAllow>>,
+    /// `routes[i].enforce`
+    pub enforce: Option<bool>,
 }
 
 /// One allow entry (SPEC 2.1).
@@ -349,6 +355,8 @@ pub struct RawForward {
     pub strip_headers: Option<Vec<String>>,
     /// `forward.strip_identity_headers`
     pub strip_identity_headers: Option<bool>,
+    /// `forward.client_cert_headers`
+    pub client_cert_headers: Option<bool>,
 }
 
 /// `admin:`
@@ -678,6 +686,7 @@ impl Section for RawTrust {
             pinned: w.section_list(m, p, "pinned"),
             check_validity: w.field(m, p, "check_validity"),
             on_overdue_review: w.field(m, p, "on_overdue_review"),
+            spiffe_trust_domains: w.scalar_list(m, p, "spiffe_trust_domains"),
         }
     }
 }
@@ -733,6 +742,8 @@ impl Section for RawRoute {
             methods: w.scalar_list(m, p, "methods"),
             upstream: w.field(m, p, "upstream"),
             allow: w.section_list(m, p, "allow"),
+            shadow_allow: w.section_list(m, p, "shadow_allow"),
+            enforce: w.field(m, p, "enforce"),
         }
     }
 }
@@ -795,6 +806,7 @@ impl Section for RawForward {
             x_forwarded: w.field(m, p, "x_forwarded"),
             strip_headers: w.scalar_list(m, p, "strip_headers"),
             strip_identity_headers: w.field(m, p, "strip_identity_headers"),
+            client_cert_headers: w.field(m, p, "client_cert_headers"),
         }
     }
 }

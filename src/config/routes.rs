@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::build::{Errs, Names};
 use super::raw::{RawAllow, RawDeny, RawRoute};
 use crate::policy::deny::{DenyEntry, DenyList};
-use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route};
+use crate::policy::{AllowEntry, Matcher, PathMatch, Policy, Route, ShadowAllow};
 use crate::request::normalize::{check_method, BadTarget};
 
 /// Compile every route; errors are collected, broken routes are left out.
@@ -129,6 +129,16 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
                 Vec::new()
             }
         };
+        let shadow_allow = r.shadow_allow.map(|list| {
+            let entries = list
+                .iter()
+                .enumerate()
+                .filter_map(|(j, a)| {
+                    allow_entry(errs, &format!("{key}.shadow_allow[{j}]"), a, names)
+                })
+                .collect();
+            ShadowAllow::new(entries, &allow)
+        });
         if let (Some(name), Some(upstream)) = (name, upstream) {
             if errs_len(errs) == before {
                 out.push(Route {
@@ -138,6 +148,8 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
                     methods,
                     upstream: Arc::from(upstream),
                     allow,
+                    shadow_allow,
+                    enforce: r.enforce.unwrap_or(true),
                 });
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod deny;
 pub mod pattern;
+pub mod reach;
 
 use std::fmt;
 
@@ -34,6 +35,11 @@ pub struct Route {
     pub upstream: std::sync::Arc<str>,
     /// Allowed if any entry matches; empty = nobody.
     pub allow: Vec<AllowEntry>,
+    /// `shadow_allow`: candidate entries judged beside `allow` and counted, never enforced
+    /// (SPEC 9.6); `None` when the route has none.
+    pub shadow_allow: Option<ShadowAllow>,
+    /// `enforce` (default true); false forwards what `allow` refuses, as `not_enforced`.
+    pub enforce: bool,
 }
 
 /// `host:` of a route, lower-case.
@@ -54,6 +60,49 @@ pub enum PathMatch {
     Exact(String),
     /// Segment-boundary prefix, stored without a trailing `/` (except the root `/`).
     Prefix(String),
+}
+
+/// A route's `shadow_allow` list, with each entry that repeats an `allow` entry linked to it:
+/// candidate lists are usually the `allow` list with a few entries changed, and the verdict of
+/// a repeated entry is already known from the `allow` pass whenever that pass reached it.
+#[derive(Debug)]
+pub struct ShadowAllow {
+    entries: Vec<AllowEntry>,
+    /// For each entry, the index of an identical `allow` entry (same keys and canonical values).
+    same_as: Vec<Option<usize>>,
+}
+
+impl ShadowAllow {
+    /// The shadow list `entries` of a route whose `allow` list is `allow`.
+    pub fn new(entries: Vec<AllowEntry>, allow: &[AllowEntry]) -> ShadowAllow {
+        let same_as = entries
+            .iter()
+            .map(|e| {
+                let text = e.describe();
+                allow.iter().position(|a| a.describe() == text)
+            })
+            .collect();
+        ShadowAllow { entries, same_as }
+    }
+
+    /// The entries, in config order.
+    pub fn entries(&self) -> &[AllowEntry] {
+        &self.entries
+    }
+
+    /// Does any entry match `id`, given `allowed`, the index of the first `allow` entry that
+    /// matched (`None`: the allow pass tried every entry and none matched)? A repeated entry
+    /// whose twin the allow pass evaluated is not matched again.
+    fn judge(&self, id: &Identity, allowed: Option<usize>) -> bool {
+        self.entries
+            .iter()
+            .zip(&self.same_as)
+            .any(|(entry, same)| match (same, allowed) {
+                (Some(_), None) => false,
+                (Some(j), Some(p)) if *j <= p => *j == p,
+                _ => entry.matches(id),
+            })
+    }
 }
 
 /// One `allow` entry: all of its matchers must match.
@@ -137,7 +186,17 @@ pub struct RequestFacts<'a> {
 #[derive(Debug)]
 pub struct Permit<'p> {
     route: &'p Route,
-    entry: usize,
+    grant: Grant,
+    shadow: Option<bool>,
+}
+
+/// Why a [`Permit`] was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// This allow entry (index into the route's `allow`) matched.
+    Entry(usize),
+    /// No allow entry matched, and the route has `enforce: false` (SPEC 9.6).
+    NotEnforced,
 }
 
 impl<'p> Permit<'p> {
@@ -145,34 +204,61 @@ impl<'p> Permit<'p> {
     pub fn route(&self) -> &'p Route {
         self.route
     }
-    /// Index of the allow entry that granted the request.
-    pub fn entry_index(&self) -> usize {
-        self.entry
+    /// Why the request was allowed.
+    pub fn grant(&self) -> Grant {
+        self.grant
+    }
+    /// Index of the allow entry that granted the request; `None` when it was not enforced.
+    pub fn entry_index(&self) -> Option<usize> {
+        match self.grant {
+            Grant::Entry(i) => Some(i),
+            Grant::NotEnforced => None,
+        }
+    }
+    /// What the route's `shadow_allow` says (true = allowed); `None` without one.
+    pub fn shadow(&self) -> Option<bool> {
+        self.shadow
     }
 }
 
 /// Outcome of [`authorize`].
 #[derive(Debug)]
 pub enum Decision<'p> {
-    /// A route matched and an allow entry granted it.
+    /// A route matched and an allow entry granted it (or the route does not enforce).
     Allowed(Permit<'p>),
     /// A route matched but no allow entry did.
     NotAllowed {
         /// The route that matched.
         route: &'p Route,
+        /// What the route's `shadow_allow` says; `None` without one.
+        shadow: Option<bool>,
     },
     /// No route fits host, path and method (404).
     NoRoute,
 }
 
-/// First route whose host, path and method fit decides; allowed if any allow entry matches.
+/// First route whose host, path and method fit decides; allowed if any allow entry matches,
+/// or if none does and the route has `enforce: false`. A route with `shadow_allow` also
+/// judges the request by that list (one more pass over its entries); that verdict is
+/// reported, never enforced.
 pub fn authorize<'p>(policy: &'p Policy, id: &Identity, req: &RequestFacts<'_>) -> Decision<'p> {
     let Some(route) = policy.find_route(req) else {
         return Decision::NoRoute;
     };
-    match route.allow.iter().position(|entry| entry.matches(id)) {
-        Some(entry) => Decision::Allowed(Permit { route, entry }),
-        None => Decision::NotAllowed { route },
+    let allowed = route.allow.iter().position(|entry| entry.matches(id));
+    let shadow = route.shadow_allow.as_ref().map(|s| s.judge(id, allowed));
+    match allowed {
+        Some(entry) => Decision::Allowed(Permit {
+            route,
+            grant: Grant::Entry(entry),
+            shadow,
+        }),
+        None if !route.enforce => Decision::Allowed(Permit {
+            route,
+            grant: Grant::NotEnforced,
+            shadow,
+        }),
+        None => Decision::NotAllowed { route, shadow },
     }
 }
 
@@ -356,6 +442,8 @@ mod tests {
             methods: methods.map(|m| m.to_vec()),
             upstream: Arc::from("orders"),
             allow,
+            shadow_allow: None,
+            enforce: true,
         }
     }
 
@@ -468,7 +556,7 @@ mod tests {
             };
             let got = match authorize(&p, &id, &req) {
                 Decision::Allowed(permit) => Some(permit.route().name.to_string()),
-                Decision::NotAllowed { route } => panic!("{} denied", route.name),
+                Decision::NotAllowed { route, .. } => panic!("{} denied", route.name),
                 Decision::NoRoute => None,
             };
             assert_eq!(got.as_deref(), *want, "{m} {host:?} {path}");
@@ -479,7 +567,7 @@ mod tests {
             path: "/nobody",
         };
         assert!(
-            matches!(authorize(&p, &id, &req), Decision::NotAllowed { route } if &*route.name == "nobody")
+            matches!(authorize(&p, &id, &req), Decision::NotAllowed { route, .. } if &*route.name == "nobody")
         );
     }
 
@@ -601,8 +689,140 @@ mod tests {
             path: "/x",
         };
         match authorize(&p, &ca_id(), &req) {
-            Decision::Allowed(permit) => assert_eq!(permit.entry_index(), 1),
+            Decision::Allowed(permit) => assert_eq!(permit.entry_index(), Some(1)),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shadow_allow_is_judged_beside_allow_and_enforce_false_grants() {
+        let alice = ca_id();
+        let ci = pinned_id();
+        let req = RequestFacts {
+            method: &Method::GET,
+            host: None,
+            path: "/x",
+        };
+        // (allow, shadow_allow, enforce, identity) -> (decision, grant, shadow)
+        type Row<'a> = (
+            Vec<AllowEntry>,
+            Option<Vec<AllowEntry>>,
+            bool,
+            &'a Identity,
+            (&'a str, Option<Grant>, Option<bool>),
+        );
+        let alice_only = || vec![entry(&[("cn", "alice")])];
+        let internal = || vec![entry(&[("trust", "internal")])];
+        let rows: Vec<Row> = vec![
+            // No shadow list: nothing to report.
+            (
+                alice_only(),
+                None,
+                true,
+                &alice,
+                ("allowed", Some(Grant::Entry(0)), None),
+            ),
+            (alice_only(), None, true, &ci, ("denied", None, None)),
+            // Tightening: the candidate list refuses what allow grants, and the reverse.
+            (
+                internal(),
+                Some(alice_only()),
+                true,
+                &alice,
+                ("allowed", Some(Grant::Entry(0)), Some(true)),
+            ),
+            (
+                vec![entry(&[("authenticated", "true")])],
+                Some(internal()),
+                true,
+                &ci,
+                ("allowed", Some(Grant::Entry(0)), Some(false)),
+            ),
+            // Loosening: the candidate grants what allow refuses; allow still decides.
+            (
+                alice_only(),
+                Some(vec![entry(&[("trust", "lab")])]),
+                true,
+                &ci,
+                ("denied", None, Some(true)),
+            ),
+            (
+                alice_only(),
+                Some(vec![]),
+                true,
+                &ci,
+                ("denied", None, Some(false)),
+            ),
+            // enforce: false forwards what allow refuses, and says so.
+            (
+                alice_only(),
+                None,
+                false,
+                &ci,
+                ("allowed", Some(Grant::NotEnforced), None),
+            ),
+            (
+                alice_only(),
+                None,
+                false,
+                &alice,
+                ("allowed", Some(Grant::Entry(0)), None),
+            ),
+            (
+                vec![],
+                Some(internal()),
+                false,
+                &alice,
+                ("allowed", Some(Grant::NotEnforced), Some(true)),
+            ),
+        ];
+        for (i, (allow, shadow_allow, enforce, id, want)) in rows.into_iter().enumerate() {
+            let mut r = route("r", None, PathMatch::Any, None, allow);
+            r.shadow_allow = shadow_allow.map(|list| ShadowAllow::new(list, &r.allow));
+            r.enforce = enforce;
+            let p = Policy { routes: vec![r] };
+            let got = match authorize(&p, id, &req) {
+                Decision::Allowed(permit) => ("allowed", Some(permit.grant()), permit.shadow()),
+                Decision::NotAllowed { shadow, .. } => ("denied", None, shadow),
+                Decision::NoRoute => ("no_route", None, None),
+            };
+            assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn shadow_entries_repeating_allow_entries_agree_with_matching_them() {
+        let pool: [&[(&str, &str)]; 5] = [
+            &[("cn", "alice")],
+            &[("trust", "internal")],
+            &[("trust", "lab")],
+            &[("pinned", "ci-runner")],
+            &[("ou", "risk"), ("trust", "internal")],
+        ];
+        // Every list of up to two distinct pool entries, in every order.
+        let mut lists: Vec<Vec<usize>> = vec![vec![]];
+        for a in 0..pool.len() {
+            lists.push(vec![a]);
+            for b in (0..pool.len()).filter(|b| *b != a) {
+                lists.push(vec![a, b]);
+            }
+        }
+        let make = |l: &[usize]| -> Vec<AllowEntry> { l.iter().map(|i| entry(pool[*i])).collect() };
+        let ids = [ca_id(), pinned_id()];
+        for allow in &lists {
+            for shadow in &lists {
+                let r = route("r", None, PathMatch::Any, None, make(allow));
+                let s = ShadowAllow::new(make(shadow), &r.allow);
+                for id in &ids {
+                    let allowed = r.allow.iter().position(|e| e.matches(id));
+                    let naive = s.entries().iter().any(|e| e.matches(id));
+                    assert_eq!(
+                        s.judge(id, allowed),
+                        naive,
+                        "allow {allow:?} shadow {shadow:?}"
+                    );
+                }
+            }
         }
     }
 

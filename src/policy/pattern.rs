@@ -319,6 +319,44 @@ impl UriPattern {
     }
 }
 
+/// A `spiffe_id` pattern must be able to match a SPIFFE ID (SPEC 9.5): an exact one is a valid
+/// SPIFFE ID, and the prefix of a `/*` one is a valid SPIFFE ID or a bare trust domain.
+fn check_spiffe_pattern(pattern: &UriPattern) -> Result<(), String> {
+    let (shown, checked) = match pattern {
+        UriPattern::Exact(u) => (
+            u.as_str(),
+            crate::identity::spiffe_trust_domain(u).map(|_| ()),
+        ),
+        UriPattern::Below(prefix) => {
+            let id = prefix.strip_suffix('/').unwrap_or(prefix);
+            let bare = id
+                .strip_prefix("spiffe://")
+                .filter(|td| crate::identity::valid_trust_domain(td));
+            let checked = match bare {
+                Some(_) => Ok(()),
+                None => crate::identity::spiffe_trust_domain(id).map(|_| ()),
+            };
+            (prefix.as_str(), checked)
+        }
+    };
+    checked.map_err(|e| {
+        format!("`{shown}` can never match: a SPIFFE ID is `spiffe://` + a lower-case trust domain + a path, and this {e}")
+    })
+}
+
+impl UriPattern {
+    /// The trust domain a `spiffe_id` pattern is about (`example.org` for
+    /// `spiffe://example.org/ns/*`); `None` for other URIs.
+    pub fn spiffe_trust_domain(&self) -> Option<&str> {
+        let s = match self {
+            UriPattern::Exact(u) => u.as_str(),
+            UriPattern::Below(p) => p.as_str(),
+        };
+        let rest = s.strip_prefix("spiffe://")?;
+        Some(&rest[..rest.find('/').unwrap_or(rest.len())])
+    }
+}
+
 impl fmt::Display for UriPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -393,11 +431,19 @@ pub fn parse_serial(s: &str) -> Result<String, String> {
     Ok(h)
 }
 
-/// Compare serials numerically: leading zero digits, case and colons do not matter.
+/// Compare serials numerically: leading zero digits, case and colons do not matter. Runs per
+/// request for every `serial` key tried, so it allocates nothing.
 fn serial_eq(canonical: &str, cert: &str) -> bool {
-    let a = canonical.trim_start_matches('0');
-    let b: String = cert.chars().filter(|c| *c != ':').collect();
-    a.eq_ignore_ascii_case(b.trim_start_matches('0'))
+    let a = canonical
+        .trim_start_matches('0')
+        .bytes()
+        .map(|c| c.to_ascii_lowercase());
+    let b = cert
+        .bytes()
+        .filter(|c| *c != b':')
+        .skip_while(|c| *c == b'0')
+        .map(|c| c.to_ascii_lowercase());
+    a.eq(b)
 }
 
 /// Compare fingerprints ignoring case and colons.
@@ -466,7 +512,9 @@ impl Matcher {
                 if !value.trim().starts_with("spiffe://") {
                     return Err("`spiffe_id` must start with `spiffe://`".to_string());
                 }
-                Matcher::SpiffeId(UriPattern::parse(key, value)?)
+                let pattern = UriPattern::parse(key, value)?;
+                check_spiffe_pattern(&pattern)?;
+                Matcher::SpiffeId(pattern)
             }
             "san_email" => {
                 let v = simple(value)?;
@@ -809,6 +857,12 @@ mod tests {
             ("san_dns", "a.*.b"),
             ("san_uri", "spiffe://x/a*"),
             ("spiffe_id", "https://x/y"),
+            ("spiffe_id", "spiffe://Example.org/y"),
+            ("spiffe_id", "spiffe://x/y/"),
+            ("spiffe_id", "spiffe://x"),
+            ("spiffe_id", "spiffe://x:8443/y"),
+            ("spiffe_id", "spiffe://x/a/../*"),
+            ("spiffe_id", "spiffe://x//*"),
             ("san_email", "*@x.org"),
             ("san_email", "alice"),
             ("san_ip", "10.0.0.0/33"),
@@ -826,6 +880,19 @@ mod tests {
             Matcher::parse("cn", "billing-*"),
             Ok(Matcher::Cn(_))
         ));
+        for good in [
+            "spiffe://x/y",
+            "spiffe://x/*",
+            "spiffe://example.org/ns/prod/*",
+        ] {
+            match Matcher::parse("spiffe_id", good) {
+                Ok(Matcher::SpiffeId(p)) => {
+                    let td = p.spiffe_trust_domain();
+                    assert!(td == Some("x") || td == Some("example.org"), "{good}");
+                }
+                other => panic!("{good}: {other:?}"),
+            }
+        }
         assert_eq!(
             Matcher::parse("san_ip", "10.1.2.3/8").unwrap().to_string(),
             "san_ip=10.0.0.0/8"

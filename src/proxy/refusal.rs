@@ -35,6 +35,8 @@ pub enum Refusal {
     NotAllowed {
         /// The route that fits.
         route: Arc<str>,
+        /// What the route's `shadow_allow` says (true = allowed); `None` without one.
+        shadow: Option<bool>,
     },
     /// The client's request body turned out malformed (invalid chunking); the connection is
     /// closed.
@@ -146,7 +148,7 @@ impl Refusal {
                 r.outcome, r.detail
             ),
             Refusal::NoRoute => "no route fits host, path and method".to_owned(),
-            Refusal::NotAllowed { route } => format!("no allow entry of route {route} matches"),
+            Refusal::NotAllowed { route, .. } => format!("no allow entry of route {route} matches"),
             Refusal::BadBody(e) => format!("client request body failed: {e}"),
             Refusal::Upstream(e) => e.to_string(),
             Refusal::Overflow(limit) => format!(
@@ -258,7 +260,10 @@ mod tests {
                 "no route\n",
             ),
             (
-                Refusal::NotAllowed { route: "r".into() },
+                Refusal::NotAllowed {
+                    route: "r".into(),
+                    shadow: None,
+                },
                 403,
                 "not_allowed",
                 false,

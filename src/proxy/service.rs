@@ -45,6 +45,10 @@ struct Facts {
     identity: Option<Identity>,
     /// The reason of the deny entry that refused the request.
     deny_reason: Option<Arc<str>>,
+    /// The route's `shadow_allow` verdict (true = allowed), when it has one (SPEC 9.6).
+    shadow: Option<bool>,
+    /// `allow` refused the request and the route does not enforce: it is forwarded anyway.
+    not_enforced: bool,
 }
 
 /// A response body as the pipeline produced it.
@@ -67,6 +71,7 @@ pub async fn handle(
     let mut facts = Facts::default();
     let (mut response, permitted, reason) =
         match pipeline(&ctx, &snap, req, &mut facts, &inflight).await {
+            Ok(response) if facts.not_enforced => (response, true, Reason::NotEnforced),
             Ok(response) => (response, true, Reason::Ok),
             Err(refusal) => {
                 if !refusal.has_route() {
@@ -149,6 +154,10 @@ fn record(ctx: &ConnContext, access_log: bool, o: &RequestEnd<'_>) {
         o.elapsed,
     );
     state.inventory.request(id, o.permitted);
+    let shadow = f.route.as_deref().zip(f.shadow);
+    if let Some((route, shadow)) = shadow {
+        state.metrics.shadow_decision(route, o.permitted, shadow);
+    }
     if access_log {
         audit::request_line(&RequestAudit {
             conn_id: ctx.conn_id,
@@ -166,6 +175,7 @@ fn record(ctx: &ConnContext, access_log: bool, o: &RequestEnd<'_>) {
             upstream: f.upstream.as_deref(),
             decision: if o.permitted { "allowed" } else { "denied" },
             reason: o.reason,
+            shadow: shadow.map(|(_, allowed)| if allowed { "allowed" } else { "denied" }),
             status: o.status,
             duration_ms: o.elapsed.as_secs_f64() * 1000.0,
             deny_reason: f.deny_reason.as_deref(),
@@ -244,8 +254,9 @@ pub fn authorize<'p>(
     };
     match policy::authorize(policy, identity, &request) {
         Decision::Allowed(permit) => Ok(permit),
-        Decision::NotAllowed { route } => Err(Refusal::NotAllowed {
+        Decision::NotAllowed { route, shadow } => Err(Refusal::NotAllowed {
             route: route.name.clone(),
+            shadow,
         }),
         Decision::NoRoute => Err(Refusal::NoRoute),
     }
@@ -280,10 +291,13 @@ async fn pipeline(
         &target,
     )
     .inspect_err(|refusal| {
-        if let Refusal::NotAllowed { route } = refusal {
+        if let Refusal::NotAllowed { route, shadow } = refusal {
             facts.route = Some(route.clone());
+            facts.shadow = *shadow;
         }
     })?;
+    facts.shadow = permit.shadow();
+    facts.not_enforced = permit.grant() == policy::Grant::NotEnforced;
     let route = permit.route();
     facts.route = Some(route.name.clone());
     facts.upstream = Some(route.upstream.clone());

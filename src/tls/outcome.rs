@@ -29,11 +29,14 @@ pub enum Outcome {
     ProtocolError,
     /// Release 2 (SPEC 9.4): a `deny:` entry matched the admitted certificate.
     DenyListed,
+    /// SPEC 9.5: a SPIFFE ID of a trust domain bound to another source, or outside the
+    /// admitting source's own bindings.
+    TrustDomainMismatch,
 }
 
 impl Outcome {
-    /// Every outcome, in the order SPEC section 6 lists them.
-    pub const ALL: [Outcome; 17] = [
+    /// Every outcome, in the order SPEC section 6 lists them, then those of section 9.
+    pub const ALL: [Outcome; 18] = [
         Outcome::Success,
         Outcome::NoClientCert,
         Outcome::UnknownIssuer,
@@ -51,6 +54,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::ProtocolError,
         Outcome::DenyListed,
+        Outcome::TrustDomainMismatch,
     ];
 
     /// The metric label value.
@@ -73,6 +77,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::ProtocolError => "protocol_error",
             Outcome::DenyListed => "deny_listed",
+            Outcome::TrustDomainMismatch => "trust_domain_mismatch",
         }
     }
 }
@@ -137,7 +142,7 @@ impl Outcome {
             Outcome::CrlExpired => CertificateError::ExpiredRevocationList,
             Outcome::BadSignature => CertificateError::BadSignature,
             Outcome::InvalidUsage => CertificateError::InvalidPurpose,
-            Outcome::LifetimeExceeded | Outcome::ReviewOverdue => {
+            Outcome::LifetimeExceeded | Outcome::ReviewOverdue | Outcome::TrustDomainMismatch => {
                 CertificateError::ApplicationVerificationFailure
             }
             Outcome::InvalidCert => CertificateError::BadEncoding,
@@ -179,7 +184,7 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
-        assert_eq!(seen.len(), 17);
+        assert_eq!(seen.len(), Outcome::ALL.len());
     }
 
     #[test]
@@ -192,7 +197,9 @@ mod tests {
                 Outcome::from_certificate_error(&o.to_certificate_error()),
                 match o {
                     Outcome::PinMismatch => Outcome::UnknownIssuer,
-                    Outcome::LifetimeExceeded | Outcome::ReviewOverdue => Outcome::InvalidCert,
+                    Outcome::LifetimeExceeded
+                    | Outcome::ReviewOverdue
+                    | Outcome::TrustDomainMismatch => Outcome::InvalidCert,
                     Outcome::DenyListed => Outcome::Revoked,
                     o => o,
                 }

@@ -70,6 +70,7 @@ pub(crate) fn ca_source_with(
             revocation,
             max_lifetime,
         }),
+        spiffe_trust_domains: Vec::new(),
     }
 }
 
@@ -96,6 +97,7 @@ pub(crate) fn pinned_source(
             check_validity,
             on_overdue_review: on_overdue,
         }),
+        spiffe_trust_domains: Vec::new(),
     }
 }
 
@@ -103,6 +105,7 @@ pub(crate) fn cert_pin(c: &TestCert) -> Pin {
     Pin::Cert {
         path: PathBuf::from("pinned.crt"),
         sha256: sha256(c.cert.as_ref()),
+        not_after: 0,
     }
 }
 

@@ -9,7 +9,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::{chain, pinned, provider, Outcome, Rejection, TlsError};
 use crate::config;
-use crate::identity::{Admission, CertInfo, Identity};
+use crate::identity::{self, Admission, CertInfo, Identity};
 use crate::policy::deny::DenyList;
 use crate::revocation::Revocation;
 
@@ -45,6 +45,11 @@ impl Source {
 #[derive(Debug)]
 pub struct TrustVerifier {
     sources: Vec<Source>,
+    /// The SPIFFE trust domains each source binds, in the order of `sources` (SPEC 9.5).
+    domains: Vec<Vec<String>>,
+    /// Every bound trust domain with the source it belongs to; empty when no source binds
+    /// any, and then no certificate's URI SANs are even read.
+    owners: Vec<(String, Arc<str>)>,
     /// Subjects of every CA source's anchors (the CertificateRequest hint list).
     hints: Vec<DistinguishedName>,
     pub(super) provider: Arc<CryptoProvider>,
@@ -80,7 +85,16 @@ impl TrustVerifier {
         let provider = provider();
         let mut built = Vec::with_capacity(sources.len());
         let mut hints = Vec::new();
+        let mut domains = Vec::with_capacity(sources.len());
+        let mut owners = Vec::new();
         for source in sources {
+            domains.push(source.spiffe_trust_domains.clone());
+            owners.extend(
+                source
+                    .spiffe_trust_domains
+                    .iter()
+                    .map(|d| (d.clone(), source.name.clone())),
+            );
             match &source.kind {
                 config::TrustKind::Ca(ca) => {
                     let fetched = revocation
@@ -113,6 +127,8 @@ impl TrustVerifier {
         }
         Ok(TrustVerifier {
             sources: built,
+            domains,
+            owners,
             hints,
             provider,
             deny: Arc::default(),
@@ -170,6 +186,53 @@ impl TrustVerifier {
         }
     }
 
+    /// The verdict of source `i`, with the trust-domain bindings applied to an admission.
+    fn verify_source(
+        &self,
+        i: usize,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        uris: &[String],
+    ) -> Result<Admission, Rejection> {
+        let admission = self.sources[i].verify(end_entity, intermediates, now)?;
+        self.check_domains(i, &admission, uris)?;
+        Ok(admission)
+    }
+
+    /// The trust-domain bindings for an admission by source `i` (nothing to do without any).
+    fn check_domains(
+        &self,
+        i: usize,
+        admission: &Admission,
+        uris: &[String],
+    ) -> Result<(), Rejection> {
+        match self.domains.get(i) {
+            Some(bound) if !self.owners.is_empty() => {
+                check_trust_domains(&admission.trust, bound, &self.owners, uris)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The leaf's URI SANs, read only when some source binds trust domains.
+    fn uris_to_check(&self, leaf: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+        if self.owners.is_empty() {
+            return Vec::new();
+        }
+        let Ok(Some(san)) = leaf.subject_alternative_name() else {
+            return Vec::new();
+        };
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Verify a presented chain against every source in order; the first that admits wins.
     ///
     /// When none admits: the first failure (in config order) of a source that recognised the
@@ -183,8 +246,11 @@ impl TrustVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Admission, Rejection> {
-        let self_signed = match x509_parser::parse_x509_certificate(end_entity.as_ref()) {
-            Ok((_, x509)) => x509.subject().as_raw() == x509.issuer().as_raw(),
+        let (self_signed, uris) = match x509_parser::parse_x509_certificate(end_entity.as_ref()) {
+            Ok((_, x509)) => (
+                x509.subject().as_raw() == x509.issuer().as_raw(),
+                self.uris_to_check(&x509),
+            ),
             Err(e) => {
                 return Err(Rejection {
                     trust: None,
@@ -194,11 +260,20 @@ impl TrustVerifier {
                 })
             }
         };
+        // A source that admitted the chain but whose trust-domain rules refuse it: the most
+        // specific verdict, unless a later source admits the certificate outright (the same
+        // CA may back a source with bindings and one without).
+        let mut domain_refusal: Option<Rejection> = None;
         let mut attributed: Option<Rejection> = None;
         let mut unattributed: Vec<Rejection> = Vec::new();
-        for source in &self.sources {
+        for (i, source) in self.sources.iter().enumerate() {
             match source.verify(end_entity, intermediates, now) {
-                Ok(admission) => return self.check_deny(admission, end_entity, intermediates),
+                Ok(admission) => match self.check_domains(i, &admission, &uris) {
+                    Ok(()) => return self.check_deny(admission, end_entity, intermediates),
+                    Err(r) => {
+                        domain_refusal.get_or_insert(r);
+                    }
+                },
                 Err(r) if r.trust.is_some() => {
                     if attributed.is_none() {
                         attributed = Some(r);
@@ -207,7 +282,7 @@ impl TrustVerifier {
                 Err(r) => unattributed.push(r),
             }
         }
-        if let Some(r) = attributed {
+        if let Some(r) = domain_refusal.or(attributed) {
             return Err(r);
         }
         if let Some(r) = unattributed
@@ -246,9 +321,14 @@ impl TrustVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Vec<(Arc<str>, Result<Admission, Rejection>)> {
-        self.sources
-            .iter()
-            .map(|s| (s.name().clone(), s.verify(end_entity, intermediates, now)))
+        let uris = x509_parser::parse_x509_certificate(end_entity.as_ref())
+            .map(|(_, x509)| self.uris_to_check(&x509))
+            .unwrap_or_default();
+        (0..self.sources.len())
+            .map(|i| {
+                let verdict = self.verify_source(i, end_entity, intermediates, now, &uris);
+                (self.sources[i].name().clone(), verdict)
+            })
             .collect()
     }
 
@@ -256,6 +336,74 @@ impl TrustVerifier {
     pub fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
     }
+}
+
+/// SPEC 9.5 for a certificate that source `admitted` (binding the domains `bound`) admitted,
+/// given every binding of the snapshot and the leaf's URI SANs:
+///
+/// * a SPIFFE ID in a trust domain bound to another source: `trust_domain_mismatch`;
+/// * a source with bindings and a SPIFFE ID outside them: `trust_domain_mismatch`;
+/// * a source with bindings and a `spiffe` URI SAN that is not a valid SPIFFE ID: `invalid_cert`.
+///
+/// Every `spiffe` URI SAN counts, not only a well-formed SVID's single one: `san_uri` rules
+/// see all of them. A malformed one is read leniently (`SPIFFE://Example.ORG:8/x`), so it
+/// cannot dodge another source's binding. Details name config values only, never
+/// certificate text.
+fn check_trust_domains(
+    admitted: &Arc<str>,
+    bound: &[String],
+    owners: &[(String, Arc<str>)],
+    uris: &[String],
+) -> Result<(), Rejection> {
+    let refuse = |outcome, detail: String| {
+        Err(Rejection {
+            trust: Some(admitted.clone()),
+            outcome,
+            detail,
+            deny_reason: None,
+        })
+    };
+    for uri in uris.iter().filter(|u| identity::is_spiffe_uri(u)) {
+        let (domain, invalid) = match identity::spiffe_trust_domain(uri) {
+            Ok(td) => (td.to_owned(), None),
+            Err(e) => (
+                identity::loose_trust_domain(uri).unwrap_or_default(),
+                Some(e),
+            ),
+        };
+        if let Some(e) = invalid.filter(|_| !bound.is_empty()) {
+            return refuse(
+                Outcome::InvalidCert,
+                format!(
+                    "a spiffe URI SAN is not a valid SPIFFE ID (it {e}), and {admitted} binds \
+                     trust domains"
+                ),
+            );
+        }
+        match owners.iter().find(|(d, _)| *d == domain) {
+            Some((_, owner)) if owner != admitted => {
+                return refuse(
+                    Outcome::TrustDomainMismatch,
+                    format!(
+                        "the SPIFFE ID is in trust domain `{domain}`, which belongs to trust \
+                         source {owner}, not {admitted}"
+                    ),
+                );
+            }
+            Some(_) => {}
+            None if !bound.is_empty() => {
+                return refuse(
+                    Outcome::TrustDomainMismatch,
+                    format!(
+                        "the SPIFFE ID is outside {admitted}'s trust domains ({})",
+                        bound.join(", ")
+                    ),
+                );
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -326,5 +474,109 @@ mod tests {
         let names: Vec<_> = each.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, ["internal", "partner", "lab"]);
         assert!(each[0].1.is_err() && each[1].1.is_err() && each[2].1.is_ok());
+    }
+
+    fn bound(
+        mut source: crate::config::TrustSource,
+        domains: &[&str],
+    ) -> crate::config::TrustSource {
+        source.spiffe_trust_domains = domains.iter().map(|d| d.to_string()).collect();
+        source
+    }
+
+    fn with_uris(ca: &TestCa, cn: &str, uris: &[&str]) -> TestCert {
+        let mut spec = LeafSpec::client(cn);
+        spec.uris = uris.iter().map(|u| u.to_string()).collect();
+        ca.issue(&spec).unwrap()
+    }
+
+    #[test]
+    fn spiffe_trust_domains_belong_to_one_source() {
+        let p = pki();
+        let partner = TestCa::root("partner root").unwrap();
+        let mut rogue = LeafSpec::client("rogue");
+        rogue.uris = vec!["spiffe://example.org/ns/prod/sa/billing".into()];
+        let rogue = TestCert::self_signed(&rogue).unwrap();
+        let v = TrustVerifier::new(&[
+            bound(
+                ca_source("internal", &p.root, vec![]),
+                &["example.org", "corp.example"],
+            ),
+            ca_source("partner", &partner, vec![]),
+            pinned_source(
+                "lab",
+                vec![entry("rogue", cert_pin(&rogue), None)],
+                true,
+                OverdueAction::Warn,
+            ),
+        ])
+        .unwrap();
+        let mismatch = |t: &str| (Some(t.to_string()), Outcome::TrustDomainMismatch);
+        let svid = "spiffe://example.org/ns/prod/sa/billing";
+        // The bound source's own IDs, and certificates without any.
+        ca_admits(&v, &with_uris(&p.inter, "a", &[svid]), "internal");
+        ca_admits(
+            &v,
+            &with_uris(&p.inter, "b", &["spiffe://corp.example/x"]),
+            "internal",
+        );
+        ca_admits(&v, &with_uris(&p.inter, "c", &[]), "internal");
+        ca_admits(
+            &v,
+            &with_uris(&p.inter, "d", &["https://example.org/x"]),
+            "internal",
+        );
+        // Another CA minting an ID of a bound domain: refused, counted for the admitting source.
+        assert_eq!(
+            rejected(&v, &with_uris(&partner, "e", &[svid])),
+            mismatch("partner")
+        );
+        // ... also when the ID hides among other URI SANs or is spelled loosely.
+        let hidden = with_uris(&partner, "f", &["https://partner.example/x", svid]);
+        assert_eq!(rejected(&v, &hidden), mismatch("partner"));
+        let loose = with_uris(&partner, "g", &["SPIFFE://Example.ORG:443/ns/prod"]);
+        assert_eq!(rejected(&v, &loose), mismatch("partner"));
+        // A pinned key holder claiming the bound domain.
+        assert_eq!(rejected(&v, &rogue), mismatch("lab"));
+        // Unbound domains stay open to every source; a source without bindings tolerates
+        // malformed spiffe URIs (they are only san_uri values there).
+        ca_admits(
+            &v,
+            &with_uris(&partner, "h", &["spiffe://partner.example/x"]),
+            "partner",
+        );
+        ca_admits(
+            &v,
+            &with_uris(&partner, "i", &["spiffe://partner.example//x"]),
+            "partner",
+        );
+        // The bound source refuses IDs outside its domains, and malformed spiffe URIs.
+        let outside = with_uris(&p.inter, "j", &["spiffe://partner.example/x"]);
+        assert_eq!(rejected(&v, &outside), mismatch("internal"));
+        let malformed = with_uris(&p.inter, "k", &["spiffe://example.org/ns/"]);
+        assert_eq!(
+            rejected(&v, &malformed),
+            (Some("internal".to_string()), Outcome::InvalidCert)
+        );
+        // `explain` sees the same verdicts per source.
+        let each = v.verify_each(&outside.chain[0], &outside.chain[1..], now());
+        assert_eq!(
+            each[0].1.as_ref().unwrap_err().outcome,
+            Outcome::TrustDomainMismatch
+        );
+
+        // The same CA behind a bound source and an unbound one: an ID outside the bindings is
+        // the unbound source's to admit, an ID inside them the bound source's.
+        let v = TrustVerifier::new(&[
+            bound(ca_source("prod", &p.root, vec![]), &["example.org"]),
+            ca_source("any", &p.root, vec![]),
+        ])
+        .unwrap();
+        ca_admits(&v, &with_uris(&p.inter, "l", &[svid]), "prod");
+        ca_admits(
+            &v,
+            &with_uris(&p.inter, "m", &["spiffe://other.example/x"]),
+            "any",
+        );
     }
 }

@@ -7,6 +7,7 @@ mod common;
 mod data_path;
 mod deploy;
 mod faults;
+mod governance;
 mod hardening;
 mod lifecycle;
 mod observability;

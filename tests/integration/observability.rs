@@ -293,6 +293,9 @@ async fn identities_inventory_and_readiness() {
     assert_eq!(c["pinned"], "ci-runner");
     assert_eq!(c["requests_allowed"], 1);
     assert_eq!(c["requests_denied"], 1);
+    // The blast radius under the current snapshot (SPEC 9.7).
+    assert_eq!(a["routes"], serde_json::json!(["status", "api", "down"]));
+    assert_eq!(c["routes"], serde_json::json!(["api", "down"]));
     let mut keys: Vec<&str> = a.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
     assert_eq!(
@@ -305,6 +308,7 @@ async fn identities_inventory_and_readiness() {
             "pinned",
             "requests_allowed",
             "requests_denied",
+            "routes",
             "san_dns",
             "serial",
             "spiffe_id",
