@@ -20,6 +20,7 @@ use serde::{Serialize, Serializer};
 
 use crate::certs::{hex_lower, serial_hex, sha256};
 use crate::config::{CaTrust, Config, Pin, PinnedTrust, RevocationDepth, TrustKind, TrustSource};
+use crate::policy::deny::DenyList;
 use crate::policy::reach::{self, Basis, Bits, Served};
 use crate::policy::{AllowEntry, HostPattern, PathMatch, Policy, Route};
 
@@ -213,6 +214,8 @@ pub enum ChangeKind {
     TrustSourceAdded,
     TrustSourceRemoved,
     TrustSourceChanged,
+    DenyAdded,
+    DenyRemoved,
 }
 
 impl ChangeKind {
@@ -223,6 +226,8 @@ impl ChangeKind {
             ChangeKind::TrustSourceAdded => "trust_source_added",
             ChangeKind::TrustSourceRemoved => "trust_source_removed",
             ChangeKind::TrustSourceChanged => "trust_source_changed",
+            ChangeKind::DenyAdded => "deny_added",
+            ChangeKind::DenyRemoved => "deny_removed",
         }
     }
 }
@@ -298,8 +303,30 @@ impl AccessDiff {
 pub fn diff(old: &Config, new: &Config) -> AccessDiff {
     let mut out = diff_policies(&old.policy, &new.policy);
     out.changes.extend(diff_trust(&old.trust, &new.trust));
-    // Deny entries (SPEC 9.4) join here once the deny list exists.
+    out.changes.extend(diff_deny(&old.deny, &new.deny));
     out
+}
+
+/// Deny entries added or removed, compared by what they match (their keys, in canonical
+/// form); a changed `reason` or a moved entry changes no access.
+fn diff_deny(old: &DenyList, new: &DenyList) -> Vec<Change> {
+    let keys = |list: &DenyList| -> BTreeSet<String> {
+        list.entries().iter().map(|e| e.entry.describe()).collect()
+    };
+    let (old, new) = (keys(old), keys(new));
+    let change = |change, detail: &String| Change {
+        change,
+        route: None,
+        trust: None,
+        detail: detail.clone(),
+    };
+    new.difference(&old)
+        .map(|d| change(ChangeKind::DenyAdded, d))
+        .chain(
+            old.difference(&new)
+                .map(|d| change(ChangeKind::DenyRemoved, d)),
+        )
+        .collect()
 }
 
 /// The route and selector part of [`diff`].
@@ -454,6 +481,15 @@ fn ca_changes(old: &CaTrust, new: &CaTrust) -> Vec<String> {
     };
     let files =
         |ca: &CaTrust| -> BTreeSet<String> { ca.crls.iter().map(|c| c.file_name()).collect() };
+    let intermediates = |ca: &CaTrust| -> BTreeSet<String> {
+        ca.intermediates
+            .iter()
+            .map(|c| format!("sha256 {}", hex_lower(&sha256(c.as_ref()))))
+            .collect()
+    };
+    let crl_urls =
+        |ca: &CaTrust| -> BTreeSet<String> { ca.crl_urls.iter().map(|u| u.url.clone()).collect() };
+    let dp_allow = |ca: &CaTrust| -> BTreeSet<String> { ca.crl_dp_allow.iter().cloned().collect() };
     let revoked = |ca: &CaTrust| -> BTreeSet<String> {
         ca.crls
             .iter()
@@ -476,7 +512,14 @@ fn ca_changes(old: &CaTrust, new: &CaTrust) -> Vec<String> {
     };
     [
         set_change("anchors", &anchors(old), &anchors(new)),
+        set_change("intermediates", &intermediates(old), &intermediates(new)),
         set_change("CRL files", &files(old), &files(new)),
+        set_change("crl_urls", &crl_urls(old), &crl_urls(new)),
+        set_change(
+            "crl_distribution_points.allow",
+            &dp_allow(old),
+            &dp_allow(new),
+        ),
         set_change("revoked", &revoked(old), &revoked(new)),
         value_change("revocation.depth", depth(old), depth(new)),
         value_change(

@@ -223,11 +223,10 @@ impl CrlFile {
 }
 
 impl CaTrust {
-    /// Every certificate this source trusts as an issuer: its anchors (and, once SPEC 9.1
-    /// lands, its configured intermediates). The expiry gauge and `check`'s 30-day warnings
-    /// read them from here.
+    /// Every certificate this source trusts as an issuer: its anchors and its configured
+    /// intermediates. The expiry gauge and `check`'s 30-day warnings read them from here.
     pub fn trusted_certificates(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
-        self.anchors.iter()
+        self.anchors.iter().chain(&self.intermediates)
     }
 
     /// `(file base name, earliest nextUpdate)` for each CRL file, in `crl:` order: a PEM
