@@ -356,3 +356,50 @@ fn same_settings(a: &config::Upstream, b: &config::Upstream) -> bool {
         && a.max_requests == b.max_requests
         && a.tls == b.tls
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_follow_io_errors_into_the_error_they_wrap() {
+        // As tokio-rustls reports an alert, and hyper-rustls-style wrappers box it again.
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let outer = std::io::Error::other(inner);
+        // std's own `source()` skips the wrapped error entirely.
+        assert!(std::error::Error::source(&outer).is_none());
+        let found: Vec<_> = sources(&outer).collect();
+        assert_eq!(found.len(), 3, "outer io, inner io, the rustls error");
+        assert!(found[2].is::<rustls::Error>());
+        assert_eq!(
+            error_chain(&outer),
+            "received fatal alert: CertificateRequired"
+        );
+
+        let failed = HandshakeError::Failed(outer);
+        assert!(sources(&failed).any(|s| s.is::<rustls::Error>()));
+        assert_eq!(
+            error_chain(&failed),
+            "TLS handshake with the upstream failed: received fatal alert: CertificateRequired"
+        );
+    }
+
+    #[test]
+    fn kind_labels_and_statuses() {
+        for (kind, label, status) in [
+            (UpstreamErrorKind::Connect, "connect", 502),
+            (UpstreamErrorKind::Timeout, "timeout", 504),
+            (UpstreamErrorKind::Reset, "reset", 502),
+            (UpstreamErrorKind::Protocol, "protocol", 502),
+            (UpstreamErrorKind::Tls, "tls", 502),
+        ] {
+            assert_eq!(kind.as_str(), label);
+            let e = UpstreamError {
+                kind,
+                detail: String::new(),
+            };
+            assert_eq!(e.status().as_u16(), status, "{label}");
+        }
+    }
+}
