@@ -461,6 +461,100 @@ async fn without_ca_the_system_roots_verify_the_upstream() {
     assert_eq!(upstream.seen().len(), 1);
 }
 
+/// `openssl s_server -www` on 127.0.0.1, killed on drop.
+struct SServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl SServer {
+    fn start(dir: &std::path::Path, args: &[&str]) -> SServer {
+        use std::io::BufRead as _;
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", "127.0.0.1:0", "-www"])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.strip_prefix("ACCEPT ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(10)) else {
+            let _ = child.kill();
+            panic!("openssl s_server {args:?} did not start");
+        };
+        let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        SServer { child, port }
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// OpenSSL as the upstream (`openssl s_server -www` answers with a status page that shows the
+/// client certificate it got), requiring a client certificate from the gateway root: with
+/// `client_cert` the page names certguard's certificate; without, a 502 counted as `tls`.
+#[tokio::test]
+async fn openssl_s_server_as_the_upstream() {
+    common::ocsp::openssl_available();
+    let env = Env::new().await;
+    let pki = UpstreamPki::new(&env);
+    env.write("upstream.crt", &pki.server.cert_pem);
+    env.write("upstream.key", &pki.server.key_pem);
+    env.write("gateway-root.crt", &pki.gateway_root.cert_pem);
+    for version in ["-tls1_3", "-tls1_2"] {
+        let server = SServer::start(
+            env.dir.path(),
+            &[
+                version,
+                "-cert",
+                "upstream.crt",
+                "-key",
+                "upstream.key",
+                "-Verify",
+                "1",
+                "-verify_return_error",
+                "-CAfile",
+                "gateway-root.crt",
+            ],
+        );
+        let url = format!("https://localhost:{}", server.port);
+        let with_cert = config(
+            &env,
+            &format!(
+                "    url: {url}\n    ca: upstream-ca.crt\n    client_cert: gateway.crt\n    client_key: gateway.key\n"
+            ),
+        );
+        let proxy = env.start(&with_cert).await;
+        let (status, body) = get(&env, &proxy, "localhost", "/").await;
+        assert_eq!(status, 200, "{version}: {body}");
+        assert!(body.contains("Client certificate"), "{version}: {body}");
+        assert!(body.contains("Subject: CN=certguard-gateway"), "{version}: {body}");
+        assert_tls_errors(&proxy, 0.0).await;
+
+        let proxy = env.start(&config_for(&env, &url)).await;
+        let (status, body) = get(&env, &proxy, "localhost", "/").await;
+        assert_eq!(status, 502, "{version}: {body}");
+        assert_tls_errors(&proxy, 1.0).await;
+    }
+}
+
 /// Poll `done` until it holds, for at most 5 seconds.
 async fn wait_for(done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
