@@ -545,7 +545,10 @@ async fn openssl_s_server_as_the_upstream() {
         let (status, body) = get(&env, &proxy, "localhost", "/").await;
         assert_eq!(status, 200, "{version}: {body}");
         assert!(body.contains("Client certificate"), "{version}: {body}");
-        assert!(body.contains("Subject: CN=certguard-gateway"), "{version}: {body}");
+        assert!(
+            body.contains("Subject: CN=certguard-gateway"),
+            "{version}: {body}"
+        );
         assert_tls_errors(&proxy, 0.0).await;
 
         let proxy = env.start(&config_for(&env, &url)).await;
