@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use certguard::config::Config;
+use certguard::config::{Config, UpstreamScheme};
 use certguard::Proxy;
 
 #[derive(Parser)]
@@ -248,9 +248,12 @@ impl DemoInfo {
             .map(Path::to_path_buf)
             .unwrap_or(certs);
         DemoInfo {
+            // An `https://` upstream is a real TLS server elsewhere: the plain echo cannot
+            // stand in for it.
             upstreams: config
                 .upstreams
                 .iter()
+                .filter(|u| u.scheme != UpstreamScheme::Https)
                 .map(|u| u.authority.to_string())
                 .collect(),
             certs,

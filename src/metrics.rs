@@ -276,7 +276,7 @@ impl Metrics {
             upstream_errors: counter_vec(
                 &r,
                 "certguard_upstream_errors_total",
-                "Failed upstream requests by upstream and kind (connect, timeout, reset, protocol).",
+                "Failed upstream requests by upstream and kind (connect, timeout, reset, protocol, tls).",
                 &["upstream", "kind"],
             ),
             upstream_overflow: counter_vec(

@@ -6,11 +6,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::access;
 use crate::certs::rfc3339_unix;
-use crate::config::{Config, Pin, RevocationDepth, TrustKind};
+use crate::config::{
+    Config, Pin, RevocationDepth, TrustKind, Upstream, UpstreamRoots, UpstreamScheme,
+};
 use crate::identity::{CertInfo, Identity};
 use crate::policy::{self, reach, RequestFacts};
 use crate::proxy::refusal::Refusal;
@@ -49,6 +51,23 @@ pub fn warnings(config: &Config) -> Vec<String> {
             if info.not_after < soon {
                 out.push(format!(
                     "listen.cert: server certificate expires {} (within {EXPIRY_WARNING_DAYS} days or already)",
+                    rfc3339_unix(info.not_after)
+                ));
+            }
+        }
+    }
+    for u in &config.upstreams {
+        let Some(client) = u.tls.as_ref().and_then(|t| t.client_cert.as_ref()) else {
+            continue;
+        };
+        let Some(leaf) = client.chain.first() else {
+            continue;
+        };
+        if let Ok(info) = CertInfo::from_chain(std::slice::from_ref(leaf)) {
+            if info.not_after < soon {
+                out.push(format!(
+                    "upstreams.{}.client_cert: client certificate expires {} (within {EXPIRY_WARNING_DAYS} days or already)",
+                    u.name,
                     rfc3339_unix(info.not_after)
                 ));
             }
@@ -439,6 +458,10 @@ pub fn check(config: &Config) -> Result<String, String> {
             }
         }
     }
+    let _ = writeln!(s, "\nupstreams:");
+    for u in &config.upstreams {
+        let _ = writeln!(s, "  {}", upstream_summary(u)?);
+    }
     let reached = reach::reached(&config.policy);
     let _ = writeln!(s, "\nroutes (first match wins):");
     for (i, route) in config.policy.routes.iter().enumerate() {
@@ -546,6 +569,64 @@ pub fn check(config: &Config) -> Result<String, String> {
         let _ = writeln!(s, "  - {w}");
     }
     Ok(s)
+}
+
+/// One line (two for upstream mTLS) about an upstream for `check`. For `https://` the TLS
+/// client is built as the proxy builds it, so missing system roots fail `check` as they would
+/// fail `run`.
+fn upstream_summary(u: &Upstream) -> Result<String, String> {
+    let protocol = match u.scheme {
+        UpstreamScheme::Http => "HTTP/1.1",
+        UpstreamScheme::H2c => "HTTP/2 prior knowledge",
+        UpstreamScheme::Https => "HTTP/1.1 over TLS",
+    };
+    let mut line = format!(
+        "{}: {}://{} ({protocol}), connect_timeout={} timeout={} max_requests={}",
+        u.name,
+        u.scheme.as_str(),
+        u.authority,
+        duration_text(u.connect_timeout),
+        duration_text(u.timeout),
+        u.max_requests
+    );
+    let Some(tls) = &u.tls else {
+        return Ok(line);
+    };
+    crate::upstream::client_config(tls).map_err(|e| format!("upstreams.{}: {e}", u.name))?;
+    let name = tls.server_name.to_str();
+    let sni = match tls.server_name {
+        ServerName::DnsName(_) => format!("SNI {name}"),
+        // RFC 6066: SNI carries host names only.
+        _ => "no SNI (an IP address)".to_owned(),
+    };
+    let roots = match &tls.roots {
+        UpstreamRoots::System => "the system root certificates".to_owned(),
+        UpstreamRoots::Bundle { path, certs } => {
+            format!("{} CA certificate(s) from {}", certs.len(), path.display())
+        }
+    };
+    let _ = write!(
+        line,
+        "\n      TLS: {sni}; certificate must be valid for {name}, verified against {roots}"
+    );
+    match &tls.client_cert {
+        None => line.push_str("; no client certificate"),
+        Some(c) => {
+            let who = c
+                .chain
+                .first()
+                .and_then(|leaf| CertInfo::from_chain(std::slice::from_ref(leaf)).ok())
+                .map(|i| format!("{} (expires {})", i.subject, rfc3339_unix(i.not_after)))
+                .unwrap_or_else(|| "unparsed".to_owned());
+            let _ = write!(
+                line,
+                "\n      client certificate {who} from {}, key {}",
+                c.cert_path.display(),
+                c.key_path.display()
+            );
+        }
+    }
+    Ok(line)
 }
 
 /// Which mechanism a handshake rejection came from, for `explain`.
@@ -885,6 +966,75 @@ routes:
                 "trust.nocrl: no CRLs configured: revocation is not checked for this source"
                     .to_string(),
             ],
+            "{w:#?}"
+        );
+    }
+
+    #[test]
+    fn check_shows_each_upstream_and_its_tls_settings() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let d = dir.path();
+        let ca = TestCa::root("ca").unwrap();
+        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
+        let upstream_ca = TestCa::root("upstream ca").unwrap();
+        let mut soon = LeafSpec::client("gateway");
+        soon.not_after = OffsetDateTime::now_utc() + Duration::days(3);
+        let gateway = ca.issue(&soon).unwrap();
+        for (file, text) in [
+            ("server.crt", &server.cert_pem),
+            ("server.key", &server.key_pem),
+            ("ca.crt", &ca.cert_pem),
+            ("upstream-ca.crt", &upstream_ca.cert_pem),
+            ("gateway.crt", &gateway.cert_pem),
+            ("gateway.key", &gateway.key_pem),
+        ] {
+            fs::write(d.join(file), text).unwrap();
+        }
+        let yaml = "listen: { cert: server.crt, key: server.key }
+trust:
+  internal: { ca: ca.crt }
+upstreams:
+  plain: { url: 'http://127.0.0.1:9000', timeout: 5s }
+  api:
+    url: https://api.internal:8443
+    ca: upstream-ca.crt
+    client_cert: gateway.crt
+    client_key: gateway.key
+  ip: { url: 'https://10.0.0.7', ca: upstream-ca.crt }
+routes:
+  - { name: a, path_prefix: /a, upstream: plain, allow: [{ authenticated: true }] }
+  - { name: b, path_prefix: /b, upstream: api, allow: [{ authenticated: true }] }
+  - { name: c, path_prefix: /c, upstream: ip, allow: [{ authenticated: true }] }
+";
+        let config = Config::from_yaml(yaml, &d.join("certguard.yaml")).unwrap();
+        let text = check(&config).unwrap();
+        let bundle = d.join("upstream-ca.crt");
+        let want = format!(
+            "upstreams:
+  plain: http://127.0.0.1:9000 (HTTP/1.1), connect_timeout=2s timeout=5s max_requests=1024
+  api: https://api.internal:8443 (HTTP/1.1 over TLS), connect_timeout=2s timeout=30s max_requests=1024
+      TLS: SNI api.internal; certificate must be valid for api.internal, verified against 1 CA certificate(s) from {bundle}
+      client certificate CN=gateway (expires {expires}) from {cert}, key {key}
+  ip: https://10.0.0.7:443 (HTTP/1.1 over TLS), connect_timeout=2s timeout=30s max_requests=1024
+      TLS: no SNI (an IP address); certificate must be valid for 10.0.0.7, verified against 1 CA certificate(s) from {bundle}; no client certificate
+",
+            bundle = bundle.display(),
+            expires = rfc3339_unix(
+                CertInfo::from_chain(std::slice::from_ref(&gateway.cert))
+                    .unwrap()
+                    .not_after
+            ),
+            cert = d.join("gateway.crt").display(),
+            key = d.join("gateway.key").display(),
+        );
+        assert!(text.contains(&want), "{text}");
+        let w: Vec<String> = warnings(&config)
+            .into_iter()
+            .filter(|w| w.starts_with("upstreams."))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].starts_with("upstreams.api.client_cert: client certificate expires "),
             "{w:#?}"
         );
     }

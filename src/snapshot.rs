@@ -45,7 +45,7 @@ impl Snapshot {
                 .with_deny(config.deny.clone()),
         );
         let tls = ServerTls::new(&config.listen, verifier)?;
-        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams));
+        let upstreams = Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams))?;
         let deadlines = deadlines(&config, revocation);
         let fetched = config
             .trust

@@ -1,17 +1,25 @@
 //! Upstream side: one pooled hyper-util client per upstream (`http://` = HTTP/1.1, `h2c://` =
-//! HTTP/2 prior knowledge), with connect and response-header timeouts and error classification.
+//! HTTP/2 prior knowledge, `https://` = HTTP/1.1 over TLS with the upstream's certificate
+//! verified), with connect, handshake and response-header timeouts and error classification.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
 
-use crate::config::{self, UpstreamScheme};
+use crate::config::{self, UpstreamRoots, UpstreamScheme, UpstreamTls};
+use crate::tls::TlsError;
 
 /// Error type of the bodies certguard relays.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,6 +36,10 @@ pub enum UpstreamErrorKind {
     Timeout,
     Reset,
     Protocol,
+    /// The TLS handshake with an `https://` upstream failed or did not finish within
+    /// `connect_timeout`, or the upstream refused it with an alert right after (a TLS 1.3
+    /// server rejects a client certificate only after the client's side is done).
+    Tls,
 }
 
 impl UpstreamErrorKind {
@@ -37,6 +49,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Reset => "reset",
             UpstreamErrorKind::Protocol => "protocol",
+            UpstreamErrorKind::Tls => "tls",
         }
     }
 }
@@ -62,17 +75,35 @@ impl UpstreamError {
 /// A pooled client for one upstream.
 pub struct UpstreamClient {
     pub config: config::Upstream,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<Connector, UpstreamBody>,
     /// `max_requests`: places for requests in flight to this upstream.
     pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl UpstreamClient {
-    pub fn new(config: &config::Upstream) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+    /// Build the client; fails only for `https://` when its TLS client cannot be built (no
+    /// system root certificates, or a client certificate rustls refuses).
+    pub fn new(config: &config::Upstream) -> Result<UpstreamClient, TlsError> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(config.connect_timeout));
+        tcp.set_nodelay(true);
+        // The scheme is certguard's own choice (see `uri`); TLS is the connector's business.
+        tcp.enforce_http(false);
+        let tls = match &config.tls {
+            Some(settings) => {
+                let client_config =
+                    client_config(settings).map_err(|reason| TlsError::Upstream {
+                        name: config.name.to_string(),
+                        reason,
+                    })?;
+                Some(TlsConnect {
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(client_config)),
+                    server_name: settings.server_name.clone(),
+                    timeout: config.connect_timeout,
+                })
+            }
+            None => None,
+        };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -82,17 +113,21 @@ impl UpstreamClient {
         if config.scheme == UpstreamScheme::H2c {
             builder.http2_only(true);
         }
-        UpstreamClient {
+        Ok(UpstreamClient {
             config: config.clone(),
-            client: builder.build(connector),
+            client: builder.build(Connector { tcp, tls }),
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
-        }
+        })
     }
 
     /// The absolute URI for `path_and_query` on this upstream.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let scheme = match self.config.scheme {
+            UpstreamScheme::Https => "https",
+            UpstreamScheme::Http | UpstreamScheme::H2c => "http",
+        };
         Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(self.config.authority.clone())
             .path_and_query(path_and_query)
             .build()
@@ -120,17 +155,109 @@ impl UpstreamClient {
     }
 }
 
-/// Classify a client error by its predicates and source chain, never by its text.
+/// The rustls client config of an `https://` upstream: its roots, its client certificate, and
+/// ALPN `http/1.1` (the only protocol certguard speaks over TLS to an upstream).
+pub fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+    use hyper_rustls::ConfigBuilderExt as _;
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.roots {
+        UpstreamRoots::System => builder.with_native_roots().map_err(|e| {
+            format!("no usable system root certificates ({e}); name a CA bundle in `ca`")
+        })?,
+        UpstreamRoots::Bundle { path, certs } => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            builder.with_root_certificates(roots)
+        }
+    };
+    let mut config = match &tls.client_cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(|e| format!("client certificate {}: {e}", c.cert_path.display()))?,
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Connects to an upstream: TCP (under `connect_timeout`), then for `https://` the TLS
+/// handshake with the URL's host as SNI (under `connect_timeout` again).
+#[derive(Clone)]
+pub struct Connector {
+    tcp: HttpConnector,
+    tls: Option<TlsConnect>,
+}
+
+#[derive(Clone)]
+struct TlsConnect {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    timeout: Duration,
+}
+
+/// The TLS handshake with an upstream did not succeed (TCP had connected).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("TLS handshake with the upstream failed")]
+    Failed(#[source] std::io::Error),
+    #[error("TLS handshake with the upstream not complete within {0:?}")]
+    Timeout(Duration),
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<MaybeHttpsStream<TokioIo<TcpStream>>, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Connecting {
+        let tcp = self.tcp.call(dst);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = tcp.await?;
+            let Some(tls) = tls else {
+                return Ok(MaybeHttpsStream::Http(tcp));
+            };
+            let handshake = tls.connector.connect(tls.server_name, TokioIo::new(tcp));
+            match tokio::time::timeout(tls.timeout, handshake).await {
+                Ok(Ok(stream)) => Ok(MaybeHttpsStream::Https(TokioIo::new(stream))),
+                Ok(Err(e)) => Err(HandshakeError::Failed(e).into()),
+                Err(_) => Err(HandshakeError::Timeout(tls.timeout).into()),
+            }
+        })
+    }
+}
+
+/// Classify a client error by its types, predicates and source chain, never by its text.
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     let detail = error_chain(e);
+    // A TLS failure first: it is also a connect error (a failed handshake) or an I/O error
+    // under a hyper error (an alert on the first read after a TLS 1.3 handshake).
+    if sources(e).any(|s| s.is::<HandshakeError>() || s.is::<rustls::Error>()) {
+        return UpstreamError {
+            kind: UpstreamErrorKind::Tls,
+            detail,
+        };
+    }
     if e.is_connect() {
         return UpstreamError {
             kind: UpstreamErrorKind::Connect,
             detail,
         };
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
+    for s in sources(e) {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             let kind = if h.is_parse() || h.is_user() {
                 UpstreamErrorKind::Protocol
@@ -139,13 +266,12 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
             };
             return UpstreamError { kind, detail };
         }
-        if s.downcast_ref::<std::io::Error>().is_some() {
+        if s.is::<std::io::Error>() {
             return UpstreamError {
                 kind: UpstreamErrorKind::Reset,
                 detail,
             };
         }
-        source = s.source();
     }
     UpstreamError {
         kind: UpstreamErrorKind::Reset,
@@ -153,13 +279,33 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     }
 }
 
+/// `e` and its sources. An `io::Error` that wraps another error is followed into that error:
+/// its own `source()` skips the wrapped error (where rustls puts its `rustls::Error`).
+fn sources<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |s| {
+        match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        }
+    })
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+    let mut out = String::new();
+    for s in sources(e) {
+        let text = s.to_string();
+        // An io::Error wrapping an error displays as that error: say it once.
+        if !out.ends_with(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
     }
     out
 }
@@ -172,20 +318,25 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Build clients for `upstreams`, reusing the pool of `previous` for any upstream whose
-    /// settings did not change (so a reload does not drop warm upstream connections).
-    pub fn new(upstreams: &[config::Upstream], previous: Option<&Upstreams>) -> Upstreams {
-        let by_name = upstreams
-            .iter()
-            .map(|u| {
-                let reused = previous
-                    .and_then(|p| p.by_name.get(&u.name))
-                    .filter(|c| same_settings(&c.config, u))
-                    .cloned();
-                let client = reused.unwrap_or_else(|| Arc::new(UpstreamClient::new(u)));
-                (u.name.clone(), client)
-            })
-            .collect();
-        Upstreams { by_name }
+    /// settings did not change (so a reload does not drop warm upstream connections). Fails
+    /// when an `https://` upstream's TLS client cannot be built.
+    pub fn new(
+        upstreams: &[config::Upstream],
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, TlsError> {
+        let mut by_name = HashMap::new();
+        for u in upstreams {
+            let reused = previous
+                .and_then(|p| p.by_name.get(&u.name))
+                .filter(|c| same_settings(&c.config, u))
+                .cloned();
+            let client = match reused {
+                Some(c) => c,
+                None => Arc::new(UpstreamClient::new(u)?),
+            };
+            by_name.insert(u.name.clone(), client);
+        }
+        Ok(Upstreams { by_name })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<UpstreamClient>> {
@@ -193,6 +344,9 @@ impl Upstreams {
     }
 }
 
+/// Can a client built for `a` serve `b`? For `https://` the loaded CA bundle, client
+/// certificate and key are compared, not the files' names: a rotated file gets a new client
+/// (whose fresh TLS config also starts without the old sessions).
 fn same_settings(a: &config::Upstream, b: &config::Upstream) -> bool {
     a.scheme == b.scheme
         && a.authority == b.authority
@@ -200,4 +354,52 @@ fn same_settings(a: &config::Upstream, b: &config::Upstream) -> bool {
         && a.timeout == b.timeout
         && a.max_idle_per_host == b.max_idle_per_host
         && a.max_requests == b.max_requests
+        && a.tls == b.tls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_follow_io_errors_into_the_error_they_wrap() {
+        // As tokio-rustls reports an alert, and hyper-rustls-style wrappers box it again.
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let outer = std::io::Error::other(inner);
+        // std's own `source()` skips the wrapped error entirely.
+        assert!(std::error::Error::source(&outer).is_none());
+        let found: Vec<_> = sources(&outer).collect();
+        assert_eq!(found.len(), 3, "outer io, inner io, the rustls error");
+        assert!(found[2].is::<rustls::Error>());
+        assert_eq!(
+            error_chain(&outer),
+            "received fatal alert: CertificateRequired"
+        );
+
+        let failed = HandshakeError::Failed(outer);
+        assert!(sources(&failed).any(|s| s.is::<rustls::Error>()));
+        assert_eq!(
+            error_chain(&failed),
+            "TLS handshake with the upstream failed: received fatal alert: CertificateRequired"
+        );
+    }
+
+    #[test]
+    fn kind_labels_and_statuses() {
+        for (kind, label, status) in [
+            (UpstreamErrorKind::Connect, "connect", 502),
+            (UpstreamErrorKind::Timeout, "timeout", 504),
+            (UpstreamErrorKind::Reset, "reset", 502),
+            (UpstreamErrorKind::Protocol, "protocol", 502),
+            (UpstreamErrorKind::Tls, "tls", 502),
+        ] {
+            assert_eq!(kind.as_str(), label);
+            let e = UpstreamError {
+                kind,
+                detail: String::new(),
+            };
+            assert_eq!(e.status().as_u16(), status, "{label}");
+        }
+    }
 }

@@ -133,7 +133,12 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
     let listen = listen(&mut errs, &mut files, rc.listen.unwrap_or_default());
     let mut names = Names::default();
     let trust = trust(&mut errs, &mut files, rc.trust, &mut names);
-    let upstreams = upstreams(&mut errs, rc.upstreams.unwrap_or_default(), &mut names);
+    let upstreams = upstreams(
+        &mut errs,
+        &mut files,
+        rc.upstreams.unwrap_or_default(),
+        &mut names,
+    );
     let policy = super::routes::compile(&mut errs, rc.routes.unwrap_or_default(), &names);
     let deny = super::routes::compile_deny(&mut errs, rc.deny.unwrap_or_default(), &names);
     let forward = forward(&mut errs, rc.forward.unwrap_or_default());
@@ -278,7 +283,7 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         Some(k) => {
             if let Some((path, bytes)) = files.read(errs, "listen.key", k) {
                 let chain = cert.as_ref().map(|(_, c): &(PathBuf, Vec<_>)| c.as_slice());
-                match pki::parse_key_pem(&path, &bytes, chain) {
+                match pki::parse_key_pem(&path, &bytes, chain, "listen.cert") {
                     Ok(der) => key = Some((path, der)),
                     Err(e) => errs.push("listen.key", e),
                 }
@@ -784,6 +789,7 @@ fn pinned_trust(
 
 fn upstreams(
     errs: &mut Errs,
+    files: &mut Files,
     u: raw::NamedMap<raw::RawUpstream>,
     names: &mut Names,
 ) -> Vec<Upstream> {
@@ -802,9 +808,31 @@ fn upstreams(
                 .map_err(|e| errs.push(format!("{key}.url"), e))
                 .ok(),
             None => {
-                errs.required(&format!("{key}.url"), "http://host:port or h2c://host:port");
+                errs.required(
+                    &format!("{key}.url"),
+                    "http://host:port, https://host:port or h2c://host:port",
+                );
                 None
             }
+        };
+        let tls = match &target {
+            Some((UpstreamScheme::Https, authority)) => {
+                upstream_tls(errs, files, &key, &up, authority).map(Arc::new)
+            }
+            Some(_) => {
+                for (set, k) in [
+                    (up.ca.is_some(), "ca"),
+                    (up.client_cert.is_some(), "client_cert"),
+                    (up.client_key.is_some(), "client_key"),
+                ] {
+                    if set {
+                        errs.push(format!("{key}.{k}"), "only valid for https:// upstreams");
+                    }
+                }
+                None
+            }
+            // The URL is already reported; its TLS keys cannot be judged without it.
+            None => None,
         };
         let connect_timeout = duration(
             errs,
@@ -830,6 +858,9 @@ fn upstreams(
         let max_requests =
             bounded_count(errs, &format!("{key}.max_requests"), up.max_requests, 1024);
         if let Some((scheme, authority)) = target {
+            if scheme == UpstreamScheme::Https && tls.is_none() {
+                continue; // its TLS settings are already reported
+            }
             out.push(Upstream {
                 name: Arc::from(name.as_str()),
                 scheme,
@@ -838,13 +869,109 @@ fn upstreams(
                 timeout,
                 max_idle_per_host,
                 max_requests,
+                tls,
             });
         }
     }
     out
 }
 
-/// `http://host[:port][/]` or `h2c://host[:port][/]`; the port defaults to 80.
+/// The TLS settings of the `https://` upstream at `key`: the URL's host as the server name, the
+/// `ca` bundle (default: the system roots) and the optional `client_cert`/`client_key` pair.
+fn upstream_tls(
+    errs: &mut Errs,
+    files: &mut Files,
+    key: &str,
+    up: &raw::RawUpstream,
+    authority: &http::uri::Authority,
+) -> Option<UpstreamTls> {
+    let before = errs.len();
+    let host = authority.host();
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let server_name = rustls_pki_types::ServerName::try_from(bare)
+        .map(|n| n.to_owned())
+        .map_err(|_| {
+            errs.push(
+                format!("{key}.url"),
+                format!("`{host}` is not a DNS name or IP address a TLS certificate can name"),
+            )
+        })
+        .ok();
+    let roots = match &up.ca {
+        None => Some(UpstreamRoots::System),
+        Some(ca) => {
+            let k = format!("{key}.ca");
+            files.read(errs, &k, ca).and_then(|(path, bytes)| {
+                match pki::parse_cert_pem(&path, &bytes)
+                    .and_then(|certs| pki::check_anchors(&path, &certs).map(|()| certs))
+                {
+                    Ok(certs) => Some(UpstreamRoots::Bundle { path, certs }),
+                    Err(e) => {
+                        errs.push(&k, e);
+                        None
+                    }
+                }
+            })
+        }
+    };
+    let client_cert = match (&up.client_cert, &up.client_key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.required(
+                &format!("{key}.client_key"),
+                "the PEM private key of client_cert (give both or neither)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.required(
+                &format!("{key}.client_cert"),
+                "the PEM certificate chain of client_key, leaf first (give both or neither)",
+            );
+            None
+        }
+        (Some(cert), Some(k)) => {
+            let cert_key = format!("{key}.client_cert");
+            let key_key = format!("{key}.client_key");
+            let chain = files.read(errs, &cert_key, cert).and_then(|(path, bytes)| {
+                pki::parse_cert_pem(&path, &bytes)
+                    .map(|chain| (path, chain))
+                    .map_err(|e| errs.push(&cert_key, e))
+                    .ok()
+            });
+            let private = files.read(errs, &key_key, k).and_then(|(path, bytes)| {
+                let leaf = chain.as_ref().map(|(_, c)| c.as_slice());
+                pki::parse_key_pem(&path, &bytes, leaf, &cert_key)
+                    .map(|key| (path, key))
+                    .map_err(|e| errs.push(&key_key, e))
+                    .ok()
+            });
+            match (chain, private) {
+                (Some((cert_path, chain)), Some((key_path, key))) => Some(UpstreamClientCert {
+                    cert_path,
+                    key_path,
+                    chain,
+                    key,
+                }),
+                _ => None,
+            }
+        }
+    };
+    if errs.len() > before {
+        return None;
+    }
+    Some(UpstreamTls {
+        server_name: server_name?,
+        roots: roots?,
+        client_cert,
+    })
+}
+
+/// `http://host[:port][/]`, `https://host[:port][/]` or `h2c://host[:port][/]`; the port
+/// defaults to 80 (443 for `https://`).
 pub(super) fn parse_upstream_url(
     url: &str,
 ) -> Result<(UpstreamScheme, http::uri::Authority), String> {
@@ -852,12 +979,10 @@ pub(super) fn parse_upstream_url(
     let (scheme, rest) = match url.split_once("://") {
         Some(("http", rest)) => (UpstreamScheme::Http, rest),
         Some(("h2c", rest)) => (UpstreamScheme::H2c, rest),
-        Some(("https", _)) => {
-            return Err("TLS to upstreams is not supported yet; use http:// or h2c://".to_string())
-        }
+        Some(("https", rest)) => (UpstreamScheme::Https, rest),
         _ => {
             return Err(format!(
-                "`{url}`: expected http://host:port or h2c://host:port"
+                "`{url}`: expected http://host:port, https://host:port or h2c://host:port"
             ))
         }
     };
@@ -887,7 +1012,11 @@ pub(super) fn parse_upstream_url(
     if after_host.contains(':') && parsed.port_u16().is_none() {
         return Err(format!("`{url}`: invalid port"));
     }
-    let port = parsed.port_u16().unwrap_or(80);
+    let default_port = match scheme {
+        UpstreamScheme::Https => 443,
+        UpstreamScheme::Http | UpstreamScheme::H2c => 80,
+    };
+    let port = parsed.port_u16().unwrap_or(default_port);
     if port == 0 {
         return Err(format!("`{url}`: port 0 is not valid"));
     }

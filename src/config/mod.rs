@@ -360,8 +360,11 @@ pub struct Upstream {
     /// Idle pooled connections kept (default 64).
     pub max_idle_per_host: usize,
     /// Requests in flight to this upstream at once, across all clients (default 1024); for
-    /// `http://` each uses its own connection. More wait up to `timeout`, then get 503.
+    /// `http://` and `https://` each uses its own connection. More wait up to `timeout`, then
+    /// get 503.
     pub max_requests: usize,
+    /// TLS settings: `Some` exactly when `scheme` is [`UpstreamScheme::Https`].
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Scheme of an upstream URL.
@@ -371,6 +374,58 @@ pub enum UpstreamScheme {
     Http,
     /// `h2c://`: HTTP/2 with prior knowledge.
     H2c,
+    /// `https://`: HTTP/1.1 over TLS, the upstream's certificate verified.
+    Https,
+}
+
+impl UpstreamScheme {
+    /// The scheme as written in the URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamScheme::Http => "http",
+            UpstreamScheme::H2c => "h2c",
+            UpstreamScheme::Https => "https",
+        }
+    }
+}
+
+/// TLS to an `https://` upstream, with every file it names already loaded (compared whole on
+/// reload, so a changed CA bundle or client certificate rebuilds the upstream's client).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The URL's host: sent as SNI, and the name the upstream's certificate must be valid for.
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// What verifies the upstream's certificate.
+    pub roots: UpstreamRoots,
+    /// `client_cert` and `client_key`: the certificate presented to the upstream.
+    pub client_cert: Option<UpstreamClientCert>,
+}
+
+/// The trust anchors for an upstream's certificate.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpstreamRoots {
+    /// No `ca`: the system's root certificates, loaded when the client is built.
+    System,
+    /// `upstreams.<name>.ca`: only the certificates of this PEM bundle.
+    Bundle {
+        /// Resolved path of the bundle.
+        path: PathBuf,
+        /// Its certificates, each checked to be usable as a trust anchor.
+        certs: Vec<CertificateDer<'static>>,
+    },
+}
+
+/// A client certificate for upstream mTLS.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpstreamClientCert {
+    /// Resolved path of `client_cert`.
+    pub cert_path: PathBuf,
+    /// Resolved path of `client_key`.
+    pub key_path: PathBuf,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key, checked to match the leaf (secret: `Debug` of PrivateKeyDer is redacted).
+    pub key: PrivateKeyDer<'static>,
 }
 
 /// `forward:`
@@ -1668,13 +1723,25 @@ runtime: { worker_threads: 0, shutdown_grace: forever }",
                 "grpc.internal:50051",
             ),
             ("http://[::1]:8080", UpstreamScheme::Http, "[::1]:8080"),
+            (
+                "https://api.example.com",
+                UpstreamScheme::Https,
+                "api.example.com:443",
+            ),
+            (
+                "https://10.0.0.7:8443/",
+                UpstreamScheme::Https,
+                "10.0.0.7:8443",
+            ),
+            ("https://[::1]", UpstreamScheme::Https, "[::1]:443"),
         ];
         for (url, scheme, authority) in ok {
             let (s, a) = build::parse_upstream_url(url).unwrap();
             assert_eq!((s, a.as_str()), (scheme, authority), "{url}");
         }
         for bad in [
-            "https://x:443",
+            "https://x/api",
+            "https://x:0",
             "ftp://x",
             "127.0.0.1:9000",
             "http://x/api",
@@ -1686,5 +1753,158 @@ runtime: { worker_threads: 0, shutdown_grace: forever }",
         ] {
             assert!(build::parse_upstream_url(bad).is_err(), "{bad}");
         }
+    }
+
+    /// `full()` with the `orders` upstream's lines replaced by `lines` (YAML at 4 spaces).
+    fn with_upstream(lines: &str) -> String {
+        full("").replace("    url: http://127.0.0.1:9000\n", lines)
+    }
+
+    #[test]
+    fn https_upstreams_load_their_tls_settings() {
+        let (dir, _) = setup();
+        let yaml = with_upstream(
+            "    url: https://orders.internal
+    ca: pki/ca.crt
+    client_cert: pki/server.crt
+    client_key: pki/server.key
+",
+        );
+        let c = load(&dir, &yaml).unwrap();
+        let up = c.upstream("orders").unwrap();
+        assert_eq!(up.scheme, UpstreamScheme::Https);
+        assert_eq!(up.authority.as_str(), "orders.internal:443");
+        let tls = up.tls.as_ref().unwrap();
+        assert_eq!(tls.server_name.to_str(), "orders.internal");
+        assert!(matches!(
+            tls.server_name,
+            rustls_pki_types::ServerName::DnsName(_)
+        ));
+        let pki = dir.path().join("pki");
+        match &tls.roots {
+            UpstreamRoots::Bundle { path, certs } => {
+                assert_eq!(path, &pki.join("ca.crt"));
+                assert_eq!(certs.len(), 1);
+            }
+            other => panic!("expected the ca bundle, got {other:?}"),
+        }
+        let client = tls.client_cert.as_ref().unwrap();
+        assert_eq!(client.chain.len(), 2, "leaf and CA of server.crt");
+        assert_eq!(client.key_path, pki.join("server.key"));
+        // Every file is watched for reloads.
+        for f in ["ca.crt", "server.crt", "server.key"] {
+            assert!(c.digests.paths().any(|p| p == pki.join(f)), "{f}");
+        }
+
+        // No `ca`: the system roots; an IP host is the name the certificate must carry.
+        let c = load(&dir, &with_upstream("    url: https://[::1]:8443\n")).unwrap();
+        let tls = c.upstream("orders").unwrap().tls.clone().unwrap();
+        assert_eq!(tls.roots, UpstreamRoots::System);
+        assert_eq!(tls.client_cert, None);
+        assert!(matches!(
+            tls.server_name,
+            rustls_pki_types::ServerName::IpAddress(_)
+        ));
+        assert_eq!(tls.server_name.to_str(), "::1");
+
+        // Plain upstreams have none.
+        let c = load(&dir, &full("")).unwrap();
+        assert!(c.upstream("orders").unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn https_upstream_errors() {
+        let (dir, _) = setup();
+        let https = "    url: https://orders.internal\n";
+        // Both or neither, and the error names the missing key.
+        let e = error_at(
+            load(
+                &dir,
+                &with_upstream(&format!("{https}    client_cert: pki/server.crt\n")),
+            ),
+            "upstreams.orders.client_key",
+        );
+        assert!(e.message.contains("give both or neither"), "{}", e.message);
+        let e = error_at(
+            load(
+                &dir,
+                &with_upstream(&format!("{https}    client_key: pki/server.key\n")),
+            ),
+            "upstreams.orders.client_cert",
+        );
+        assert!(e.message.contains("give both or neither"), "{}", e.message);
+
+        // The key must belong to the certificate.
+        let mismatched =
+            format!("{https}    client_cert: pki/server.crt\n    client_key: pki/other.key\n");
+        let r = load(&dir, &with_upstream(&mismatched));
+        assert_eq!(
+            keys(load(&dir, &with_upstream(&mismatched))),
+            ["upstreams.orders.client_key"]
+        );
+        let e = error_at(r, "upstreams.orders.client_key");
+        assert!(
+            e.message
+                .contains("does not match the certificate in upstreams.orders.client_cert"),
+            "{}",
+            e.message
+        );
+
+        // Unreadable and unusable files, each at its own key, all in one pass.
+        let yaml = with_upstream(&format!(
+            "{https}    ca: pki/missing.crt\n    client_cert: pki/ca.crl\n    client_key: pki/ca.crt\n"
+        ));
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            [
+                "upstreams.orders.ca",
+                "upstreams.orders.client_cert",
+                "upstreams.orders.client_key"
+            ]
+        );
+        let e = error_at(
+            load(
+                &dir,
+                &with_upstream(&format!("{https}    ca: pki/server.key\n")),
+            ),
+            "upstreams.orders.ca",
+        );
+        assert!(
+            e.message.contains("no PEM CERTIFICATE block"),
+            "{}",
+            e.message
+        );
+
+        // TLS keys on a plain upstream are mistakes, not silently ignored.
+        let yaml = with_upstream(
+            "    url: http://127.0.0.1:9000
+    ca: pki/ca.crt
+    client_cert: pki/server.crt
+    client_key: pki/server.key
+",
+        );
+        let r = load(&dir, &yaml);
+        assert_eq!(
+            keys(load(&dir, &yaml)),
+            [
+                "upstreams.orders.ca",
+                "upstreams.orders.client_cert",
+                "upstreams.orders.client_key"
+            ]
+        );
+        assert!(error_at(r, "upstreams.orders.ca")
+            .message
+            .contains("only valid for https:// upstreams"));
+        let yaml = with_upstream("    url: h2c://127.0.0.1:9000\n    ca: pki/ca.crt\n");
+        assert_eq!(keys(load(&dir, &yaml)), ["upstreams.orders.ca"]);
+
+        // A host no certificate can name.
+        let yaml = with_upstream("    url: https://bad..name\n");
+        let e = error_at(load(&dir, &yaml), "upstreams.orders.url");
+        assert!(
+            e.message.contains("DNS name or IP address"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -48,11 +48,13 @@ fn pem_error(e: &pem::Error) -> &'static str {
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file, checked to be a key type rustls
-/// can sign with and, when `chain` is given, to match the leaf certificate's public key.
+/// can sign with and, when `chain` is given, to match the leaf certificate's public key
+/// (`cert_key` names the key path the chain came from, for the mismatch message).
 pub fn parse_key_pem(
     path: &Path,
     bytes: &[u8],
     chain: Option<&[CertificateDer<'static>]>,
+    cert_key: &str,
 ) -> Result<PrivateKeyDer<'static>, String> {
     let key = PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         pem::Error::NoItemsFound => format!(
@@ -73,7 +75,7 @@ pub fn parse_key_pem(
             Ok(()) => {}
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
                 return Err(format!(
-                    "{}: private key does not match the certificate in listen.cert",
+                    "{}: private key does not match the certificate in {cert_key}",
                     path.display()
                 ));
             }

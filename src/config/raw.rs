@@ -339,6 +339,12 @@ pub struct RawUpstream {
     pub max_idle_per_host: Option<u64>,
     /// `upstreams.<name>.max_requests`
     pub max_requests: Option<u64>,
+    /// `upstreams.<name>.ca` (`https://` only)
+    pub ca: Option<String>,
+    /// `upstreams.<name>.client_cert` (`https://` only)
+    pub client_cert: Option<String>,
+    /// `upstreams.<name>.client_key` (`https://` only)
+    pub client_key: Option<String>,
 }
 
 /// `forward:`
@@ -794,6 +800,9 @@ impl Section for RawUpstream {
             timeout: w.field(m, p, "timeout"),
             max_idle_per_host: w.field(m, p, "max_idle_per_host"),
             max_requests: w.field(m, p, "max_requests"),
+            ca: w.field(m, p, "ca"),
+            client_cert: w.field(m, p, "client_cert"),
+            client_key: w.field(m, p, "client_key"),
         }
     }
 }

@@ -346,7 +346,7 @@ async fn pipeline(
         .uri(&target.path_and_query())
         .map_err(Refusal::Upstream)?;
     parts.version = match upstream.config.scheme {
-        UpstreamScheme::Http => Version::HTTP_11,
+        UpstreamScheme::Http | UpstreamScheme::Https => Version::HTTP_11,
         UpstreamScheme::H2c => Version::HTTP_2,
     };
     if upstream.config.scheme == UpstreamScheme::H2c {

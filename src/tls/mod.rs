@@ -43,6 +43,9 @@ pub enum TlsError {
     Trust { name: String, reason: String },
     #[error("server certificate/key: {0}")]
     ServerCert(String),
+    /// The TLS client of an `https://` upstream could not be built.
+    #[error("upstream {name}: {reason}")]
+    Upstream { name: String, reason: String },
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
 }

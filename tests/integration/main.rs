@@ -14,3 +14,4 @@ mod observability;
 mod ocsp;
 mod pinned;
 mod revocation;
+mod upstream_tls;

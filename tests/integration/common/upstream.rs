@@ -1,5 +1,5 @@
-//! A real upstream HTTP server for the tests (HTTP/1.1 and h2c on one port), recording what it
-//! receives. Paths: `/slow?ms=N` waits, `/upload` hashes the body (and records its trailers),
+//! A real upstream HTTP server for the tests (HTTP/1.1 and h2c on one port, or the same behind
+//! TLS with [`Upstream::start_tls`]), recording what it receives. Paths: `/slow?ms=N` waits, `/upload` hashes the body (and records its trailers),
 //! `/early` answers at once and reads the body afterwards, `/trailers` sends trailers,
 //! `/events?n=N&ms=M` streams N events M ms apart, `/big?mb=N` streams N MiB, `/ws` is a
 //! WebSocket echo, anything else echoes method, path and headers as JSON.
@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
 /// One request as the upstream saw it.
@@ -36,6 +37,18 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a TLS upstream saw of one completed handshake.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    /// The SNI host name the client sent (none for an IP address).
+    pub sni: Option<String>,
+    /// The certificates the client presented, leaf first (empty: none).
+    pub client_chain: Vec<CertificateDer<'static>>,
+    /// The ALPN protocol agreed on.
+    pub alpn: Option<Vec<u8>>,
+    pub version: Option<rustls::ProtocolVersion>,
+}
+
 /// What the upstream counts beside the requests it saw.
 #[derive(Default)]
 struct Stats {
@@ -48,6 +61,9 @@ struct Stats {
     trailers: Mutex<Vec<HeaderMap>>,
     /// Bytes of `/early` bodies read after the response was sent.
     early_bytes: AtomicUsize,
+    /// TLS only: completed handshakes, and the errors of failed ones.
+    handshakes: Mutex<Vec<Handshake>>,
+    failed_handshakes: Mutex<Vec<String>>,
 }
 
 /// Decrements `open` when a connection ends.
@@ -67,6 +83,16 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::serve(None).await
+    }
+
+    /// The same upstream behind TLS (tokio-rustls with `config`, which decides whether a client
+    /// certificate is required); it records every handshake.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -80,16 +106,56 @@ impl Upstream {
                 };
                 let recorder = recorder.clone();
                 let counters = counters.clone();
+                let tls = tls.clone();
                 counters.open.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     let _open = OpenConn(counters.clone());
-                    let svc =
-                        service_fn(move |req| handle(recorder.clone(), counters.clone(), req));
+                    let svc = {
+                        let counters = counters.clone();
+                        service_fn(move |req| handle(recorder.clone(), counters.clone(), req))
+                    };
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
+                    let Some(acceptor) = tls else {
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                            .await;
+                        return;
+                    };
+                    match acceptor.accept(tcp).into_fallible().await {
+                        Ok(stream) => {
+                            let conn = stream.get_ref().1;
+                            counters.handshakes.lock().unwrap().push(Handshake {
+                                sni: conn.server_name().map(str::to_owned),
+                                client_chain: conn
+                                    .peer_certificates()
+                                    .map(|c| c.to_vec())
+                                    .unwrap_or_default(),
+                                alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                                version: conn.protocol_version(),
+                            });
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Err((e, mut tcp)) => {
+                            counters
+                                .failed_handshakes
+                                .lock()
+                                .unwrap()
+                                .push(e.to_string());
+                            // Close as servers do after an alert: stop sending, then read
+                            // what the client still sends (its request, after a TLS 1.3
+                            // handshake) so the kernel does not answer it with a reset.
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let _ = tcp.shutdown().await;
+                            let mut sink = [0u8; 4096];
+                            let drain = async {
+                                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                            };
+                            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                        }
+                    }
                 });
             }
         });
@@ -119,6 +185,16 @@ impl Upstream {
     /// Bytes of `/early` request bodies read after their response was sent.
     pub fn early_bytes(&self) -> usize {
         self.stats.early_bytes.load(Ordering::Acquire)
+    }
+
+    /// TLS: every completed handshake so far.
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.stats.handshakes.lock().unwrap().clone()
+    }
+
+    /// TLS: the errors of the handshakes that failed so far.
+    pub fn failed_handshakes(&self) -> Vec<String> {
+        self.stats.failed_handshakes.lock().unwrap().clone()
     }
 
     /// Every request received so far.
