@@ -119,14 +119,18 @@ struct RecheckKey {
     snapshot_deadlines: usize,
     /// How many notAfter dates of the certificate chain have passed.
     chain_deadlines: usize,
+    /// The OCSP epoch: it moves when a kept OCSP status changed (SPEC 9.3: a revocation
+    /// learned later reaches open connections).
+    ocsp_epoch: u64,
 }
 
 impl RecheckKey {
-    fn at(snap: &Snapshot, cert: &CertInfo, now: i64) -> RecheckKey {
+    fn at(snap: &Snapshot, cert: &CertInfo, ocsp_epoch: u64, now: i64) -> RecheckKey {
         RecheckKey {
             generation: snap.generation,
             snapshot_deadlines: snap.passed_deadlines(now),
             chain_deadlines: cert.chain_not_after.partition_point(|t| *t < now),
+            ocsp_epoch,
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct ConnContext {
     /// The headers certguard adds for this client (XFCC element, X-Forwarded-For), built once
     /// per config generation: they depend only on the certificate, the peer and `forward`.
     client_headers: Mutex<Option<(u64, Arc<headers::ClientHeaders>)>>,
+    /// Keeps this connection's certificate in the OCSP refresh while it is open.
+    _ocsp_use: Option<crate::revocation::OcspUse>,
 }
 
 /// Who is on the other end of a connection, as its handshake established.
@@ -181,7 +187,18 @@ impl ConnContext {
         snapshot: &Snapshot,
     ) -> Arc<ConnContext> {
         let listen = &snapshot.config.listen;
-        let verified = RecheckKey::at(snapshot, &peer.identity.cert, unix_now(UnixTime::now()));
+        let revocation = &state.current.revocation;
+        let ocsp_epoch = revocation.ocsp.epoch();
+        let verified = RecheckKey::at(
+            snapshot,
+            &peer.identity.cert,
+            ocsp_epoch,
+            unix_now(UnixTime::now()),
+        );
+        // A certificate whose OCSP status was asked is asked again while it has connections.
+        let ocsp_use = peer.identity.cert.chain.first().and_then(|leaf| {
+            crate::revocation::OcspState::open(revocation, &peer.identity.trust, leaf)
+        });
         let sniff = (!peer.http2).then_some(listen.max_header_bytes);
         Arc::new(ConnContext {
             conn_id: state.next_conn_id.fetch_add(1, Ordering::Relaxed),
@@ -197,6 +214,7 @@ impl ConnContext {
             inflight_slots: Arc::new(Semaphore::new(listen.max_inflight_per_connection)),
             _lease: lease,
             client_headers: Mutex::new(None),
+            _ocsp_use: ocsp_use,
         })
     }
 
@@ -234,7 +252,8 @@ impl ConnContext {
     /// passed, or a certificate of the chain (the leaf or an intermediate) expired.
     pub fn current_identity(&self, snap: &Snapshot) -> Result<Identity, Rejection> {
         let now = UnixTime::now();
-        let key = RecheckKey::at(snap, &self.identity.cert, unix_now(now));
+        let epoch = self.state.current.revocation.ocsp.epoch();
+        let key = RecheckKey::at(snap, &self.identity.cert, epoch, unix_now(now));
         if key == self.verified {
             return Ok(self.identity.clone());
         }

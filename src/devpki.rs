@@ -603,6 +603,7 @@ mod tests {
                     crl_urls: vec![],
                     crl_cache_dir: None,
                     crl_dp_allow: vec![],
+                    ocsp: None,
                     revocation: Revocation {
                         depth: RevocationDepth::Chain,
                         allow_unknown_status: false,

@@ -91,6 +91,10 @@ impl Proxy {
         refresh::load_cache(&config, &revocation);
         let snapshot = Snapshot::build(Arc::new(config), 1, None, &revocation)?;
         let metrics = Arc::new(Metrics::new());
+        let observed = metrics.clone();
+        revocation
+            .ocsp
+            .set_observer(move |trust, result| observed.ocsp_response(trust, result));
         reload::publish(&metrics, &snapshot);
         let current = Arc::new(Current::new(snapshot, revocation));
         let inventory = Arc::new(Inventory::new(INVENTORY_CAPACITY));

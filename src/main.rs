@@ -75,6 +75,10 @@ enum Command {
         host: Option<String>,
         /// Request path (query allowed).
         path: String,
+        /// Do not ask OCSP responders, CRL URLs or distribution points: files and the CRL
+        /// cache only.
+        #[arg(long)]
+        offline: bool,
     },
     /// Write the development PKI.
     DevCerts {
@@ -112,7 +116,15 @@ fn main() -> ExitCode {
             method,
             host,
             path,
-        } => explain(&config.config, &cert, &method, host.as_deref(), &path),
+            offline,
+        } => explain(
+            &config.config,
+            &cert,
+            &method,
+            host.as_deref(),
+            &path,
+            offline,
+        ),
         Command::DevCerts { out, force } => match certguard::devpki::write(&out, force) {
             Ok(files) => {
                 for f in files {
@@ -352,11 +364,18 @@ fn diff(old: &Path, new: &Path, format: Format) -> ExitCode {
     }
 }
 
-fn explain(path: &Path, cert: &Path, method: &str, host: Option<&str>, target: &str) -> ExitCode {
+fn explain(
+    path: &Path,
+    cert: &Path,
+    method: &str,
+    host: Option<&str>,
+    target: &str,
+    offline: bool,
+) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::from(2);
     };
-    match certguard::report::explain(&config, cert, method, host, target) {
+    match certguard::report::explain(&config, cert, method, host, target, offline) {
         Ok(report) => {
             print!("{}", report.text);
             if report.allowed {

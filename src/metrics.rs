@@ -97,6 +97,9 @@ impl ResetReason {
     pub const ALL: [ResetReason; 2] = [ResetReason::Stalled, ResetReason::Revoked];
 }
 
+/// `certguard_ocsp_responses_total{result}` values.
+pub const OCSP_RESULTS: [&str; 4] = ["good", "revoked", "unknown", "error"];
+
 /// `certguard_crl_fetches_total{result}` values.
 pub const CRL_FETCH_RESULTS: [&str; 4] = ["updated", "not_modified", "failed", "rejected"];
 /// The `within` windows of `certguard_client_certificates_expiring`, in seconds.
@@ -155,6 +158,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     crl_fetches: IntCounterVec,
     crl_last_success: IntGaugeVec,
+    ocsp_responses: IntCounterVec,
     last_reload_successful: IntGauge,
     last_reload_success_timestamp: Gauge,
     connections_refused: IntCounterVec,
@@ -300,6 +304,14 @@ impl Metrics {
                 "certguard_crl_fetches_total",
                 "CRL fetches from URLs by trust source and result (updated, not_modified, \
                  failed, rejected).",
+                &["trust", "result"],
+            ),
+            ocsp_responses: counter_vec(
+                &r,
+                "certguard_ocsp_responses_total",
+                "OCSP answers fetched for client certificates, by trust source and result (good, \
+                 revoked, unknown, error = no valid answer); answers served from the cache are \
+                 not counted.",
                 &["trust", "result"],
             ),
             crl_last_success: gauge_vec(
@@ -534,6 +546,20 @@ impl Metrics {
         for result in CRL_FETCH_RESULTS {
             self.crl_fetches.with_label_values(&[trust, result]);
         }
+    }
+
+    /// Start the OCSP answer counters of a source at 0.
+    pub fn init_ocsp(&self, trust: &str) {
+        for result in OCSP_RESULTS {
+            self.ocsp_responses.with_label_values(&[trust, result]);
+        }
+    }
+
+    /// One OCSP answer fetched for `trust`, by result.
+    pub fn ocsp_response(&self, trust: &str, result: &str) {
+        self.ocsp_responses
+            .with_label_values(&[trust, result])
+            .inc();
     }
 
     /// One CRL fetch of `trust`, by result.

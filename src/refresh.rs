@@ -129,6 +129,9 @@ pub fn spawn(current: Arc<Current>, metrics: Arc<Metrics>) -> tokio::task::JoinH
                     for url in current.revocation.urls(&source.name, ca) {
                         wanted.push((source.name.to_string(), url));
                     }
+                    if ca.ocsp.is_some() {
+                        wanted.push((source.name.to_string(), OCSP_TASK.to_owned()));
+                    }
                 }
             }
             drop(snap);
@@ -142,8 +145,12 @@ pub fn spawn(current: Arc<Current>, metrics: Arc<Metrics>) -> tokio::task::JoinH
             for key in wanted {
                 if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(key) {
                     let (source, url) = slot.key().clone();
-                    let task = keep_fresh(current.clone(), metrics.clone(), source, url);
-                    slot.insert(tokio::spawn(task));
+                    let task = if url == OCSP_TASK {
+                        tokio::spawn(keep_ocsp_fresh(current.clone(), source))
+                    } else {
+                        tokio::spawn(keep_fresh(current.clone(), metrics.clone(), source, url))
+                    };
+                    slot.insert(task);
                 }
             }
             tokio::select! {
@@ -164,6 +171,25 @@ pub fn spawn(current: Arc<Current>, metrics: Arc<Metrics>) -> tokio::task::JoinH
             task.abort();
         }
     })
+}
+
+/// The supervisor's key for a source's OCSP refresh task (never a URL).
+const OCSP_TASK: &str = "ocsp refresh";
+
+/// Ask again, every `ocsp.refresh`, about the certificates of `source` with open connections,
+/// until the source no longer uses OCSP.
+async fn keep_ocsp_fresh(current: Arc<Current>, source: String) {
+    loop {
+        let settings = {
+            let snap = current.load();
+            match ca_source(&snap.config, &source).and_then(|ca| ca.ocsp.clone()) {
+                Some(s) => s,
+                None => return,
+            }
+        };
+        tokio::time::sleep(settings.refresh).await;
+        current.revocation.ocsp.refresh(&source, &settings).await;
+    }
 }
 
 /// Fetch `url` of `source` on schedule until the source no longer has it.

@@ -137,6 +137,9 @@ pub fn publish(metrics: &Metrics, snapshot: &Snapshot) {
         match &source.kind {
             TrustKind::Ca(ca) => {
                 metrics.init_crl_fetches(&source.name);
+                if ca.ocsp.is_some() {
+                    metrics.init_ocsp(&source.name);
+                }
                 // The gauge shows each file's earliest nextUpdate, the one an alert must fire on.
                 crls.extend(
                     ca.next_update_per_file()

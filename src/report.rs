@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -19,6 +20,7 @@ use crate::proxy::refusal::Refusal;
 use crate::proxy::service;
 use crate::request::host;
 use crate::request::host::HostError;
+use crate::revocation::Revocation;
 use crate::tls::TrustVerifier;
 
 /// Warn about certificates and CRLs expiring within this many days.
@@ -122,13 +124,30 @@ pub fn warnings(config: &Config) -> Vec<String> {
                         _ => {}
                     }
                 }
-                if ca.crls.is_empty() {
+                for (i, u) in ca.crl_urls.iter().enumerate() {
+                    match &ca.crl_cache_dir {
+                        Some(dir) if crate::revocation::crl::read_cache(dir, &u.url).is_none() => {
+                            out.push(format!(
+                                "trust.{name}.crl_urls[{i}]: {} was never fetched into the cache ({}): certguard is not ready until a first fetch succeeds",
+                                u.url,
+                                dir.display()
+                            ))
+                        }
+                        Some(_) => {}
+                        None => out.push(format!(
+                            "trust.{name}.crl_urls[{i}]: no crl_cache_dir: after a restart certguard is not ready until {} is fetched again",
+                            u.url
+                        )),
+                    }
+                }
+                let online = !ca.crl_urls.is_empty() || !ca.crl_dp_allow.is_empty();
+                if ca.crls.is_empty() && !online && ca.ocsp.is_none() {
                     // rustls checks revocation only when at least one CRL is loaded; without
                     // one, `unknown_status: deny` has nothing to act on.
                     out.push(format!(
                         "trust.{name}: no CRLs configured: revocation is not checked for this source"
                     ));
-                } else if ca.revocation.depth == RevocationDepth::Chain {
+                } else if ca.revocation.depth == RevocationDepth::Chain && !online {
                     for anchor in &ca.anchors {
                         // Compare DER Names, as the verifier does: two DNs can render alike
                         // and still differ (string types, attribute order), or vice versa.
@@ -424,6 +443,48 @@ pub fn check(config: &Config) -> Result<String, String> {
                             .unwrap_or_else(|| "none".into())
                     );
                 }
+                if !ca.intermediates.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "    {} intermediate(s) complete leaf-only chains (never anchors)",
+                        ca.intermediates.len()
+                    );
+                }
+                for u in &ca.crl_urls {
+                    let cached = ca
+                        .crl_cache_dir
+                        .as_deref()
+                        .and_then(|d| crate::revocation::crl::read_cache(d, &u.url));
+                    let _ = writeln!(
+                        s,
+                        "    CRL URL {} (refresh {}; {})",
+                        u.url,
+                        duration_text(u.refresh),
+                        match (&ca.crl_cache_dir, cached) {
+                            (None, _) => "no cache".to_owned(),
+                            (Some(d), Some(_)) => format!("cached in {}", d.display()),
+                            (Some(d), None) => format!("nothing cached in {} yet", d.display()),
+                        }
+                    );
+                }
+                if !ca.crl_dp_allow.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "    CRL distribution points fetched under: {}",
+                        ca.crl_dp_allow.join(", ")
+                    );
+                }
+                if let Some(o) = &ca.ocsp {
+                    let _ = writeln!(
+                        s,
+                        "    OCSP {} (responder {}; timeout {}, cache_max {}, refresh {})",
+                        if o.require { "require" } else { "prefer" },
+                        o.responder.as_deref().unwrap_or("from each leaf's AIA"),
+                        duration_text(o.timeout),
+                        duration_text(o.cache_max),
+                        duration_text(o.refresh)
+                    );
+                }
             }
             TrustKind::Pinned(p) => {
                 let _ = writeln!(
@@ -629,26 +690,101 @@ fn upstream_summary(u: &Upstream) -> Result<String, String> {
     Ok(line)
 }
 
-/// Which mechanism a handshake rejection came from, for `explain`.
-fn mechanism(r: &crate::tls::Rejection) -> &'static str {
+/// Which mechanism a handshake rejection came from, for `explain`: the deny list, OCSP, or
+/// the CRLs of the source (its files and URLs, named).
+fn mechanism(config: &Config, r: &crate::tls::Rejection) -> String {
     use crate::tls::Outcome;
     match r.outcome {
-        Outcome::DenyListed => "the deny list",
-        Outcome::Revoked | Outcome::UnknownRevocationStatus | Outcome::CrlExpired => {
-            "revocation (CRL)"
+        Outcome::DenyListed => "the deny list".to_owned(),
+        Outcome::Revoked | Outcome::UnknownRevocationStatus if r.detail.starts_with("OCSP") => {
+            "OCSP".to_owned()
         }
-        Outcome::PinMismatch | Outcome::ReviewOverdue => "the pinned sources",
-        _ => "certificate verification",
+        Outcome::Revoked | Outcome::UnknownRevocationStatus | Outcome::CrlExpired => {
+            let source = r.trust.as_deref().and_then(|t| {
+                config.trust.iter().find_map(|s| match &s.kind {
+                    TrustKind::Ca(ca) if &*s.name == t => Some(ca),
+                    _ => None,
+                })
+            });
+            let mut crls: Vec<String> = Vec::new();
+            if let Some(ca) = source {
+                crls.extend(ca.crls.iter().map(|c| format!("file {}", c.path.display())));
+                crls.extend(ca.crl_urls.iter().map(|u| format!("URL {}", u.url)));
+                crls.extend(
+                    ca.crl_dp_allow
+                        .iter()
+                        .map(|p| format!("distribution points under {p}")),
+                );
+            }
+            if crls.is_empty() {
+                "revocation (CRL)".to_owned()
+            } else {
+                format!("revocation (CRL: {})", crls.join(", "))
+            }
+        }
+        Outcome::PinMismatch | Outcome::ReviewOverdue => "the pinned sources".to_owned(),
+        Outcome::TrustDomainMismatch => "the SPIFFE trust-domain bindings".to_owned(),
+        _ => "certificate verification".to_owned(),
+    }
+}
+
+/// Fetch, once, every `crl_urls` entry that the cache did not give a CRL (for `explain`).
+fn fetch_crl_urls(config: &Config, revocation: &Arc<Revocation>) {
+    for source in &config.trust {
+        let TrustKind::Ca(ca) = &source.kind else {
+            continue;
+        };
+        let issuers: Vec<CertificateDer<'static>> = ca.trusted_certificates().cloned().collect();
+        for u in &ca.crl_urls {
+            if revocation.crls.get(&source.name, &u.url).is_some() {
+                continue;
+            }
+            let (url, issuers) = (u.url.clone(), issuers.clone());
+            let fetched = crate::revocation::run_blocking(
+                crate::revocation::crl::FETCH_TIMEOUT,
+                async move {
+                    let client = crate::revocation::crl::client();
+                    match crate::revocation::crl::get(&client, &url, None).await? {
+                        crate::revocation::crl::Got::Body { body, .. } => {
+                            crate::revocation::crl::check(&url, &body, &issuers, None)
+                        }
+                        crate::revocation::crl::Got::NotModified => {
+                            Err(crate::revocation::crl::FetchError::Status(304))
+                        }
+                    }
+                },
+            );
+            match fetched {
+                Some(Ok((crl, signer))) => revocation.crls.put(
+                    &source.name,
+                    crate::revocation::crl::Fetched {
+                        url: u.url.clone(),
+                        crl,
+                        etag: None,
+                        last_modified: None,
+                        checked_at: 0,
+                        signer,
+                    },
+                ),
+                Some(Err(e)) => eprintln!("certguard explain: {}: {e}", u.url),
+                None => eprintln!("certguard explain: {}: no answer in time", u.url),
+            }
+        }
     }
 }
 
 /// The `explain` report for one certificate file and one request.
+///
+/// Online (the default), it fetches the CRL URLs that have nothing in the cache and asks OCSP
+/// responders and distribution points as a handshake would; `offline` uses only files and the
+/// CRL cache.
 pub fn explain(
     config: &Config,
     cert: &Path,
     method: &str,
     host_arg: Option<&str>,
     target: &str,
+    offline: bool,
 ) -> Result<Explanation, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{}: {e}", cert.display()))?
@@ -664,9 +800,18 @@ pub fn explain(
     let uri: http::Uri = target
         .parse()
         .map_err(|_| format!("invalid request target {target:?}"))?;
-    let verifier = TrustVerifier::new(&config.trust)
-        .map_err(|e| e.to_string())?
-        .with_deny(config.deny.clone());
+    let revocation = Arc::new(Revocation::default());
+    crate::refresh::load_cache(config, &revocation);
+    if !offline {
+        fetch_crl_urls(config, &revocation);
+    }
+    let verifier = if offline {
+        TrustVerifier::offline(&config.trust, &revocation)
+    } else {
+        TrustVerifier::with_revocation(&config.trust, &revocation, config.listen.handshake_timeout)
+    }
+    .map_err(|e| e.to_string())?
+    .with_deny(config.deny.clone());
     let now = UnixTime::now();
 
     let mut s = String::new();
@@ -770,7 +915,7 @@ pub fn explain(
                 r.outcome,
                 r.trust.as_deref().unwrap_or("none")
             );
-            let _ = writeln!(s, "  decided by {}: {}", mechanism(&r), r.detail);
+            let _ = writeln!(s, "  decided by {}: {}", mechanism(config, &r), r.detail);
             return Ok(Explanation {
                 text: s,
                 allowed: false,

@@ -439,6 +439,71 @@ fn trust(
     out
 }
 
+/// `trust.<source>.ocsp`: `None` for `mode: off` (the default).
+fn ocsp(errs: &mut Errs, key: &str, o: &raw::RawOcsp) -> Option<Ocsp> {
+    #[derive(Clone, Copy)]
+    enum Mode {
+        Off,
+        Prefer,
+        Require,
+    }
+    let mode = choice(
+        errs,
+        &format!("{key}.mode"),
+        o.mode.as_deref(),
+        &[
+            ("off", Mode::Off),
+            ("prefer", Mode::Prefer),
+            ("require", Mode::Require),
+        ],
+    );
+    let responder = o
+        .responder
+        .as_deref()
+        .map(str::trim)
+        .and_then(|url| match http_url(url) {
+            Ok(()) if url.starts_with("http://") => Some(url.to_owned()),
+            Ok(()) => {
+                errs.push(
+                    format!("{key}.responder"),
+                    "OCSP is asked over http:// (the answers are signed; RFC 6960 A.1)",
+                );
+                None
+            }
+            Err(e) => {
+                errs.push(format!("{key}.responder"), e);
+                None
+            }
+        });
+    let timeout = duration(errs, &format!("{key}.timeout"), o.timeout.as_ref(), 2, true);
+    let cache_max = duration(
+        errs,
+        &format!("{key}.cache_max"),
+        o.cache_max.as_ref(),
+        3600,
+        true,
+    );
+    let refresh = duration(
+        errs,
+        &format!("{key}.refresh"),
+        o.refresh.as_ref(),
+        300,
+        true,
+    );
+    let require = match mode {
+        Mode::Off => return None,
+        Mode::Prefer => false,
+        Mode::Require => true,
+    };
+    Some(Ocsp {
+        require,
+        responder,
+        timeout,
+        cache_max,
+        refresh,
+    })
+}
+
 /// An absolute `http://` or `https://` URL with a host.
 fn http_url(url: &str) -> Result<(), String> {
     let uri: http::Uri = url
@@ -592,6 +657,10 @@ fn ca_trust(
             }
         }
     }
+    let ocsp = src
+        .ocsp
+        .as_ref()
+        .and_then(|o| ocsp(errs, &format!("{key}.ocsp"), o));
     let r = src.revocation.clone().unwrap_or_default();
     let rk = |k: &str| format!("{key}.revocation.{k}");
     let revocation = Revocation {
@@ -629,6 +698,7 @@ fn ca_trust(
         crl_urls,
         crl_cache_dir,
         crl_dp_allow,
+        ocsp,
         revocation,
         max_lifetime,
     })
@@ -652,6 +722,7 @@ fn pinned_trust(
             src.crl_distribution_points.is_some(),
             "crl_distribution_points",
         ),
+        (src.ocsp.is_some(), "ocsp"),
         (src.revocation.is_some(), "revocation"),
         (src.max_lifetime.is_some(), "max_lifetime"),
     ] {

@@ -130,6 +130,8 @@ pub struct TrustSource {
 
 /// What kind of trust source: decided by `ca` vs `pinned` in the file.
 #[derive(Debug)]
+// A handful per config, built once: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TrustKind {
     /// Verified as a chain to the `ca` bundle, with CRLs.
     Ca(CaTrust),
@@ -156,10 +158,27 @@ pub struct CaTrust {
     /// `crl_distribution_points.allow`: URL prefixes under which certificates' CRL
     /// distribution points are fetched; empty = distribution points are not fetched.
     pub crl_dp_allow: Vec<String>,
+    /// `ocsp` (SPEC 9.3); `None` for `mode: off` (the default).
+    pub ocsp: Option<Ocsp>,
     /// `revocation:` settings.
     pub revocation: Revocation,
     /// Reject leaves whose notAfter - notBefore is longer.
     pub max_lifetime: Option<Duration>,
+}
+
+/// `trust.<source>.ocsp` when its mode is not `off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ocsp {
+    /// `require`: no valid `good` answer refuses; `prefer`: only `revoked` refuses.
+    pub require: bool,
+    /// Overrides the leaf's AIA OCSP URL (`http://` only).
+    pub responder: Option<String>,
+    /// The longest a handshake waits for the responder (default 2s).
+    pub timeout: Duration,
+    /// An answer is kept until its nextUpdate, at most this long (default 1h).
+    pub cache_max: Duration,
+    /// Statuses of certificates with open connections are asked again this often (default 5m).
+    pub refresh: Duration,
 }
 
 /// One `crl_urls` entry.

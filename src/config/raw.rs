@@ -161,6 +161,8 @@ pub struct RawTrust {
     pub crl_cache_dir: Option<String>,
     /// `trust.<name>.crl_distribution_points`
     pub crl_distribution_points: Option<RawCrlDistributionPoints>,
+    /// `trust.<name>.ocsp`
+    pub ocsp: Option<RawOcsp>,
     /// `trust.<name>.revocation`
     pub revocation: Option<RawRevocation>,
     /// `trust.<name>.max_lifetime`
@@ -182,6 +184,22 @@ pub struct RawCrlUrl {
     /// `trust.<name>.crl_urls[i].url`
     pub url: Option<String>,
     /// `trust.<name>.crl_urls[i].refresh`
+    pub refresh: Option<Scalar>,
+}
+
+/// `trust.X.ocsp:`
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOcsp {
+    /// `trust.<name>.ocsp.mode`
+    pub mode: Option<String>,
+    /// `trust.<name>.ocsp.responder`
+    pub responder: Option<String>,
+    /// `trust.<name>.ocsp.timeout`
+    pub timeout: Option<Scalar>,
+    /// `trust.<name>.ocsp.cache_max`
+    pub cache_max: Option<Scalar>,
+    /// `trust.<name>.ocsp.refresh`
     pub refresh: Option<Scalar>,
 }
 
@@ -687,6 +705,7 @@ impl Section for RawTrust {
             crl_urls: w.section_list(m, p, "crl_urls"),
             crl_cache_dir: w.field(m, p, "crl_cache_dir"),
             crl_distribution_points: w.child(m, p, "crl_distribution_points"),
+            ocsp: w.child(m, p, "ocsp"),
             revocation: w.child(m, p, "revocation"),
             max_lifetime: w.field(m, p, "max_lifetime"),
             pinned: w.section_list(m, p, "pinned"),
@@ -711,6 +730,18 @@ impl Section for RawCrlUrl {
     fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
         RawCrlUrl {
             url: w.field(m, p, "url"),
+            refresh: w.field(m, p, "refresh"),
+        }
+    }
+}
+
+impl Section for RawOcsp {
+    fn fill(w: &mut Walker, m: &Mapping, p: &str) -> Self {
+        RawOcsp {
+            mode: w.field(m, p, "mode"),
+            responder: w.field(m, p, "responder"),
+            timeout: w.field(m, p, "timeout"),
+            cache_max: w.field(m, p, "cache_max"),
             refresh: w.field(m, p, "refresh"),
         }
     }

@@ -34,6 +34,8 @@ pub struct Revocation {
     client: OnceLock<crl::HttpClient>,
     /// Distribution-point fetches in flight: one per URL serves every handshake that waits.
     inflight: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Client OCSP (SPEC 9.3).
+    pub ocsp: Arc<OcspState>,
 }
 
 /// One fetch in flight and the handshakes waiting for it.
@@ -274,4 +276,217 @@ pub fn distribution_points(cert: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     out
+}
+
+/// How long a failed OCSP fetch is remembered: handshakes of the same certificate meanwhile
+/// get the failure at once instead of each waiting for a responder that is down.
+const OCSP_ERROR_TTL: Duration = Duration::from_secs(5);
+/// OCSP answers kept per trust source at most.
+const OCSP_CACHE_CAPACITY: usize = 10_000;
+
+/// Counts fetched OCSP answers: `(trust source, result)`.
+type Observer = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What it takes to ask for a certificate's status again (the refresh for open connections).
+#[derive(Clone)]
+struct OcspTarget {
+    leaf: CertificateDer<'static>,
+    issuer: CertificateDer<'static>,
+    url: String,
+    timeout: Duration,
+    /// Open connections of this certificate.
+    users: usize,
+}
+
+/// Client OCSP (SPEC 9.3): the answer caches, the certificates with open connections, and the
+/// counter that tells open connections to look again.
+#[derive(Default)]
+pub struct OcspState {
+    /// One cache per trust source, with that source's `cache_max`.
+    caches: Mutex<HashMap<String, (Duration, ocsp::Cache)>>,
+    client: OnceLock<ocsp::HttpClient>,
+    targets: Mutex<HashMap<ocsp::Key, OcspTarget>>,
+    /// Moves whenever a kept status changes: connections re-check their identity when it did.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Called with (trust source, result) for every answer fetched (not for cached ones).
+    observer: OnceLock<Observer>,
+    /// Whether any status was ever asked (connections skip the bookkeeping until then).
+    asked: std::sync::atomic::AtomicBool,
+}
+
+/// An open connection's claim on its certificate's status refresh; released when dropped.
+pub struct OcspUse {
+    state: Arc<Revocation>,
+    key: ocsp::Key,
+}
+
+impl Drop for OcspUse {
+    fn drop(&mut self) {
+        let mut targets = lock(&self.state.ocsp.targets);
+        if let Some(t) = targets.get_mut(&self.key) {
+            t.users = t.users.saturating_sub(1);
+        }
+    }
+}
+
+/// The `result` label of `certguard_ocsp_responses_total` for a fetch's outcome.
+fn ocsp_result(r: &Result<ocsp::Answer, ocsp::OcspError>) -> &'static str {
+    match r {
+        Ok(a) => match a.status {
+            ocsp::CertStatus::Good => "good",
+            ocsp::CertStatus::Revoked { .. } => "revoked",
+            ocsp::CertStatus::Unknown => "unknown",
+        },
+        Err(_) => "error",
+    }
+}
+
+impl OcspState {
+    /// Count every fetched answer through `f(trust source, result)`.
+    pub fn set_observer(&self, f: impl Fn(&str, &str) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(f));
+    }
+
+    /// The counter open connections compare to learn that a kept status changed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn client(&self) -> ocsp::HttpClient {
+        self.client.get_or_init(ocsp::http_client).clone()
+    }
+
+    fn cache(&self, trust: &str, cache_max: Duration) -> ocsp::Cache {
+        let mut caches = lock(&self.caches);
+        match caches.get(trust) {
+            Some((max, cache)) if *max == cache_max => cache.clone(),
+            _ => {
+                let cache = ocsp::Cache::new(OCSP_CACHE_CAPACITY, cache_max, OCSP_ERROR_TTL);
+                caches.insert(trust.to_owned(), (cache_max, cache.clone()));
+                cache
+            }
+        }
+    }
+
+    /// The fetch of one status: request, POST, checks; counted once when it completes.
+    fn fetch(
+        self: &Arc<Self>,
+        trust: &str,
+        target: &OcspTarget,
+    ) -> impl Future<Output = Result<ocsp::Answer, ocsp::OcspError>> + Send + 'static {
+        let (this, client) = (self.clone(), self.client());
+        let (trust, target) = (trust.to_owned(), target.clone());
+        async move {
+            let result = async {
+                let request = ocsp::request(&target.leaf, &target.issuer)?;
+                let der = ocsp::ask(&client, &target.url, request, target.timeout).await?;
+                ocsp::check_response(
+                    &der,
+                    &target.leaf,
+                    &target.issuer,
+                    rustls_pki_types::UnixTime::now(),
+                )
+            }
+            .await;
+            if let Err(e) = &result {
+                tracing::warn!(%trust, url = %target.url, error = %e, "OCSP: no valid answer");
+            }
+            if let Some(observe) = this.observer.get() {
+                observe(&trust, ocsp_result(&result));
+            }
+            result
+        }
+    }
+
+    /// `leaf`'s status for trust source `trust`: the kept answer, or the responder's, waiting
+    /// at most `timeout` (one request serves every handshake asking about the same
+    /// certificate). Called from inside a handshake.
+    pub fn status(
+        self: &Arc<Self>,
+        trust: &Arc<str>,
+        settings: &crate::config::Ocsp,
+        leaf: &CertificateDer<'_>,
+        issuer: &CertificateDer<'_>,
+        url: String,
+    ) -> Result<ocsp::Answer, ocsp::OcspError> {
+        let key = ocsp::Key::new(trust.clone(), leaf);
+        let cache = self.cache(trust, settings.cache_max);
+        self.asked.store(true, std::sync::atomic::Ordering::Release);
+        let target = {
+            let mut targets = lock(&self.targets);
+            let t = targets.entry(key.clone()).or_insert_with(|| OcspTarget {
+                leaf: leaf.clone().into_owned(),
+                issuer: issuer.clone().into_owned(),
+                url: url.clone(),
+                timeout: settings.timeout,
+                users: 0,
+            });
+            t.url = url;
+            t.timeout = settings.timeout;
+            t.clone()
+        };
+        if let Some(answer) = cache.get(&key, rustls_pki_types::UnixTime::now()) {
+            return Ok(answer);
+        }
+        let before = cache.changes();
+        let fetch = self.fetch(trust, &target);
+        let waited = {
+            let (cache, key) = (cache.clone(), key.clone());
+            run_blocking(
+                settings.timeout,
+                async move { cache.status(&key, fetch).await },
+            )
+        };
+        if cache.changes() != before {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        waited.unwrap_or(Err(ocsp::OcspError::Timeout(settings.timeout)))
+    }
+
+    /// Mark one open connection of `leaf` (admitted by `trust`) for the status refresh, when
+    /// certguard asked about it; released when the returned value is dropped.
+    pub fn open(
+        state: &Arc<Revocation>,
+        trust: &Arc<str>,
+        leaf: &CertificateDer<'_>,
+    ) -> Option<OcspUse> {
+        if !state.ocsp.asked.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let key = ocsp::Key::new(trust.clone(), leaf);
+        let mut targets = lock(&state.ocsp.targets);
+        let t = targets.get_mut(&key)?;
+        t.users += 1;
+        Some(OcspUse {
+            state: state.clone(),
+            key,
+        })
+    }
+
+    /// Ask again about every certificate of `trust` with open connections whose answer is at
+    /// least `refresh` old; a changed status moves the epoch, so open connections see it.
+    pub async fn refresh(self: &Arc<Self>, trust: &str, settings: &crate::config::Ocsp) {
+        let cache = self.cache(trust, settings.cache_max);
+        let due = cache.keys_due(rustls_pki_types::UnixTime::now(), settings.refresh);
+        let targets: Vec<(ocsp::Key, OcspTarget)> = {
+            let mut all = lock(&self.targets);
+            // Forget certificates nobody is connected with and that are no longer cached.
+            all.retain(|k, t| {
+                t.users > 0 || cache.get(k, rustls_pki_types::UnixTime::now()).is_some()
+            });
+            due.into_iter()
+                .filter_map(|k| {
+                    let t = all.get(&k).filter(|t| t.users > 0)?.clone();
+                    Some((k, t))
+                })
+                .collect()
+        };
+        for (key, target) in targets {
+            let before = cache.changes();
+            let _ = cache.refresh(&key, self.fetch(trust, &target)).await;
+            if cache.changes() != before {
+                self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+    }
 }

@@ -65,13 +65,14 @@ pub struct CaSource {
     crls: Vec<CertificateRevocationListDer<'static>>,
     revocation: crate::config::Revocation,
     provider: Arc<CryptoProvider>,
-    /// `crl_distribution_points` (SPEC 9.2), when configured and fetching is possible.
-    distribution_points: Option<DistributionPoints>,
+    /// Distribution points and OCSP, when fetching during handshakes is possible.
+    online: Option<Online>,
 }
 
-/// What a CA source needs to fetch the CRL distribution points its certificates name.
+/// What a CA source needs to ask the network during a handshake: the CRL distribution points
+/// its certificates name (SPEC 9.2) and OCSP (SPEC 9.3).
 #[derive(Clone)]
-pub struct DistributionPoints {
+pub struct Online {
     /// Only URLs under these prefixes are ever fetched.
     pub allow: Vec<String>,
     /// Where fetched CRLs go (and come from, once fetched).
@@ -80,11 +81,13 @@ pub struct DistributionPoints {
     pub wait: Duration,
     /// The distribution points whose CRLs this snapshot already verifies with.
     pub known: Vec<String>,
+    /// `ocsp`, when its mode is not `off`.
+    pub ocsp: Option<crate::config::Ocsp>,
 }
 
-impl std::fmt::Debug for DistributionPoints {
+impl std::fmt::Debug for Online {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DistributionPoints")
+        f.debug_struct("Online")
             .field("allow", &self.allow)
             .field("known", &self.known)
             .finish()
@@ -118,7 +121,7 @@ impl CaSource {
         name: Arc<str>,
         ca: &CaTrust,
         fetched: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
-        distribution_points: Option<DistributionPoints>,
+        online: Option<Online>,
         provider: Arc<CryptoProvider>,
     ) -> Result<CaSource, TlsError> {
         let err = |reason: String| TlsError::Trust {
@@ -167,7 +170,7 @@ impl CaSource {
             crls,
             revocation: ca.revocation,
             provider,
-            distribution_points: distribution_points.filter(|dp| !dp.allow.is_empty()),
+            online,
         })
     }
 
@@ -180,7 +183,7 @@ impl CaSource {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Vec<CertificateRevocationListDer<'static>> {
-        let Some(dp) = &self.distribution_points else {
+        let Some(dp) = self.online.as_ref().filter(|o| !o.allow.is_empty()) else {
             return Vec::new();
         };
         let mut urls: Vec<String> = Vec::new();
@@ -213,6 +216,91 @@ impl CaSource {
             }
         }
         out
+    }
+
+    /// SPEC 9.3: the leaf's OCSP status, from the cache or the responder (a handshake waits at
+    /// most `ocsp.timeout`). `revoked` refuses; `unknown` or no valid answer refuses under
+    /// `require` and admits under `prefer` (the failure is counted).
+    fn check_ocsp(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), Rejection> {
+        let Some((online, settings)) = self
+            .online
+            .as_ref()
+            .and_then(|o| o.ocsp.as_ref().map(|s| (o, s)))
+        else {
+            return Ok(());
+        };
+        let refuse = |outcome, detail: String| Rejection {
+            trust: Some(self.name.clone()),
+            outcome,
+            detail,
+            deny_reason: None,
+        };
+        let unavailable = |detail: String| {
+            if settings.require {
+                Err(refuse(
+                    Outcome::UnknownRevocationStatus,
+                    format!("OCSP (require): {detail}"),
+                ))
+            } else {
+                tracing::debug!(trust = %self.name, %detail, "OCSP (prefer): admitted without an answer");
+                Ok(())
+            }
+        };
+        let Some(issuer) = self.issuer_of(end_entity, intermediates) else {
+            return unavailable("the leaf's issuer is not in the verified chain".to_owned());
+        };
+        let Some(url) = settings
+            .responder
+            .clone()
+            .or_else(|| crate::revocation::ocsp::responder_url(end_entity))
+        else {
+            return unavailable(
+                "no responder: the leaf names none and ocsp.responder is not set".to_owned(),
+            );
+        };
+        let status = online
+            .revocation
+            .ocsp
+            .status(&self.name, settings, end_entity, &issuer, url);
+        use crate::revocation::ocsp::CertStatus;
+        match status {
+            Ok(answer) => match answer.status {
+                CertStatus::Good => Ok(()),
+                CertStatus::Revoked { at } => Err(refuse(
+                    Outcome::Revoked,
+                    format!("OCSP: revoked at {}", crate::certs::rfc3339_unix(at)),
+                )),
+                CertStatus::Unknown => {
+                    unavailable("the responder does not know the certificate".to_owned())
+                }
+            },
+            Err(e) => unavailable(format!("no valid answer: {e}")),
+        }
+    }
+
+    /// The certificate that signed `leaf`: among the presented and configured intermediates
+    /// and the anchors, one named as the leaf's issuer whose key verifies the leaf.
+    fn issuer_of(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Option<CertificateDer<'static>> {
+        let (_, leaf) = x509_parser::parse_x509_certificate(end_entity.as_ref()).ok()?;
+        intermediates
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .chain(self.intermediates.iter().cloned())
+            .chain(self.anchor_certs.iter().cloned())
+            .find(|candidate| {
+                x509_parser::parse_x509_certificate(candidate.as_ref()).is_ok_and(|(_, c)| {
+                    c.subject().as_raw() == leaf.issuer().as_raw()
+                        && leaf.verify_signature(Some(c.public_key())).is_ok()
+                })
+            })
     }
 
     fn anchors_and_intermediates(&self) -> impl Iterator<Item = CertificateDer<'static>> + '_ {
@@ -273,7 +361,11 @@ impl CaSource {
             }
         };
         match verifier.verify_client_cert(end_entity, intermediates, now) {
-            Ok(_) => self.check_lifetime(end_entity),
+            Ok(_) => {
+                let admission = self.check_lifetime(end_entity)?;
+                self.check_ocsp(end_entity, intermediates)?;
+                Ok(admission)
+            }
             Err(e) => {
                 let outcome = Outcome::from_rustls_error(&e);
                 let detail = format!("{e}");

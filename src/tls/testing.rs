@@ -67,6 +67,7 @@ pub(crate) fn ca_source_with(
             crl_urls: vec![],
             crl_cache_dir: None,
             crl_dp_allow: vec![],
+            ocsp: None,
             revocation,
             max_lifetime,
         }),

@@ -75,12 +75,24 @@ impl TrustVerifier {
         revocation: &Arc<Revocation>,
         wait: std::time::Duration,
     ) -> Result<TrustVerifier, TlsError> {
-        Self::build(sources, Some((revocation, wait)))
+        Self::build(sources, Some((revocation, wait, true)))
+    }
+
+    /// [`TrustVerifier::with_revocation`] that never asks the network (`explain --offline`):
+    /// the CRLs already fetched or cached still apply, OCSP and distribution points do not.
+    pub fn offline(
+        sources: &[config::TrustSource],
+        revocation: &Arc<Revocation>,
+    ) -> Result<TrustVerifier, TlsError> {
+        Self::build(
+            sources,
+            Some((revocation, std::time::Duration::ZERO, false)),
+        )
     }
 
     fn build(
         sources: &[config::TrustSource],
-        revocation: Option<(&Arc<Revocation>, std::time::Duration)>,
+        revocation: Option<(&Arc<Revocation>, std::time::Duration, bool)>,
     ) -> Result<TrustVerifier, TlsError> {
         let provider = provider();
         let mut built = Vec::with_capacity(sources.len());
@@ -98,20 +110,22 @@ impl TrustVerifier {
             match &source.kind {
                 config::TrustKind::Ca(ca) => {
                     let fetched = revocation
-                        .map(|(r, _)| r.fetched_crls(&source.name, ca))
+                        .map(|(r, _, _)| r.fetched_crls(&source.name, ca))
                         .unwrap_or_default();
-                    let distribution_points =
-                        revocation.map(|(r, wait)| chain::DistributionPoints {
+                    let online = revocation
+                        .filter(|(_, _, online)| *online)
+                        .map(|(r, wait, _)| chain::Online {
                             allow: ca.crl_dp_allow.clone(),
                             revocation: r.clone(),
                             wait,
                             known: fetched.iter().map(|f| f.url.clone()).collect(),
+                            ocsp: ca.ocsp.clone(),
                         });
                     let s = chain::CaSource::new(
                         source.name.clone(),
                         ca,
                         fetched.iter().map(|f| f.crl.der.clone()),
-                        distribution_points,
+                        online,
                         provider.clone(),
                     )?;
                     hints.extend(s.root_hint_subjects().iter().cloned());
