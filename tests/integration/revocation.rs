@@ -484,3 +484,181 @@ async fn distribution_points_are_fetched_only_under_the_allowed_prefixes() {
         ) >= 1.0
     });
 }
+
+// ---- OCSP (SPEC 9.3), against `openssl ocsp` as the responder ----
+
+use crate::common::ocsp::{refused_url, Responder, Signer};
+
+/// The standard config with `ocsp:` added to the internal source.
+fn ocsp_config(env: &Env, mode: &str, responder: &str, extra: &str) -> String {
+    env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl: [intermediate.crl, ca.crl]\n    ocsp:\n      mode: {mode}\n      responder: \"{responder}\"\n      timeout: 2s\n{extra}"
+        ),
+    )
+}
+
+async fn ocsp_responder(env: &Env) -> Responder {
+    let key = env.pki.inter.key_pem();
+    Responder::start(
+        &env.pki.inter,
+        Signer::ca(&env.pki.inter, &key),
+        &["-ndays", "1"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_good_revoked_unknown_and_a_dead_responder_under_require_and_prefer() {
+    let env = Env::new().await;
+    let responder = ocsp_responder(&env).await;
+    responder.good(&env.pki.alice);
+    responder.revoke(&env.pki.bob);
+    let proxy = env
+        .start(&ocsp_config(&env, "require", &responder.url(), ""))
+        .await;
+    let mut alice = open(&env, &proxy, false).await;
+    assert_eq!(alice.get("localhost", "/x").await.0, 200);
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.bob, &[b"h2"]),
+        "internal",
+        "revoked",
+        "bob, revoked by OCSP",
+    )
+    .await;
+    // Not in the responder's index: unknown, refused under require.
+    assert_rejected(
+        &proxy,
+        &env.client(&env.pki.long_lived, &[b"h2"]),
+        "internal",
+        "unknown_revocation_status",
+        "a certificate the responder does not know",
+    )
+    .await;
+    // Answers are kept: more handshakes of alice ask nobody.
+    let asked = responder.requests();
+    for _ in 0..3 {
+        let mut again = open(&env, &proxy, true).await;
+        assert_eq!(again.get("localhost", "/x").await.0, 200);
+    }
+    assert_eq!(
+        responder.requests(),
+        asked,
+        "cached answers are not asked again"
+    );
+    let text = scrape(&proxy).await;
+    let answers = |result| {
+        metric(
+            &text,
+            "certguard_ocsp_responses_total",
+            &[("trust", "internal"), ("result", result)],
+        )
+    };
+    assert_eq!(
+        (answers("good"), answers("revoked"), answers("unknown")),
+        (1.0, 1.0, 1.0)
+    );
+
+    // The responder is down: require refuses, prefer admits; both count the error. (A
+    // certificate nobody asked about yet: kept answers stay valid whatever the responder does.)
+    let dave = env
+        .pki
+        .inter
+        .issue(&certguard::devpki::LeafSpec::client("dave"))
+        .unwrap();
+    let erin = env
+        .pki
+        .inter
+        .issue(&certguard::devpki::LeafSpec::client("erin"))
+        .unwrap();
+    let dead = refused_url().await;
+    env.write("certguard.yaml", &ocsp_config(&env, "require", &dead, ""));
+    proxy.reload().expect("reload");
+    assert_rejected(
+        &proxy,
+        &env.client(&dave, &[b"h2"]),
+        "internal",
+        "unknown_revocation_status",
+        "require with the responder down",
+    )
+    .await;
+    env.write("certguard.yaml", &ocsp_config(&env, "prefer", &dead, ""));
+    proxy.reload().expect("reload");
+    let mut carol = Conn::open(
+        proxy.listen_addr,
+        env.client(&erin, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        carol.get("localhost", "/x").await.0,
+        200,
+        "prefer admits without an answer"
+    );
+    let text = scrape(&proxy).await;
+    assert!(
+        metric(
+            &text,
+            "certguard_ocsp_responses_total",
+            &[("result", "error")]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ocsp_revocation_learned_later_reaches_open_connections() {
+    let env = Env::new().await;
+    let responder = ocsp_responder(&env).await;
+    responder.good(&env.pki.alice);
+    let proxy = env
+        .start(&ocsp_config(
+            &env,
+            "require",
+            &responder.url(),
+            "      refresh: 1s\n",
+        ))
+        .await;
+    let mut h1 = open(&env, &proxy, false).await;
+    let mut h2 = open(&env, &proxy, true).await;
+    assert_eq!(h1.get("localhost", "/x").await.0, 200);
+    assert_eq!(h2.get("localhost", "/x").await.0, 200);
+    responder.revoke(&env.pki.alice);
+    within!(
+        10,
+        "the open HTTP/1.1 connection refused after the refresh",
+        h1.get("localhost", "/x").await.0 == 403
+    );
+    assert_eq!(h2.get("localhost", "/x").await.0, 403);
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_requests_total",
+            &[("reason", "revoked"), ("code", "403")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_asks_the_responder_unless_offline() {
+    let env = Env::new().await;
+    let responder = ocsp_responder(&env).await;
+    responder.revoke(&env.pki.alice);
+    let yaml = ocsp_config(&env, "require", &responder.url(), "");
+    let path = env.write("certguard.yaml", &yaml);
+    let (cert, _) = env.client_files("alice", &env.pki.alice);
+    let config = certguard::config::Config::load(&path).unwrap();
+    let online =
+        certguard::report::explain(&config, &cert, "GET", Some("localhost"), "/x", false).unwrap();
+    assert!(!online.allowed, "{}", online.text);
+    assert!(online.text.contains("decided by OCSP"), "{}", online.text);
+    assert_eq!(responder.requests(), 1);
+    let offline =
+        certguard::report::explain(&config, &cert, "GET", Some("localhost"), "/x", true).unwrap();
+    assert!(offline.allowed, "{}", offline.text);
+    assert_eq!(responder.requests(), 1, "--offline asks no responder");
+}
