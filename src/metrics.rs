@@ -709,6 +709,28 @@ impl Metrics {
         }
     }
 
+    /// A registry with at least one series of every metric, i.e. every name a scrape of a
+    /// proxy using every feature shows (vector metrics without series are not exported). For
+    /// tests and tools that check dashboards and alert rules against the metric names.
+    pub fn with_every_series() -> Metrics {
+        let m = Metrics::new();
+        m.init_trust_sources(["internal"]);
+        m.request(Some("r"), true, Reason::Ok, 200, Duration::from_millis(3));
+        m.upstream_duration("orders", Duration::from_millis(2));
+        m.upstream_error("orders", UpstreamErrorKind::Connect);
+        m.upstream_overflow("orders", "connection");
+        m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
+        m.set_pinned_reviews(vec![("lab".into(), vec![])]);
+        m.init_shadow_routes(["r"]);
+        m.set_trust_anchor_not_after(&[("internal".into(), 1)]);
+        m.set_pinned_not_after(&[("lab".into(), "ci".into(), 1)]);
+        m.set_clients_expiring(&[("internal".into(), [0, 1, 2])]);
+        m.init_crl_fetches("internal");
+        m.crl_fetched("internal", "ca.crl", 1);
+        m.init_ocsp("internal");
+        m
+    }
+
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
         self.encode_at(now_unix())
@@ -784,20 +806,7 @@ mod tests {
 
     #[test]
     fn every_metric_has_its_spec_name_and_type() {
-        let m = Metrics::new();
-        // Vec metrics without any series are not exported; give each one.
-        m.init_trust_sources(["internal"]);
-        m.request(Some("r"), true, Reason::Ok, 200, Duration::from_millis(3));
-        m.upstream_duration("orders", Duration::from_millis(2));
-        m.upstream_error("orders", UpstreamErrorKind::Connect);
-        m.upstream_overflow("orders", "connection");
-        m.set_crl_next_updates(&[("internal".into(), "ca.crl".into(), 1)]);
-        m.set_pinned_reviews(vec![("lab".into(), vec![])]);
-        m.init_shadow_routes(["r"]);
-        m.set_trust_anchor_not_after(&[("internal".into(), 1)]);
-        m.set_pinned_not_after(&[("lab".into(), "ci".into(), 1)]);
-        m.set_clients_expiring(&[("internal".into(), [0, 1, 2])]);
-        let out = m.encode();
+        let out = Metrics::with_every_series().encode();
         let expected = [
             ("certguard_tls_handshakes_total", "counter"),
             ("certguard_tls_handshake_duration_seconds", "histogram"),
@@ -835,6 +844,9 @@ mod tests {
             ),
             ("certguard_pinned_not_after_timestamp_seconds", "gauge"),
             ("certguard_client_certificates_expiring", "gauge"),
+            ("certguard_crl_fetches_total", "counter"),
+            ("certguard_crl_last_success_timestamp_seconds", "gauge"),
+            ("certguard_ocsp_responses_total", "counter"),
         ];
         for (name, ty) in expected {
             let type_line = format!("# TYPE {name} {ty}");

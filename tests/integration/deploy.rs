@@ -548,7 +548,9 @@ async fn exported_names() -> BTreeSet<String> {
     .unwrap();
     assert_eq!(alice.get("localhost", "/api/x").await.0, 200);
     assert_eq!(alice.get("localhost", "/down").await.0, 502);
-    let text = scrape(&proxy).await;
+    // The live scrape, plus the series a proxy shows only with features this one does not
+    // use (CRL URLs, OCSP): the library's catalog, whose names a unit test holds to SPEC 6.
+    let text = scrape(&proxy).await + &certguard::metrics::Metrics::with_every_series().encode();
     let names: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -768,7 +770,7 @@ async fn alert_rules_pass_promtool_and_every_alert_is_tested_both_ways() {
             let name = rule["alert"].as_str().unwrap().to_owned();
             let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
             assert!(
-                ["critical", "warning"].contains(&severity),
+                ["critical", "warning", "info"].contains(&severity),
                 "{name}: severity {severity:?}"
             );
             for key in ["summary", "description", "runbook"] {
