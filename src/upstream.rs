@@ -241,6 +241,19 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// Classify a client error by its types, predicates and source chain, never by its text.
+/// The kind of a hyper error of an upstream exchange, before or after the response head: a
+/// malformed message (bad chunking) is `protocol`, one that did not arrive in time `timeout`,
+/// anything else (a reset, a connection closed before the message's end) `reset`.
+pub fn body_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
+    if e.is_parse() || e.is_user() {
+        UpstreamErrorKind::Protocol
+    } else if e.is_timeout() {
+        UpstreamErrorKind::Timeout
+    } else {
+        UpstreamErrorKind::Reset
+    }
+}
+
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     let detail = error_chain(e);
     // A TLS failure first: it is also a connect error (a failed handshake) or an I/O error
@@ -259,11 +272,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     }
     for s in sources(e) {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            let kind = if h.is_parse() || h.is_user() {
-                UpstreamErrorKind::Protocol
-            } else {
-                UpstreamErrorKind::Reset
-            };
+            let kind = body_error_kind(h);
             return UpstreamError { kind, detail };
         }
         if s.is::<std::io::Error>() {

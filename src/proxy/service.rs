@@ -372,7 +372,7 @@ struct Exchange<'a, 'p> {
     upstream: &'a Arc<crate::upstream::UpstreamClient>,
     permit: Permit<'p>,
     client_upgrade: Option<OnUpgrade>,
-    client_body: &'a super::stream::RequestState,
+    client_body: &'a Arc<super::stream::RequestState>,
     inflight: &'a Arc<InflightGuard>,
 }
 
@@ -439,7 +439,17 @@ async fn relay(
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(response.headers_mut());
-        return Ok(response.map(|b| Reply::Relayed(b.map_err(Into::into).boxed(), hold)));
+        // An upstream that fails after the response head (a reset, a truncated body) is
+        // counted like one that fails before it, unless the client's own body broke the
+        // exchange.
+        let (metrics, name, client_body) = (metrics.clone(), name.clone(), client_body.clone());
+        let count = move |e: hyper::Error| -> crate::upstream::BoxError {
+            if !client_body.failed() {
+                metrics.upstream_error(&name, crate::upstream::body_error_kind(&e));
+            }
+            e.into()
+        };
+        return Ok(response.map(|b| Reply::Relayed(b.map_err(count).boxed(), hold)));
     }
     let Some(client) = client_upgrade.filter(|_| headers::is_websocket_switch(response.headers()))
     else {

@@ -557,6 +557,55 @@ mod proptests {
         Some(normalize(&Method::GET, &uri))
     }
 
+    /// Method spellings a hostile client would try: real method names in any mix of case, and
+    /// arbitrary tokens (every character RFC 9110 allows in a method).
+    fn method_spelling() -> impl Strategy<Value = String> {
+        const NAMES: &[&str] = &[
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+        ];
+        prop_oneof![
+            (prop::sample::select(NAMES), any::<u16>()).prop_map(|(name, flips)| {
+                name.chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if flips & (1 << (i % 16)) != 0 {
+                            c.to_ascii_lowercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            }),
+            "[A-Za-z0-9_\\-!#$%&'*+.^`|~]{1,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A method is accepted only if a framework that upper-cases methods before routing
+        /// (Flask, Express, Rails) sees the same method that policy judged; `CONNECT` is never
+        /// accepted in any spelling; and `normalize` refuses whatever `check_method` refuses.
+        #[test]
+        fn accepted_methods_are_what_frameworks_route(spelling in method_spelling()) {
+            let Ok(method) = Method::from_bytes(spelling.as_bytes()) else { return Ok(()) };
+            let verdict = check_method(&method);
+            let token = method.as_str();
+            if verdict.is_ok() {
+                prop_assert_eq!(token.to_ascii_uppercase(), token);
+                prop_assert!(token.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-'));
+            }
+            if token.eq_ignore_ascii_case("CONNECT") {
+                prop_assert!(verdict.is_err(), "{token} accepted");
+            }
+            if token.bytes().any(|b| b.is_ascii_lowercase()) {
+                prop_assert_eq!(verdict.clone(), Err(BadTarget::BadMethod));
+            }
+            let uri: Uri = "/x".parse().unwrap();
+            prop_assert_eq!(normalize(&method, &uri).is_ok(), verdict.is_ok());
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 

@@ -228,7 +228,9 @@ async fn failing_upstreams_get_502_or_504_with_their_kind() {
         }
 
         // Closed mid-body: the head (200) was already relayed; the client must see the body
-        // fail, never a short body that looks complete.
+        // fail, never a short body that looks complete. The upstream's failure is counted
+        // like one before the head.
+        let before = upstream_errors(&scrape(&proxy).await, "close_in_body", "reset");
         let mut c = Conn::open(
             proxy.listen_addr,
             env.client(&env.pki.alice, alpn),
@@ -257,6 +259,11 @@ async fn failing_upstreams_get_502_or_504_with_their_kind() {
         assert!(
             body.is_err(),
             "{proto}: a body cut by the upstream must fail at the client"
+        );
+        assert_eq!(
+            upstream_errors(&scrape(&proxy).await, "close_in_body", "reset"),
+            before + 1.0,
+            "{proto}: an upstream that closes mid-body is one upstream error of kind reset"
         );
     }
 
