@@ -345,7 +345,9 @@ fn absolute(dir: &Path) -> PathBuf {
 /// Does any file's content differ from what was read (or its readability)? Blocking.
 fn differs_from_disk(digests: &FileDigests) -> bool {
     digests.0.iter().any(|(path, read)| {
-        let now = std::fs::read(path).ok().map(|b| crate::certs::sha256(&b));
+        let now = crate::config::read_file(path)
+            .ok()
+            .map(|b| crate::certs::sha256(&b));
         now != *read
     })
 }

@@ -78,7 +78,7 @@ impl Files {
             return None;
         }
         let path = self.resolve(rel);
-        let read = std::fs::read(&path);
+        let read = super::read_file(&path);
         self.digests.record(&path, read.as_deref().ok());
         match read {
             Ok(bytes) => Some((path, bytes)),

@@ -193,6 +193,27 @@ pub struct CrlUrl {
 /// Distribution points fetched per source at most (SPEC 9.2).
 pub const MAX_DISTRIBUTION_POINTS: usize = 64;
 
+/// The largest file certguard reads: the config and every file it names (certificates, keys,
+/// CRLs, pins). As large as a fetched CRL may be; a path that names `/dev/zero` or a runaway
+/// file gets an error instead of filling the memory of a running proxy on reload.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Read a whole file of at most [`MAX_FILE_BYTES`].
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// One loaded CRL file (a CRL past nextUpdate still loads).
 #[derive(Clone, Debug)]
 pub struct CrlFile {
@@ -607,7 +628,7 @@ impl Config {
             };
             (Err(ConfigErrors(vec![e])), digests)
         };
-        match std::fs::read(path) {
+        match read_file(path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => build::build(&text, path),
                 Err(e) => {
@@ -657,7 +678,7 @@ impl Config {
 /// replaced by loopback of the same family. `None` when the file cannot be read or the address
 /// is not an address.
 pub fn admin_probe_address(path: &Path) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = String::from_utf8(read_file(path).ok()?).ok()?;
     let mut addr: SocketAddr = match raw::admin_address(&text) {
         Some(a) => a.parse().ok()?,
         None => SocketAddr::from(([127, 0, 0, 1], 9901)),
@@ -893,6 +914,35 @@ routes:
         fs::write(pki.join("bundle.crl"), good + broken).unwrap();
         let e = error_at(load(&dir, &yaml), "trust.internal.crl[0]");
         assert!(e.message.contains("CRL #2"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_file_without_end_is_an_error_at_its_key_not_a_hang() {
+        let (dir, _) = setup();
+        // /dev/zero never ends; a sparse file just over the cap has a size but no data.
+        let huge = dir.path().join("pki/huge.crl");
+        fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        for (path, key) in [
+            ("/dev/zero", "trust.internal.crl[0]"),
+            ("pki/huge.crl", "trust.internal.crl[0]"),
+        ] {
+            let yaml = full("").replace(
+                "crl: [pki/ca.crl, pki/ca.crl.der, pki/expired.crl]",
+                &format!("crl: [{path}]"),
+            );
+            let e = error_at(load(&dir, &yaml), key);
+            assert!(e.message.contains("larger than 64 MiB"), "{}", e.message);
+        }
+        // The config file itself.
+        let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            e.0[0].message.contains("larger than 64 MiB"),
+            "{}",
+            e.0[0].message
+        );
     }
 
     /// A DER TLV.

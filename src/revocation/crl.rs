@@ -304,7 +304,7 @@ pub fn cache_path(dir: &Path, url: &str) -> PathBuf {
 
 /// The cached CRL of `url` (as it was fetched), if any.
 pub fn read_cache(dir: &Path, url: &str) -> Option<Vec<u8>> {
-    std::fs::read(cache_path(dir, url)).ok()
+    crate::config::read_file(&cache_path(dir, url)).ok()
 }
 
 /// Keep `body` as the cached CRL of `url`: written to a temporary file and renamed, so a
