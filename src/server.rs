@@ -100,6 +100,7 @@ async fn handle_connection(
         identity,
         http2,
     } = established;
+    ack_now(stream.get_ref().0);
     state
         .metrics
         .handshake(Some(&identity.trust), Outcome::Success, started.elapsed());
@@ -161,6 +162,23 @@ async fn handle_connection(
         .await;
         service::record_refused(&recorder, refused.as_ref());
     }
+}
+
+/// Acknowledge the client's last handshake flight now instead of after the delayed-ACK timer.
+///
+/// In TLS 1.3 the server sends nothing after the client's Finished (no session tickets, as
+/// resumption is off), so the kernel holds the ACK of that flight for its delayed-ACK time
+/// (40 ms on Linux) hoping to piggyback it on data. A client without TCP_NODELAY (Python's
+/// `ssl`, many embedded clients) cannot send its small first request before that ACK (Nagle),
+/// so every new connection would stall about 40 ms. `TCP_QUICKACK` sends the pending ACK at
+/// once; it changes nothing else (the socket returns to its usual ACK mode by itself).
+fn ack_now(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_quickack(true) {
+        tracing::debug!(error = %e, "TCP_QUICKACK after the handshake");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
 }
 
 /// A hyper server connection that can be asked to finish in-flight requests and close.
