@@ -92,8 +92,14 @@ impl CaSource {
         let hints = roots.subjects();
         let algorithms = provider.signature_verification_algorithms.all;
 
-        let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .with_crls(ca.crls.iter().map(|c| c.der.clone()).chain(fetched));
+        // Chain and CRL signatures verify through the memo (`memo.rs`): each distinct one costs
+        // a public-key operation once, not on every handshake.
+        let mut memo_provider = (*provider).clone();
+        memo_provider.signature_verification_algorithms =
+            super::memo::memoized(memo_provider.signature_verification_algorithms);
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(memo_provider))
+                .with_crls(ca.crls.iter().map(|c| c.der.clone()).chain(fetched));
         if ca.revocation.depth == RevocationDepth::EndEntity {
             builder = builder.only_check_end_entity_revocation();
         }
