@@ -83,7 +83,10 @@ async fn handle_connection(
 ) {
     let started = Instant::now();
     let timeout = snapshot.config.listen.handshake_timeout;
-    let established = match tls::accept::accept(&snapshot.tls, timeout, tcp).await {
+    // Boxed, as the connection futures below: a task's future is as large as its largest
+    // state, and the handshake's (rustls, deadlines) would otherwise stay reserved, unused, in
+    // every idle connection's task for as long as it is open.
+    let established = match Box::pin(tls::accept::accept(&snapshot.tls, timeout, tcp)).await {
         Ok(e) => e,
         Err(Failed { sni, rejection }) => {
             let trust = rejection.trust.as_deref();
@@ -130,7 +133,9 @@ async fn handle_connection(
     let activity = ctx.activity.clone();
     let recorder = ctx.clone();
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
-    let svc = service_fn(move |req| service::handle(ctx.clone(), req));
+    // The request future is boxed per request: hyper's HTTP/1 dispatcher otherwise allocates a
+    // slot of the future's full size (2.7 KB) for every connection, idle or not.
+    let svc = service_fn(move |req| Box::pin(service::handle(ctx.clone(), req)));
     if http2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -224,7 +229,9 @@ async fn drive<C>(
 where
     C: Drainable<Output = Result<(), hyper::Error>>,
 {
-    tokio::pin!(conn);
+    // On the heap at its own size: an HTTP/1 connection does not reserve room for an HTTP/2
+    // one (or the reverse) in its task.
+    let mut conn = Box::pin(conn);
     let mut draining = false;
     // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
     // may take to say goodbye before it is dropped.
