@@ -78,9 +78,16 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 /// upgrades, read [`is_upgrade_request`] before calling this and re-add `connection: upgrade`
 /// and `upgrade` afterwards.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most heads carry none of them: one pass over the names costs less than a removal (a
-    // hash and a probe) for each. Without `connection` nothing is nominated either.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // Which of them the head carries, in one pass over its names: a removal (a hash and a
+    // probe) for each of the nine would cost more, and most heads carry none or one
+    // (`connection: keep-alive`). Without `connection` nothing is nominated either.
+    let mut present = [false; 9];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
     let keep_te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
@@ -91,7 +98,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &nominated {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
     if keep_te_trailers {
