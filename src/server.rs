@@ -143,7 +143,7 @@ async fn handle_connection(
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
         drive(
-            builder.serve_connection(io, svc),
+            Box::pin(builder.serve_connection(io, svc)),
             &activity,
             limits,
             shutdown,
@@ -159,7 +159,7 @@ async fn handle_connection(
             .max_buf_size(max_header_bytes.max(8192))
             .max_header_size(max_header_bytes);
         let refused = drive(
-            builder.serve_connection(io, svc).with_upgrades(),
+            Box::pin(builder.serve_connection(io, svc).with_upgrades()),
             &activity,
             limits,
             shutdown,
@@ -220,8 +220,11 @@ where
 
 /// Serve one connection until it ends, applying the header-read and idle timeouts and
 /// draining on shutdown.
+///
+/// `conn` comes boxed: on the heap at its own size, so that an HTTP/1 connection does not
+/// reserve room for an HTTP/2 one (or the reverse) in its task, nor the task for either.
 async fn drive<C>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     activity: &Activity,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -229,9 +232,6 @@ async fn drive<C>(
 where
     C: Drainable<Output = Result<(), hyper::Error>>,
 {
-    // On the heap at its own size: an HTTP/1 connection does not reserve room for an HTTP/2
-    // one (or the reverse) in its task.
-    let mut conn = Box::pin(conn);
     let mut draining = false;
     // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
     // may take to say goodbye before it is dropped.
