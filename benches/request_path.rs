@@ -14,6 +14,7 @@
 //!
 //! The `shadow` group is also measured as paired ratios (both sides timed in interleaved
 //! rounds, so that they share the machine's load), printed last.
+//! | `scaling`   | `authorize` at 1,000 and 10,000 routes; the deny lookup at 1,000 and 10,000 entries | the same at 50 routes, 10 entries |
 //!
 //! `cargo bench --bench request_path` runs them (about a minute and a half on 2 cores, once
 //! built); `cargo bench --bench request_path -- authorize` runs one group, and the table then
@@ -537,6 +538,152 @@ fn bench_shadow(c: &mut Criterion, pairs: &mut Pairs, plain: &Config, shadowed: 
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// scaling: the per-request cost against the number of routes and of deny entries
+
+/// Route counts of the scaling group; each is compared with the first.
+const ROUTE_COUNTS: [usize; 3] = [50, 1_000, 10_000];
+/// Deny-list sizes of the scaling group; each is compared with the first.
+const DENY_COUNTS: [usize; 3] = [10, 1_000, 10_000];
+
+/// A policy of `routes` routes, `deny` deny entries: per-service prefixes (every third bound
+/// to a host of its own, every fourth to `*.internal`, every fifth method-restricted, every
+/// seventh an exact path), each admitting its own SPIFFE IDs; then `/last`, the route the
+/// allowed request matches, and a host-bound catch-all. Deny entries name fingerprints (the
+/// indexed kind), plus three SPIFFE ID patterns that are scanned.
+fn scaled_yaml(routes: usize, deny: usize) -> String {
+    let mut y = String::from(
+        "listen:\n  address: \"127.0.0.1:0\"\n  cert: server.crt\n  key: server.key\n\
+         trust:\n  internal:\n    ca: ca.crt\nroutes:\n",
+    );
+    for i in 0..routes.saturating_sub(2) {
+        if i % 7 == 6 {
+            y.push_str(&format!("  - name: svc{i}\n    path: /svc{i}/status\n"));
+        } else {
+            y.push_str(&format!("  - name: svc{i}\n    path_prefix: /svc{i}\n"));
+        }
+        if i % 3 == 1 {
+            y.push_str(&format!("    host: svc{i}.internal\n"));
+        } else if i % 4 == 3 {
+            y.push_str("    host: \"*.internal\"\n");
+        }
+        if i % 5 == 4 {
+            y.push_str("    methods: [POST]\n");
+        }
+        y.push_str(&format!(
+            "    upstream: app\n    allow:\n      - spiffe_id: \"spiffe://dev.local/ns/svc{i}/*\"\n"
+        ));
+    }
+    y.push_str(
+        "  - name: last\n    path_prefix: /last\n    upstream: app\n    allow:\n      \
+         - trust: internal\n        spiffe_id: \"spiffe://dev.local/ns/default/sa/alice\"\n\
+         \x20 - name: catch-all\n    host: admin.internal\n    upstream: app\n    allow:\n      \
+         - cn: root\n",
+    );
+    y.push_str("deny:\n");
+    for i in 0..deny.saturating_sub(3) {
+        y.push_str(&format!("  - fingerprint: \"{i:064x}\"\n"));
+    }
+    for ns in ["quarantine", "leaked", "retired"] {
+        y.push_str(&format!(
+            "  - spiffe_id: \"spiffe://dev.local/ns/{ns}/*\"\n"
+        ));
+    }
+    y.push_str(
+        "upstreams:\n  app:\n    url: http://127.0.0.1:9000\n\
+         admin:\n  address: \"127.0.0.1:0\"\nreload:\n  watch: false\n",
+    );
+    y
+}
+
+fn scaled_config(dir: &Path, routes: usize, deny: usize) -> Config {
+    let path = dir.join(format!("scaled-{routes}-{deny}.yaml"));
+    let yaml = scaled_yaml(routes, deny);
+    std::fs::write(&path, &yaml).expect("write config");
+    match Config::from_yaml(&yaml, &path) {
+        Ok(config) => config,
+        Err(errors) => panic!("scaled benchmark config is invalid:\n{errors}"),
+    }
+}
+
+fn bench_scaling(c: &mut Criterion, pairs: &mut Pairs, dir: &Path, alice: &Identity) {
+    let get = Method::GET;
+    // (case, host, path, expected decision)
+    let cases: [(&str, Option<&str>, &str, &str); 3] = [
+        (
+            "last_route",
+            Some("api.internal"),
+            "/last/orders/42",
+            "allowed last",
+        ),
+        (
+            "host_route",
+            Some("svc1.internal"),
+            "/svc1/orders/42",
+            "not_allowed svc1",
+        ),
+        (
+            "no_route",
+            Some("api.internal"),
+            "/nothing/here/at/all",
+            "no_route",
+        ),
+    ];
+    let mut group = c.benchmark_group("scaling");
+    for n in ROUTE_COUNTS {
+        let config = scaled_config(dir, n, DENY_COUNTS[0]);
+        assert_eq!(config.policy.routes.len(), n, "{n} routes");
+        for (case, host, path, expect) in cases {
+            let req = RequestFacts {
+                method: &get,
+                host,
+                path,
+            };
+            let got = match authorize(&config.policy, alice, &req) {
+                Decision::Allowed(permit) => format!("allowed {}", permit.route().name),
+                Decision::NotAllowed { route, .. } => format!("not_allowed {}", route.name),
+                Decision::NoRoute => "no_route".to_owned(),
+            };
+            assert_eq!(got, expect, "authorize {case} with {n} routes");
+            let policy = &config.policy;
+            group.bench_function(BenchmarkId::new(format!("authorize_{case}"), n), |b| {
+                b.iter(|| {
+                    matches!(
+                        authorize(black_box(policy), black_box(alice), black_box(&req)),
+                        Decision::Allowed(_)
+                    )
+                })
+            });
+            if n != ROUTE_COUNTS[0] {
+                pairs.add(
+                    "scaling",
+                    &format!("{case} {n} routes"),
+                    format!("authorize_{case}/{n}"),
+                    format!("authorize_{case}/{}", ROUTE_COUNTS[0]),
+                );
+            }
+        }
+    }
+    for n in DENY_COUNTS {
+        let config = scaled_config(dir, ROUTE_COUNTS[0], n);
+        assert_eq!(config.deny.entries().len(), n, "{n} deny entries");
+        assert!(config.deny.find(alice).is_none(), "alice is not denied");
+        let deny = &config.deny;
+        group.bench_function(BenchmarkId::new("deny_find", n), |b| {
+            b.iter(|| black_box(deny).find(black_box(alice)).is_some())
+        });
+        if n != DENY_COUNTS[0] {
+            pairs.add(
+                "scaling",
+                &format!("deny {n} entries"),
+                format!("deny_find/{n}"),
+                format!("deny_find/{}", DENY_COUNTS[0]),
+            );
+        }
+    }
+    group.finish();
+}
+
 /// Rounds of [`paired_ratio`]; odd, for a median.
 const PAIRED_ROUNDS: usize = 201;
 /// Calls per side and round of [`paired_ratio`].
@@ -839,6 +986,7 @@ fn main() {
     let mut pairs = Pairs::default();
     bench_normalize(&mut c, &mut pairs);
     bench_authorize(&mut c, &mut pairs, &config, &alice);
+    bench_scaling(&mut c, &mut pairs, pki.dir.path(), &alice);
     bench_headers(&mut c, &mut pairs, &config, &alice);
     bench_shadow(&mut c, &mut pairs, &config, &shadowed);
     c.final_summary();

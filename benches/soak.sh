@@ -51,8 +51,7 @@ FD_SLACK=${FD_SLACK:-8}
 SOAK_RESULTS=${RESULTS:-}
 
 # Helpers shared with the load benchmark: ports, background processes and their cleanup,
-# /proc readers, oha and the release build. Sourcing it runs nothing; no nginx here.
-NGINX=0
+# /proc readers, oha and the release build. Sourcing it runs nothing.
 # shellcheck source=benches/load.sh
 source "$(dirname "$0")/load.sh"
 
@@ -87,6 +86,36 @@ ensure_soak_tools() {
 }
 
 # --- configuration and reloads ---------------------------------------------------------------
+
+# The echo upstream: a certguard demo process, which binds its echo server on every upstream
+# address of its config (its own proxy listener stays idle).
+write_echo_config() {
+  local pki=$TMP/pki
+  cat >"$TMP/echo.yaml" <<YAML
+listen:
+  address: "127.0.0.1:$ECHO_SIDE_LISTEN"
+  cert: $pki/server.crt
+  key: $pki/server.key
+trust:
+  internal:
+    ca: $pki/ca.crt
+routes:
+  - name: all
+    upstream: echo
+    allow:
+      - authenticated: true
+upstreams:
+  echo:
+    url: http://127.0.0.1:$ECHO_PORT
+admin:
+  address: "127.0.0.1:$ECHO_SIDE_ADMIN"
+reload:
+  watch: false
+logging:
+  level: warn
+  access_log: false
+YAML
+}
 
 # write_policy VARIANT: the proxy config; variant 1 lets bob use /toggle, variant 0 does not.
 write_policy() {
@@ -317,7 +346,7 @@ main() {
   "$BIN" dev-certs --out "$TMP/pki" >/dev/null
   head -c 65536 /dev/urandom >"$TMP/upload.bin"
   setup_crl_ca
-  write_configs # from load.sh: echo.yaml for the echo upstream (its certguard.yaml is replaced)
+  write_echo_config
   write_policy 0
 
   local echo_pid

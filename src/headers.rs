@@ -78,6 +78,18 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item =
 /// upgrades, read [`is_upgrade_request`] before calling this and re-add `connection: upgrade`
 /// and `upgrade` afterwards.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Which of them the head carries, in one pass over its names: a removal (a hash and a
+    // probe) for each of the nine would cost more, and most heads carry none or one
+    // (`connection: keep-alive`). Without `connection` nothing is nominated either.
+    let mut present = [false; 9];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let keep_te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     let nominated: Vec<HeaderName> = tokens(headers, &CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -86,7 +98,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &nominated {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
     if keep_te_trailers {
@@ -424,10 +436,16 @@ pub fn apply_forward_with(
 ) {
     remove_aliases_and_foreign(headers, forward);
     clean_trailer_declaration(headers, forward);
-    headers.remove(CLIENT_CERT);
-    headers.remove(CLIENT_CERT_CHAIN);
-    for name in &forward.strip_headers {
-        headers.remove(name);
+    // The client-supplied headers below are rare: look for them in one pass over the names
+    // instead of removing each (a hash and a probe apiece) on every request.
+    if any_of(headers, &[CLIENT_CERT, CLIENT_CERT_CHAIN]) {
+        headers.remove(CLIENT_CERT);
+        headers.remove(CLIENT_CERT_CHAIN);
+    }
+    if any_of(headers, &forward.strip_headers) {
+        for name in &forward.strip_headers {
+            headers.remove(name);
+        }
     }
     if let Some(value) = &ours.client_cert {
         headers.insert(CLIENT_CERT, value.clone());
@@ -460,9 +478,14 @@ pub fn apply_forward_with(
         }
     }
 
-    headers.remove(&X_FORWARDED_FOR);
-    headers.remove(&X_FORWARDED_PROTO);
-    headers.remove(&X_FORWARDED_HOST);
+    if any_of(
+        headers,
+        &[X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST],
+    ) {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+    }
     if forward.x_forwarded {
         headers.insert(X_FORWARDED_FOR, ours.forwarded_for.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
@@ -470,6 +493,12 @@ pub fn apply_forward_with(
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
     }
+}
+
+/// Whether `headers` has any of `names`: one pass over its names, cheaper than a lookup (a
+/// hash and a probe) for each when the map is small and the names are usually absent.
+fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    !names.is_empty() && headers.keys().any(|k| names.contains(k))
 }
 
 /// The header values certguard adds for one client: its XFCC element and its

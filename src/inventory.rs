@@ -55,6 +55,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// The most recently seen entry, when it is `id`'s: one lookup, no key to build.
+    fn recent_mut(&mut self, id: &Identity) -> Option<&mut Entry> {
+        let (_, recent) = self.order.last_key_value()?;
+        if recent.fingerprint == id.cert.fingerprint
+            && recent.trust == id.trust
+            && recent.pinned == id.pinned
+        {
+            self.entries.get_mut(recent)
+        } else {
+            None
+        }
+    }
+
     /// Find or create the entry for `id`, mark it as the most recently seen at `now`, evicting
     /// the least recently seen entry if a new one does not fit. `None` only when capacity is 0.
     fn touch(&mut self, id: &Identity, now: OffsetDateTime, capacity: usize) -> Option<&mut Entry> {
@@ -264,7 +277,14 @@ impl Inventory {
 
     fn request_at(&self, id: &Identity, allowed: bool, now: OffsetDateTime) {
         let mut inner = self.lock();
-        if let Some(e) = inner.touch(id, now, self.capacity) {
+        let entry = match inner.recent_mut(id) {
+            Some(e) => {
+                e.last_seen = now;
+                Some(e)
+            }
+            None => inner.touch(id, now, self.capacity),
+        };
+        if let Some(e) = entry {
             if allowed {
                 e.requests_allowed += 1;
             } else {

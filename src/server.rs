@@ -83,7 +83,10 @@ async fn handle_connection(
 ) {
     let started = Instant::now();
     let timeout = snapshot.config.listen.handshake_timeout;
-    let established = match tls::accept::accept(&snapshot.tls, timeout, tcp).await {
+    // Boxed, as the connection futures below: a task's future is as large as its largest
+    // state, and the handshake's (rustls, deadlines) would otherwise stay reserved, unused, in
+    // every idle connection's task for as long as it is open.
+    let established = match Box::pin(tls::accept::accept(&snapshot.tls, timeout, tcp)).await {
         Ok(e) => e,
         Err(Failed { sni, rejection }) => {
             let trust = rejection.trust.as_deref();
@@ -100,6 +103,7 @@ async fn handle_connection(
         identity,
         http2,
     } = established;
+    ack_now(stream.get_ref().0);
     state
         .metrics
         .handshake(Some(&identity.trust), Outcome::Success, started.elapsed());
@@ -129,7 +133,9 @@ async fn handle_connection(
     let activity = ctx.activity.clone();
     let recorder = ctx.clone();
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
-    let svc = service_fn(move |req| service::handle(ctx.clone(), req));
+    // The request future is boxed per request: hyper's HTTP/1 dispatcher otherwise allocates a
+    // slot of the future's full size (2.7 KB) for every connection, idle or not.
+    let svc = service_fn(move |req| Box::pin(service::handle(ctx.clone(), req)));
     if http2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -137,7 +143,7 @@ async fn handle_connection(
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
         drive(
-            builder.serve_connection(io, svc),
+            Box::pin(builder.serve_connection(io, svc)),
             &activity,
             limits,
             shutdown,
@@ -153,7 +159,7 @@ async fn handle_connection(
             .max_buf_size(max_header_bytes.max(8192))
             .max_header_size(max_header_bytes);
         let refused = drive(
-            builder.serve_connection(io, svc).with_upgrades(),
+            Box::pin(builder.serve_connection(io, svc).with_upgrades()),
             &activity,
             limits,
             shutdown,
@@ -161,6 +167,23 @@ async fn handle_connection(
         .await;
         service::record_refused(&recorder, refused.as_ref());
     }
+}
+
+/// Acknowledge the client's last handshake flight now instead of after the delayed-ACK timer.
+///
+/// In TLS 1.3 the server sends nothing after the client's Finished (no session tickets, as
+/// resumption is off), so the kernel holds the ACK of that flight for its delayed-ACK time
+/// (40 ms on Linux) hoping to piggyback it on data. A client without TCP_NODELAY (Python's
+/// `ssl`, many embedded clients) cannot send its small first request before that ACK (Nagle),
+/// so every new connection would stall about 40 ms. `TCP_QUICKACK` sends the pending ACK at
+/// once; it changes nothing else (the socket returns to its usual ACK mode by itself).
+fn ack_now(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_quickack(true) {
+        tracing::debug!(error = %e, "TCP_QUICKACK after the handshake");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
 }
 
 /// A hyper server connection that can be asked to finish in-flight requests and close.
@@ -197,8 +220,11 @@ where
 
 /// Serve one connection until it ends, applying the header-read and idle timeouts and
 /// draining on shutdown.
+///
+/// `conn` comes boxed: on the heap at its own size, so that an HTTP/1 connection does not
+/// reserve room for an HTTP/2 one (or the reverse) in its task, nor the task for either.
 async fn drive<C>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     activity: &Activity,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -206,7 +232,6 @@ async fn drive<C>(
 where
     C: Drainable<Output = Result<(), hyper::Error>>,
 {
-    tokio::pin!(conn);
     let mut draining = false;
     // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
     // may take to say goodbye before it is dropped.

@@ -154,7 +154,7 @@ pub(super) fn compile(errs: &mut Errs, routes: Vec<RawRoute>, names: &Names) -> 
             }
         }
     }
-    Policy { routes: out }
+    Policy::new(out)
 }
 
 /// Compile `deny:` (SPEC 9.4): each entry uses the allow-entry keys, needs at least one of

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod deny;
+mod index;
 pub mod pattern;
 pub mod reach;
 
@@ -16,8 +17,11 @@ use crate::identity::Identity;
 /// All routes in config order.
 #[derive(Debug, Default)]
 pub struct Policy {
-    /// Routes; the first that fits a request decides.
+    /// Routes; the first that fits a request decides. Build the policy with [`Policy::new`]
+    /// (a policy whose routes changed after that falls back to scanning them).
     pub routes: Vec<Route>,
+    /// Finds the first fitting route without scanning all of them.
+    index: index::RouteIndex,
 }
 
 /// One compiled route.
@@ -263,9 +267,17 @@ pub fn authorize<'p>(policy: &'p Policy, id: &Identity, req: &RequestFacts<'_>) 
 }
 
 impl Policy {
+    /// The policy of `routes`, in config order, indexed.
+    pub fn new(routes: Vec<Route>) -> Policy {
+        let index = index::RouteIndex::new(&routes);
+        Policy { routes, index }
+    }
+
     /// The first route whose host, path and method all fit the request.
     pub fn find_route(&self, req: &RequestFacts<'_>) -> Option<&Route> {
-        self.routes.iter().find(|r| r.fits(req))
+        self.index
+            .find(&self.routes, req)
+            .and_then(|i| self.routes.get(i))
     }
 
     /// The route with this name.
@@ -450,59 +462,57 @@ mod tests {
     /// Routes matching on host/path/method, every one allowing `authenticated: true`.
     fn routing_policy() -> Policy {
         let any = || vec![entry(&[("authenticated", "true")])];
-        Policy {
-            routes: vec![
-                route(
-                    "orders-host",
-                    Some("orders.internal"),
-                    PathMatch::prefix("/orders").unwrap(),
-                    Some(&[Method::GET, Method::HEAD]),
-                    any(),
-                ),
-                route(
-                    "wild",
-                    Some("*.internal"),
-                    PathMatch::prefix("/w").unwrap(),
-                    None,
-                    any(),
-                ),
-                route(
-                    "status",
-                    None,
-                    PathMatch::exact("/status").unwrap(),
-                    None,
-                    any(),
-                ),
-                route(
-                    "orders-write",
-                    None,
-                    PathMatch::prefix("/orders").unwrap(),
-                    Some(&[Method::POST]),
-                    any(),
-                ),
-                route(
-                    "first",
-                    None,
-                    PathMatch::prefix("/dup").unwrap(),
-                    None,
-                    any(),
-                ),
-                route(
-                    "second",
-                    None,
-                    PathMatch::prefix("/dup").unwrap(),
-                    None,
-                    any(),
-                ),
-                route(
-                    "nobody",
-                    None,
-                    PathMatch::exact("/nobody").unwrap(),
-                    None,
-                    vec![],
-                ),
-            ],
-        }
+        Policy::new(vec![
+            route(
+                "orders-host",
+                Some("orders.internal"),
+                PathMatch::prefix("/orders").unwrap(),
+                Some(&[Method::GET, Method::HEAD]),
+                any(),
+            ),
+            route(
+                "wild",
+                Some("*.internal"),
+                PathMatch::prefix("/w").unwrap(),
+                None,
+                any(),
+            ),
+            route(
+                "status",
+                None,
+                PathMatch::exact("/status").unwrap(),
+                None,
+                any(),
+            ),
+            route(
+                "orders-write",
+                None,
+                PathMatch::prefix("/orders").unwrap(),
+                Some(&[Method::POST]),
+                any(),
+            ),
+            route(
+                "first",
+                None,
+                PathMatch::prefix("/dup").unwrap(),
+                None,
+                any(),
+            ),
+            route(
+                "second",
+                None,
+                PathMatch::prefix("/dup").unwrap(),
+                None,
+                any(),
+            ),
+            route(
+                "nobody",
+                None,
+                PathMatch::exact("/nobody").unwrap(),
+                None,
+                vec![],
+            ),
+        ])
     }
 
     #[test]
@@ -657,9 +667,13 @@ mod tests {
             (vec![("authenticated", "true")], &pin, true),
         ];
         for (keys, id, want) in rows {
-            let p = Policy {
-                routes: vec![route("r", None, PathMatch::Any, None, vec![entry(&keys)])],
-            };
+            let p = Policy::new(vec![route(
+                "r",
+                None,
+                PathMatch::Any,
+                None,
+                vec![entry(&keys)],
+            )]);
             let req = RequestFacts {
                 method: &Method::GET,
                 host: None,
@@ -674,15 +688,13 @@ mod tests {
 
     #[test]
     fn any_entry_grants_and_reports_its_index() {
-        let p = Policy {
-            routes: vec![route(
-                "r",
-                None,
-                PathMatch::Any,
-                None,
-                vec![entry(&[("cn", "bob")]), entry(&[("ou", "payments")])],
-            )],
-        };
+        let p = Policy::new(vec![route(
+            "r",
+            None,
+            PathMatch::Any,
+            None,
+            vec![entry(&[("cn", "bob")]), entry(&[("ou", "payments")])],
+        )]);
         let req = RequestFacts {
             method: &Method::GET,
             host: None,
@@ -780,7 +792,7 @@ mod tests {
             let mut r = route("r", None, PathMatch::Any, None, allow);
             r.shadow_allow = shadow_allow.map(|list| ShadowAllow::new(list, &r.allow));
             r.enforce = enforce;
-            let p = Policy { routes: vec![r] };
+            let p = Policy::new(vec![r]);
             let got = match authorize(&p, id, &req) {
                 Decision::Allowed(permit) => ("allowed", Some(permit.grant()), permit.shadow()),
                 Decision::NotAllowed { shadow, .. } => ("denied", None, shadow),

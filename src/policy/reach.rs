@@ -484,7 +484,7 @@ mod tests {
             ),
         ];
         for (i, (routes, want)) in rows.into_iter().enumerate() {
-            let policy = Policy { routes };
+            let policy = Policy::new(routes);
             assert_eq!(reached(&policy), want, "row {i}");
             check_against_find_route(&policy);
         }
@@ -492,12 +492,8 @@ mod tests {
 
     #[test]
     fn method_classes_and_differences() {
-        let old = Policy {
-            routes: vec![route("x", None, prefix("/x"), Some(&["GET", "HEAD"]))],
-        };
-        let new = Policy {
-            routes: vec![route("x", None, prefix("/x"), None)],
-        };
+        let old = Policy::new(vec![route("x", None, prefix("/x"), Some(&["GET", "HEAD"]))]);
+        let new = Policy::new(vec![route("x", None, prefix("/x"), None)]);
         let basis = Basis::new(&[&old, &new]);
         assert_eq!(basis.method_count(), 3);
         assert_eq!(basis.method(0), Some(&Method::GET));

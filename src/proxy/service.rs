@@ -120,13 +120,15 @@ pub async fn handle(
 
 fn log_refusal(ctx: &ConnContext, refusal: &Refusal) {
     let conn_id = ctx.conn_id;
-    let detail = refusal.detail();
+    // The detail is formatted inside each macro: only when that level is enabled.
     match refusal {
         Refusal::Upstream(_) | Refusal::Overflow(_) => {
-            tracing::warn!(conn_id, %detail, "request not relayed")
+            tracing::warn!(conn_id, detail = %refusal.detail(), "request not relayed")
         }
-        Refusal::Revoked(_) => tracing::info!(conn_id, %detail, "request refused"),
-        _ => tracing::debug!(conn_id, %detail, "request refused"),
+        Refusal::Revoked(_) => {
+            tracing::info!(conn_id, detail = %refusal.detail(), "request refused")
+        }
+        _ => tracing::debug!(conn_id, detail = %refusal.detail(), "request refused"),
     }
 }
 

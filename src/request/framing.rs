@@ -156,6 +156,65 @@ const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
 /// Header lines httparse is given room for; hyper's own default limit is 100.
 const MAX_HEADERS: usize = 128;
 
+/// What parsing the start of a request stream found.
+enum Judged {
+    /// A complete head of this many bytes.
+    Complete(usize, Verdict),
+    Partial,
+    /// Not HTTP/1 that hyper would accept.
+    Invalid,
+}
+
+/// What a complete head says about the stream.
+#[derive(Clone, Copy)]
+struct Verdict {
+    /// Both Content-Length and Transfer-Encoding.
+    conflict: bool,
+    /// What follows the head.
+    next: Track,
+}
+
+/// Parse the head at the start of `bytes` and judge its framing.
+fn judge(bytes: &[u8]) -> Judged {
+    // Uninitialized slots: filling 128 empty headers first would cost more than the parse.
+    let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(bytes, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Judged::Partial,
+        Err(_) => return Judged::Invalid,
+    };
+    let te = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let lengths = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value);
+    let length = content_length(lengths.clone());
+    let next = if te {
+        // hyper reads the body as chunked whenever Transfer-Encoding is present (or refuses
+        // the request).
+        Track::Chunked(Chunk::Start)
+    } else {
+        // Lengths hyper refuses end the tracking (so does the connection).
+        match length {
+            Ok(None | Some(0)) => Track::Head,
+            Ok(Some(n)) => Track::Body(n),
+            Err(_) => Track::Lost,
+        }
+    };
+    Judged::Complete(
+        len,
+        Verdict {
+            conflict: te && lengths.count() > 0,
+            next,
+        },
+    )
+}
+
 impl StreamTracker {
     /// A tracker for heads of at most `limit` bytes.
     pub fn new(limit: usize) -> StreamTracker {
@@ -236,6 +295,21 @@ impl StreamTracker {
             if data.is_empty() {
                 return data;
             }
+            // The usual case: a whole head in one read, judged where it lies (no copy, no
+            // search for its end). A partial one is buffered below; later reads append to it
+            // and parse only once its end can be there, so a trickled head stays linear.
+            let take = data.len().min(self.limit);
+            match judge(&data[..take]) {
+                Judged::Complete(len, verdict) => {
+                    self.apply(verdict);
+                    return &data[len.min(data.len())..];
+                }
+                Judged::Invalid => {
+                    self.lose();
+                    return &[];
+                }
+                Judged::Partial => {}
+            }
         }
         let old = self.buf.len();
         let take = data.len().min(self.limit.saturating_sub(old));
@@ -251,49 +325,34 @@ impl StreamTracker {
             }
             return &data[take..];
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
+        match judge(&self.buf) {
+            Judged::Complete(len, verdict) => {
+                self.apply(verdict);
+                self.buf.clear();
+                // `len` counts bytes of `buf`, which held `old` bytes before this read.
+                &data[len.saturating_sub(old).min(data.len())..]
+            }
+            Judged::Partial => {
                 if self.buf.len() >= self.limit {
                     self.lose();
                 }
-                return &data[take..];
+                &data[take..]
             }
-            Err(_) => {
+            Judged::Invalid => {
                 self.lose();
-                return &[];
+                &[]
             }
-        };
-        let te = req
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-        let lengths = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| h.value);
-        let length = content_length(lengths.clone());
-        self.verdicts.push_back(te && lengths.count() > 0);
-        self.state = if te {
-            // hyper reads the body as chunked whenever Transfer-Encoding is present (or
-            // refuses the request).
+        }
+    }
+
+    /// Queue a complete head's verdict and follow its body.
+    fn apply(&mut self, verdict: Verdict) {
+        self.verdicts.push_back(verdict.conflict);
+        self.state = verdict.next;
+        if matches!(verdict.next, Track::Chunked(_)) {
             self.extension_bytes = 0;
             self.trailer_bytes = 0;
-            Track::Chunked(Chunk::Start)
-        } else {
-            // Lengths hyper refuses end the tracking (so does the connection).
-            match length {
-                Ok(None | Some(0)) => Track::Head,
-                Ok(Some(n)) => Track::Body(n),
-                Err(_) => Track::Lost,
-            }
-        };
-        self.buf.clear();
-        // `len` counts bytes of `buf`, which held `old` bytes before this read.
-        &data[len.saturating_sub(old).min(data.len())..]
+        }
     }
 
     /// One byte of a chunked body (outside chunk data), as hyper's decoder reads it.

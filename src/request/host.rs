@@ -44,10 +44,8 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         Some((name, port)) => (name, Some(port)),
         None => (raw, None),
     };
-    if let Some(port) = port {
-        if !valid_port_suffix(&format!(":{port}")) {
-            return None;
-        }
+    if port.is_some_and(|port| !valid_port(port)) {
+        return None;
     }
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty()
@@ -63,9 +61,14 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 
 /// `""` or `":"` followed by up to five digits whose value fits a port.
 fn valid_port_suffix(after_host: &str) -> bool {
-    let Some(port) = after_host.strip_prefix(':') else {
-        return after_host.is_empty();
-    };
+    match after_host.strip_prefix(':') {
+        Some(port) => valid_port(port),
+        None => after_host.is_empty(),
+    }
+}
+
+/// What follows the `:`: empty, or up to five digits whose value fits a port.
+fn valid_port(port: &str) -> bool {
     port.is_empty()
         || (port.len() <= 5
             && port.bytes().all(|b| b.is_ascii_digit())

@@ -131,7 +131,17 @@ pub fn normalize(method: &http::Method, uri: &http::Uri) -> Result<Target, BadTa
         return Err(BadTarget::NotOriginForm);
     }
     let decoded = decode_path(raw_path.as_bytes())?;
-    let path = remove_dot_segments(&decoded)?;
+    // The usual path has no `.`, `..` or empty segment (but perhaps a trailing `/`), and
+    // removing dot segments would rebuild it byte for byte.
+    let path = if decoded.contains("//")
+        || decoded
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+    {
+        remove_dot_segments(&decoded)?
+    } else {
+        decoded
+    };
     Ok(Target { path, query })
 }
 

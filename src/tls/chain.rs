@@ -26,8 +26,14 @@ fn webpki_verifier(
     revocation: &crate::config::Revocation,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
-    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .with_crls(crls.iter().cloned());
+    // Chain and CRL signatures verify through the memo (`memo.rs`): each distinct one costs a
+    // public-key operation once, not on every handshake.
+    let mut memo_provider = (**provider).clone();
+    memo_provider.signature_verification_algorithms =
+        super::memo::memoized(memo_provider.signature_verification_algorithms);
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), Arc::new(memo_provider))
+            .with_crls(crls.iter().cloned());
     if revocation.depth == RevocationDepth::EndEntity {
         builder = builder.only_check_end_entity_revocation();
     }

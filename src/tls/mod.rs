@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod chain;
+pub mod memo;
 pub mod outcome;
 pub mod pinned;
 pub mod server_config;

@@ -7,6 +7,7 @@ mod common;
 mod data_path;
 mod deploy;
 mod faults;
+mod first_request;
 mod governance;
 mod hardening;
 mod lifecycle;
