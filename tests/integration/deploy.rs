@@ -954,3 +954,123 @@ fn the_sidecar_config_map_is_a_valid_certguard_config() {
         panic!("the sidecar's certguard.yaml is rejected:\n{e}");
     }
 }
+
+/// The `[[bench]]` names Cargo.toml declares.
+fn declared_benches(manifest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_bench = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bench = line == "[[bench]]";
+        } else if let Some(value) = line.strip_prefix("name").map(str::trim_start) {
+            if in_bench {
+                if let Some(value) = value.strip_prefix('=') {
+                    names.push(value.trim().trim_matches('"').to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Whether `.dockerignore` (its `*` and `!pattern` lines, Docker's last-match-wins rule, `*`
+/// within one path segment, a directory pattern covering what is below it) lets `path` into
+/// the build context.
+fn docker_context_admits(dockerignore: &str, path: &str) -> bool {
+    fn segment(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                name.len() >= head.len() + tail.len()
+                    && name.starts_with(head)
+                    && name.ends_with(tail)
+                    && !tail.contains('*')
+            }
+        }
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut admitted = true;
+    for line in dockerignore.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (include, pattern) = match line.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, line),
+        };
+        let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        if pattern.len() <= parts.len() && pattern.iter().zip(&parts).all(|(p, n)| segment(p, n)) {
+            admitted = include;
+        }
+    }
+    admitted
+}
+
+#[test]
+fn the_dockerfile_dependency_layer_stubs_every_declared_target() {
+    // Cargo refuses a manifest whose declared targets have no source, so the Dockerfile's
+    // dependency-cache layer must stub each of them, and the build context must carry the
+    // real files to the second build. Run that layer's commands up to its `cargo build` on
+    // the real Cargo.toml, the way the image build does.
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let benches = declared_benches(&manifest);
+    assert!(
+        benches.iter().any(|b| b == "request_path") && benches.len() >= 2,
+        "{benches:?}"
+    );
+    let dockerfile = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let start = dockerfile
+        .find("RUN mkdir -p src benches")
+        .expect("the Dockerfile's stub layer");
+    let layer = &dockerfile[start + "RUN ".len()..];
+    let end = layer.find("&& cargo build").expect("the stub layer builds");
+    let script = layer[..end].replace("\\\n", " ");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo("Cargo.toml"), dir.path().join("Cargo.toml")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{script} && echo stubbed"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("stubbed"),
+        "{script}\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["src/main.rs", "src/lib.rs"] {
+        assert!(dir.path().join(file).is_file(), "{file} stubbed");
+    }
+    let dockerignore = std::fs::read_to_string(repo(".dockerignore")).unwrap();
+    for bench in &benches {
+        let file = format!("benches/{bench}.rs");
+        assert!(dir.path().join(&file).is_file(), "{file} stubbed");
+        assert!(repo(&file).is_file(), "{file} exists");
+        assert!(
+            docker_context_admits(&dockerignore, &file),
+            "{file} reaches the build context"
+        );
+    }
+    for kept_out in [
+        "certs-dev/ca.key",
+        "target/release/certguard",
+        "fuzz/Cargo.toml",
+    ] {
+        assert!(
+            !docker_context_admits(&dockerignore, kept_out),
+            "{kept_out} stays out of the build context"
+        );
+    }
+    for kept_in in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/main.rs",
+        "src/tls/chain.rs",
+    ] {
+        assert!(
+            docker_context_admits(&dockerignore, kept_in),
+            "{kept_in} reaches the build context"
+        );
+    }
+}
