@@ -1438,7 +1438,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::testing::proptest_config(256))]
 
         /// Every value comes back: Hash, Cert and Chain (URL-decoded PEM), Subject, each URI
         /// and DNS SAN in order; the element is one valid header value, and appended after an

@@ -33,6 +33,25 @@ pub mod snapshot;
 pub mod tls;
 pub mod upstream;
 
+/// Settings shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Property tests with `cases` cases whose failing seeds are kept in
+    /// `tests/proptest-regressions/` (mirroring `src/`), not in a directory of their own at the
+    /// top of the repository.
+    pub fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
+        proptest::prelude::ProptestConfig {
+            cases,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::SourceParallel(
+                    "tests/proptest-regressions",
+                ),
+            )),
+            ..proptest::prelude::ProptestConfig::default()
+        }
+    }
+}
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -194,7 +194,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(crate::testing::proptest_config(512))]
         /// The index finds exactly the route the linear scan finds.
         #[test]
         fn the_index_agrees_with_the_scan(

@@ -984,7 +984,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::testing::proptest_config(512))]
 
         /// `host: "*.suffix"` and `san_dns: "*.suffix"` match exactly one extra label, never
         /// two, never none, never a label that merely ends like the suffix.

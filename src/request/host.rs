@@ -560,7 +560,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::testing::proptest_config(512))]
 
         #[test]
         fn never_panics(raw in "\\PC{0,30}") {

@@ -591,7 +591,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::testing::proptest_config(512))]
 
         /// A method is accepted only if a framework that upper-cases methods before routing
         /// (Flask, Express, Rails) sees the same method that policy judged; `CONNECT` is never
@@ -617,7 +617,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::testing::proptest_config(512))]
 
         /// Any string the `Uri` parser accepts, with any method, normalizes or is refused:
         /// never a panic.
