@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let path = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../config/certguard.yaml"
+        "/../../config/certguard.yaml"
     ));
     if let Err(errors) = certguard::config::Config::from_yaml(text, path) {
         // Every error renders (key paths, messages) without panicking.

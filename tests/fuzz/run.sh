@@ -2,15 +2,15 @@
 # Run every certguard fuzz target (or those named as arguments) for a bounded time each, with
 # libFuzzer through cargo-fuzz. Not part of CI (too slow); see the README, "Reliability".
 #
-#   fuzz/run.sh                       # every target, FUZZ_SECONDS (default 60) each
-#   FUZZ_SECONDS=300 fuzz/run.sh crl  # one target for 5 minutes
+#   tests/fuzz/run.sh                     # every target, FUZZ_SECONDS (default 60) each
+#   FUZZ_SECONDS=300 tests/fuzz/run.sh crl  # one target for 5 minutes
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`) and a toolchain that takes
 # `-Zsanitizer`: the nightly toolchain when rustup has one (AddressSanitizer, the default),
 # else the stable toolchain with RUSTC_BOOTSTRAP=1 and no sanitizer (FUZZ_SANITIZER=none);
-# set FUZZ_TOOLCHAIN / FUZZ_SANITIZER to choose. The corpus grows in fuzz/corpus/<target>
+# set FUZZ_TOOLCHAIN / FUZZ_SANITIZER to choose. The corpus grows in tests/fuzz/corpus/<target>
 # (seeded from config/, certs-dev/ and a few hand-written inputs), crashes land in
-# fuzz/artifacts/<target>/; both are git-ignored. Exit status: non-zero if any target found a
+# tests/fuzz/artifacts/<target>/; both are git-ignored. Exit status: non-zero if any target found a
 # crash (the artifacts are listed), each target still gets its run.
 #
 # Settings (environment):
@@ -65,15 +65,15 @@ pem_to_der() { sed '/-----/d' "$1" | base64 -d; }
 seed() {
   local c=corpus f n
   mkdir -p "$c"/{config,identity_der,normalize,framing,crl,pin}
-  for f in ../config/certguard.yaml ../config/kubernetes/*.yaml; do
-    [[ -f "$f" ]] && cp "$f" "$c/config/seed-$(basename "$f")"
+  for f in ../../config/certguard.yaml ../../config/kubernetes/*.yaml; do
+    [[ -f "$f" ]] && cp "$f" "../../config/seed-$(basename "$f")"
   done
-  for f in ../certs-dev/*.crt; do
+  for f in ../../certs-dev/*.crt; do
     n=$(basename "$f" .crt)
     cp "$f" "$c/pin/seed-$n.pem"
     pem_to_der "$f" >"$c/identity_der/seed-$n.der"
   done
-  for f in ../certs-dev/*.crl; do
+  for f in ../../certs-dev/*.crl; do
     n=$(basename "$f" .crl)
     cp "$f" "$c/crl/seed-$n.pem"
     pem_to_der "$f" >"$c/crl/seed-$n.der"
@@ -101,11 +101,11 @@ seed
 
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  mapfile -t targets < <(cargo "+$FUZZ_TOOLCHAIN" fuzz list)
+  mapfile -t targets < <(cargo "+$FUZZ_TOOLCHAIN" fuzz list --fuzz-dir "$PWD")
 fi
 
 log "building ${targets[*]}"
-cargo "+$FUZZ_TOOLCHAIN" fuzz build --sanitizer "$FUZZ_SANITIZER" >/dev/null
+cargo "+$FUZZ_TOOLCHAIN" fuzz build --fuzz-dir "$PWD" --sanitizer "$FUZZ_SANITIZER" >/dev/null
 
 crashed=()
 summary=()
@@ -118,7 +118,7 @@ for t in "${targets[@]}"; do
   mkdir -p "artifacts/$t"
   before=$(find "artifacts/$t" -type f | wc -l)
   status=0
-  cargo "+$FUZZ_TOOLCHAIN" fuzz run --sanitizer "$FUZZ_SANITIZER" "$t" "corpus/$t" -- \
+  cargo "+$FUZZ_TOOLCHAIN" fuzz run --fuzz-dir "$PWD" --sanitizer "$FUZZ_SANITIZER" "$t" "corpus/$t" -- \
     "${args[@]}" 2>"corpus/.$t.log" || status=$?
   runs=$(awk '/stat::number_of_executed_units:/ {s += $2} END {print s + 0}' "corpus/.$t.log")
   cov=$(awk '/ cov: / {for (i = 1; i < NF; i++) if ($i == "cov:") c = $(i + 1)} END {print c}' \
