@@ -11,6 +11,10 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
+# make: the jemalloc allocator (tikv-jemalloc-sys) is built from its C sources with it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 # Dependency-cache layer: compile every dependency against stub sources, so that an edit under
 # src/ rebuilds only certguard itself. Cargo refuses a manifest whose targets have no source, so
 # every [[bench]] that Cargo.toml declares gets a stub too.

@@ -1,7 +1,8 @@
 //! The verified client identity, extracted once per connection from the leaf certificate.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -55,6 +56,87 @@ pub struct CertInfo {
     pub chain_not_after: Vec<i64>,
     /// The chain as presented: leaf first, then intermediates.
     pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// The parsed certificates of the connections open now, one per distinct chain: connections
+/// that present the same chain (a client's pool, its reconnects) share one [`CertInfo`]
+/// instead of each holding its own parse and its own copy of the chain (about 2 KB a
+/// connection), and a returning chain is not parsed again.
+///
+/// Entries are weak: a `CertInfo` lives as long as a connection (or the inventory) holds it.
+/// The key is SHA-256 over the presented chain (each certificate's length, then its DER), so
+/// two chains share an entry only if they are byte for byte the same, and a `CertInfo` depends
+/// on nothing but those bytes.
+#[derive(Debug, Default)]
+pub struct CertCache {
+    inner: Mutex<CertCacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CertCacheInner {
+    entries: HashMap<[u8; 32], Weak<CertInfo>>,
+    /// Entries at which the ones no connection holds any more are swept out next.
+    sweep_at: usize,
+}
+
+/// The fewest entries a sweep waits for.
+const CERT_CACHE_MIN_SWEEP: usize = 64;
+
+impl CertCache {
+    /// The parsed `chain`: shared with the open connections that presented the same chain, or
+    /// parsed now.
+    pub fn get_or_parse(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<Arc<CertInfo>, IdentityError> {
+        let key = chain_key(chain);
+        if let Some(hit) = self.lock().entries.get(&key).and_then(Weak::upgrade) {
+            return Ok(hit);
+        }
+        // Parsed outside the lock: other handshakes do not wait for it.
+        let parsed = Arc::new(CertInfo::from_chain(chain)?);
+        let mut inner = self.lock();
+        if inner.entries.len() >= inner.sweep_at {
+            inner.entries.retain(|_, cert| cert.strong_count() > 0);
+            // A dead entry keeps only its allocation's header (the fields are dropped with
+            // the last strong reference); sweeping after a quarter more entries bounds them.
+            inner.sweep_at =
+                inner.entries.len() + (inner.entries.len() / 4).max(CERT_CACHE_MIN_SWEEP);
+        }
+        // Another handshake may have parsed the same chain meanwhile: share the first.
+        if let Some(existing) = inner.entries.get(&key).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        inner.entries.insert(key, Arc::downgrade(&parsed));
+        Ok(parsed)
+    }
+
+    /// Entries, dead ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when no chain was cached (or every entry was swept).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CertCacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// SHA-256 over each certificate's length (8 bytes, big-endian) and DER: chains that differ
+/// anywhere, or only in where one certificate ends and the next begins, get different keys.
+fn chain_key(chain: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for cert in chain {
+        ctx.update(&u64::try_from(cert.len()).unwrap_or(u64::MAX).to_be_bytes());
+        ctx.update(cert.as_ref());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(ctx.finish().as_ref());
+    key
 }
 
 /// Which trust source (and pinned entry) admitted a client: decided by the verifier itself.
@@ -325,6 +407,72 @@ mod tests {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x00, 0x0a, 0xbc]));
         let key = KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn connections_presenting_the_same_chain_share_one_parse() {
+        let root = TestCa::root("root").unwrap();
+        let inter = root.intermediate("inter").unwrap();
+        let alice = inter.issue(&LeafSpec::client("alice")).unwrap();
+        let bob = inter.issue(&LeafSpec::client("bob")).unwrap();
+        let cache = CertCache::default();
+
+        let first = cache.get_or_parse(&alice.chain).unwrap();
+        let again = cache.get_or_parse(&alice.chain.clone()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.cn, vec!["alice"]);
+        assert_eq!(first.chain, alice.chain);
+
+        // The same leaf without its intermediate is another chain: parsed on its own.
+        let leaf_only = cache.get_or_parse(&alice.chain[..1]).unwrap();
+        assert!(!Arc::ptr_eq(&first, &leaf_only));
+        assert_eq!(leaf_only.chain.len(), 1);
+        assert_eq!(first.chain.len(), 2);
+
+        let other = cache.get_or_parse(&bob.chain).unwrap();
+        assert_eq!(other.cn, vec!["bob"]);
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_chain_that_does_not_parse_is_an_error_and_not_cached() {
+        let cache = CertCache::default();
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        assert!(matches!(
+            cache.get_or_parse(std::slice::from_ref(&garbage)),
+            Err(IdentityError::Parse(_))
+        ));
+        assert!(matches!(cache.get_or_parse(&[]), Err(IdentityError::Empty)));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn chains_no_connection_holds_are_swept_and_parsed_again() {
+        let root = TestCa::root("root").unwrap();
+        let cache = CertCache::default();
+        let held = root.issue(&LeafSpec::client("held")).unwrap();
+        let held_info = cache.get_or_parse(&held.chain).unwrap();
+        let extra = 10;
+        for i in 0..CERT_CACHE_MIN_SWEEP + extra {
+            let leaf = root.issue(&LeafSpec::client(&format!("c{i}"))).unwrap();
+            let info = cache.get_or_parse(&leaf.chain).unwrap();
+            assert_eq!(info.cn, vec![format!("c{i}")]);
+            // `info` is dropped here: no connection holds this chain any more.
+        }
+        // The sweep when the cache had CERT_CACHE_MIN_SWEEP entries (held, c0..c62) kept only
+        // the held chain; c63 onwards are still there, dead, until the next sweep.
+        assert_eq!(cache.len(), 1 + 1 + extra);
+        assert!(Arc::ptr_eq(
+            &held_info,
+            &cache.get_or_parse(&held.chain).unwrap()
+        ));
+
+        // A chain whose last holder is gone is parsed again, to the same content.
+        let gone = root.issue(&LeafSpec::client("gone")).unwrap();
+        let before = cache.get_or_parse(&gone.chain).unwrap();
+        let copy = (*before).clone();
+        drop(before);
+        assert_eq!(*cache.get_or_parse(&gone.chain).unwrap(), copy);
     }
 
     #[test]

@@ -97,6 +97,38 @@ async fn handle_connection(
             return;
         }
     };
+    // Everything between the handshake and serving happens in a plain function: what it
+    // builds and borrows (the TLS stream, the hyper builders) is moved into the boxed
+    // connection or dropped there, instead of keeping a slot in this task's future for as long
+    // as the connection is open (a local that was ever borrowed keeps its slot until the end
+    // of its scope, across every later await).
+    let serving = serving(state, snapshot, established, peer, lease, started);
+    let refused = drive(serving.conn, &serving.activity, serving.limits, shutdown).await;
+    if let Some(recorder) = serving.recorder {
+        service::record_refused(&recorder, refused.as_ref());
+    }
+}
+
+/// A connection after its handshake, ready to be driven.
+struct Serving {
+    /// The hyper connection (HTTP/1 or HTTP/2), on the heap at its own size.
+    conn: Pin<Box<dyn Drainable>>,
+    activity: Arc<Activity>,
+    limits: Limits,
+    /// The context that records a request hyper refused before it reached the service (an
+    /// oversized or malformed HTTP/1 head); `None` for HTTP/2.
+    recorder: Option<Arc<ConnContext>>,
+}
+
+/// Set up the connection context and the hyper connection for an established TLS stream.
+fn serving(
+    state: Arc<ProxyState>,
+    snapshot: Arc<Snapshot>,
+    established: Established<TcpStream>,
+    peer: SocketAddr,
+    lease: Lease,
+    started: Instant,
+) -> Serving {
     let Established {
         stream,
         sni,
@@ -142,13 +174,12 @@ async fn handle_connection(
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-        drive(
-            Box::pin(builder.serve_connection(io, svc)),
-            &activity,
+        Serving {
+            conn: Box::pin(builder.serve_connection(io, svc)),
+            activity,
             limits,
-            shutdown,
-        )
-        .await;
+            recorder: None,
+        }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -158,14 +189,12 @@ async fn handle_connection(
             .header_read_timeout(None)
             .max_buf_size(max_header_bytes.max(8192))
             .max_header_size(max_header_bytes);
-        let refused = drive(
-            Box::pin(builder.serve_connection(io, svc).with_upgrades()),
-            &activity,
+        Serving {
+            conn: Box::pin(builder.serve_connection(io, svc).with_upgrades()),
+            activity,
             limits,
-            shutdown,
-        )
-        .await;
-        service::record_refused(&recorder, refused.as_ref());
+            recorder: Some(recorder),
+        }
     }
 }
 
@@ -187,7 +216,7 @@ fn ack_now(tcp: &TcpStream) {
 }
 
 /// A hyper server connection that can be asked to finish in-flight requests and close.
-trait Drainable: Future {
+trait Drainable: Future<Output = Result<(), hyper::Error>> + Send {
     fn drain(self: Pin<&mut Self>);
 }
 
@@ -198,6 +227,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: hyper::body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Self: Send,
 {
     fn drain(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -212,6 +242,7 @@ where
     B: hyper::body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    Self: Send,
 {
     fn drain(self: Pin<&mut Self>) {
         self.graceful_shutdown();
@@ -223,15 +254,12 @@ where
 ///
 /// `conn` comes boxed: on the heap at its own size, so that an HTTP/1 connection does not
 /// reserve room for an HTTP/2 one (or the reverse) in its task, nor the task for either.
-async fn drive<C>(
-    mut conn: Pin<Box<C>>,
+async fn drive(
+    mut conn: Pin<Box<dyn Drainable>>,
     activity: &Activity,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-) -> Option<hyper::Error>
-where
-    C: Drainable<Output = Result<(), hyper::Error>>,
-{
+) -> Option<hyper::Error> {
     let mut draining = false;
     // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
     // may take to say goodbye before it is dropped.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{Outcome, Rejection, ServerTls};
-use crate::identity::{Admission, CertInfo, Identity};
+use crate::identity::{Admission, Identity};
 
 /// A handshake that succeeded: the TLS stream, the client's identity, the SNI it sent
 /// (lower-case, without a trailing dot) and whether it negotiated HTTP/2.
@@ -106,14 +106,14 @@ where
             Err(rejection) => return Err(Failed { sni, rejection }),
         },
     };
-    let cert = match CertInfo::from_chain(&chain) {
+    let cert = match tls.certs().get_or_parse(&chain) {
         Ok(cert) => cert,
         Err(e) => return Err(Failed::new(sni, None, Outcome::InvalidCert, e.to_string())),
     };
     Ok(Established {
         stream,
         sni,
-        identity: Identity::new(admission, Arc::new(cert)),
+        identity: Identity::new(admission, cert),
         http2,
     })
 }

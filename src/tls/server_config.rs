@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::{Outcome, Rejection, TlsError, TrustVerifier};
 use crate::config;
-use crate::identity::Admission;
+use crate::identity::{Admission, CertCache};
 
 /// What the verifier decided during one connection's handshake.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +145,9 @@ pub struct ServerTls {
     alpn: Vec<Vec<u8>>,
     /// `Some` only with `session_resumption: true`; owned by this snapshot, never shared.
     resumption: Option<Resumption>,
+    /// The parsed client chains of this snapshot's connections, shared between connections
+    /// that present the same chain.
+    certs: CertCache,
 }
 
 struct Resumption {
@@ -190,6 +193,7 @@ impl ServerTls {
             cert: Arc::new(cert),
             alpn: listen.alpn.clone(),
             resumption,
+            certs: CertCache::default(),
         })
     }
 
@@ -232,5 +236,10 @@ impl ServerTls {
     /// The snapshot's trust verifier (for the per-request re-check and `explain`).
     pub fn verifier(&self) -> &Arc<TrustVerifier> {
         &self.verifier
+    }
+
+    /// The parsed client chains, shared between the connections that present the same one.
+    pub fn certs(&self) -> &CertCache {
+        &self.certs
     }
 }
