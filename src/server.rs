@@ -83,10 +83,9 @@ async fn handle_connection(
 ) {
     let started = Instant::now();
     let timeout = snapshot.config.listen.handshake_timeout;
-    // Boxed, as the connection futures below: a task's future is as large as its largest
-    // state, and the handshake's (rustls, deadlines) would otherwise stay reserved, unused, in
-    // every idle connection's task for as long as it is open.
-    let established = match Box::pin(tls::accept::accept(&snapshot.tls, timeout, tcp)).await {
+    // Not boxed: this task ends with the handshake (below), so the handshake's state is not
+    // kept while the connection is open.
+    let established = match tls::accept::accept(&snapshot.tls, timeout, tcp).await {
         Ok(e) => e,
         Err(Failed { sni, rejection }) => {
             let trust = rejection.trust.as_deref();
@@ -103,10 +102,15 @@ async fn handle_connection(
     // as the connection is open (a local that was ever borrowed keeps its slot until the end
     // of its scope, across every later await).
     let serving = serving(state, snapshot, established, peer, lease, started);
-    let refused = drive(serving.conn, &serving.activity, serving.limits, shutdown).await;
-    if let Some(recorder) = serving.recorder {
-        service::record_refused(&recorder, refused.as_ref());
-    }
+    // The connection is served by a task of its own and this one ends: a future keeps its
+    // arguments (here the TCP stream, peer, lease, snapshot moved on long ago) for as long as
+    // it lives, and the serving task starts with nothing but what serving needs.
+    tokio::spawn(async move {
+        let refused = drive(serving.conn, &serving.activity, serving.limits, shutdown).await;
+        if let Some(recorder) = serving.recorder {
+            service::record_refused(&recorder, refused.as_ref());
+        }
+    });
 }
 
 /// A connection after its handshake, ready to be driven.
