@@ -66,7 +66,7 @@ seed() {
   local c=corpus f n
   mkdir -p "$c"/{config,identity_der,normalize,framing,crl,pin}
   for f in ../../config/certguard.yaml ../../config/kubernetes/*.yaml; do
-    [[ -f "$f" ]] && cp "$f" "../../config/seed-$(basename "$f")"
+    [[ -f "$f" ]] && cp "$f" "$c/config/seed-$(basename "$f")"
   done
   for f in ../../certs-dev/*.crt; do
     n=$(basename "$f" .crt)
