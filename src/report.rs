@@ -1063,6 +1063,13 @@ mod tests {
     use super::*;
     use crate::devpki::{LeafSpec, TestCa};
 
+    /// `server.crt` and `server.key` in `d`: a `localhost` server certificate issued by `ca`.
+    fn write_server_cert(d: &std::path::Path, ca: &TestCa) {
+        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
+        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
+        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+    }
+
     #[test]
     fn crl_warnings() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -1070,9 +1077,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (this, next) = (now - Duration::days(1), now + Duration::days(30));
         let server_ca = TestCa::root("server ca").unwrap();
-        let server = server_ca.issue(&LeafSpec::server("localhost")).unwrap();
-        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
-        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        write_server_cert(d, &server_ca);
         // `good`: its own CRL. `wrong`: a CRL by another CA only. `nocrl`: no CRL at all.
         // `wrong_leaf_only` checks only leaves, so the anchor's own CRL is not required.
         let good = TestCa::root("good ca").unwrap();
@@ -1189,10 +1194,8 @@ routes:
         let dir = tempfile::TempDir::new().unwrap();
         let d = dir.path();
         let ca = TestCa::root("ca").unwrap();
-        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
         let ci = crate::devpki::TestCert::self_signed(&LeafSpec::client("ci")).unwrap();
-        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
-        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        write_server_cert(d, &ca);
         fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
         fs::write(d.join("ci.crt"), &ci.cert_pem).unwrap();
         let routes = "upstreams:
@@ -1242,9 +1245,7 @@ routes:
         let d = dir.path();
         let ca = TestCa::root("ca").unwrap();
         let other = TestCa::root("other").unwrap();
-        let server = ca.issue(&LeafSpec::server("localhost")).unwrap();
-        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
-        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        write_server_cert(d, &ca);
         fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
         fs::write(d.join("other.crt"), &other.cert_pem).unwrap();
         let routes = "upstreams:
@@ -1390,9 +1391,7 @@ routes:
         let d = dir.path();
         let now = OffsetDateTime::now_utc();
         let server_ca = TestCa::root("server ca").unwrap();
-        let server = server_ca.issue(&LeafSpec::server("localhost")).unwrap();
-        fs::write(d.join("server.crt"), &server.cert_pem).unwrap();
-        fs::write(d.join("server.key"), &server.key_pem).unwrap();
+        write_server_cert(d, &server_ca);
         let soon = TestCa::root_with_validity(
             "soon ca",
             now - Duration::days(1),
