@@ -58,6 +58,8 @@
 set -euo pipefail
 
 OHA_VERSION=1.16.0
+# Every proxy is told to prefer AES-128-GCM, as certguard does by default.
+TLS13_SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 
 QUICK=${QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
@@ -430,6 +432,9 @@ http {
     ssl_crl $TMP/crls.pem;
     ssl_session_cache off;
     ssl_session_tickets off;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites $TLS13_SUITES;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host \$host;
@@ -460,6 +465,7 @@ global
   nbthread $WORKERS
   maxconn 9000
   tune.ssl.cachesize 0
+  ssl-default-bind-ciphersuites $TLS13_SUITES
 defaults
   mode http
   timeout connect 5s
@@ -565,6 +571,28 @@ start_proxy() {
   # shellcheck disable=SC2046 # the client arguments split on purpose
   wait_ready "$pid" "$logfile" "$name" \
     curl -fsS -o /dev/null $(client_args alice) "$(proxy_url "$name" /bench/ready)"
+}
+
+# The TLS 1.3 cipher suite each proxy picks for a client that prefers AES-256 (OpenSSL's and
+# rustls' default order, so oha's): the same for all, or the comparison is not of the same work.
+# (nginx 1.22 enables TLS 1.3 only when told to: `ssl_protocols` above.)
+declare -A SUITE_OF=()
+check_suites() {
+  local p suite first=
+  if ! command -v openssl >/dev/null 2>&1; then
+    WARNINGS+=("no openssl command: the negotiated cipher suites were not checked")
+    return 0
+  fi
+  for p in $PROXIES; do
+    suite=$(openssl s_client -connect "127.0.0.1:${PORT_OF[$p]}" -tls1_3 \
+      -ciphersuites TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256 \
+      -cert "$TMP/pki/alice.crt" -key "$TMP/pki/alice.key" -CAfile "$TMP/pki/ca.crt" \
+      </dev/null 2>/dev/null | sed -n 's/.*Cipher is \([A-Z0-9_]*\).*/\1/p' | head -n 1) || true
+    SUITE_OF[$p]=${suite:-unknown}
+    first=${first:-${SUITE_OF[$p]}}
+    [[ "${SUITE_OF[$p]}" == "$first" ]] ||
+      WARNINGS+=("cipher suites differ: $p negotiates ${SUITE_OF[$p]}, not $first")
+  done
 }
 
 stop_proxy() {
@@ -762,7 +790,7 @@ main() {
   [[ -z "$RESULTS" || "$RESULTS" == /* ]] || RESULTS=$PWD/$RESULTS
   [[ -z "${CERTGUARD_BIN:-}" || "$CERTGUARD_BIN" == /* ]] || CERTGUARD_BIN=$PWD/$CERTGUARD_BIN
   cd "$(dirname "$0")/.."
-  EXTRA_APT="nginx python3"
+  EXTRA_APT="nginx python3 openssl"
   [[ " $PROXIES " != *" haproxy "* ]] || EXTRA_APT+=" haproxy"
   ensure_tools
   build_certguard
@@ -816,6 +844,7 @@ main() {
     code=$(curl -sS -o /dev/null -w '%{http_code}' $(client_args alice) "$(proxy_url "$p" /deny/x)") || true
     [[ "$code" == 403 ]] || die "$p answered alice on /deny/ with '$code', not 403"
   done
+  check_suites
 
   local load_before load_after rep s order=() i n
   read -r load_before _ </proc/loadavg
@@ -838,6 +867,9 @@ main() {
       "$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')" "$("$HAPROXY_BIN" -v 2>/dev/null | awk 'NR == 1 { print $3 }')" "$REPS"
     printf 'proxy core %s, load generator and upstream core %s (pinning %s); %s CPUs; %s; load average %s before, %s after\n' \
       "$PROXY_CPU" "$LOAD_CPU" "$([[ "$PIN" == 1 ]] && echo on || echo OFF)" "$(nproc)" "$("$OHA" --version)" "$load_before" "$load_after"
+    printf 'TLS 1.3 suite each proxy picks for a client preferring AES-256:'
+    for p in $PROXIES; do printf ' %s %s;' "$p" "${SUITE_OF[$p]:-unchecked}"; done
+    printf ' key exchange: certguard X25519MLKEM768 (oha offers it), nginx and HAProxy X25519 (OpenSSL 3.0 has no ML-KEM)\n'
     printf 'HTTP/1.1: %s connections; HTTP/2: %s x %s streams; %ss phases (+%ss warm-up); %s handshakes; %s idle connections; p99 at %s req/s; %s routes; access log %s\n\n' \
       "$CONNECTIONS" "$H2_CONNECTIONS" "$H2_STREAMS" "$DURATION" "$WARMUP" "$HANDSHAKES" "$OPEN_CONNS" "$RATE" "$ROUTES" "$ACCESS_LOG"
     summarize

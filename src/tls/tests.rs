@@ -91,7 +91,16 @@ fn listen(server: &TestCert, version: config::TlsVersion) -> config::Listen {
 }
 
 fn client_config(chain: Vec<CertificateDer<'static>>, key: &TestCert, tls12: bool) -> ClientConfig {
-    let provider = provider();
+    client_config_offering(chain, key, tls12, provider())
+}
+
+/// A client config whose cipher suites (in their order of preference) are `provider`'s.
+fn client_config_offering(
+    chain: Vec<CertificateDer<'static>>,
+    key: &TestCert,
+    tls12: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> ClientConfig {
     let signing = provider
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(key.key_der.clone_key()))
@@ -303,4 +312,62 @@ fn tls13_only_refuses_tls12_client() {
         classify_failure(record.get(), Some(&err)),
         (None, Outcome::ProtocolError)
     );
+}
+
+/// The suite a client offering `offered` (in its order of preference) ends up with.
+fn negotiated(s: &Setup, tls12: bool, offered: &[rustls::CipherSuite]) -> rustls::CipherSuite {
+    let mut offering = (*provider()).clone();
+    offering.cipher_suites = offered
+        .iter()
+        .filter_map(|c| {
+            offering
+                .cipher_suites
+                .iter()
+                .find(|s| s.suite() == *c)
+                .copied()
+        })
+        .collect();
+    assert_eq!(offering.cipher_suites.len(), offered.len(), "{offered:?}");
+    let client = client_config_offering(s.alice.chain.clone(), &s.alice, tls12, Arc::new(offering));
+    let (server_config, _record) = s.tls.for_connection();
+    let mut server = ServerConnection::new(server_config).unwrap();
+    let mut client =
+        ClientConnection::new(Arc::new(client), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let err = handshake(&mut client, &mut server);
+    assert!(err.is_none(), "{offered:?}: {err:?}");
+    server.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[test]
+fn the_server_prefers_aes_128_gcm_and_still_accepts_every_other_suite() {
+    use rustls::CipherSuite as C;
+    let s = setup(config::TlsVersion::V1_2);
+    // A client that prefers AES-256 (rustls' and OpenSSL's default order) gets AES-128.
+    let all13 = [
+        C::TLS13_AES_256_GCM_SHA384,
+        C::TLS13_CHACHA20_POLY1305_SHA256,
+        C::TLS13_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(negotiated(&s, false, &all13), C::TLS13_AES_128_GCM_SHA256);
+    let all12 = [
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated(&s, true, &all12),
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+    // Without AES-128, the next in the server's order; a single suite is taken as it is.
+    assert_eq!(
+        negotiated(&s, false, &all13[..2]),
+        C::TLS13_AES_256_GCM_SHA384
+    );
+    for only in all13 {
+        assert_eq!(negotiated(&s, false, &[only]), only);
+    }
+    for only in all12 {
+        assert_eq!(negotiated(&s, true, &[only]), only);
+    }
 }
