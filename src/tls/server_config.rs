@@ -161,7 +161,8 @@ static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TL
 
 /// `provider` with its cipher suites in certguard's order of preference: AES-128-GCM, then
 /// AES-256-GCM, then ChaCha20-Poly1305, TLS 1.3 before TLS 1.2 within each. The server picks
-/// by this order, not the client's (as BoringSSL, and so Envoy, and Go do): AES-128-GCM with
+/// by this order, not the client's (BoringSSL, and so Envoy, and Go also put AES-128-GCM
+/// first): AES-128-GCM with
 /// SHA-256 is TLS 1.3's mandatory suite, and its key schedule runs on SHA-256, which current
 /// CPUs compute in hardware, where SHA-384 is computed in software (about 9 % of a full mTLS
 /// handshake on the benchmark machine). Every suite the provider has stays accepted.
