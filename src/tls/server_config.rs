@@ -162,10 +162,10 @@ static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TL
 /// `provider` with its cipher suites in certguard's order of preference: AES-128-GCM, then
 /// AES-256-GCM, then ChaCha20-Poly1305, TLS 1.3 before TLS 1.2 within each. The server picks
 /// by this order, not the client's (BoringSSL, and so Envoy, and Go also put AES-128-GCM
-/// first): AES-128-GCM with
-/// SHA-256 is TLS 1.3's mandatory suite, and its key schedule runs on SHA-256, which current
-/// CPUs compute in hardware, where SHA-384 is computed in software (about 9 % of a full mTLS
-/// handshake on the benchmark machine). Every suite the provider has stays accepted.
+/// first): AES-128-GCM with SHA-256 is TLS 1.3's mandatory suite, and its key schedule runs on
+/// SHA-256, which current CPUs compute in hardware, where SHA-384 is computed in software
+/// (about 9 % of a full mTLS handshake on the benchmark machine). Every suite the provider has
+/// stays accepted. [`ServerTls::build`] sets `ignore_client_order` to make this order decide.
 fn with_preferred_suites(
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Arc<rustls::crypto::CryptoProvider> {
@@ -233,7 +233,7 @@ impl ServerTls {
             .with_client_cert_verifier(recording)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.cert.clone())));
         config.alpn_protocols = self.alpn.clone();
-        // The server's order decides (see `with_preferred_suites`).
+        // The server's suite order decides (`with_preferred_suites`).
         config.ignore_client_order = true;
         match &self.resumption {
             Some(r) => {
