@@ -584,6 +584,64 @@ impl ClientHeaders {
     }
 }
 
+/// With `xfcc: append`, whether every inbound XFCC line is well formed (see
+/// [`well_formed_xfcc`]); a request with a malformed one gets 400 before policy runs. Always
+/// true in the other modes, which drop the inbound value.
+pub fn inbound_xfcc_ok(headers: &HeaderMap, forward: &Forward) -> bool {
+    forward.xfcc != XfccMode::Append
+        || headers
+            .get_all(&X_FORWARDED_CLIENT_CERT)
+            .iter()
+            .all(|line| well_formed_xfcc(line.as_bytes().trim_ascii()))
+}
+
+/// Whether an inbound XFCC line is a list of elements that any parser of Envoy's grammar
+/// splits where its sender meant: `key=value` pairs separated by `;`, elements by `,`, each
+/// value bare (none of `,` `;` `=` `"` `\`) or double-quoted with `\` escaping the next
+/// character. An empty line passes (it is dropped). Anything else (an open quote, a dangling
+/// `\`, a trailing separator, an empty element) would let the `,` before certguard's element
+/// land inside the client's value, and merge certguard's element into the client's.
+fn well_formed_xfcc(line: &[u8]) -> bool {
+    let special = |b: &u8| matches!(b, b'=' | b',' | b';' | b'"' | b'\\');
+    let bare = |i: &mut usize| {
+        while line.get(*i).is_some_and(|b| !special(b)) {
+            *i += 1;
+        }
+    };
+    if line.is_empty() {
+        return true;
+    }
+    let mut i = 0;
+    loop {
+        let key_start = i;
+        bare(&mut i);
+        if i == key_start || line.get(i) != Some(&b'=') {
+            return false;
+        }
+        i += 1;
+        if line.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match line.get(i) {
+                    None => return false,
+                    Some(b'\\') if i + 1 < line.len() => i += 2,
+                    Some(b'\\') => return false,
+                    Some(b'"') => break,
+                    Some(_) => i += 1,
+                }
+            }
+            i += 1;
+        } else {
+            bare(&mut i);
+        }
+        match line.get(i) {
+            None => return true,
+            Some(b',' | b';') => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
 /// The `append` value: the non-empty inbound lines and ours, joined with `,`. `None` when there
 /// is nothing to send, or when our element is invalid.
 fn appended_xfcc(inbound: &[HeaderValue], ours: &OurXfcc) -> Option<HeaderValue> {
@@ -640,7 +698,7 @@ mod tests {
         }
     }
 
-    fn forward(xfcc: XfccMode, x_forwarded: bool) -> Forward {
+    pub(super) fn forward(xfcc: XfccMode, x_forwarded: bool) -> Forward {
         Forward {
             xfcc,
             xfcc_fields: vec![
@@ -1490,5 +1548,65 @@ mod proptests {
                 .collect();
             prop_assert_eq!(got, want, "{}", element);
         }
+
+        /// Whatever a client sends in `append` mode: when certguard accepts it, an Envoy-grammar
+        /// parser reads the client's elements apart and certguard's element, whole, last.
+        #[test]
+        fn an_accepted_inbound_xfcc_keeps_ours_whole_and_last(
+            inbound in "[a-zA-Z=;,\"\\\\ ]{0,24}",
+            cert in cert(),
+        ) {
+            let element = xfcc_element(&cert, ALL);
+            let inbound = inbound.trim();
+            prop_assume!(!element.is_empty() && !inbound.is_empty());
+            if well_formed_xfcc(inbound.as_bytes()) {
+                let header = format!("{inbound},{element}");
+                let theirs = parse_xfcc(inbound).map_err(TestCaseError::fail)?;
+                let ours = parse_xfcc(&element).map_err(TestCaseError::fail)?;
+                let all = parse_xfcc(&header).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(all.len(), theirs.len() + 1, "{}", header);
+                prop_assert_eq!(all.last(), ours.first(), "{}", header);
+            }
+        }
+    }
+
+    #[test]
+    fn inbound_xfcc_must_be_well_formed_to_be_appended_to() {
+        for ok in [
+            "",
+            "By=spiffe://a;Hash=00",
+            r#"By="spiffe://a,b";Hash=00,Hash=11;URI=spiffe://b"#,
+            r#"Subject="CN=a\"b,OU=c""#,
+            r#"a=;b="""#,
+        ] {
+            assert!(well_formed_xfcc(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            r#"By=spiffe://x;Hash=ff;Subject=""#,
+            r#"Subject="CN=a\"#,
+            r#"a="x"y"#,
+            r#"a=b"c"#,
+            r#"a=b\c"#,
+            "a=b=c",
+            "Hash",
+            "=x",
+            "a=b,",
+            "a=b;",
+            ",a=b",
+            "a=b,,c=d",
+        ] {
+            assert!(!well_formed_xfcc(bad.as_bytes()), "{bad}");
+        }
+        let mut f = super::tests::forward(XfccMode::Append, true);
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_CLIENT_CERT,
+            HeaderValue::from_static("By=a;Hash=00"),
+        );
+        assert!(inbound_xfcc_ok(&h, &f));
+        h.append(X_FORWARDED_CLIENT_CERT, HeaderValue::from_static("By=\"x"));
+        assert!(!inbound_xfcc_ok(&h, &f), "a second line with an open quote");
+        f.xfcc = XfccMode::SanitizeSet;
+        assert!(inbound_xfcc_ok(&h, &f), "dropped anyway in sanitize_set");
     }
 }

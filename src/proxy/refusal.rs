@@ -26,6 +26,9 @@ pub enum Refusal {
     Target(BadTarget),
     /// A missing, invalid or conflicting Host / `:authority`, or one that differs from the SNI.
     Host(HostError),
+    /// With `forward.xfcc: append`, an inbound XFCC that is not well formed: certguard's
+    /// element appended to it could not be told apart from the client's.
+    MalformedXfcc,
     /// The connection's identity no longer verifies under the current snapshot (SPEC 5.3), or a
     /// deny entry now matches it (SPEC 9.4, reason `deny_listed`).
     Revoked(Rejection),
@@ -69,9 +72,10 @@ impl Refusal {
     /// The response status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::Framing(_) | Refusal::Target(_) | Refusal::BadBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::Framing(_)
+            | Refusal::Target(_)
+            | Refusal::BadBody(_)
+            | Refusal::MalformedXfcc => StatusCode::BAD_REQUEST,
             Refusal::Host(HostError::Bad(_)) => StatusCode::BAD_REQUEST,
             Refusal::Host(HostError::SniMismatch) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Revoked(_) | Refusal::NotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -90,6 +94,7 @@ impl Refusal {
             Refusal::Framing(_)
             | Refusal::Target(_)
             | Refusal::BadBody(_)
+            | Refusal::MalformedXfcc
             | Refusal::Host(HostError::Bad(_)) => Reason::BadRequest,
             Refusal::Host(HostError::SniMismatch) => Reason::SniMismatch,
             Refusal::Revoked(r) if r.outcome == Outcome::DenyListed => Reason::DenyListed,
@@ -127,6 +132,7 @@ impl Refusal {
             Refusal::Framing(_)
             | Refusal::Target(_)
             | Refusal::BadBody(_)
+            | Refusal::MalformedXfcc
             | Refusal::Host(HostError::Bad(_)) => "bad request\n",
             Refusal::Host(HostError::SniMismatch) => "misdirected request\n",
             Refusal::Revoked(_) | Refusal::NotAllowed { .. } => "forbidden\n",
@@ -143,6 +149,9 @@ impl Refusal {
             Refusal::Framing(e) => format!("ambiguous framing: {e}"),
             Refusal::Target(e) => format!("bad request: {e}"),
             Refusal::Host(e) => e.to_string(),
+            Refusal::MalformedXfcc => {
+                "malformed inbound x-forwarded-client-cert (xfcc: append)".to_owned()
+            }
             Refusal::Revoked(r) => format!(
                 "identity no longer valid under the current snapshot: {} ({})",
                 r.outcome, r.detail
@@ -206,6 +215,15 @@ mod tests {
                 false,
                 false,
                 true,
+                "bad request\n",
+            ),
+            (
+                Refusal::MalformedXfcc,
+                400,
+                "bad_request",
+                false,
+                false,
+                false,
                 "bad request\n",
             ),
             (

@@ -229,7 +229,10 @@ pub fn check_target(parts: &Parts, http2: bool) -> Result<Target, Refusal> {
     } else {
         parts.uri.clone()
     };
-    normalize::normalize(&parts.method, &target_uri).map_err(Refusal::Target)
+    let target = normalize::normalize(&parts.method, &target_uri).map_err(Refusal::Target)?;
+    normalize::check_method_override(&parts.method, &parts.headers, parts.uri.query())
+        .map_err(Refusal::Target)?;
+    Ok(target)
 }
 
 /// SPEC 4 step 2: the host policy matches (lower-case, no port), bound to the SNI.
@@ -280,6 +283,9 @@ async fn pipeline(
     }
     let target = check_target(&parts, ctx.http2)?;
     facts.path = Some(target.path.clone());
+    if !headers::inbound_xfcc_ok(&parts.headers, &snap.config.forward) {
+        return Err(Refusal::MalformedXfcc);
+    }
     let listen = &snap.config.listen;
     let host = check_host(&parts, ctx.sni.as_deref(), listen.require_sni_match)?;
     facts.host = host.clone();
@@ -312,7 +318,7 @@ async fn pipeline(
         }));
     };
 
-    // Host as the client sent it, for X-Forwarded-Host and for the upstream's Host header.
+    // Host as the client sent it, for X-Forwarded-Host.
     let client_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -341,8 +347,20 @@ async fn pipeline(
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, value.clone());
     }
-    if let Some(h) = &client_host {
-        parts.headers.insert(HOST, h.clone());
+    // SPEC 4 step 5: the host policy judged, in its normalized spelling, with the client's port.
+    let upstream_host = client_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(host::upstream_host)
+        .or_else(|| host.clone())
+        .and_then(|h| HeaderValue::try_from(h).ok());
+    match upstream_host {
+        Some(h) => {
+            parts.headers.insert(HOST, h);
+        }
+        None => {
+            parts.headers.remove(HOST);
+        }
     }
     parts.uri = upstream
         .uri(&target.path_and_query())

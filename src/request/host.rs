@@ -59,6 +59,24 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
+/// The `Host` an HTTP/1 upstream gets (SPEC 4 step 5): the normalized host that policy judged,
+/// with the port the client sent, if it sent one (`Example.COM.:08443` -> `example.com:8443`,
+/// `[0:0::1]` -> `[::1]`), so that the upstream and the policy never read two spellings of
+/// one host. `None` when `raw` is not a valid host (which [`request_host`] refuses first).
+pub fn upstream_host(raw: &str) -> Option<String> {
+    let host = normalize_host(raw)?;
+    let port = match raw.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(_, after)| after),
+        None => raw.split_once(':').map(|(_, port)| port),
+    }
+    .map(|after| after.trim_start_matches(':'))
+    .and_then(|port| port.parse::<u16>().ok());
+    Some(match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    })
+}
+
 /// `""` or `":"` followed by up to five digits whose value fits a port.
 fn valid_port_suffix(after_host: &str) -> bool {
     match after_host.strip_prefix(':') {
@@ -163,6 +181,26 @@ pub fn request_host(
 mod tests {
     use super::*;
     use http::{Request, Uri};
+
+    #[test]
+    fn the_upstream_host_is_the_judged_host_with_the_clients_port() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("example.com", Some("example.com")),
+            ("LOCALHOST.:8443", Some("localhost:8443")),
+            ("Example.COM.:08443", Some("example.com:8443")),
+            ("example.com:", Some("example.com")),
+            ("127.0.0.1:80", Some("127.0.0.1:80")),
+            ("[0:0::1]", Some("[::1]")),
+            ("[0:0::1]:8443", Some("[::1]:8443")),
+            ("[FE80::AB]:", Some("[fe80::ab]")),
+            ("a..b:80", None),
+            ("example.com:65536", None),
+            ("user@example.com", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(upstream_host(raw).as_deref(), *want, "{raw:?}");
+        }
+    }
 
     #[test]
     fn normalize_host_table() {

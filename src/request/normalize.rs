@@ -69,6 +69,95 @@ pub enum BadTarget {
     /// `CONNECT /x` would be judged on `/x` but reach the upstream as a tunnel request.
     #[error("CONNECT is not proxied")]
     Connect,
+    /// A method-override header (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`, in any case, `_` for `-`) or a `_method` query parameter that names
+    /// another method than the request's: Rails, Sinatra, Symfony, Laravel, ASP.NET and
+    /// Express's `method-override` would run the named method, while policy judged the
+    /// request's own (a `POST` allowed to alice would become her `DELETE`).
+    #[error("method override names another method")]
+    MethodOverride,
+}
+
+/// Header names by which frameworks let a request stand for another method, compared with
+/// `_` read as `-` (Rack sees `X_HTTP_Method_Override` as the dashed name).
+const OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Refuse ([`BadTarget::MethodOverride`]) a request whose method-override header or `_method`
+/// query parameter names a method other than `method` (compared case-insensitively, as the
+/// frameworks upper-case it). One that names the request's own method changes nothing and
+/// passes. A `_method` field in a form body cannot be seen here (README, "Method override").
+pub fn check_method_override(
+    method: &http::Method,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<(), BadTarget> {
+    let same = |v: &[u8]| {
+        v.trim_ascii()
+            .eq_ignore_ascii_case(method.as_str().as_bytes())
+    };
+    for (name, value) in headers {
+        let n = name.as_str().as_bytes();
+        let is_override = OVERRIDE_HEADERS.iter().any(|o| {
+            o.len() == n.len()
+                && o.bytes()
+                    .zip(n.iter())
+                    .all(|(o, &n)| o == n || (o == b'-' && n == b'_'))
+        });
+        if is_override && !same(value.as_bytes()) {
+            return Err(BadTarget::MethodOverride);
+        }
+    }
+    for pair in query.unwrap_or("").split(['&', ';']) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_method_parameter(&form_decode(key)) && !same(&form_decode(value)) {
+            return Err(BadTarget::MethodOverride);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a decoded query key reads as `_method` to a framework: PHP (Symfony, Laravel) drops
+/// leading spaces and then turns `.`, `[` and spaces into `_` (`.method`, `%20_method`);
+/// `_method[]` is the same field as an array.
+fn is_method_parameter(key: &[u8]) -> bool {
+    let key = key.trim_ascii_start();
+    let Some((&first, rest)) = key.split_first() else {
+        return false;
+    };
+    matches!(first, b'_' | b'.' | b'[')
+        && rest.len() >= 6
+        && rest[..6].eq_ignore_ascii_case(b"method")
+        && matches!(rest.get(6), None | Some(b'['))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one query key or value: `+` is a space,
+/// `%XX` a byte; a malformed escape stays as it is.
+fn form_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|&c| hex_value(c)),
+                b.get(i + 2).and_then(|&c| hex_value(c)),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Whether `method` may be judged and forwarded: one or more of `A-Z`, `_`, `-`, and not
@@ -265,6 +354,117 @@ mod tests {
     fn norm(method: Method, target: &str) -> Result<String, BadTarget> {
         let uri: Uri = target.parse().expect("test target parses as a Uri");
         normalize(&method, &uri).map(|t| t.path_and_query())
+    }
+
+    #[test]
+    fn method_overrides_that_name_another_method_are_refused() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let check = |method: Method, h: &[(&str, &str)], q: Option<&str>| {
+            check_method_override(&method, &headers(h), q)
+        };
+        let refused = Err(BadTarget::MethodOverride);
+        // Headers, every spelling a framework reads.
+        for name in [
+            "X-HTTP-Method-Override",
+            "x-http-method-override",
+            "X_HTTP_Method_Override",
+            "X-HTTP-Method",
+            "x_http_method",
+            "X-Method-Override",
+            "x_method-override",
+        ] {
+            assert_eq!(
+                check(Method::POST, &[(name, "DELETE")], None),
+                refused,
+                "{name}"
+            );
+            assert_eq!(
+                check(Method::POST, &[(name, "delete")], None),
+                refused,
+                "{name}"
+            );
+            assert_eq!(
+                check(Method::GET, &[(name, "PUT")], None),
+                refused,
+                "{name}"
+            );
+            // Naming the request's own method changes nothing.
+            assert_eq!(
+                check(Method::POST, &[(name, "POST")], None),
+                Ok(()),
+                "{name}"
+            );
+            assert_eq!(
+                check(Method::POST, &[(name, " post ")], None),
+                Ok(()),
+                "{name}"
+            );
+        }
+        // A second, differing value behind an agreeing one.
+        assert_eq!(
+            check(
+                Method::POST,
+                &[
+                    ("x-http-method-override", "POST"),
+                    ("x-http-method-override", "DELETE")
+                ],
+                None
+            ),
+            refused
+        );
+        // Other headers that merely look alike are not overrides.
+        for name in [
+            "x-http-method-overrides",
+            "x-http-methods",
+            "http-method-override",
+        ] {
+            assert_eq!(
+                check(Method::POST, &[(name, "DELETE")], None),
+                Ok(()),
+                "{name}"
+            );
+        }
+        // Query parameters, as Symfony/Laravel (PHP) and Rack decode them.
+        for q in [
+            "_method=DELETE",
+            "a=1&_method=delete",
+            "_METHOD=PUT",
+            "%5Fmethod=DELETE",
+            "%5fmethod=DELETE",
+            "_%6Dethod=DELETE",
+            ".method=DELETE",
+            "%20%20_method=DELETE",
+            "[method=DELETE",
+            "_method[]=DELETE",
+            "_method=%44ELETE",
+            "x=1;_method=PATCH",
+            "_method=",
+            "_method",
+        ] {
+            assert_eq!(check(Method::POST, &[], Some(q)), refused, "{q}");
+        }
+        for q in [
+            "_method=POST",
+            "_method=post",
+            "_methods=DELETE",
+            "+method=DELETE",
+            "my_method=DELETE",
+            "method=DELETE",
+            "x=_method=DELETE",
+            "",
+        ] {
+            assert_eq!(check(Method::POST, &[], Some(q)), Ok(()), "{q}");
+        }
+        assert_eq!(check(Method::POST, &[], None), Ok(()));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! missed method-restricted routes, HEAD beside GET-only routes, CONNECT, identity headers
 //! smuggled as trailers, other proxies' identity headers, streams that outlive a revocation
 //! or an intermediate's expiry, HTTP/2 clients that never open their window, uploads that
-//! outlast their response, and the concurrency limits towards upstreams.
+//! outlast their response, the concurrency limits towards upstreams, method-override headers
+//! and parameters, and an inbound XFCC crafted to swallow certguard's element (`append`).
 
 use std::time::{Duration, Instant};
 
@@ -354,6 +355,105 @@ async fn other_proxies_identity_headers_are_stripped_by_default() {
         assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
         proxy.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+#[tokio::test]
+async fn method_overrides_naming_another_method_are_refused() {
+    // bob may POST through the broad route; a framework honouring the override would run
+    // DELETE, which policy never judged.
+    let env = Env::new().await;
+    let proxy = env.start(&config(&env, &[], "")).await;
+    for h2 in [false, true] {
+        let mut bob = conn(&env, &proxy, &env.pki.bob, h2).await;
+        let before = env.upstream.seen().len();
+        for (name, path) in [
+            ("x-http-method-override", "/x"),
+            ("x-http-method", "/x"),
+            ("x-method-override", "/x"),
+            ("x_http_method_override", "/x"),
+            ("", "/x?_method=DELETE"),
+            ("", "/x?a=1&%5Fmethod=delete"),
+            ("", "/x?.method=DELETE"),
+        ] {
+            let mut req = request(h2, "POST", path, empty());
+            if !name.is_empty() {
+                req.headers_mut().insert(name, "DELETE".parse().unwrap());
+            }
+            let status = bob.send(req).await.map(|r| r.status().as_u16());
+            assert_eq!(status.unwrap(), 400, "{name} {path} (h2: {h2})");
+        }
+        assert_eq!(
+            env.upstream.seen().len(),
+            before,
+            "an override reached the upstream"
+        );
+        // An override that names the request's own method changes nothing and is relayed.
+        let mut req = request(h2, "POST", "/x?_method=post", empty());
+        req.headers_mut()
+            .insert("x-http-method-override", "POST".parse().unwrap());
+        assert_eq!(bob.send(req).await.unwrap().status(), 200, "h2: {h2}");
+        let seen = env.upstream.last();
+        assert_eq!(seen.method, "POST");
+        assert_eq!(seen.headers["x-http-method-override"], "POST");
+    }
+    // The raw HTTP/1 spelling with `_`, as Rack reads it.
+    let resp = raw(
+        &env,
+        &proxy,
+        &env.pki.bob,
+        b"POST /x HTTP/1.1\r\nHost: localhost\r\nX_HTTP_Method_Override: DELETE\r\nContent-Length: 0\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_requests_total",
+            &[
+                ("route", "none"),
+                ("reason", "bad_request"),
+                ("code", "400")
+            ]
+        ),
+        15.0
+    );
+}
+
+#[tokio::test]
+async fn append_refuses_an_inbound_xfcc_that_would_swallow_ours() {
+    let env = Env::new().await;
+    let proxy = env
+        .start(&config(&env, &[], "forward:\n  xfcc: append\n"))
+        .await;
+    let mut alice = conn(&env, &proxy, &env.pki.alice, false).await;
+    for (inbound, status) in [
+        ("By=spiffe://edge;Hash=ff;Subject=\"", 400),
+        ("By=spiffe://edge;Hash=ff;Subject=\"x\\", 400),
+        ("By=spiffe://edge,", 400),
+        ("By=spiffe://edge;Hash=ff;Subject=\"CN=edge,O=x\"", 200),
+    ] {
+        let mut req = request(false, "GET", "/x", empty());
+        req.headers_mut()
+            .insert("x-forwarded-client-cert", inbound.parse().unwrap());
+        let got = alice.send(req).await.unwrap().status().as_u16();
+        assert_eq!(got, status, "{inbound}");
+    }
+    // Only the well-formed one reached the upstream, and certguard's element is last.
+    let seen = env.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let xfcc = seen[0].headers["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let hash = crate::common::sha256_hex(env.pki.alice.cert.as_ref());
+    assert!(
+        xfcc.starts_with(&format!(
+            "By=spiffe://edge;Hash=ff;Subject=\"CN=edge,O=x\",Hash={hash};"
+        )),
+        "{xfcc}"
+    );
 }
 
 #[tokio::test]

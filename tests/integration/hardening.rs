@@ -117,6 +117,10 @@ async fn host_must_match_sni_over_http1_and_http2() {
         200,
         "case, port and trailing dot are ignored"
     );
+    // The upstream reads the host policy judged, not another spelling of it (SPEC 4 step 5).
+    let seen = env.upstream.last();
+    assert_eq!(seen.headers["host"], "localhost:8443");
+    assert_eq!(seen.headers["x-forwarded-host"], "LOCALHOST.:8443");
     let (status, body) = a.get("other.internal", "/x").await;
     assert_eq!((status, body.as_str()), (421, "misdirected request\n"));
     // HTTP/2: a connection for localhost must not be reused for another host.
@@ -129,6 +133,8 @@ async fn host_must_match_sni_over_http1_and_http2() {
     .unwrap();
     assert!(h2.http2);
     assert_eq!(h2.get("localhost", "/x").await.0, 200);
+    assert_eq!(h2.get("LocalHost.:08443", "/x").await.0, 200);
+    assert_eq!(env.upstream.last().headers["host"], "localhost:8443");
     assert_eq!(h2.get("other.internal", "/x").await.0, 421);
     // A missing Host on HTTP/1.1 is a 400.
     let resp = raw_exchange(

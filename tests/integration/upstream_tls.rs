@@ -151,7 +151,7 @@ async fn verified_upstream_gets_the_request_with_sni_from_the_url_host() {
     let seen = upstream.last();
     assert_eq!(seen.path, "/orders/7?x=1");
     assert_eq!(seen.version, http::Version::HTTP_11);
-    // Host is the client's (SPEC 4.5); SNI is the URL's host, not the client's.
+    // Host is the one policy judged (SPEC 4.5); SNI is the URL's host, not the client's.
     assert_eq!(seen.headers["host"], "orders.example");
     assert!(seen.headers.contains_key("x-forwarded-client-cert"));
     let handshakes = upstream.handshakes();
