@@ -175,6 +175,29 @@ pub struct Peer {
     pub sni: Option<String>,
     pub identity: Identity,
     pub http2: bool,
+    /// When the handshake that verified it began ([`Verified::before_handshake`]).
+    pub verified: Verified,
+}
+
+/// The clock and OCSP epoch from before a handshake started: what its verifier can have
+/// checked at most. A deadline (a notAfter, a CRL's nextUpdate, a pin's review date) or an
+/// OCSP status change between this moment and the end of the handshake is seen by the
+/// connection's first request, which re-verifies. Taken at the end of the handshake instead,
+/// a client that held back its last handshake message across its certificate's notAfter
+/// would be counted as verified after that deadline, and never re-checked for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Verified {
+    now: i64,
+    ocsp_epoch: u64,
+}
+
+impl Verified {
+    pub fn before_handshake(state: &ProxyState) -> Verified {
+        Verified {
+            now: unix_now(UnixTime::now()),
+            ocsp_epoch: state.current.revocation.ocsp.epoch(),
+        }
+    }
 }
 
 impl ConnContext {
@@ -188,12 +211,11 @@ impl ConnContext {
     ) -> Arc<ConnContext> {
         let listen = &snapshot.config.listen;
         let revocation = &state.current.revocation;
-        let ocsp_epoch = revocation.ocsp.epoch();
         let verified = RecheckKey::at(
             snapshot,
             &peer.identity.cert,
-            ocsp_epoch,
-            unix_now(UnixTime::now()),
+            peer.verified.ocsp_epoch,
+            peer.verified.now,
         );
         // A certificate whose OCSP status was asked is asked again while it has connections.
         let ocsp_use = peer.identity.cert.chain.first().and_then(|leaf| {

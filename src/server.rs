@@ -12,7 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::conn::{Activity, ActivityIo, ConnContext, Expiry, Lease, Limits, Peer, ProxyState};
+use crate::conn::{
+    Activity, ActivityIo, ConnContext, Expiry, Lease, Limits, Peer, ProxyState, Verified,
+};
 use crate::proxy::service;
 use crate::snapshot::Snapshot;
 use crate::tls::accept::{Established, Failed};
@@ -82,6 +84,7 @@ async fn handle_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
+    let verified = Verified::before_handshake(&state);
     let timeout = snapshot.config.listen.handshake_timeout;
     // Not boxed: this task ends with the handshake (below), so the handshake's state is not
     // kept while the connection is open.
@@ -101,7 +104,7 @@ async fn handle_connection(
     // connection or dropped there, instead of keeping a slot in this task's future for as long
     // as the connection is open (a local that was ever borrowed keeps its slot until the end
     // of its scope, across every later await).
-    let serving = serving(state, snapshot, established, peer, lease, started);
+    let serving = serving(state, snapshot, established, peer, verified, lease, started);
     // The connection is served by a task of its own and this one ends: a future keeps its
     // arguments (here the TCP stream, peer, lease, snapshot moved on long ago) for as long as
     // it lives, and the serving task starts with nothing but what serving needs.
@@ -130,6 +133,7 @@ fn serving(
     snapshot: Arc<Snapshot>,
     established: Established<TcpStream>,
     peer: SocketAddr,
+    verified: Verified,
     lease: Lease,
     started: Instant,
 ) -> Serving {
@@ -156,6 +160,7 @@ fn serving(
         sni,
         identity,
         http2,
+        verified,
     };
     let ctx = ConnContext::new(state, lease, peer, &snapshot);
     drop(snapshot);

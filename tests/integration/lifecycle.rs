@@ -658,3 +658,101 @@ async fn a_certificate_expiring_on_an_open_connection_is_refused_on_its_next_req
     )
     .await;
 }
+
+/// The records (5-byte header and payload) of a TLS byte stream.
+fn tls_records(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut records = Vec::new();
+    while bytes.len() >= 5 {
+        let len = 5 + usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+        let (record, rest) = bytes.split_at(len.min(bytes.len()));
+        records.push(record);
+        bytes = rest;
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_held_open_across_notafter_is_refused_on_its_first_request() {
+    // The client sends its certificate while it is valid and holds back its Finished until
+    // notAfter has passed: the verifier saw a valid certificate, the connection is set up
+    // after the deadline. Its first request must see the expiry.
+    let env = Env::new().await;
+    let proxy = env.start(&env.yaml(ROUTES, "")).await;
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let mut spec = LeafSpec::client("straddler");
+    spec.not_after = now + time::Duration::seconds(2);
+    let short = env.pki.inter.issue(&spec).unwrap();
+    let not_after = spec.not_after.unix_timestamp();
+    // Small records, so that the Certificate message ends records before the Finished does
+    // (rustls would otherwise put the whole flight into one record).
+    let mut config = (*env.client(&short, &[b"http/1.1"])).clone();
+    config.max_fragment_size = Some(64);
+    let config = std::sync::Arc::new(config);
+    let addr = proxy.listen_addr;
+    let response = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tls.write_tls(&mut tcp).unwrap(); // ClientHello
+        while !tls.wants_write() {
+            tls.read_tls(&mut tcp).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+        let mut flight = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut flight).unwrap();
+        }
+        let records = tls_records(&flight);
+        assert!(records.len() > 10, "{} records", records.len());
+        // rustls sends the flight (Certificate, CertificateVerify, Finished) as one stream
+        // of 59-byte fragments: the last holds the Finished (36 bytes) and the end of the
+        // CertificateVerify (about 80); the Certificate ends records before it.
+        let (rest, finished) = records.split_at(records.len() - 1);
+        let finished: Vec<u8> = finished.concat();
+        // The Certificate now, while it is valid: the verifier runs on it.
+        assert!(
+            time::OffsetDateTime::now_utc().unix_timestamp() < not_after,
+            "too slow to send the certificate before notAfter"
+        );
+        for record in rest {
+            tcp.write_all(record).unwrap();
+        }
+        while time::OffsetDateTime::now_utc().unix_timestamp() <= not_after {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tcp.write_all(&finished).unwrap();
+        tls.writer()
+            .write_all(b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp).unwrap();
+        }
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tls.read_tls(&mut tcp) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            tls.process_new_packets().unwrap();
+            if let Ok(n) = tls.reader().read(&mut buf) {
+                response.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 403"),
+        "a certificate expired during its handshake: {response:?}"
+    );
+    assert!(
+        env.upstream.seen().is_empty(),
+        "the request reached the upstream"
+    );
+}
