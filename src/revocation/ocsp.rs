@@ -20,8 +20,9 @@
 //! CertID (SHA-1 or SHA-256) names this leaf; a thisUpdate no more than [`CLOCK_SKEW`] in the
 //! future and a nextUpdate, if any, not yet passed. Requests carry no nonce: responders that
 //! pre-sign their answers ignore nonces, and one answer serves every handshake until it is
-//! due. So a captured answer can be replayed until its nextUpdate (or, without one, until the
-//! caller's `cache_max`); that is the usual OCSP trade-off. The responder certificate's own
+//! due. So a captured answer can be replayed until its nextUpdate (or, without one, until
+//! `cache_max` after its thisUpdate: [`Cache`] refuses an older `good` or `unknown`); that is
+//! the usual OCSP trade-off. The responder certificate's own
 //! revocation status is not checked (RFC 6960 4.2.2.2.1 leaves that to policy).
 
 use std::collections::HashMap;
@@ -155,6 +156,10 @@ pub enum OcspError {
     NotYetValid { this_update: i64 },
     #[error("the response's nextUpdate ({next_update}) has passed")]
     Expired { next_update: i64 },
+    #[error(
+        "the response has no nextUpdate and its thisUpdate ({this_update}) is older than cache_max"
+    )]
+    Stale { this_update: i64 },
     #[error("the responder URL is not an absolute http:// URL")]
     BadUrl,
     #[error("cannot connect to the responder: {}", chain(.0.as_ref()))]
@@ -578,8 +583,10 @@ type Shared = Option<Result<Answer, OcspError>>;
 
 /// OCSP answers per certificate, with at most one fetch in flight per [`Key`].
 ///
-/// - An answer is kept until `min(nextUpdate, fetched + cache_max)`, then it is gone (a stale
-///   answer is never returned).
+/// - An answer is kept until `min(nextUpdate, fetched + cache_max)`, without a nextUpdate
+///   until `min(thisUpdate, fetched) + cache_max`, then it is gone (a stale answer is never
+///   returned). A `good` or `unknown` without nextUpdate whose thisUpdate is already older
+///   than `cache_max` is refused ([`OcspError::Stale`]).
 /// - [`Cache::status`] returns a kept answer without fetching; otherwise it starts the fetch,
 ///   or joins the one in flight, so concurrent callers for one key cause one request. The
 ///   fetch runs as its own task: a caller that stops waiting (its handshake deadline passed)
@@ -831,6 +838,21 @@ impl Inner {
             slot.flight = None;
         }
         slot.asked_at = now;
+        // An answer without nextUpdate is good for `cache_max` after its thisUpdate, not after
+        // it arrived: an old signed `good` replayed by someone on the path (requests carry no
+        // nonce) must not be taken as fresh. A `revoked` is final whatever its age.
+        let result = result.and_then(|answer| {
+            let stale = answer.next_update.is_none()
+                && !matches!(answer.status, CertStatus::Revoked { .. })
+                && answer.this_update < now.saturating_sub(self.cache_max);
+            if stale {
+                Err(OcspError::Stale {
+                    this_update: answer.this_update,
+                })
+            } else {
+                Ok(answer)
+            }
+        });
         let answer = match result {
             Ok(answer) => answer,
             Err(e) => {
@@ -847,9 +869,10 @@ impl Inner {
             }
         }
         let before = slot.valid(now).map_or(CertStatus::Good, |a| a.status);
+        // Without a nextUpdate, `cache_max` counts from thisUpdate (when it was signed).
         let expires = answer
             .next_update
-            .unwrap_or(i64::MAX)
+            .unwrap_or_else(|| answer.this_update.saturating_add(self.cache_max))
             .min(now.saturating_add(self.cache_max));
         slot.answer = (expires > now).then_some(Stored { answer, expires });
         if before != answer.status {
@@ -1445,6 +1468,31 @@ mod tests {
         assert_eq!(c.cache.get(&key(2), c.unix()), Some(b));
         c.advance(1);
         assert_eq!(c.cache.get(&key(2), c.unix()), None, "at cache_max");
+
+        // No nextUpdate and signed more than cache_max ago: a replayed old `good` is no answer,
+        // while an old `revoked` still counts.
+        let old_good = answer(CertStatus::Good, c.now() - 601, None);
+        let err = c
+            .cache
+            .status(&key(3), counted(&runs, Ok(old_good)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OcspError::Stale { .. }), "{err}");
+        assert_eq!(c.cache.get(&key(3), c.unix()), None);
+        let just_in_time = answer(CertStatus::Good, c.now() - 600, None);
+        assert!(c
+            .cache
+            .status(&key(4), counted(&runs, Ok(just_in_time)))
+            .await
+            .is_ok());
+        let old_revoked = answer(CertStatus::Revoked { at: 5 }, c.now() - 6000, None);
+        assert_eq!(
+            c.cache
+                .status(&key(5), counted(&runs, Ok(old_revoked)))
+                .await
+                .unwrap(),
+            old_revoked
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
