@@ -742,8 +742,9 @@ impl Cache {
     }
 
     /// A counter that moves whenever a kept status changes (no answer counts as `good`): a
-    /// revocation learned by a refresh or by a handshake moves it, so connections need look up
-    /// their certificate again only when it moved.
+    /// revocation learned by a refresh or by a handshake moves it, and so does a kept answer
+    /// that ran out when the fetch to renew it failed (its status is unknown now), so
+    /// connections need look up their certificate again only when it moved.
     pub fn changes(&self) -> u64 {
         self.inner.changes.load(Ordering::Acquire)
     }
@@ -858,6 +859,11 @@ impl Inner {
             Err(e) => {
                 if self.error_ttl > 0 {
                     slot.failure = Some((e.clone(), now.saturating_add(self.error_ttl)));
+                }
+                // A kept answer ran out and could not be renewed: the status is no longer
+                // known, which `require` refuses, so open connections must look again.
+                if slot.answer.take_if(|s| s.expires <= now).is_some() {
+                    self.changes.fetch_add(1, Ordering::AcqRel);
                 }
                 return Err(e);
             }
@@ -1623,6 +1629,41 @@ mod tests {
             a
         );
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_ran_out_and_cannot_be_renewed_moves_changes() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let c = Clocked::new(10, 600, 0);
+        let good = answer(CertStatus::Good, c.now(), Some(c.now() + 100));
+        c.cache
+            .status(&key(1), counted(&runs, Ok(good)))
+            .await
+            .unwrap();
+        // Renewal fails while the answer is still good: nothing changed.
+        c.advance(50);
+        let down = || Err(OcspError::HttpStatus(503));
+        assert!(c
+            .cache
+            .refresh(&key(1), counted(&runs, down()))
+            .await
+            .is_err());
+        assert_eq!(c.cache.changes(), 0);
+        assert_eq!(c.cache.get(&key(1), c.unix()), Some(good));
+        // It ran out, and renewal fails again: the status is unknown now.
+        c.advance(50);
+        assert!(c
+            .cache
+            .refresh(&key(1), counted(&runs, down()))
+            .await
+            .is_err());
+        assert_eq!(c.cache.changes(), 1, "a lapsed good is a change");
+        assert!(c
+            .cache
+            .refresh(&key(1), counted(&runs, down()))
+            .await
+            .is_err());
+        assert_eq!(c.cache.changes(), 1, "counted once");
     }
 
     #[tokio::test]
