@@ -231,6 +231,10 @@ pub struct CrlFile {
     pub next_update: Option<i64>,
     /// The CRL number extension, big-endian, when present.
     pub number: Option<Vec<u8>>,
+    /// What the CRL covers besides its issuer name: the raw values of its authority key
+    /// identifier and issuing distribution point extensions (empty when it has neither).
+    /// CRLs of one issuer with the same scope supersede each other (see [`newest_crls`]).
+    pub scope: Vec<u8>,
 }
 
 impl CrlFile {
@@ -260,6 +264,33 @@ impl CrlFile {
     pub fn expired_at(&self, now: i64) -> bool {
         self.next_update.is_some_and(|next| next < now)
     }
+
+    /// Whether `other` covers the same certificates: same issuer name and same scope (see
+    /// [`CrlFile::scope`]), so that the newer of the two supersedes the older.
+    pub fn same_scope(&self, other: &CrlFile) -> bool {
+        self.issuer_raw == other.issuer_raw && self.scope == other.scope
+    }
+}
+
+/// For each (issuer, scope), only the newest of `crls` ([`CrlFile::is_newer_than`]; the first
+/// in order when neither is newer), at the place where that issuer's first CRL was.
+///
+/// The verifier (webpki) checks a certificate against the FIRST CRL that covers its issuer
+/// and ignores the others, so an older CRL kept beside a newer one (a `crl:` file kept as a
+/// fallback for a `crl_urls` entry, say) would hide every revocation the newer one adds.
+pub fn newest_crls(crls: impl IntoIterator<Item = CrlFile>) -> Vec<CrlFile> {
+    let mut out: Vec<CrlFile> = Vec::new();
+    for crl in crls {
+        match out.iter_mut().find(|kept| kept.same_scope(&crl)) {
+            Some(kept) => {
+                if crl.is_newer_than(kept) {
+                    *kept = crl;
+                }
+            }
+            None => out.push(crl),
+        }
+    }
+    out
 }
 
 impl CaTrust {

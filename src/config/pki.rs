@@ -126,7 +126,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     path.display()
                 )
             })?;
-            let (issuer, issuer_raw, this_update, next_update, number) = {
+            let (issuer, issuer_raw, this_update, next_update, number, scope) = {
                 let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
                     let which = if many {
                         format!(" (CRL #{})", i + 1)
@@ -141,6 +141,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     crl.last_update().timestamp(),
                     crl.next_update().map(|t| t.timestamp()),
                     crl.crl_number().map(|n| n.to_bytes_be()),
+                    crl_scope(&crl),
                 )
             };
             Ok(CrlFile {
@@ -151,9 +152,31 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                 this_update,
                 next_update,
                 number,
+                scope,
             })
         })
         .collect()
+}
+
+/// [`CrlFile::scope`]: the authority key identifier and issuing distribution point of `crl`,
+/// each as its raw extension value behind a tag and a length (so that neither can pass for
+/// the other).
+fn crl_scope(crl: &CertificateRevocationList<'_>) -> Vec<u8> {
+    use x509_parser::oid_registry::{
+        OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_ISSUER_DISTRIBUTION_POINT,
+    };
+    let mut scope = Vec::new();
+    for (tag, oid) in [
+        (1u8, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER),
+        (2u8, OID_X509_EXT_ISSUER_DISTRIBUTION_POINT),
+    ] {
+        if let Some(ext) = crl.extensions().iter().find(|e| e.oid == oid) {
+            scope.push(tag);
+            scope.extend_from_slice(&(ext.value.len() as u64).to_be_bytes());
+            scope.extend_from_slice(ext.value);
+        }
+    }
+    scope
 }
 
 /// Check that every certificate of an `intermediates` bundle is a CA certificate (basic

@@ -13,16 +13,19 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::{Outcome, Rejection, TlsError};
-use crate::config::{CaTrust, RevocationDepth};
+use crate::config::{newest_crls, CaTrust, CrlFile, RevocationDepth};
 use crate::identity::Admission;
 
 /// The webpki client verifier for these anchors, CRLs and revocation settings.
+///
+/// webpki checks a certificate against the first CRL that covers its issuer, so `crls` must
+/// hold only the newest CRL of each issuer and scope ([`newest_crls`]).
 fn webpki_verifier(
     roots: &Arc<RootCertStore>,
-    crls: &[CertificateRevocationListDer<'static>],
+    crls: &[CrlFile],
     revocation: &crate::config::Revocation,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
@@ -33,7 +36,7 @@ fn webpki_verifier(
         super::memo::memoized(memo_provider.signature_verification_algorithms);
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), Arc::new(memo_provider))
-            .with_crls(crls.iter().cloned());
+            .with_crls(crls.iter().map(|c| c.der.clone()));
     if revocation.depth == RevocationDepth::EndEntity {
         builder = builder.only_check_end_entity_revocation();
     }
@@ -68,7 +71,8 @@ pub struct CaSource {
     /// What it takes to build the verifier again with more CRLs.
     roots: Arc<RootCertStore>,
     anchor_certs: Vec<CertificateDer<'static>>,
-    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The newest CRL of each issuer and scope, files and fetched ones ([`newest_crls`]).
+    crls: Vec<CrlFile>,
     revocation: crate::config::Revocation,
     provider: Arc<CryptoProvider>,
     /// Distribution points and OCSP, when fetching during handshakes is possible.
@@ -122,11 +126,13 @@ impl webpki::ExtendedKeyUsageValidator for AnyUsage {
 }
 
 impl CaSource {
-    /// Build the webpki verifier for `ca` (anchors, CRLs, revocation settings).
+    /// Build the webpki verifier for `ca` (anchors, CRLs, revocation settings), with the CRLs
+    /// `fetched` from its URLs beside the ones its files hold: of several CRLs of one issuer
+    /// and scope, only the newest is used, whichever came from where.
     pub fn new(
         name: Arc<str>,
         ca: &CaTrust,
-        fetched: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
+        fetched: impl IntoIterator<Item = CrlFile>,
         online: Option<Online>,
         provider: Arc<CryptoProvider>,
     ) -> Result<CaSource, TlsError> {
@@ -154,12 +160,7 @@ impl CaSource {
         let algorithms = provider.signature_verification_algorithms.all;
 
         let roots = Arc::new(roots);
-        let crls: Vec<_> = ca
-            .crls
-            .iter()
-            .map(|c| c.der.clone())
-            .chain(fetched)
-            .collect();
+        let crls = newest_crls(ca.crls.iter().cloned().chain(fetched));
         let verifier = webpki_verifier(&roots, &crls, &ca.revocation, &provider)
             .map_err(|e| err(e.to_string()))?;
         Ok(CaSource {
@@ -188,7 +189,7 @@ impl CaSource {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-    ) -> Vec<CertificateRevocationListDer<'static>> {
+    ) -> Vec<CrlFile> {
         let Some(dp) = self.online.as_ref().filter(|o| !o.allow.is_empty()) else {
             return Vec::new();
         };
@@ -218,7 +219,7 @@ impl CaSource {
                 .revocation
                 .fetch_distribution_point(&self.name, &url, issuers, dp.wait)
             {
-                out.push(fetched.crl.der.clone());
+                out.push(fetched.crl.clone());
             }
         }
         out
@@ -354,7 +355,7 @@ impl CaSource {
         let verifier = if fresh.is_empty() {
             &self.verifier
         } else {
-            let crls: Vec<_> = self.crls.iter().cloned().chain(fresh).collect();
+            let crls = newest_crls(self.crls.iter().cloned().chain(fresh));
             match webpki_verifier(&self.roots, &crls, &self.revocation, &self.provider) {
                 Ok(v) => {
                     with_fresh = v;
@@ -719,6 +720,89 @@ mod tests {
             v.verify(&alice.chain[0], &[], now()).unwrap_err().outcome,
             Outcome::Revoked
         );
+    }
+
+    /// webpki uses the first CRL that covers an issuer: of two CRLs of the intermediate, the
+    /// newer must be the one used, whether it came first or last, from a file or fetched.
+    #[test]
+    fn the_newest_crl_of_an_issuer_is_the_one_used() {
+        let p = pki();
+        let x = p.inter.issue(&LeafSpec::client("x")).unwrap();
+        let y = p.inter.issue(&LeafSpec::client("y")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let until = now + Duration::days(30);
+        let root = p.root.crl(&[], now - Duration::days(1), until).unwrap();
+        // Made in this order, so their CRL numbers grow in this order (devpki).
+        let older = p
+            .inter
+            .crl(&[&y.serial], now - Duration::hours(2), until)
+            .unwrap();
+        let newer = p
+            .inter
+            .crl(&[&x.serial], now - Duration::hours(1), until)
+            .unwrap();
+        // A higher CRL number decides, even with an earlier thisUpdate.
+        let numbered_later = p
+            .inter
+            .crl(&[&y.serial], now - Duration::hours(3), until)
+            .unwrap();
+
+        let files =
+            |crls: Vec<_>| TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
+        for crls in [
+            vec![older.clone(), newer.clone(), root.clone()],
+            vec![newer.clone(), root.clone(), older.clone()],
+        ] {
+            let v = files(crls);
+            assert_eq!(
+                rejected(&v, &x),
+                (Some("internal".into()), Outcome::Revoked)
+            );
+            ca_admits(&v, &y, "internal");
+        }
+        for crls in [
+            vec![newer.clone(), numbered_later.clone(), root.clone()],
+            vec![numbered_later.clone(), newer.clone(), root.clone()],
+        ] {
+            let v = files(crls);
+            assert_eq!(
+                rejected(&v, &y),
+                (Some("internal".into()), Outcome::Revoked)
+            );
+            ca_admits(&v, &x, "internal");
+        }
+
+        // A file CRL beside a fetched one (`crl_urls`), in both roles.
+        let url = "http://pki.internal/inter.crl";
+        for (file, fetched, revoked, admitted) in
+            [(&older, &newer, &x, &y), (&newer, &older, &x, &y)]
+        {
+            let mut source = ca_source("internal", &p.root, vec![file.clone(), root.clone()]);
+            if let TrustKind::Ca(ca) = &mut source.kind {
+                ca.crl_urls = vec![crate::config::CrlUrl {
+                    url: url.to_owned(),
+                    refresh: StdDuration::from_secs(60),
+                }];
+            }
+            let revocation = Arc::new(crate::revocation::Revocation::default());
+            revocation.crls.put(
+                "internal",
+                crate::revocation::crl::Fetched {
+                    url: url.to_owned(),
+                    crl: crl_file(fetched.clone()),
+                    etag: None,
+                    last_modified: None,
+                    checked_at: 0,
+                    signer: p.inter.cert.clone(),
+                },
+            );
+            let v = TrustVerifier::offline(&[source], &revocation).unwrap();
+            assert_eq!(
+                rejected(&v, revoked),
+                (Some("internal".into()), Outcome::Revoked)
+            );
+            ca_admits(&v, admitted, "internal");
+        }
     }
 
     #[test]

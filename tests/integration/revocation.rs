@@ -485,6 +485,96 @@ async fn distribution_points_are_fetched_only_under_the_allowed_prefixes() {
     });
 }
 
+// ---- Several CRLs of one issuer: the newest wins ----
+
+/// alice is revoked only in the NEWER of two CRLs of the intermediate, one a `crl:` file,
+/// the other a `crl_urls` entry; whichever is newer and whichever comes first in the config,
+/// the newer one decides (the verifier uses only one CRL per issuer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_crl_of_an_issuer_decides_whether_file_or_fetched() {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    let now = OffsetDateTime::now_utc();
+    let crl = |revoked: &[&certguard::devpki::TestCert], minutes_ago: i64| {
+        let serials: Vec<&[u8]> = revoked.iter().map(|c| c.serial.as_slice()).collect();
+        env.pki
+            .inter
+            .crl(
+                &serials,
+                now - TimeDuration::minutes(minutes_ago),
+                now + TimeDuration::days(1),
+            )
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    // The intermediate is configured: a fetched CRL must be signed by a certificate of the
+    // source.
+    env.write("intermediates.pem", &env.pki.inter.cert_pem);
+    let file_then_url = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    intermediates: intermediates.pem\n    crl: [intermediate.crl, ca.crl]\n    crl_urls:\n      - {{ url: \"{}\", refresh: 1s }}\n",
+            server.url("pki/intermediate.crl")
+        ),
+    );
+    let url_then_file = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl_urls:\n      - {{ url: \"{}\", refresh: 1s }}\n    crl: [intermediate.crl, ca.crl]\n    intermediates: intermediates.pem\n",
+            server.url("pki/intermediate.crl")
+        ),
+    );
+    // (what, file CRL, fetched CRL): the older one (made first, earlier thisUpdate, lower
+    // CRL number) does not list alice, the newer one does.
+    let older_file = crl(&[], 10);
+    let newer_fetched = crl(&[&env.pki.alice], 5);
+    let older_fetched = crl(&[], 4);
+    let newer_file = crl(&[&env.pki.alice], 2);
+    let cases = [
+        (
+            "an older file beside a newer fetched CRL",
+            &older_file,
+            &newer_fetched,
+        ),
+        (
+            "a newer file beside an older fetched CRL",
+            &newer_file,
+            &older_fetched,
+        ),
+    ];
+    for (what, file, fetched) in cases {
+        for (order, yaml) in [
+            ("crl first", &file_then_url),
+            ("crl_urls first", &url_then_file),
+        ] {
+            let what = format!("{what}, {order}");
+            std::fs::write(env.path("intermediate.crl"), file).unwrap();
+            server.publish("pki/intermediate.crl", fetched.clone());
+            let proxy = env.start(yaml).await;
+            within!(10, format!("ready: {what}"), ready(&proxy).await);
+            assert_rejected(
+                &proxy,
+                &env.client(&env.pki.alice, &[b"h2"]),
+                "internal",
+                "revoked",
+                &format!("alice, revoked in the newer CRL: {what}"),
+            )
+            .await;
+            // Everyone else is admitted: the root's CRL and the newer one are in use.
+            let mut bob = Conn::open(
+                proxy.listen_addr,
+                env.client(&env.pki.bob, &[b"http/1.1"]),
+                "localhost",
+            )
+            .await
+            .unwrap();
+            assert_eq!(bob.get("localhost", "/x").await.0, 200, "{what}");
+            proxy.shutdown(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
 // ---- OCSP (SPEC 9.3), against `openssl ocsp` as the responder ----
 
 use crate::common::ocsp::{refused_url, Responder, Signer};
