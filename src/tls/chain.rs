@@ -68,6 +68,9 @@ pub struct CaSource {
     /// whether a rejected chain was really signed up to one of them (see [`Self::attribute`]).
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
+    /// The same, through the signature memo (`memo.rs`), as the verifier uses them: to build
+    /// a client's path before any distribution point of it is fetched.
+    memo_algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
     /// What it takes to build the verifier again with more CRLs.
     roots: Arc<RootCertStore>,
     anchor_certs: Vec<CertificateDer<'static>>,
@@ -158,6 +161,7 @@ impl CaSource {
         }
         let hints = roots.subjects();
         let algorithms = provider.signature_verification_algorithms.all;
+        let memo_algorithms = super::memo::memoized(provider.signature_verification_algorithms).all;
 
         let roots = Arc::new(roots);
         let crls = newest_crls(ca.crls.iter().cloned().chain(fetched));
@@ -172,6 +176,7 @@ impl CaSource {
             intermediates: ca.intermediates.clone(),
             anchors,
             algorithms,
+            memo_algorithms,
             roots,
             anchor_certs: ca.anchors.clone(),
             crls,
@@ -181,20 +186,27 @@ impl CaSource {
         })
     }
 
-    /// The CRLs of distribution points that `chain` names, that this snapshot does not have
-    /// yet, and that can be had now: from the store (fetched since the snapshot was built), or
-    /// fetched while this handshake waits (at most `wait`). URLs outside `allow` are never
-    /// fetched: a client's certificate must not make certguard request arbitrary URLs.
+    /// The CRLs of distribution points that the client's VERIFIED path names, that this
+    /// snapshot does not have yet, and that can be had now: from the store (fetched since the
+    /// snapshot was built), or fetched while this handshake waits (at most `wait`).
+    ///
+    /// Nothing a client presents is trusted before its path is: the path to one of this
+    /// source's anchors is built and checked first (signatures, dates, EKU; revocation left
+    /// to the verification that follows), and only the distribution points of the
+    /// certificates on it count. A certificate that does not chain to an anchor never makes
+    /// certguard request anything nor takes one of the source's distribution point slots.
+    /// URLs outside `allow` are never fetched. A fetched CRL must be signed by an anchor, a
+    /// configured intermediate or an intermediate of the verified path.
     fn new_distribution_point_crls(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Vec<CrlFile> {
         let Some(dp) = self.online.as_ref().filter(|o| !o.allow.is_empty()) else {
             return Vec::new();
         };
-        let mut urls: Vec<String> = Vec::new();
-        for cert in std::iter::once(end_entity).chain(intermediates) {
+        let wanted = |cert: &CertificateDer<'_>, urls: &mut Vec<String>| {
             for url in crate::revocation::distribution_points(cert) {
                 let allowed = dp
                     .allow
@@ -204,17 +216,54 @@ impl CaSource {
                     urls.push(url);
                 }
             }
+        };
+        // Most handshakes name nothing new: no path building for them.
+        let mut named = Vec::new();
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            wanted(cert, &mut named);
         }
+        if named.is_empty() {
+            return Vec::new();
+        }
+        let Ok(leaf) = webpki::EndEntityCert::try_from(end_entity) else {
+            return Vec::new();
+        };
+        let (urls, path_issuers) = match leaf.verify_for_usage(
+            self.memo_algorithms,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        ) {
+            Ok(path) => {
+                let mut urls = Vec::new();
+                wanted(end_entity, &mut urls);
+                let mut issuers = Vec::new();
+                for cert in path.intermediate_certificates() {
+                    let der = cert.der();
+                    wanted(&der, &mut urls);
+                    issuers.push(der.into_owned());
+                }
+                (urls, issuers)
+            }
+            Err(e) => {
+                tracing::debug!(trust = %self.name, error = ?e, "no verified path: the distribution points the client names are ignored");
+                return Vec::new();
+            }
+        };
         let mut out = Vec::new();
         for url in urls {
             if !dp.revocation.discover(&self.name, &url) {
                 tracing::warn!(trust = %self.name, %url, "more than 64 distribution points: not fetched");
                 continue;
             }
-            // The CRL may be signed by an intermediate that only clients send.
+            // The CRL may be signed by an intermediate that only clients send: one of the
+            // verified path, never any other certificate the client sent.
             let mut issuers: Vec<CertificateDer<'static>> =
                 self.anchors_and_intermediates().collect();
-            issuers.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+            issuers.extend(path_issuers.iter().cloned());
             if let Some(fetched) = dp
                 .revocation
                 .fetch_distribution_point(&self.name, &url, issuers, dp.wait)
@@ -348,9 +397,10 @@ impl CaSource {
                 .collect();
             &completed
         };
-        // Distribution points met for the first time: this handshake verifies with their CRLs
-        // already (a verifier built for it alone); the next snapshot has them for everyone.
-        let fresh = self.new_distribution_point_crls(end_entity, intermediates);
+        // Distribution points of the verified path met for the first time: this handshake
+        // verifies with their CRLs already (a verifier built for it alone); the next snapshot
+        // has them for everyone.
+        let fresh = self.new_distribution_point_crls(end_entity, intermediates, now);
         let with_fresh;
         let verifier = if fresh.is_empty() {
             &self.verifier
