@@ -506,11 +506,23 @@ fn discovered(proxy: &certguard::Proxy, source: &str) -> Vec<String> {
 /// A hostile client: a certificate that does not chain to the source's anchors naming more
 /// distribution points under the allowed prefix than the source has slots for, to make
 /// certguard fetch them (before the fix, each took one of the 64 slots for good, so that the
-/// distribution points of real clients were never fetched again), and a CRL at one of them
-/// signed by a CA the client sent. None of it may cause a request, take a slot or let that
-/// CA sign CRLs; the real clients' distribution point still works afterwards.
+/// distribution points of real clients were never fetched again: refused under
+/// `unknown_status: deny`, admitted unchecked under `allow`), and a CRL at one of them signed
+/// by a CA the client sent. None of it may cause a request, take a slot or let that CA sign
+/// CRLs; the real clients' distribution point still works afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unverified_certificates_cannot_make_distribution_points_fetched_or_fill_the_slots() {
+    hostile_distribution_points("deny").await;
+}
+
+/// The same under `unknown_status: allow`, where filled slots would have turned revocation
+/// off without a sound: dave is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_certificates_cannot_turn_distribution_points_off_under_allow() {
+    hostile_distribution_points("allow").await;
+}
+
+async fn hostile_distribution_points(unknown_status: &str) {
     let env = Env::new().await;
     let server = CrlServer::start().await;
     let junk = |tag: &str| -> Vec<String> {
@@ -554,11 +566,11 @@ async fn unverified_certificates_cannot_make_distribution_points_fetched_or_fill
         env.pki.inter.issue(&spec).unwrap()
     };
     server.publish("dp/inter.crl", crl_der(&env.pki.inter, &[&dave]));
-    // The intermediate's CRL only from the distribution point; unknown_status: deny.
+    // The intermediate's CRL only from the distribution point.
     let yaml = env.yaml(ROUTES, "").replace(
         "    crl: [intermediate.crl, ca.crl]\n",
         &format!(
-            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n",
+            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n    revocation:\n      unknown_status: {unknown_status}\n",
             server.url("dp/")
         ),
     );
