@@ -158,25 +158,16 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
         .collect()
 }
 
-/// [`CrlFile::scope`]: the authority key identifier and issuing distribution point of `crl`,
-/// each as its raw extension value behind a tag and a length (so that neither can pass for
-/// the other).
+/// [`CrlFile::scope`]: the raw issuing distribution point of `crl`, if any. (Not the
+/// authority key identifier: webpki ignores it when it picks the CRL for a certificate, so two
+/// CRLs that differ only there still hide one another.)
 fn crl_scope(crl: &CertificateRevocationList<'_>) -> Vec<u8> {
-    use x509_parser::oid_registry::{
-        OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_ISSUER_DISTRIBUTION_POINT,
-    };
-    let mut scope = Vec::new();
-    for (tag, oid) in [
-        (1u8, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER),
-        (2u8, OID_X509_EXT_ISSUER_DISTRIBUTION_POINT),
-    ] {
-        if let Some(ext) = crl.extensions().iter().find(|e| e.oid == oid) {
-            scope.push(tag);
-            scope.extend_from_slice(&(ext.value.len() as u64).to_be_bytes());
-            scope.extend_from_slice(ext.value);
-        }
-    }
-    scope
+    use x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT;
+    crl.extensions()
+        .iter()
+        .find(|e| e.oid == OID_X509_EXT_ISSUER_DISTRIBUTION_POINT)
+        .map(|e| e.value.to_vec())
+        .unwrap_or_default()
 }
 
 /// Check that every certificate of an `intermediates` bundle is a CA certificate (basic
