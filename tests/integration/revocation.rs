@@ -253,6 +253,16 @@ async fn a_crl_published_over_http_revokes_new_and_open_connections() {
     )
     .await;
 
+    // ca.crl never changes: its refreshes (every second) are conditional GETs answered 304.
+    // Waited for, not assumed: under load the test can get here before the first one.
+    within!(10, "a conditional GET answered 304", {
+        metric(
+            &scrape(&proxy).await,
+            "certguard_crl_fetches_total",
+            &[("trust", "internal"), ("result", "not_modified")],
+        ) >= 1.0
+            && server.hits_for("pki/ca.crl").len() >= 2
+    });
     let text = scrape(&proxy).await;
     let fetches = |result| {
         metric(
