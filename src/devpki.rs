@@ -575,21 +575,16 @@ mod tests {
     fn dev_pki_verifies_as_spec_says() {
         use std::sync::Arc;
 
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateRevocationListDer, UnixTime};
+        use rustls_pki_types::UnixTime;
 
-        use crate::config::{self, CaTrust, CrlFile, Revocation, RevocationDepth, TrustKind};
+        use crate::config::{self, CaTrust, Revocation, RevocationDepth, TrustKind};
         use crate::tls::{Outcome, TrustVerifier};
 
         let pki = generate().unwrap();
-        let crl = |name: &str| CrlFile {
-            path: PathBuf::from(name),
-            der: CertificateRevocationListDer::from_pem_slice(file(&pki, name).as_bytes()).unwrap(),
-            issuer: String::new(),
-            issuer_raw: Vec::new(),
-            this_update: 0,
-            next_update: None,
-            number: None,
+        let crl = |name: &str| {
+            crate::config::pki::parse_crls(&PathBuf::from(name), file(&pki, name).as_bytes())
+                .unwrap()
+                .remove(0)
         };
         let pinned_ci = sha_of(&certs(file(&pki, "ci-runner.crt"))[0]);
         let sources = vec![

@@ -225,8 +225,8 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
                 continue;
             }
         }
-        // A distribution point's CRL may be signed by an intermediate only clients send: the
-        // signer of the CRL in use may sign the next one.
+        // A distribution point's CRL may be signed by an intermediate only clients send (one
+        // of a verified path, `tls::chain`): the signer of the CRL in use may sign the next.
         let mut issuers = issuers;
         if let Some(p) = &previous {
             if !issuers.contains(&p.signer) {

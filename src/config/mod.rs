@@ -231,6 +231,11 @@ pub struct CrlFile {
     pub next_update: Option<i64>,
     /// The CRL number extension, big-endian, when present.
     pub number: Option<Vec<u8>>,
+    /// What the CRL covers besides its issuer name: the raw value of its issuing distribution
+    /// point extension (empty without one), as the verifier (webpki) decides which CRL covers
+    /// a certificate by these two alone. CRLs of one issuer with the same scope supersede each
+    /// other (see [`newest_crls`]).
+    pub scope: Vec<u8>,
 }
 
 impl CrlFile {
@@ -260,6 +265,45 @@ impl CrlFile {
     pub fn expired_at(&self, now: i64) -> bool {
         self.next_update.is_some_and(|next| next < now)
     }
+
+    /// Whether `other` covers the same certificates: same issuer name and same scope (see
+    /// [`CrlFile::scope`]), so that the newer of the two supersedes the older.
+    pub fn same_scope(&self, other: &CrlFile) -> bool {
+        self.issuer_raw == other.issuer_raw && self.scope == other.scope
+    }
+}
+
+/// For each (issuer, scope), only the newest of `crls` ([`CrlFile::is_newer_than`]; the first
+/// in order when neither is newer); the CRLs of one issuer with different scopes follow one
+/// another, the latest thisUpdate first, at the place where that issuer's first CRL was.
+///
+/// The verifier (webpki) checks a certificate against the FIRST CRL that covers it and
+/// ignores the others, so an older CRL kept beside a newer one (a `crl:` file kept as a
+/// fallback for a `crl_urls` entry, say) would hide every revocation the newer one adds.
+pub fn newest_crls(crls: impl IntoIterator<Item = CrlFile>) -> Vec<CrlFile> {
+    let mut out: Vec<CrlFile> = Vec::new();
+    for crl in crls {
+        match out.iter_mut().find(|kept| kept.same_scope(&crl)) {
+            Some(kept) => {
+                if crl.is_newer_than(kept) {
+                    *kept = crl;
+                }
+            }
+            None => out.push(crl),
+        }
+    }
+    // Scopes may overlap (a full CRL and a partitioned one): newest first within an issuer.
+    let issuers: Vec<usize> = out
+        .iter()
+        .map(|c| {
+            out.iter()
+                .position(|o| o.issuer_raw == c.issuer_raw)
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut keyed: Vec<_> = issuers.into_iter().zip(out).collect();
+    keyed.sort_by_key(|(issuer, c)| (*issuer, std::cmp::Reverse(c.this_update)));
+    keyed.into_iter().map(|(_, c)| c).collect()
 }
 
 impl CaTrust {
@@ -734,6 +778,51 @@ const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
 #[cfg(test)]
 mod tests {
     use std::fs;
+
+    /// Only the selection logic: the verifier-level behaviour is tested in `tls::chain`.
+    #[test]
+    fn newest_crls_keeps_the_newest_per_issuer_and_scope_newest_first() {
+        let crl =
+            |name: &str, issuer: &str, scope: &str, this_update: i64, number: Option<u8>| CrlFile {
+                path: PathBuf::from(name),
+                der: rustls_pki_types::CertificateRevocationListDer::from(Vec::new()),
+                issuer: issuer.to_owned(),
+                issuer_raw: issuer.as_bytes().to_vec(),
+                this_update,
+                next_update: None,
+                number: number.map(|n| vec![n]),
+                scope: scope.as_bytes().to_vec(),
+            };
+        let names = |crls: Vec<CrlFile>| -> Vec<String> {
+            newest_crls(crls).iter().map(|c| c.file_name()).collect()
+        };
+        // Same issuer and scope: the newer by thisUpdate, in either order.
+        let (old, new) = (crl("old", "I", "", 10, None), crl("new", "I", "", 20, None));
+        assert_eq!(names(vec![old.clone(), new.clone()]), ["new"]);
+        assert_eq!(names(vec![new.clone(), old.clone()]), ["new"]);
+        // Numbers decide when both have one, even against thisUpdate.
+        let (n5, n7) = (
+            crl("n5", "I", "", 30, Some(5)),
+            crl("n7", "I", "", 20, Some(7)),
+        );
+        assert_eq!(names(vec![n5.clone(), n7.clone()]), ["n7"]);
+        assert_eq!(names(vec![n7.clone(), n5.clone()]), ["n7"]);
+        // A tie keeps the first.
+        let twin = crl("twin", "I", "", 20, None);
+        assert_eq!(names(vec![new.clone(), twin.clone()]), ["new"]);
+        // Other issuers and other scopes are kept; within an issuer the latest thisUpdate
+        // comes first, issuers stay where they first appeared.
+        let other = crl("other", "J", "", 5, None);
+        let part = crl("part", "I", "idp", 15, None);
+        assert_eq!(
+            names(vec![other.clone(), old.clone(), part.clone(), new.clone()]),
+            ["other", "new", "part"]
+        );
+        assert_eq!(
+            names(vec![part, other.clone(), old]),
+            ["part", "old", "other"]
+        );
+    }
 
     use rcgen::{
         BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,

@@ -126,7 +126,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     path.display()
                 )
             })?;
-            let (issuer, issuer_raw, this_update, next_update, number) = {
+            let (issuer, issuer_raw, this_update, next_update, number, scope) = {
                 let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
                     let which = if many {
                         format!(" (CRL #{})", i + 1)
@@ -141,6 +141,7 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                     crl.last_update().timestamp(),
                     crl.next_update().map(|t| t.timestamp()),
                     crl.crl_number().map(|n| n.to_bytes_be()),
+                    crl_scope(&crl),
                 )
             };
             Ok(CrlFile {
@@ -151,9 +152,22 @@ pub fn parse_crls(path: &Path, bytes: &[u8]) -> Result<Vec<CrlFile>, String> {
                 this_update,
                 next_update,
                 number,
+                scope,
             })
         })
         .collect()
+}
+
+/// [`CrlFile::scope`]: the raw issuing distribution point of `crl`, if any. (Not the
+/// authority key identifier: webpki ignores it when it picks the CRL for a certificate, so two
+/// CRLs that differ only there still hide one another.)
+fn crl_scope(crl: &CertificateRevocationList<'_>) -> Vec<u8> {
+    use x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT;
+    crl.extensions()
+        .iter()
+        .find(|e| e.oid == OID_X509_EXT_ISSUER_DISTRIBUTION_POINT)
+        .map(|e| e.value.to_vec())
+        .unwrap_or_default()
 }
 
 /// Check that every certificate of an `intermediates` bundle is a CA certificate (basic

@@ -23,8 +23,10 @@ use crate::config::{CaTrust, MAX_DISTRIBUTION_POINTS};
 pub struct Revocation {
     /// The CRLs fetched from URLs (configured and distribution points), per source.
     pub crls: crl::Store,
-    /// Distribution-point URLs met in certificates per source, in discovery order, at most
-    /// [`MAX_DISTRIBUTION_POINTS`] each; refreshed like `crl_urls` from then on.
+    /// Distribution-point URLs met in the certificates of verified client paths, per source,
+    /// in discovery order, at most [`MAX_DISTRIBUTION_POINTS`] each; refreshed like
+    /// `crl_urls` from then on. Only `tls::chain` adds to it, after the path is verified: a
+    /// certificate that chains to no anchor of the source never takes a slot.
     discovered: Mutex<HashMap<String, Vec<String>>>,
     /// Woken when a distribution point is discovered, so that it gets a fetch task.
     pub changed: Notify,
@@ -71,8 +73,9 @@ impl Revocation {
         urls
     }
 
-    /// Remember a distribution point of `source`. False when the source already has
-    /// [`MAX_DISTRIBUTION_POINTS`] (the URL is then never fetched).
+    /// Remember a distribution point of `source`, named by a certificate of a verified path.
+    /// False when the source already has [`MAX_DISTRIBUTION_POINTS`] (the URL is then never
+    /// fetched).
     pub fn discover(&self, source: &str, url: &str) -> bool {
         let mut discovered = lock(&self.discovered);
         let found = discovered.entry(source.to_owned()).or_default();
@@ -112,7 +115,9 @@ impl Revocation {
 impl Revocation {
     /// The first fetch of distribution point `url` of `source`, from inside a handshake that
     /// needs it (SPEC 9.2): waits at most `limit`, and one fetch serves every handshake that
-    /// waits for the same URL. The CRL must be signed by one of `issuers`. `None` when the
+    /// waits for the same URL. The CRL must be signed by one of `issuers` (the source's
+    /// anchors and intermediates and the verified path's intermediates, never any other
+    /// certificate a client sent). `None` when the
     /// fetch failed or took too long (`unknown_status` then decides); a CRL that arrives late
     /// is still kept for the next handshakes.
     pub fn fetch_distribution_point(

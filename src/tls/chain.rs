@@ -13,16 +13,19 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DistinguishedName, RootCertStore};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::{Outcome, Rejection, TlsError};
-use crate::config::{CaTrust, RevocationDepth};
+use crate::config::{newest_crls, CaTrust, CrlFile, RevocationDepth};
 use crate::identity::Admission;
 
 /// The webpki client verifier for these anchors, CRLs and revocation settings.
+///
+/// webpki checks a certificate against the first CRL that covers its issuer, so `crls` must
+/// hold only the newest CRL of each issuer and scope ([`newest_crls`]).
 fn webpki_verifier(
     roots: &Arc<RootCertStore>,
-    crls: &[CertificateRevocationListDer<'static>],
+    crls: &[CrlFile],
     revocation: &crate::config::Revocation,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
@@ -33,7 +36,7 @@ fn webpki_verifier(
         super::memo::memoized(memo_provider.signature_verification_algorithms);
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), Arc::new(memo_provider))
-            .with_crls(crls.iter().cloned());
+            .with_crls(crls.iter().map(|c| c.der.clone()));
     if revocation.depth == RevocationDepth::EndEntity {
         builder = builder.only_check_end_entity_revocation();
     }
@@ -65,10 +68,14 @@ pub struct CaSource {
     /// whether a rejected chain was really signed up to one of them (see [`Self::attribute`]).
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
+    /// The same, through the signature memo (`memo.rs`), as the verifier uses them: to build
+    /// a client's path before any distribution point of it is fetched.
+    memo_algorithms: &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
     /// What it takes to build the verifier again with more CRLs.
     roots: Arc<RootCertStore>,
     anchor_certs: Vec<CertificateDer<'static>>,
-    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The newest CRL of each issuer and scope, files and fetched ones ([`newest_crls`]).
+    crls: Vec<CrlFile>,
     revocation: crate::config::Revocation,
     provider: Arc<CryptoProvider>,
     /// Distribution points and OCSP, when fetching during handshakes is possible.
@@ -122,11 +129,13 @@ impl webpki::ExtendedKeyUsageValidator for AnyUsage {
 }
 
 impl CaSource {
-    /// Build the webpki verifier for `ca` (anchors, CRLs, revocation settings).
+    /// Build the webpki verifier for `ca` (anchors, CRLs, revocation settings), with the CRLs
+    /// `fetched` from its URLs beside the ones its files hold: of several CRLs of one issuer
+    /// and scope, only the newest is used, whichever came from where.
     pub fn new(
         name: Arc<str>,
         ca: &CaTrust,
-        fetched: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
+        fetched: impl IntoIterator<Item = CrlFile>,
         online: Option<Online>,
         provider: Arc<CryptoProvider>,
     ) -> Result<CaSource, TlsError> {
@@ -152,14 +161,10 @@ impl CaSource {
         }
         let hints = roots.subjects();
         let algorithms = provider.signature_verification_algorithms.all;
+        let memo_algorithms = super::memo::memoized(provider.signature_verification_algorithms).all;
 
         let roots = Arc::new(roots);
-        let crls: Vec<_> = ca
-            .crls
-            .iter()
-            .map(|c| c.der.clone())
-            .chain(fetched)
-            .collect();
+        let crls = newest_crls(ca.crls.iter().cloned().chain(fetched));
         let verifier = webpki_verifier(&roots, &crls, &ca.revocation, &provider)
             .map_err(|e| err(e.to_string()))?;
         Ok(CaSource {
@@ -171,6 +176,7 @@ impl CaSource {
             intermediates: ca.intermediates.clone(),
             anchors,
             algorithms,
+            memo_algorithms,
             roots,
             anchor_certs: ca.anchors.clone(),
             crls,
@@ -180,20 +186,27 @@ impl CaSource {
         })
     }
 
-    /// The CRLs of distribution points that `chain` names, that this snapshot does not have
-    /// yet, and that can be had now: from the store (fetched since the snapshot was built), or
-    /// fetched while this handshake waits (at most `wait`). URLs outside `allow` are never
-    /// fetched: a client's certificate must not make certguard request arbitrary URLs.
+    /// The CRLs of distribution points that the client's VERIFIED path names, that this
+    /// snapshot does not have yet, and that can be had now: from the store (fetched since the
+    /// snapshot was built), or fetched while this handshake waits (at most `wait`).
+    ///
+    /// Nothing a client presents is trusted before its path is: the path to one of this
+    /// source's anchors is built and checked first (signatures, dates, EKU; revocation left
+    /// to the verification that follows), and only the distribution points of the
+    /// certificates on it count. A certificate that does not chain to an anchor never makes
+    /// certguard request anything nor takes one of the source's distribution point slots.
+    /// URLs outside `allow` are never fetched. A fetched CRL must be signed by an anchor, a
+    /// configured intermediate or an intermediate of the verified path.
     fn new_distribution_point_crls(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-    ) -> Vec<CertificateRevocationListDer<'static>> {
+        now: UnixTime,
+    ) -> Vec<CrlFile> {
         let Some(dp) = self.online.as_ref().filter(|o| !o.allow.is_empty()) else {
             return Vec::new();
         };
-        let mut urls: Vec<String> = Vec::new();
-        for cert in std::iter::once(end_entity).chain(intermediates) {
+        let wanted = |cert: &CertificateDer<'_>, urls: &mut Vec<String>| {
             for url in crate::revocation::distribution_points(cert) {
                 let allowed = dp
                     .allow
@@ -203,22 +216,59 @@ impl CaSource {
                     urls.push(url);
                 }
             }
+        };
+        // Most handshakes name nothing new: no path building for them.
+        let mut named = Vec::new();
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            wanted(cert, &mut named);
         }
+        if named.is_empty() {
+            return Vec::new();
+        }
+        let Ok(leaf) = webpki::EndEntityCert::try_from(end_entity) else {
+            return Vec::new();
+        };
+        let (urls, path_issuers) = match leaf.verify_for_usage(
+            self.memo_algorithms,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        ) {
+            Ok(path) => {
+                let mut urls = Vec::new();
+                wanted(end_entity, &mut urls);
+                let mut issuers = Vec::new();
+                for cert in path.intermediate_certificates() {
+                    let der = cert.der();
+                    wanted(&der, &mut urls);
+                    issuers.push(der.into_owned());
+                }
+                (urls, issuers)
+            }
+            Err(e) => {
+                tracing::debug!(trust = %self.name, error = ?e, "no verified path: the distribution points the client names are ignored");
+                return Vec::new();
+            }
+        };
         let mut out = Vec::new();
         for url in urls {
             if !dp.revocation.discover(&self.name, &url) {
                 tracing::warn!(trust = %self.name, %url, "more than 64 distribution points: not fetched");
                 continue;
             }
-            // The CRL may be signed by an intermediate that only clients send.
+            // The CRL may be signed by an intermediate that only clients send: one of the
+            // verified path, never any other certificate the client sent.
             let mut issuers: Vec<CertificateDer<'static>> =
                 self.anchors_and_intermediates().collect();
-            issuers.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+            issuers.extend(path_issuers.iter().cloned());
             if let Some(fetched) = dp
                 .revocation
                 .fetch_distribution_point(&self.name, &url, issuers, dp.wait)
             {
-                out.push(fetched.crl.der.clone());
+                out.push(fetched.crl.clone());
             }
         }
         out
@@ -347,14 +397,15 @@ impl CaSource {
                 .collect();
             &completed
         };
-        // Distribution points met for the first time: this handshake verifies with their CRLs
-        // already (a verifier built for it alone); the next snapshot has them for everyone.
-        let fresh = self.new_distribution_point_crls(end_entity, intermediates);
+        // Distribution points of the verified path met for the first time: this handshake
+        // verifies with their CRLs already (a verifier built for it alone); the next snapshot
+        // has them for everyone.
+        let fresh = self.new_distribution_point_crls(end_entity, intermediates, now);
         let with_fresh;
         let verifier = if fresh.is_empty() {
             &self.verifier
         } else {
-            let crls: Vec<_> = self.crls.iter().cloned().chain(fresh).collect();
+            let crls = newest_crls(self.crls.iter().cloned().chain(fresh));
             match webpki_verifier(&self.roots, &crls, &self.revocation, &self.provider) {
                 Ok(v) => {
                     with_fresh = v;
@@ -719,6 +770,89 @@ mod tests {
             v.verify(&alice.chain[0], &[], now()).unwrap_err().outcome,
             Outcome::Revoked
         );
+    }
+
+    /// webpki uses the first CRL that covers an issuer: of two CRLs of the intermediate, the
+    /// newer must be the one used, whether it came first or last, from a file or fetched.
+    #[test]
+    fn the_newest_crl_of_an_issuer_is_the_one_used() {
+        let p = pki();
+        let x = p.inter.issue(&LeafSpec::client("x")).unwrap();
+        let y = p.inter.issue(&LeafSpec::client("y")).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let until = now + Duration::days(30);
+        let root = p.root.crl(&[], now - Duration::days(1), until).unwrap();
+        // Made in this order, so their CRL numbers grow in this order (devpki).
+        let older = p
+            .inter
+            .crl(&[&y.serial], now - Duration::hours(2), until)
+            .unwrap();
+        let newer = p
+            .inter
+            .crl(&[&x.serial], now - Duration::hours(1), until)
+            .unwrap();
+        // A higher CRL number decides, even with an earlier thisUpdate.
+        let numbered_later = p
+            .inter
+            .crl(&[&y.serial], now - Duration::hours(3), until)
+            .unwrap();
+
+        let files =
+            |crls: Vec<_>| TrustVerifier::new(&[ca_source("internal", &p.root, crls)]).unwrap();
+        for crls in [
+            vec![older.clone(), newer.clone(), root.clone()],
+            vec![newer.clone(), root.clone(), older.clone()],
+        ] {
+            let v = files(crls);
+            assert_eq!(
+                rejected(&v, &x),
+                (Some("internal".into()), Outcome::Revoked)
+            );
+            ca_admits(&v, &y, "internal");
+        }
+        for crls in [
+            vec![newer.clone(), numbered_later.clone(), root.clone()],
+            vec![numbered_later.clone(), newer.clone(), root.clone()],
+        ] {
+            let v = files(crls);
+            assert_eq!(
+                rejected(&v, &y),
+                (Some("internal".into()), Outcome::Revoked)
+            );
+            ca_admits(&v, &x, "internal");
+        }
+
+        // A file CRL beside a fetched one (`crl_urls`), in both roles.
+        let url = "http://pki.internal/inter.crl";
+        for (file, fetched, revoked, admitted) in
+            [(&older, &newer, &x, &y), (&newer, &older, &x, &y)]
+        {
+            let mut source = ca_source("internal", &p.root, vec![file.clone(), root.clone()]);
+            if let TrustKind::Ca(ca) = &mut source.kind {
+                ca.crl_urls = vec![crate::config::CrlUrl {
+                    url: url.to_owned(),
+                    refresh: StdDuration::from_secs(60),
+                }];
+            }
+            let revocation = Arc::new(crate::revocation::Revocation::default());
+            revocation.crls.put(
+                "internal",
+                crate::revocation::crl::Fetched {
+                    url: url.to_owned(),
+                    crl: crl_file(fetched.clone()),
+                    etag: None,
+                    last_modified: None,
+                    checked_at: 0,
+                    signer: p.inter.cert.clone(),
+                },
+            );
+            let v = TrustVerifier::offline(&[source], &revocation).unwrap();
+            assert_eq!(
+                rejected(&v, revoked),
+                (Some("internal".into()), Outcome::Revoked)
+            );
+            ca_admits(&v, admitted, "internal");
+        }
     }
 
     #[test]

@@ -22,16 +22,11 @@ pub(crate) fn now() -> UnixTime {
     UnixTime::now()
 }
 
+/// `der` as the config loads a CRL file (issuer, dates, number and scope read from it).
 pub(crate) fn crl_file(der: CertificateRevocationListDer<'static>) -> CrlFile {
-    CrlFile {
-        path: PathBuf::from("test.crl"),
-        der,
-        issuer: String::new(),
-        issuer_raw: Vec::new(),
-        this_update: 0,
-        next_update: None,
-        number: None,
-    }
+    crate::config::pki::parse_crls(std::path::Path::new("test.crl"), der.as_ref())
+        .unwrap()
+        .remove(0)
 }
 
 pub(crate) fn ca_source(

@@ -124,7 +124,7 @@ impl TrustVerifier {
                     let s = chain::CaSource::new(
                         source.name.clone(),
                         ca,
-                        fetched.iter().map(|f| f.crl.der.clone()),
+                        fetched.iter().map(|f| f.crl.clone()),
                         online,
                         provider.clone(),
                     )?;

@@ -253,6 +253,16 @@ async fn a_crl_published_over_http_revokes_new_and_open_connections() {
     )
     .await;
 
+    // ca.crl never changes: its refreshes (every second) are conditional GETs answered 304.
+    // Waited for, not assumed: under load the test can get here before the first one.
+    within!(10, "a conditional GET answered 304", {
+        metric(
+            &scrape(&proxy).await,
+            "certguard_crl_fetches_total",
+            &[("trust", "internal"), ("result", "not_modified")],
+        ) >= 1.0
+            && server.hits_for("pki/ca.crl").len() >= 2
+    });
     let text = scrape(&proxy).await;
     let fetches = |result| {
         metric(
@@ -483,6 +493,340 @@ async fn distribution_points_are_fetched_only_under_the_allowed_prefixes() {
             &[("trust", "internal")],
         ) >= 1.0
     });
+}
+
+/// The distribution points `source` of `proxy` has discovered so far (the URLs it keeps
+/// fresh, besides its `crl_urls`).
+fn discovered(proxy: &certguard::Proxy, source: &str) -> Vec<String> {
+    let snap = proxy.state.current.load();
+    let ca = snap
+        .config
+        .trust
+        .iter()
+        .find_map(|s| match &s.kind {
+            certguard::config::TrustKind::Ca(ca) if &*s.name == source => Some(ca),
+            _ => None,
+        })
+        .expect("a CA source");
+    let mut urls = proxy.state.current.revocation.urls(source, ca);
+    urls.retain(|u| !ca.crl_urls.iter().any(|c| &c.url == u));
+    urls
+}
+
+/// A hostile client: a certificate that does not chain to the source's anchors naming more
+/// distribution points under the allowed prefix than the source has slots for, to make
+/// certguard fetch them (before the fix, each took one of the 64 slots for good, so that the
+/// distribution points of real clients were never fetched again: refused under
+/// `unknown_status: deny`, admitted unchecked under `allow`), and a CRL at one of them signed
+/// by a CA the client sent. None of it may cause a request, take a slot or let that CA sign
+/// CRLs; the real clients' distribution point still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_certificates_cannot_make_distribution_points_fetched_or_fill_the_slots() {
+    hostile_distribution_points("deny").await;
+}
+
+/// The same under `unknown_status: allow`, where filled slots would have turned revocation
+/// off without a sound: dave is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_certificates_cannot_turn_distribution_points_off_under_allow() {
+    hostile_distribution_points("allow").await;
+}
+
+async fn hostile_distribution_points(unknown_status: &str) {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    let junk = |tag: &str| -> Vec<String> {
+        (0..70)
+            .map(|i| server.url(&format!("dp/{tag}-{i}.crl")))
+            .collect()
+    };
+    let hostile = |cn: &str, tag: &str| {
+        let mut spec = certguard::devpki::LeafSpec::client(cn);
+        spec.crl_distribution_points = junk(tag);
+        spec
+    };
+    // 1. Self-signed.
+    let rogue = certguard::devpki::TestCert::self_signed(&hostile("rogue", "rogue")).unwrap();
+    // 2. An unrelated CA's leaf, sent with that CA's intermediate, which signs a CRL published
+    //    at the first of the leaf's distribution points.
+    let stranger_root = certguard::devpki::TestCa::root("stranger root").unwrap();
+    let stranger = stranger_root.intermediate("stranger intermediate").unwrap();
+    let foreign = stranger.issue(&hostile("foreign", "foreign")).unwrap();
+    assert_eq!(
+        foreign.chain.len(),
+        2,
+        "leaf and the stranger's intermediate"
+    );
+    server.publish("dp/foreign-0.crl", crl_der(&stranger, &[]));
+    // 3. A leaf signed by a key that is not the intermediate's, under the intermediate's
+    //    name, sent with the real intermediate: the names lead to the anchor, the signatures
+    //    do not.
+    let impostor = certguard::devpki::TestCa::root("test intermediate").unwrap();
+    let mut forged = impostor.issue(&hostile("forged", "forged")).unwrap();
+    forged.chain.push(env.pki.inter.cert.clone());
+
+    let carol = {
+        let mut spec = certguard::devpki::LeafSpec::client("carol");
+        spec.crl_distribution_points = vec![server.url("dp/inter.crl")];
+        env.pki.inter.issue(&spec).unwrap()
+    };
+    let dave = {
+        let mut spec = certguard::devpki::LeafSpec::client("dave");
+        spec.crl_distribution_points = vec![server.url("dp/inter.crl")];
+        env.pki.inter.issue(&spec).unwrap()
+    };
+    server.publish("dp/inter.crl", crl_der(&env.pki.inter, &[&dave]));
+    // The intermediate's CRL only from the distribution point.
+    let yaml = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n    revocation:\n      unknown_status: {unknown_status}\n",
+            server.url("dp/")
+        ),
+    );
+    let proxy = env.start(&yaml).await;
+
+    for round in 0..2 {
+        for (client, trust, outcome, what) in [
+            (&rogue, "none", "unknown_issuer", "a self-signed leaf"),
+            (&foreign, "none", "unknown_issuer", "an unrelated CA's leaf"),
+            (
+                &forged,
+                "internal",
+                "bad_signature",
+                "a leaf forged under the intermediate's name",
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            assert_rejected(
+                &proxy,
+                &env.client(client, &[b"h2"]),
+                trust,
+                outcome,
+                &format!("{what} (round {round})"),
+            )
+            .await;
+            // Refused at once: nothing was waited for.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "{what}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    let hits = server.hits();
+    assert!(
+        hits.is_empty(),
+        "{} requests to the CRL server, the first: {:?}",
+        hits.len(),
+        hits.first()
+    );
+    assert!(discovered(&proxy, "internal").is_empty());
+
+    // A real client's distribution point is still discovered, fetched, and revokes.
+    let mut c = Conn::open(
+        proxy.listen_addr,
+        env.client(&carol, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.get("localhost", "/x").await.0, 200);
+    assert_rejected(
+        &proxy,
+        &env.client(&dave, &[b"h2"]),
+        "internal",
+        "revoked",
+        "dave, revoked by the distribution point's CRL after the attack",
+    )
+    .await;
+    assert_eq!(
+        discovered(&proxy, "internal"),
+        vec![server.url("dp/inter.crl")]
+    );
+    // A discovered distribution point gets a refresh task at once. A real client naming
+    // another distribution point that answers 404 (so its task asks again at once; frank is
+    // admitted on the intermediate's CRL he shares with carol) shows when the tasks have
+    // run: by then, nothing but the two real distribution points was ever asked for.
+    let frank = {
+        let mut spec = certguard::devpki::LeafSpec::client("frank");
+        spec.crl_distribution_points = vec![server.url("dp/frank.crl")];
+        env.pki.inter.issue(&spec).unwrap()
+    };
+    let mut f = Conn::open(
+        proxy.listen_addr,
+        env.client(&frank, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(f.get("localhost", "/x").await.0, 200);
+    within!(
+        10,
+        "frank's distribution point asked again by its refresh task",
+        server.hits_for("dp/frank.crl").len() >= 2
+    );
+    let asked: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
+    assert!(
+        asked
+            .iter()
+            .all(|p| p == "/dp/inter.crl" || p == "/dp/frank.crl"),
+        "{asked:?}"
+    );
+    assert_eq!(
+        discovered(&proxy, "internal"),
+        vec![server.url("dp/inter.crl"), server.url("dp/frank.crl")]
+    );
+}
+
+/// A verified client that also sends a CA certificate off its path: a CRL at its
+/// distribution point signed by that CA is refused (only anchors, configured intermediates
+/// and the verified path sign CRLs), so it cannot be planted as the intermediate's CRL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distribution_point_crl_signed_off_the_verified_path_is_refused() {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    let url = server.url("dp/erin.crl");
+    let mut erin = {
+        let mut spec = certguard::devpki::LeafSpec::client("erin");
+        spec.crl_distribution_points = vec![url.clone()];
+        env.pki.inter.issue(&spec).unwrap()
+    };
+    // Same name as the intermediate, another key: its CRL would claim to be the
+    // intermediate's.
+    let impostor = certguard::devpki::TestCa::root("test intermediate").unwrap();
+    erin.chain.push(impostor.cert.clone());
+    server.publish("dp/erin.crl", crl_der(&impostor, &[]));
+    let yaml = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n",
+            server.url("dp/")
+        ),
+    );
+    let proxy = env.start(&yaml).await;
+    // Fetched (the path is verified), refused: no CRL of the intermediate, status unknown.
+    assert_rejected(
+        &proxy,
+        &env.client(&erin, &[b"h2"]),
+        "internal",
+        "unknown_revocation_status",
+        "erin, whose distribution point serves a CRL signed off her path",
+    )
+    .await;
+    assert_ne!(
+        server.hits_for("dp/erin.crl").len(),
+        0,
+        "{:?}",
+        server.hits()
+    );
+    assert!(proxy
+        .state
+        .current
+        .revocation
+        .crls
+        .get("internal", &url)
+        .is_none());
+    // The real intermediate's CRL at the same place is taken, from the path erin sends.
+    server.publish("dp/erin.crl", crl_der(&env.pki.inter, &[]));
+    let mut c = Conn::open(
+        proxy.listen_addr,
+        env.client(&erin, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.get("localhost", "/x").await.0, 200);
+}
+
+// ---- Several CRLs of one issuer: the newest wins ----
+
+/// alice is revoked only in the NEWER of two CRLs of the intermediate, one a `crl:` file,
+/// the other a `crl_urls` entry; whichever is newer and whichever comes first in the config,
+/// the newer one decides (the verifier uses only one CRL per issuer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_crl_of_an_issuer_decides_whether_file_or_fetched() {
+    let env = Env::new().await;
+    let server = CrlServer::start().await;
+    let now = OffsetDateTime::now_utc();
+    let crl = |revoked: &[&certguard::devpki::TestCert], minutes_ago: i64| {
+        let serials: Vec<&[u8]> = revoked.iter().map(|c| c.serial.as_slice()).collect();
+        env.pki
+            .inter
+            .crl(
+                &serials,
+                now - TimeDuration::minutes(minutes_ago),
+                now + TimeDuration::days(1),
+            )
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    // The intermediate is configured: a fetched CRL must be signed by a certificate of the
+    // source.
+    env.write("intermediates.pem", &env.pki.inter.cert_pem);
+    let file_then_url = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    intermediates: intermediates.pem\n    crl: [intermediate.crl, ca.crl]\n    crl_urls:\n      - {{ url: \"{}\", refresh: 1s }}\n",
+            server.url("pki/intermediate.crl")
+        ),
+    );
+    let url_then_file = env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl_urls:\n      - {{ url: \"{}\", refresh: 1s }}\n    crl: [intermediate.crl, ca.crl]\n    intermediates: intermediates.pem\n",
+            server.url("pki/intermediate.crl")
+        ),
+    );
+    // (what, file CRL, fetched CRL): the older one (made first, earlier thisUpdate, lower
+    // CRL number) does not list alice, the newer one does.
+    let older_file = crl(&[], 10);
+    let newer_fetched = crl(&[&env.pki.alice], 5);
+    let older_fetched = crl(&[], 4);
+    let newer_file = crl(&[&env.pki.alice], 2);
+    let cases = [
+        (
+            "an older file beside a newer fetched CRL",
+            &older_file,
+            &newer_fetched,
+        ),
+        (
+            "a newer file beside an older fetched CRL",
+            &newer_file,
+            &older_fetched,
+        ),
+    ];
+    for (what, file, fetched) in cases {
+        for (order, yaml) in [
+            ("crl first", &file_then_url),
+            ("crl_urls first", &url_then_file),
+        ] {
+            let what = format!("{what}, {order}");
+            std::fs::write(env.path("intermediate.crl"), file).unwrap();
+            server.publish("pki/intermediate.crl", fetched.clone());
+            let proxy = env.start(yaml).await;
+            within!(10, format!("ready: {what}"), ready(&proxy).await);
+            assert_rejected(
+                &proxy,
+                &env.client(&env.pki.alice, &[b"h2"]),
+                "internal",
+                "revoked",
+                &format!("alice, revoked in the newer CRL: {what}"),
+            )
+            .await;
+            // Everyone else is admitted: the root's CRL and the newer one are in use.
+            let mut bob = Conn::open(
+                proxy.listen_addr,
+                env.client(&env.pki.bob, &[b"http/1.1"]),
+                "localhost",
+            )
+            .await
+            .unwrap();
+            assert_eq!(bob.get("localhost", "/x").await.0, 200, "{what}");
+            proxy.shutdown(std::time::Duration::from_secs(1)).await;
+        }
+    }
 }
 
 // ---- OCSP (SPEC 9.3), against `openssl ocsp` as the responder ----
