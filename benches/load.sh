@@ -29,7 +29,7 @@
 # Figures are medians over REPS interleaved repetitions; ratios are taken per repetition
 # (certguard / nginx, certguard / HAProxy in that repetition) and their median is reported.
 #
-# Usage: benches/load.sh          full run (3 repetitions, about 25 minutes once built)
+# Usage: benches/load.sh          full run (3 repetitions, about 10 minutes once built)
 #        QUICK=1 benches/load.sh  one repetition of `keepalive`, short phases (about a minute);
 #                                 QUICK=1 SCENARIOS=idle benches/load.sh for another scenario
 # What it needs and does not find it installs: nginx, haproxy, jq, curl and python3 with
