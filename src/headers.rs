@@ -22,6 +22,10 @@ pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwa
 pub const CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
 /// `client-cert-chain` (RFC 9440); always removed inbound.
 pub const CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
+/// `proxy`: no standard request header, but CGI turns it into `HTTP_PROXY`, which many HTTP
+/// client libraries take as their outbound proxy ("httpoxy", CVE-2016-5385); always removed
+/// inbound, as nginx's and HAProxy's httpoxy advice does.
+pub const PROXY: HeaderName = HeaderName::from_static("proxy");
 /// `x-forwarded-for`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.
@@ -248,6 +252,7 @@ pub fn is_dropped_trailer(name: &HeaderName, forward: &Forward) -> bool {
     PROTECTED.contains(&&*d)
         || HOP_BY_HOP.iter().any(|h| h.as_str() == d)
         || d == "trailer"
+        || d == "proxy"
         || d.starts_with("x-forwarded-")
         || forward.strip_headers.iter().any(|s| s.as_str() == d)
         || (forward.strip_identity_headers && is_foreign_identity(&d))
@@ -438,9 +443,10 @@ pub fn apply_forward_with(
     clean_trailer_declaration(headers, forward);
     // The client-supplied headers below are rare: look for them in one pass over the names
     // instead of removing each (a hash and a probe apiece) on every request.
-    if any_of(headers, &[CLIENT_CERT, CLIENT_CERT_CHAIN]) {
+    if any_of(headers, &[CLIENT_CERT, CLIENT_CERT_CHAIN, PROXY]) {
         headers.remove(CLIENT_CERT);
         headers.remove(CLIENT_CERT_CHAIN);
+        headers.remove(PROXY);
     }
     if any_of(headers, &forward.strip_headers) {
         for name in &forward.strip_headers {
@@ -993,6 +999,19 @@ mod tests {
             assert_eq!(all(&h, "authorization"), vec!["Bearer t"]);
             assert_eq!(all(&h, "accept"), vec!["*/*"]);
         }
+    }
+
+    #[test]
+    fn the_httpoxy_proxy_header_is_removed_in_every_mode() {
+        for mode in [XfccMode::SanitizeSet, XfccMode::Append, XfccMode::Sanitize] {
+            let mut h = map(&[("proxy", "http://evil.example:3128"), ("x-keep", "1")]);
+            let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+            apply_forward(&mut h, &forward(mode, true), &cert(), v4, None);
+            assert!(!h.contains_key("proxy"), "{mode:?}");
+            assert_eq!(all(&h, "x-keep"), ["1"]);
+        }
+        let f = forward(XfccMode::SanitizeSet, true);
+        assert!(is_dropped_trailer(&HeaderName::from_static("proxy"), &f));
     }
 
     #[test]

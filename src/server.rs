@@ -23,6 +23,9 @@ use crate::tls::{self, Outcome};
 /// How long a connection accepted at the `max_connections` cap may wait for a free slot
 /// before it is closed.
 const CAP_WAIT: Duration = Duration::from_secs(1);
+/// At `max_connections`, a new connection ends the oldest handshake that has run this long
+/// (see [`crate::conn::Handshaking`]).
+pub const EVICT_HANDSHAKES_AFTER: Duration = Duration::from_secs(1);
 /// How long an idle connection that was asked to close may take to do so.
 const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 /// HTTP/2 streams per connection.
@@ -53,6 +56,11 @@ pub async fn serve(
             let slot = match permit {
                 Some(p) => p,
                 None => {
+                    // Make room: a connection that has not finished its handshake within a
+                    // second gives its slot to this one.
+                    if state.handshaking.evict_oldest(EVICT_HANDSHAKES_AFTER) {
+                        tracing::debug!(%peer, "max_connections reached: the oldest handshake was ended");
+                    }
                     let Ok(_queued) = waiting.try_acquire_owned() else {
                         state.metrics.connection_refused_at_limit();
                         tracing::warn!(%peer, "connection refused: max_connections reached");
@@ -88,7 +96,13 @@ async fn handle_connection(
     let timeout = snapshot.config.listen.handshake_timeout;
     // Not boxed: this task ends with the handshake (below), so the handshake's state is not
     // kept while the connection is open.
-    let established = match tls::accept::accept(&snapshot.tls, timeout, tcp).await {
+    let (entry, evicted) = state.handshaking.enter();
+    let accepted = tokio::select! {
+        accepted = tls::accept::accept(&snapshot.tls, timeout, tcp) => accepted,
+        Ok(()) = evicted => Err(Failed::evicted()),
+    };
+    drop(entry);
+    let established = match accepted {
         Ok(e) => e,
         Err(Failed { sni, rejection }) => {
             let trust = rejection.trust.as_deref();

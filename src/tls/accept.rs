@@ -31,6 +31,13 @@ pub struct Failed {
 }
 
 impl Failed {
+    /// A handshake ended to give its `max_connections` slot to a new connection (counted as a
+    /// `timeout`: it had not finished in the time it was given).
+    pub fn evicted() -> Self {
+        let detail = "handshake ended at max_connections to make room for a new connection";
+        Failed::new(None, None, Outcome::Timeout, detail.to_owned())
+    }
+
     fn new(sni: Option<String>, trust: Option<Arc<str>>, outcome: Outcome, detail: String) -> Self {
         Failed {
             sni,

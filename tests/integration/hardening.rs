@@ -371,6 +371,62 @@ async fn connections_beyond_max_connections_are_refused_and_serving_continues() 
     assert_eq!(again.get("localhost", "/x").await.0, 200);
 }
 
+#[tokio::test]
+async fn handshakes_that_never_finish_give_way_at_max_connections() {
+    let env = Env::new().await;
+    let yaml = with_listen(&env, &["max_connections: 2"]);
+    let proxy = env.start(&yaml).await;
+    // A client with no certificate holds both slots with TCP connections that send nothing
+    // (handshake_timeout is 5 s here).
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(
+            tokio::net::TcpStream::connect(proxy.listen_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    // Older than EVICT_HANDSHAKES_AFTER (1 s), younger than the handshake timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Real clients still get in: each takes the slot of the oldest idle handshake.
+    let mut a = alice(&env, &proxy).await;
+    assert_eq!(a.get("localhost", "/x").await.0, 200);
+    let mut b = alice(&env, &proxy).await;
+    assert_eq!(b.get("localhost", "/x").await.0, 200);
+    for mut s in idle {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the idle handshake was closed: {read:?}"
+        );
+    }
+    let text = crate::common::scrape(&proxy).await;
+    let timeouts = crate::common::metric(
+        &text,
+        "certguard_tls_handshakes_total",
+        &[("trust", "none"), ("outcome", "timeout")],
+    );
+    assert_eq!(timeouts, 2.0, "{text}");
+    // Established connections are never evicted: with both slots serving, a third client
+    // is refused, and both keep working.
+    let third = tokio::time::timeout(
+        Duration::from_secs(5),
+        Conn::open(
+            proxy.listen_addr,
+            env.client(&env.pki.alice, &[b"http/1.1"]),
+            "localhost",
+        ),
+    )
+    .await;
+    assert!(
+        matches!(third, Ok(Err(_))),
+        "third connection should be refused"
+    );
+    assert_eq!(a.get("localhost", "/x").await.0, 200);
+    assert_eq!(b.get("localhost", "/x").await.0, 200);
+}
+
 type WebSocket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
