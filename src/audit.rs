@@ -58,8 +58,28 @@ pub struct RequestAudit<'a> {
     pub deny_reason: Option<&'a str>,
 }
 
+/// The most bytes of a client-chosen value (method, host, path) an audit line carries.
+pub const MAX_CLIENT_FIELD: usize = 1024;
+
+/// `value` cut to [`MAX_CLIENT_FIELD`] bytes (at a character boundary) with `[...]` appended
+/// when it was longer: a client could otherwise make every cheap request (a 404 whose 60 KB
+/// path HTTP/2 re-sends in a few bytes of HPACK) write a 60 KB line.
+pub fn clip(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_CLIENT_FIELD {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut end = MAX_CLIENT_FIELD;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}[...]", &value[..end]))
+}
+
 /// Write one request audit line (call only when `logging.access_log` is on).
 pub fn request_line(r: &RequestAudit<'_>) {
+    let method = clip(r.method);
+    let host = r.host.map(clip);
+    let path = clip(r.path);
     tracing::info!(
         target: TARGET,
         conn_id = r.conn_id,
@@ -70,9 +90,9 @@ pub fn request_line(r: &RequestAudit<'_>) {
         subject = r.subject,
         spiffe_id = r.spiffe_id,
         fingerprint = r.fingerprint,
-        method = r.method,
-        host = r.host,
-        path = r.path,
+        method = &*method,
+        host = host.as_deref(),
+        path = &*path,
         route = r.route,
         upstream = r.upstream,
         decision = r.decision,
@@ -335,6 +355,26 @@ mod tests {
     use crate::tls::Outcome;
 
     use serde_json::Value;
+
+    #[test]
+    fn client_chosen_fields_are_clipped() {
+        let short = "/orders/7";
+        assert_eq!(clip(short), short);
+        let exact = "a".repeat(MAX_CLIENT_FIELD);
+        assert_eq!(clip(&exact), exact);
+        let long = format!("/{}", "x".repeat(60_000));
+        let clipped = clip(&long);
+        assert_eq!(clipped.len(), MAX_CLIENT_FIELD + "[...]".len());
+        assert!(clipped.ends_with("[...]") && long.starts_with(&clipped[..MAX_CLIENT_FIELD]));
+        // Never inside a character: 'é' is two bytes and straddles the limit.
+        let accented = format!("/{}", "é".repeat(MAX_CLIENT_FIELD));
+        let clipped = clip(&accented);
+        assert!(clipped.len() <= MAX_CLIENT_FIELD + "[...]".len());
+        assert!(clipped
+            .trim_end_matches("[...]")
+            .chars()
+            .all(|c| c == '/' || c == 'é'));
+    }
 
     /// Run `f` under a JSON subscriber and return the parsed lines.
     fn capture(f: impl FnOnce()) -> Vec<Value> {

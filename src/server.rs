@@ -30,6 +30,8 @@ pub const EVICT_HANDSHAKES_AFTER: Duration = Duration::from_secs(1);
 const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 /// HTTP/2 streams per connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Bytes of response an HTTP/2 stream buffers for its client.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
 /// Accept connections until `shutdown` becomes true. Never returns early on accept errors.
 pub async fn serve(
@@ -196,6 +198,9 @@ fn serving(
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            // What a stream may queue for a client that does not read (hyper's default is
+            // 400 KB): 32 relayed streams of a slow reader hold at most 2 MB, not 12.8 MB.
+            .max_send_buf_size(H2_MAX_SEND_BUF)
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
         Serving {
             conn: Box::pin(builder.serve_connection(io, svc)),

@@ -57,6 +57,9 @@ pub struct TrustVerifier {
     deny: Arc<DenyList>,
 }
 
+/// The most intermediate certificates a client may send with its leaf.
+pub const MAX_INTERMEDIATES: usize = 8;
+
 impl TrustVerifier {
     /// Build every trust source (webpki verifiers with parsed CRLs, decoded pins) once.
     ///
@@ -260,6 +263,21 @@ impl TrustVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Admission, Rejection> {
+        // Path building tries the candidates the client sent, for every source and again to
+        // attribute a failure: a long list of forged intermediates with one subject would
+        // make each handshake cost many signature checks. No real client path needs more
+        // (webpki accepts at most 6 intermediates on a path).
+        if intermediates.len() > MAX_INTERMEDIATES {
+            return Err(Rejection {
+                trust: None,
+                outcome: Outcome::InvalidCert,
+                detail: format!(
+                    "the client sent {} intermediate certificates, more than {MAX_INTERMEDIATES}",
+                    intermediates.len()
+                ),
+                deny_reason: None,
+            });
+        }
         let (self_signed, uris) = match x509_parser::parse_x509_certificate(end_entity.as_ref()) {
             Ok((_, x509)) => (
                 x509.subject().as_raw() == x509.issuer().as_raw(),
@@ -422,7 +440,26 @@ fn check_trust_domains(
 
 #[cfg(test)]
 mod tests {
+    use super::MAX_INTERMEDIATES;
     use crate::tls::testing::*;
+
+    #[test]
+    fn a_client_sending_more_than_eight_intermediates_is_refused_before_path_building() {
+        let p = pki();
+        let v = TrustVerifier::new(&[ca_source("internal", &p.root, vec![])]).unwrap();
+        let alice = p.inter.issue(&LeafSpec::client("alice")).unwrap();
+        let intermediate = alice.chain[1].clone();
+        let padded = |n: usize| vec![intermediate.clone(); n];
+        let admitted = v.verify(&alice.chain[0], &padded(MAX_INTERMEDIATES), now());
+        assert_eq!(&*admitted.unwrap().trust, "internal");
+        let refused = v
+            .verify(&alice.chain[0], &padded(MAX_INTERMEDIATES + 1), now())
+            .unwrap_err();
+        assert_eq!(
+            (refused.trust, refused.outcome),
+            (None, Outcome::InvalidCert)
+        );
+    }
 
     #[test]
     fn mixed_sources_admit_by_the_right_source() {
