@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::refusal::{Limit, Refusal};
-use super::stream::{Hold, RequestBody, ResponseBody};
+use super::stream::{Hold, Places, RequestBody, ResponseBody};
 use crate::audit::{self, RequestAudit};
 use crate::config::UpstreamScheme;
 use crate::conn::{ConnContext, InflightGuard};
@@ -440,10 +440,15 @@ async fn relay(
     let upstream_place = place(&upstream.slots, deadline)
         .await
         .ok_or_else(|| overflow(Limit::Upstream))?;
-    let hold = Hold {
-        inflight: inflight.clone(),
+    let places = Arc::new(Places {
         connection,
         upstream: upstream_place,
+    });
+    // An upload that outlasts its response keeps the places until it ends.
+    client_body.keep(&places);
+    let hold = Hold {
+        inflight: inflight.clone(),
+        places,
     };
     let result = upstream.send(req, deadline).await;
     metrics.upstream_duration(name, started.elapsed());

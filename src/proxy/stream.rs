@@ -110,11 +110,20 @@ impl Watch {
 }
 
 /// What a request keeps while its exchange with the upstream is not finished: its place in
-/// the connection's in-flight count and its concurrency permits.
+/// the connection's in-flight count and its concurrency places.
 pub struct Hold {
     /// Shared by the request body and the response body: the connection counts as busy
     /// (no idle or header-read timer) until both are finished.
     pub inflight: Arc<InflightGuard>,
+    /// Shared with the request body too ([`RequestState::keep`]).
+    pub places: Arc<Places>,
+}
+
+/// A request's places under the concurrency limits. They are released when both its response
+/// and its request body have ended: an upload that outlasts its response keeps the upstream
+/// connection busy, so it keeps its places too (else a client could pin any number of
+/// upstream connections with uploads to an endpoint that answers before reading them).
+pub struct Places {
     /// A place under `listen.max_inflight_per_connection`.
     pub connection: OwnedSemaphorePermit,
     /// A place under `upstreams.<name>.max_requests`.
@@ -137,12 +146,31 @@ pub struct RequestBody {
 pub struct RequestState {
     watch: Watch,
     failed: AtomicBool,
+    /// The body ended (or was empty, cut, dropped): it holds no places any more.
+    ended: AtomicBool,
+    /// The request's places, while the body is still on its way.
+    places: Mutex<Option<Arc<Places>>>,
 }
 
 impl RequestState {
     /// Whether reading the client's body failed (malformed chunking, reset, cut).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Keep `places` until the body ends (nothing, if it already has).
+    pub fn keep(&self, places: &Arc<Places>) {
+        let mut kept = lock(&self.places);
+        if !self.ended.load(Ordering::Acquire) {
+            *kept = Some(places.clone());
+        }
+    }
+
+    /// The body ended: release its share of the places.
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        let released = lock(&self.places).take();
+        drop(released);
     }
 }
 
@@ -155,19 +183,29 @@ impl Watched for RequestState {
         if !self.watch.set_cut(why) {
             return false;
         }
+        self.end();
         self.watch.waker.wake();
         true
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.state.end();
     }
 }
 
 impl RequestBody {
     /// Wrap the client's body; `forward` decides which trailer fields are dropped.
     pub fn new(inner: Incoming, forward: Arc<Forward>, inflight: Arc<InflightGuard>) -> Self {
+        let ended = inner.is_end_stream();
         RequestBody {
             inner,
             state: Arc::new(RequestState {
                 watch: Watch::new(false),
                 failed: AtomicBool::new(false),
+                ended: AtomicBool::new(ended),
+                places: Mutex::new(None),
             }),
             forward,
             inflight: Some(inflight),
@@ -192,6 +230,7 @@ impl Body for RequestBody {
         this.state.watch.waker.register(cx.waker());
         if let Some(why) = this.state.watch.cut() {
             this.state.failed.store(true, Ordering::Release);
+            this.state.end();
             this.inflight = None;
             return Poll::Ready(Some(Err(Box::new(why))));
         }
@@ -214,11 +253,13 @@ impl Body for RequestBody {
             Poll::Ready(Some(Err(e))) => {
                 this.state.watch.stop_waiting();
                 this.state.failed.store(true, Ordering::Release);
+                this.state.end();
                 this.inflight = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
                 this.state.watch.stop_waiting();
+                this.state.end();
                 this.inflight = None;
                 Poll::Ready(None)
             }

@@ -727,6 +727,66 @@ async fn one_connection_gets_a_bounded_share_of_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_outlast_their_responses_keep_their_places() {
+    // /early answers before reading the body; the uploads then go on, each keeping an
+    // upstream connection busy. They must count against max_inflight_per_connection.
+    let env = Env::new().await;
+    let proxy = env
+        .start(&config(&env, &["max_inflight_per_connection: 2"], ""))
+        .await;
+    let sender = conn(&env, &proxy, &env.pki.alice, true).await.h2();
+    let mut uploads = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        tx.send(Ok(Frame::data(Bytes::from_static(&[b'a'; 100]))))
+            .await
+            .unwrap();
+        uploads.push(tx);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        let body: ReqBody = StreamBody::new(frames).boxed();
+        let req = Request::post("https://localhost/early")
+            .header("content-length", "3000")
+            .body(body)
+            .unwrap();
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            s.ready().await.unwrap();
+            s.send_request(req).await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let status = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("every request is answered")
+            .unwrap()
+            .unwrap();
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    // Two uploads hold both places for as long as they go on; the other two find none
+    // within the upstream's timeout (2 s).
+    assert_eq!(statuses, [200, 200, 503, 503], "{statuses:?}");
+    // Uploads that end give their places back: the same connection is served again.
+    drop(uploads);
+    let mut next = None;
+    for _ in 0..40 {
+        let mut s = sender.clone();
+        s.ready().await.unwrap();
+        let req = Request::get("https://localhost/x").body(empty()).unwrap();
+        next = Some(s.send_request(req).await.unwrap().status().as_u16());
+        if next == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(next, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_concurrency_limits_answer_503() {
     let env = Env::new().await;
     let yaml = config(&env, &["max_inflight_per_connection: 1"], "").replace(
