@@ -348,11 +348,14 @@ async fn pipeline(
         parts.headers.insert(UPGRADE, value.clone());
     }
     // SPEC 4 step 5: the host policy judged, in its normalized spelling, with the client's port.
-    let upstream_host = client_host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .and_then(host::upstream_host)
-        .or_else(|| host.clone())
+    let upstream_host = host
+        .as_deref()
+        .map(
+            |judged| match client_host.as_ref().and_then(|h| h.to_str().ok()) {
+                Some(raw) => host::upstream_host(judged, raw),
+                None => judged.to_owned(),
+            },
+        )
         .and_then(|h| HeaderValue::try_from(h).ok());
     match upstream_host {
         Some(h) => {

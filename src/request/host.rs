@@ -59,22 +59,21 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
-/// The `Host` an HTTP/1 upstream gets (SPEC 4 step 5): the normalized host that policy judged,
-/// with the port the client sent, if it sent one (`Example.COM.:08443` -> `example.com:8443`,
-/// `[0:0::1]` -> `[::1]`), so that the upstream and the policy never read two spellings of
-/// one host. `None` when `raw` is not a valid host (which [`request_host`] refuses first).
-pub fn upstream_host(raw: &str) -> Option<String> {
-    let host = normalize_host(raw)?;
+/// The `Host` an HTTP/1 upstream gets (SPEC 4 step 5): `judged`, the normalized host that
+/// policy judged ([`request_host`] made it from `raw`), with the port the client sent in `raw`,
+/// if it sent one (`Example.COM.:08443` -> `example.com:8443`, `[0:0::1]` -> `[::1]`), so that
+/// the upstream and the policy never read two spellings of one host.
+pub fn upstream_host(judged: &str, raw: &str) -> String {
     let port = match raw.strip_prefix('[') {
         Some(rest) => rest.split_once(']').map(|(_, after)| after),
         None => raw.split_once(':').map(|(_, port)| port),
     }
     .map(|after| after.trim_start_matches(':'))
     .and_then(|port| port.parse::<u16>().ok());
-    Some(match port {
-        Some(port) => format!("{host}:{port}"),
-        None => host,
-    })
+    match port {
+        Some(port) => format!("{judged}:{port}"),
+        None => judged.to_owned(),
+    }
 }
 
 /// `""` or `":"` followed by up to five digits whose value fits a port.
@@ -198,7 +197,8 @@ mod tests {
             ("user@example.com", None),
         ];
         for (raw, want) in cases {
-            assert_eq!(upstream_host(raw).as_deref(), *want, "{raw:?}");
+            let got = normalize_host(raw).map(|judged| upstream_host(&judged, raw));
+            assert_eq!(got.as_deref(), *want, "{raw:?}");
         }
     }
 

@@ -21,6 +21,17 @@ async fn open(env: &Env, proxy: &certguard::Proxy, h2: bool) -> Conn {
     .unwrap()
 }
 
+/// The test config with the intermediate's CRL only from distribution points under
+/// `allow_prefix` (the root's from its file), and `source_keys` added to the CA source.
+fn distribution_point_yaml(env: &Env, allow_prefix: &str, source_keys: &str) -> String {
+    env.yaml(ROUTES, "").replace(
+        "    crl: [intermediate.crl, ca.crl]\n",
+        &format!(
+            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{allow_prefix}\"]\n{source_keys}"
+        ),
+    )
+}
+
 #[tokio::test]
 async fn the_deny_list_refuses_handshakes_and_reaches_open_connections() {
     let env = Env::new().await;
@@ -427,13 +438,7 @@ async fn distribution_points_are_fetched_only_under_the_allowed_prefixes() {
     server.publish("elsewhere/inter.crl", crl_der(&env.pki.inter, &[]));
     // The root's CRL comes from a file; the intermediate's only from the distribution point
     // (signed by the intermediate the clients send, which the config does not name).
-    let yaml = env.yaml(ROUTES, "").replace(
-        "    crl: [intermediate.crl, ca.crl]\n",
-        &format!(
-            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n",
-            server.url("dp/")
-        ),
-    );
+    let yaml = distribution_point_yaml(&env, &server.url("dp/"), "");
     let proxy = env.start(&yaml).await;
 
     // Outside the prefix: no request at all, and no CRL for the leaf -> unknown status.
@@ -577,12 +582,10 @@ async fn hostile_distribution_points(unknown_status: &str) {
     };
     server.publish("dp/inter.crl", crl_der(&env.pki.inter, &[&dave]));
     // The intermediate's CRL only from the distribution point.
-    let yaml = env.yaml(ROUTES, "").replace(
-        "    crl: [intermediate.crl, ca.crl]\n",
-        &format!(
-            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n    revocation:\n      unknown_status: {unknown_status}\n",
-            server.url("dp/")
-        ),
+    let yaml = distribution_point_yaml(
+        &env,
+        &server.url("dp/"),
+        &format!("    revocation:\n      unknown_status: {unknown_status}\n"),
     );
     let proxy = env.start(&yaml).await;
 
@@ -697,13 +700,7 @@ async fn a_distribution_point_crl_signed_off_the_verified_path_is_refused() {
     let impostor = certguard::devpki::TestCa::root("test intermediate").unwrap();
     erin.chain.push(impostor.cert.clone());
     server.publish("dp/erin.crl", crl_der(&impostor, &[]));
-    let yaml = env.yaml(ROUTES, "").replace(
-        "    crl: [intermediate.crl, ca.crl]\n",
-        &format!(
-            "    crl: [ca.crl]\n    crl_distribution_points:\n      allow: [\"{}\"]\n",
-            server.url("dp/")
-        ),
-    );
+    let yaml = distribution_point_yaml(&env, &server.url("dp/"), "");
     let proxy = env.start(&yaml).await;
     // Fetched (the path is verified), refused: no CRL of the intermediate, status unknown.
     assert_rejected(
