@@ -1,8 +1,10 @@
 //! The per-request pipeline (`service.rs`): normalize, bind Host to SNI, re-check the
-//! identity, authorize, forward; and the bodies in flight (`stream.rs`). The request-level
+//! identity, authorize, forward; the bodies in flight (`stream.rs`);
+//! upgraded WebSocket tunnels (`tunnel.rs`). The request-level
 //! rules live in [`crate::request`], header rewriting in [`crate::headers`], the upstream
 //! clients in [`crate::upstream`].
 
 pub mod refusal;
 pub mod service;
 pub mod stream;
+pub mod tunnel;

@@ -13,7 +13,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::refusal::{Limit, Refusal};
@@ -29,7 +28,6 @@ use crate::request::framing::{self, FramingError};
 use crate::request::host;
 use crate::request::normalize::{self, Target};
 use crate::snapshot::Snapshot;
-use crate::tls::Rejection;
 use crate::upstream::{ProxyBody, UpstreamError, UpstreamErrorKind};
 
 /// What the metrics, the inventory and the audit line know about one request, filled in as
@@ -489,65 +487,9 @@ async fn relay(
             detail: "upstream switched protocols unasked".to_owned(),
         }));
     };
-    spawn_tunnel(ctx.clone(), client, hyper::upgrade::on(&mut response), hold);
+    super::tunnel::spawn(ctx.clone(), client, hyper::upgrade::on(&mut response), hold);
     // Keep Connection/Upgrade on the 101: they are the protocol switch itself.
     Ok(response.map(|b| Reply::Local(b.map_err(Into::into).boxed())))
-}
-
-/// Relay an upgraded (WebSocket) connection until either side closes or the client's identity
-/// is revoked. The tunnel holds `ctx`, and with it the connection's slot and open-count entry.
-fn spawn_tunnel(ctx: Arc<ConnContext>, client: OnUpgrade, upstream: OnUpgrade, hold: Hold) {
-    tokio::spawn(async move {
-        // The tunnel is an upstream connection: it keeps the request's places until it ends.
-        let _hold = hold;
-        let conn_id = ctx.conn_id;
-        match (client.await, upstream.await) {
-            (Ok(c), Ok(u)) => {
-                let mut c = TokioIo::new(c);
-                let mut u = TokioIo::new(u);
-                tokio::select! {
-                    r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
-                        if let Err(e) = r {
-                            tracing::debug!(conn_id, error = %e, "upgraded tunnel ended");
-                        }
-                    }
-                    rejection = revoked(&ctx) => {
-                        tracing::info!(
-                            conn_id,
-                            outcome = %rejection.outcome,
-                            detail = %rejection.detail,
-                            "identity no longer valid under the current snapshot: closing tunnel"
-                        );
-                    }
-                }
-            }
-            (c, u) => tracing::debug!(
-                conn_id,
-                client_ok = c.is_ok(),
-                upstream_ok = u.is_ok(),
-                "upgrade failed"
-            ),
-        }
-    });
-}
-
-/// How often an upgraded tunnel re-checks its connection's identity. A tunnel carries no
-/// further requests, so SPEC 5.3 ("revocation reaches open connections") is enforced on it
-/// by this timer instead; the check is a generation compare unless something changed.
-const TUNNEL_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Resolves once the connection's identity no longer verifies under the current snapshot
-/// (revoked by a new CRL, pin removed, certificate expired).
-async fn revoked(ctx: &ConnContext) -> Rejection {
-    let mut tick = tokio::time::interval(TUNNEL_RECHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let snap = ctx.state.current.load();
-        if let Err(rejection) = ctx.current_identity(&snap) {
-            return rejection;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -483,6 +483,47 @@ async fn websocket_echo_through_the_proxy() {
     }
 }
 
+/// A tunnel that moves no byte for `idle_timeout` is closed and gives back its connection
+/// slot; one that keeps talking stays open past it.
+#[tokio::test]
+async fn idle_websocket_tunnels_are_closed() {
+    use tokio_tungstenite::tungstenite::Message;
+    let env = Env::new().await;
+    let proxy = env.start(&with_listen(&env, &["idle_timeout: 1s"])).await;
+    let (mut busy, _) = open_websocket(&env, &proxy).await;
+    let (mut idle, _) = open_websocket(&env, &proxy).await;
+    let started = std::time::Instant::now();
+    // The busy tunnel sends every 300 ms for 3 s (three idle timeouts): every message echoes.
+    for i in 0..10 {
+        busy.send(Message::Text(format!("m{i}").into()))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), busy.next())
+            .await
+            .expect("busy tunnel answers")
+            .expect("busy tunnel still open")
+            .expect("busy tunnel frame");
+        assert_eq!(echoed.into_text().unwrap(), format!("m{i}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The idle tunnel was closed meanwhile: reading it ends (no frame), well before the 10 s
+    // a hung tunnel would take.
+    let ended = tokio::time::timeout(Duration::from_secs(10), idle.next())
+        .await
+        .expect("idle tunnel closed within 10 s");
+    assert!(
+        !matches!(ended, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{ended:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // Its slot is free again: only the busy tunnel is an open connection.
+    let text = crate::common::scrape(&proxy).await;
+    assert_eq!(
+        crate::common::metric(&text, "certguard_connections_active", &[]),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn only_websocket_upgrades_are_relayed() {
     let env = Env::new().await;
