@@ -9,9 +9,10 @@
 //! for the buffer to drain (backpressure rather than lost audit lines).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -240,6 +241,50 @@ impl Drop for LogGuard {
     }
 }
 
+/// Lets a warning that a peer can repeat at will (a connection refused at `max_connections`)
+/// through at most once per period, and counts the occurrences it held back, so that a flood
+/// cannot turn into a flood of log lines. Metrics still count every occurrence.
+pub struct Throttle {
+    start: Instant,
+    period_ms: u64,
+    /// Milliseconds since `start` before which nothing passes.
+    next_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            next_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this occurrence may be logged, `n` being how many were held back since
+    /// the last one that passed; `None` when it is held back.
+    pub fn pass(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.period_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Test support: a log output that can be read back.
 #[cfg(test)]
 pub(crate) mod testing {
@@ -286,6 +331,26 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::Capture;
     use super::*;
+
+    #[test]
+    fn a_throttle_passes_one_per_period_and_counts_the_rest() {
+        let throttle = Throttle::new(Duration::from_millis(200));
+        assert_eq!(throttle.pass(), Some(0));
+        let held = (0..1000).filter(|_| throttle.pass().is_none()).count();
+        assert_eq!(held, 1000);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(throttle.pass(), Some(1000));
+        assert_eq!(throttle.pass(), None);
+        // From many threads at once, still one per period.
+        std::thread::sleep(Duration::from_millis(250));
+        let passed: usize = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..500).filter(|_| throttle.pass().is_some()).count()))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(passed, 1);
+    }
 
     #[test]
     fn every_line_arrives_whole_and_in_order_per_writer() {

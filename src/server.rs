@@ -64,15 +64,13 @@ pub async fn serve(
                         tracing::debug!(%peer, "max_connections reached: the oldest handshake was ended");
                     }
                     let Ok(_queued) = waiting.try_acquire_owned() else {
-                        state.metrics.connection_refused_at_limit();
-                        tracing::warn!(%peer, "connection refused: max_connections reached");
+                        refused_at_limit(&state, peer);
                         return;
                     };
                     match tokio::time::timeout(CAP_WAIT, slots.acquire_owned()).await {
                         Ok(Ok(p)) => p,
                         _ => {
-                            state.metrics.connection_refused_at_limit();
-                            tracing::warn!(%peer, "connection refused: max_connections reached");
+                            refused_at_limit(&state, peer);
                             return;
                         }
                     }
@@ -82,6 +80,25 @@ pub async fn serve(
             let lease = Lease::new(&state, slot);
             handle_connection(state, snapshot, tcp, peer, lease, shutdown).await;
         });
+    }
+}
+
+/// At most one warning per this period about connections refused at `max_connections`.
+const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// A connection closed at `max_connections`: always counted, logged at most once per
+/// [`REFUSED_WARNING_EVERY`] (anyone who can connect can repeat it at will).
+fn refused_at_limit(state: &ProxyState, peer: SocketAddr) {
+    static WARNING: std::sync::LazyLock<crate::logging::Throttle> =
+        std::sync::LazyLock::new(|| crate::logging::Throttle::new(REFUSED_WARNING_EVERY));
+    state.metrics.connection_refused_at_limit();
+    if let Some(held_back) = WARNING.pass() {
+        tracing::warn!(
+            %peer,
+            refused_since_last_warning = held_back,
+            "connection refused: max_connections reached (one warning per 10s; \
+             certguard_connections_refused_total counts every refusal)"
+        );
     }
 }
 
