@@ -36,9 +36,18 @@ pub struct Revocation {
     client: OnceLock<crl::HttpClient>,
     /// Distribution-point fetches in flight: one per URL serves every handshake that waits.
     inflight: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Distribution-point fetches from a handshake that failed, and when: for
+    /// [`FAILED_FETCH_HOLD`] after a failure, handshakes do not ask again (the refresh task
+    /// retries in the background), so a client whose distribution point is down does not make
+    /// every one of its handshakes a fetch and a wait.
+    failed: Mutex<HashMap<String, Instant>>,
     /// Client OCSP (SPEC 9.3).
     pub ocsp: Arc<OcspState>,
 }
+
+/// How long after a failed distribution-point fetch handshakes take "no CRL" without asking
+/// again (like the 5 s an OCSP error is cached).
+pub const FAILED_FETCH_HOLD: Duration = Duration::from_secs(5);
 
 /// One fetch in flight and the handshakes waiting for it.
 #[derive(Default)]
@@ -131,6 +140,12 @@ impl Revocation {
             return Some(f);
         }
         let key = format!("{source}\n{url}");
+        if lock(&self.failed)
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < FAILED_FETCH_HOLD)
+        {
+            return None;
+        }
         let (flight, leader) = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&key) {
@@ -192,6 +207,15 @@ impl Revocation {
                     .ok()
                     .and_then(|rt| rt.block_on(fetch));
                 lock(&this.inflight).remove(&key);
+                {
+                    // At most MAX_DISTRIBUTION_POINTS keys per source: bounded.
+                    let mut failed = lock(&this.failed);
+                    if result.is_some() {
+                        failed.remove(&key);
+                    } else {
+                        failed.insert(key, Instant::now());
+                    }
+                }
                 *lock(&flight.done) = Some(result);
                 flight.ready.notify_all();
                 // From now on the URL is refreshed like a `crl_urls` entry.

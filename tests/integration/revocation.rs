@@ -489,6 +489,20 @@ async fn distribution_points_are_fetched_only_under_the_allowed_prefixes() {
         "a distribution point that answers 404",
     )
     .await;
+    // Its next handshakes do not each fetch it again: a failed fetch holds for 5 s (the
+    // refresh task retries in the background; at most one fetch of its own so far).
+    for _ in 0..4 {
+        assert_rejected(
+            &proxy,
+            &env.client(&missing, &[b"h2"]),
+            "internal",
+            "unknown_revocation_status",
+            "a distribution point that answers 404, again",
+        )
+        .await;
+    }
+    let asked = server.hits_for("dp/absent.crl").len();
+    assert!((1..=2).contains(&asked), "{:?}", server.hits());
     // From then on it is refreshed like a crl_urls entry: counted per source.
     within!(10, "the distribution point refreshed", {
         let text = scrape(&proxy).await;
