@@ -17,8 +17,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::inventory::Inventory;
+use crate::listener::Evictable;
 use crate::metrics::Metrics;
 use crate::snapshot::Current;
 
@@ -57,6 +59,21 @@ const JSON_CONTENT_TYPE: &str = "application/json";
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// After `shutdown`, how long open admin connections get to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Open admin connections at most. A new connection past this ends the oldest one that is at
+/// least [`EVICT_AFTER`] old, so that a flood of idle connections can neither exhaust file
+/// descriptors (which the TLS listener needs) nor lock out probes and scrapes.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection younger than this is never ended for a new one (a probe or a scrape is
+/// answered in milliseconds).
+const EVICT_AFTER: Duration = Duration::from_millis(250);
+/// How long a connection past [`MAX_CONNECTIONS`] waits for a place before it is closed.
+const PLACE_WAIT: Duration = Duration::from_secs(1);
+/// The longest an admin connection lives: bounds a client that stops reading a response
+/// (idle keep-alive connections are closed after [`HEADER_READ_TIMEOUT`] already).
+const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
+/// `/identities` answers built at once (each walks the whole inventory on a blocking thread);
+/// further requests wait their turn.
+static IDENTITY_BUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Serve admin requests on `listener` until `shutdown` resolves.
 ///
@@ -72,6 +89,10 @@ pub async fn serve(
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let graceful = GracefulShutdown::new();
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Connections waiting for a place are bounded too.
+    let waiting = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Evictable::default());
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
@@ -79,7 +100,26 @@ pub async fn serve(
         };
         let watcher = graceful.watcher();
         let state = state.clone();
+        let (places, waiting, open) = (places.clone(), waiting.clone(), open.clone());
         tokio::spawn(async move {
+            let _place = match places.clone().try_acquire_owned() {
+                Ok(place) => place,
+                Err(_) => {
+                    let waited = crate::listener::wait_for_place(
+                        &places,
+                        &waiting,
+                        &open,
+                        EVICT_AFTER,
+                        PLACE_WAIT,
+                    );
+                    let Some(place) = waited.await else {
+                        tracing::debug!(%peer, "admin connection closed: {MAX_CONNECTIONS} open");
+                        return;
+                    };
+                    place
+                }
+            };
+            let (_entry, evicted) = open.enter();
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 async move {
@@ -91,8 +131,15 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            tokio::select! {
+                ended = tokio::time::timeout(MAX_CONNECTION_LIFE, watcher.watch(conn)) => match ended {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+                    }
+                    Err(_) => tracing::debug!(%peer, "admin connection closed after its maximum life"),
+                },
+                _ = evicted => tracing::debug!(%peer, "admin connection ended for a newer one"),
             }
         });
     }
@@ -131,7 +178,11 @@ async fn respond(state: Arc<AdminState>, method: &Method, path: &str) -> Respons
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
         "/identities" => {
-            // Inventory size x routes matches: on a blocking thread, not a runtime worker.
+            // Inventory size x routes matches: on a blocking thread, not a runtime worker,
+            // and only a few at once.
+            let Ok(_turn) = IDENTITY_BUILDS.acquire().await else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+            };
             let json = tokio::task::spawn_blocking(move || {
                 let snapshot = state.current.load();
                 state.inventory.to_json(|id| snapshot.routes_for(id))
@@ -270,6 +321,46 @@ routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
             head: head.to_owned(),
             body: body.to_owned(),
         }
+    }
+
+    /// A flood of connections that send nothing: at most MAX_CONNECTIONS stay open (the
+    /// oldest are ended for newer ones), and a probe still gets its answer.
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_probes_still_get_in() {
+        let r = start().await;
+        let flood = MAX_CONNECTIONS + 40;
+        let mut idle = Vec::new();
+        for _ in 0..flood {
+            idle.push(TcpStream::connect(r.addr).await.expect("connect"));
+        }
+        // Old enough to be ended for the probe.
+        tokio::time::sleep(EVICT_AFTER * 2).await;
+        let probe = call(r.addr, "GET", "/healthz").await;
+        assert_eq!((probe.status, probe.body.as_str()), (200, "ok"));
+        // Well before HEADER_READ_TIMEOUT, the server has closed all but MAX_CONNECTIONS of the
+        // idle ones.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let reads: Vec<_> = idle
+            .into_iter()
+            .map(|mut s| {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    matches!(
+                        tokio::time::timeout_at(deadline, s.read(&mut b)).await,
+                        Ok(Ok(0) | Err(_))
+                    )
+                })
+            })
+            .collect();
+        let mut closed = 0;
+        for read in reads {
+            closed += usize::from(read.await.expect("read task"));
+        }
+        assert!(
+            closed > flood - MAX_CONNECTIONS,
+            "{closed} of {flood} closed"
+        );
+        assert!(closed < flood, "every idle connection closed: {closed}");
     }
 
     #[tokio::test]

@@ -34,7 +34,9 @@ pub struct ProxyState {
     pub metrics: Arc<Metrics>,
     pub inventory: Arc<Inventory>,
     /// Connections still in their TLS handshake.
-    pub handshaking: Arc<Handshaking>,
+    /// The connections still in their TLS handshake: at `max_connections`, a new connection
+    /// ends the oldest that has run for [`crate::server::EVICT_HANDSHAKES_AFTER`].
+    pub handshaking: Arc<crate::listener::Evictable>,
     next_conn_id: AtomicU64,
     open: AtomicUsize,
     closed: Notify,
@@ -76,59 +78,6 @@ impl ProxyState {
 
 /// Counts a connection as open for metrics and drain, until dropped.
 struct OpenGuard(Arc<ProxyState>);
-
-/// The connections still in their TLS handshake, oldest first, each with the means to end it.
-///
-/// A handshake holds a `max_connections` slot like any connection, and costs its client
-/// nothing but a TCP connect: without this, a client with no certificate could keep every
-/// slot busy with connections that send nothing for `handshake_timeout`. When a new
-/// connection finds no free slot, it ends the oldest handshake that has run for at least
-/// [`crate::server::EVICT_HANDSHAKES_AFTER`] (a real client's takes milliseconds), and takes
-/// its slot.
-#[derive(Default)]
-pub struct Handshaking {
-    next: AtomicU64,
-    open: Mutex<std::collections::BTreeMap<u64, (Instant, tokio::sync::oneshot::Sender<()>)>>,
-}
-
-/// A connection's place in [`Handshaking`]; it leaves when dropped.
-pub struct HandshakeEntry {
-    set: Arc<Handshaking>,
-    id: u64,
-}
-
-impl Handshaking {
-    /// Enter a handshake; the receiver resolves if it is evicted.
-    pub fn enter(self: &Arc<Self>) -> (HandshakeEntry, tokio::sync::oneshot::Receiver<()>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.open).insert(id, (Instant::now(), tx));
-        let entry = HandshakeEntry {
-            set: self.clone(),
-            id,
-        };
-        (entry, rx)
-    }
-
-    /// End the oldest handshake if it has run for at least `min_age`; whether one was ended.
-    pub fn evict_oldest(&self, min_age: Duration) -> bool {
-        let mut open = lock(&self.open);
-        let Some(oldest) = open.first_entry() else {
-            return false;
-        };
-        if oldest.get().0.elapsed() < min_age {
-            return false;
-        }
-        let (_, tx) = oldest.remove();
-        tx.send(()).is_ok()
-    }
-}
-
-impl Drop for HandshakeEntry {
-    fn drop(&mut self) {
-        lock(&self.set.open).remove(&self.id);
-    }
-}
 
 /// What one client connection holds while it is open: its `max_connections` slot and its place
 /// in the open-connection count. Owned by the connection's context, which an upgraded

@@ -1,13 +1,18 @@
 //! Accepting TCP connections, for the TLS listener and the admin listener alike: an accept
 //! error about one connection (it was reset or aborted before it was accepted) is skipped, and
 //! any other (out of file descriptors, buffers or memory) backs off before the next attempt,
-//! so that the accept loop neither dies nor spins while the condition lasts.
+//! so that the accept loop neither dies nor spins while the condition lasts. And the set of
+//! connections a listener may end to make room for a new one ([`Evictable`]).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Pause after an accept error that is not about one connection.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -36,6 +41,93 @@ fn is_per_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+/// Connections that may be ended to make room for a new one, oldest first, each with the
+/// means to end it.
+///
+/// A connection that costs its client nothing but a TCP connect (a TLS handshake that sends
+/// nothing, an admin connection that sends no request or reads no response) holds a place
+/// under its listener's cap: without this, anyone who can connect could keep every place
+/// busy. When a new connection finds no free place, it ends the oldest such connection that
+/// has run for at least a minimum age (a real client's handshake or scrape takes
+/// milliseconds), and takes its place.
+#[derive(Default)]
+pub struct Evictable {
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, (Instant, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+/// A connection's place in [`Evictable`]; it leaves when dropped.
+pub struct EvictableEntry {
+    set: Arc<Evictable>,
+    id: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Evictable {
+    /// Enter the set; the receiver resolves if this connection is evicted.
+    pub fn enter(self: &Arc<Self>) -> (EvictableEntry, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.open).insert(id, (Instant::now(), tx));
+        let entry = EvictableEntry {
+            set: self.clone(),
+            id,
+        };
+        (entry, rx)
+    }
+
+    /// End the oldest connection if it has run for at least `min_age`; whether one was ended.
+    pub fn evict_oldest(&self, min_age: Duration) -> bool {
+        let mut open = lock(&self.open);
+        let Some(oldest) = open.first_entry() else {
+            return false;
+        };
+        if oldest.get().0.elapsed() < min_age {
+            return false;
+        }
+        let (_, tx) = oldest.remove();
+        tx.send(()).is_ok()
+    }
+}
+
+/// How often a connection waiting for a place tries again to end an old one.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
+
+/// A place for a connection that found none free under its listener's cap: end the oldest
+/// connection of `open` that is at least `min_age` old (and try again every 100 ms, as
+/// connections age), and wait up to `wait` for a place. At most as many connections wait as
+/// `waiting` has permits; `None` when this one cannot wait or no place freed in time.
+pub async fn wait_for_place(
+    places: &Arc<Semaphore>,
+    waiting: &Semaphore,
+    open: &Evictable,
+    min_age: Duration,
+    wait: Duration,
+) -> Option<OwnedSemaphorePermit> {
+    let _queued = waiting.try_acquire().ok()?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if open.evict_oldest(min_age) {
+            tracing::debug!("a listener at its cap ended its oldest connection");
+        }
+        let step = (tokio::time::Instant::now() + EVICT_RETRY).min(deadline);
+        match tokio::time::timeout_at(step, places.clone().acquire_owned()).await {
+            Ok(place) => return place.ok(),
+            Err(_) if step >= deadline => return None,
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for EvictableEntry {
+    fn drop(&mut self) {
+        lock(&self.set.open).remove(&self.id);
+    }
 }
 
 #[cfg(test)]

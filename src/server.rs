@@ -24,7 +24,7 @@ use crate::tls::{self, Outcome};
 /// before it is closed.
 const CAP_WAIT: Duration = Duration::from_secs(1);
 /// At `max_connections`, a new connection ends the oldest handshake that has run this long
-/// (see [`crate::conn::Handshaking`]).
+/// (see [`crate::listener::Evictable`]).
 pub const EVICT_HANDSHAKES_AFTER: Duration = Duration::from_secs(1);
 /// How long an idle connection that was asked to close may take to do so.
 const IDLE_GOODBYE: Duration = Duration::from_secs(1);
@@ -60,20 +60,18 @@ pub async fn serve(
                 None => {
                     // Make room: a connection that has not finished its handshake within a
                     // second gives its slot to this one.
-                    if state.handshaking.evict_oldest(EVICT_HANDSHAKES_AFTER) {
-                        tracing::debug!(%peer, "max_connections reached: the oldest handshake was ended");
-                    }
-                    let Ok(_queued) = waiting.try_acquire_owned() else {
+                    let waited = crate::listener::wait_for_place(
+                        &slots,
+                        &waiting,
+                        &state.handshaking,
+                        EVICT_HANDSHAKES_AFTER,
+                        CAP_WAIT,
+                    );
+                    let Some(slot) = waited.await else {
                         refused_at_limit(&state, peer);
                         return;
                     };
-                    match tokio::time::timeout(CAP_WAIT, slots.acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => {
-                            refused_at_limit(&state, peer);
-                            return;
-                        }
-                    }
+                    slot
                 }
             };
             let snapshot = state.current.load();
