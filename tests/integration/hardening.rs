@@ -495,9 +495,7 @@ async fn idle_websocket_tunnels_are_closed() {
     let started = std::time::Instant::now();
     // The busy tunnel sends every 300 ms for 3 s (three idle timeouts): every message echoes.
     for i in 0..10 {
-        busy.send(Message::Text(format!("m{i}").into()))
-            .await
-            .unwrap();
+        busy.send(Message::Text(format!("m{i}"))).await.unwrap();
         let echoed = tokio::time::timeout(Duration::from_secs(5), busy.next())
             .await
             .expect("busy tunnel answers")
