@@ -33,6 +33,54 @@ pub async fn accept(listener: &TcpListener, what: &'static str) -> (TcpStream, S
     }
 }
 
+/// File descriptors a proxy with `max_connections` may need at its cap: every client
+/// connection and its upstream connection, plus room for the admin listener's 64
+/// connections, the listeners, config and CRL files, and the runtime.
+pub fn fds_needed(max_connections: usize) -> u64 {
+    u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(256)
+}
+
+/// The soft and hard `RLIMIT_NOFILE` after raising the soft limit to the hard one, as Go's
+/// runtime does (the usual soft default, 1024, would make `accept` fail with EMFILE long
+/// before a `max_connections` of 10,000). `None` means unlimited.
+pub fn raise_fd_limit() -> io::Result<(Option<u64>, Option<u64>)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    let now = getrlimit(Resource::Nofile);
+    Ok((now.current, now.maximum))
+}
+
+/// At start: raise the descriptor limit and say so when it is still below what
+/// `max_connections` needs (connections past it fail at `accept`, which backs off, instead of
+/// being counted at the cap).
+pub fn check_fd_limit(max_connections: usize) {
+    let needed = fds_needed(max_connections);
+    match raise_fd_limit() {
+        Ok((Some(soft), _)) if soft < needed => tracing::warn!(
+            limit = soft,
+            needed,
+            max_connections,
+            "the open-file limit (RLIMIT_NOFILE) is below what listen.max_connections needs: \
+             raise it (ulimit -n, LimitNOFILE=, the container runtime's nofile) or lower \
+             max_connections"
+        ),
+        Ok((soft, hard)) => tracing::debug!(?soft, ?hard, needed, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)"),
+    }
+}
+
 /// Errors that concern only the connection being accepted; the listener itself is fine.
 fn is_per_connection_error(e: &io::Error) -> bool {
     matches!(
@@ -133,6 +181,28 @@ impl Drop for EvictableEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = getrlimit(Resource::Nofile);
+        // Lower the soft limit a little (harmless for the other tests), then raise it.
+        if let Some(soft) = before.current.or(before.maximum) {
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(soft - 1),
+                    maximum: before.maximum,
+                },
+            )
+            .unwrap();
+        }
+        let (soft, hard) = raise_fd_limit().unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(hard, before.maximum);
+        assert_eq!(getrlimit(Resource::Nofile).current, before.maximum);
+        assert_eq!(fds_needed(10_000), 20_256);
+    }
 
     #[test]
     fn only_errors_about_one_connection_are_skipped_without_backoff() {

@@ -178,6 +178,7 @@ fn serve(path: &Path, demo: bool) -> ExitCode {
         return ExitCode::from(2);
     };
     let _log_guard = certguard::logging::init(&config.logging);
+    certguard::listener::check_fd_limit(config.listen.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = config.runtime.worker_threads {

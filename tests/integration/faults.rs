@@ -619,3 +619,66 @@ async fn broken_handshakes_get_their_outcome_and_release_their_connection() {
     drop(c);
     no_connection_open(&proxy).await;
 }
+
+/// The real binary under a low open-file limit (a container runtime's or systemd's): it raises
+/// the soft limit to the hard one, and when even that is below what `max_connections` needs,
+/// says so at start instead of failing later at `accept`.
+#[tokio::test]
+async fn a_descriptor_limit_below_max_connections_is_reported_at_start() {
+    use std::io::BufRead;
+    let env = Env::new().await;
+    let routes = "  - name: all\n    upstream: app\n    allow:\n      - authenticated: true";
+    let yaml = env.yaml(routes, "").replace(
+        "  handshake_timeout: 5s\n",
+        "  handshake_timeout: 5s\n  max_connections: 1000\n",
+    );
+    assert!(yaml.contains("max_connections: 1000"), "{yaml}");
+    let path = env.write("certguard.yaml", &yaml);
+    let start = |soft: u32, hard: u32| {
+        // Soft limit below the hard one: certguard raises it.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" run -c \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_certguard"))
+            .arg(&path)
+            .env("RUST_LOG", "certguard=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = None;
+        while Instant::now() < deadline && found.is_none() {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                if line.contains("RLIMIT_NOFILE") || line.contains("open-file limit") {
+                    found = Some(line);
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        found.expect("a line about the open-file limit")
+    };
+    // Hard limit 1500 < 2 x 1000 + 256: the warning names the limit it reached and the need.
+    let low = start(256, 1500);
+    assert!(low.contains("WARN"), "{low}");
+    assert!(low.contains("RLIMIT_NOFILE"), "{low}");
+    assert!(low.contains("1500") && low.contains("2256"), "{low}");
+    // Hard limit 4096: raised from 256 to 4096, enough; only the debug line.
+    let enough = start(256, 4096);
+    assert!(!enough.contains("WARN"), "{enough}");
+    assert!(enough.contains("4096"), "{enough}");
+}
