@@ -373,11 +373,22 @@ async fn pipeline(
     if upstream.config.scheme == UpstreamScheme::H2c {
         parts.headers.remove(HOST);
     }
+    // A `_method` field in a form body: judged while the body streams (the head was judged
+    // by `check_method_override`).
+    let form = crate::request::form::form_kind(&parts.method, &parts.headers);
     let body = RequestBody::new(body, snap.config.forward.clone(), inflight.clone());
     let client_body = body.state().clone();
-    if !http_body::Body::is_end_stream(&body) {
+    let empty = http_body::Body::is_end_stream(&body);
+    if !empty {
         ctx.watch(client_body.clone());
     }
+    let body = match form {
+        Some(kind) if !empty => {
+            let scan = crate::request::form::MethodFieldScan::new(kind, parts.method.clone());
+            super::form::FormGuard::new(body, scan, client_body.clone()).boxed()
+        }
+        _ => body.boxed(),
+    };
     let exchange = Exchange {
         upstream,
         permit,
@@ -385,7 +396,7 @@ async fn pipeline(
         client_body: &client_body,
         inflight,
     };
-    relay(ctx, exchange, Request::from_parts(parts, body.boxed())).await
+    relay(ctx, exchange, Request::from_parts(parts, body)).await
 }
 
 /// What [`relay`] needs beside the request.
@@ -457,6 +468,12 @@ async fn relay(
         Ok(r) => r,
         // The exchange failed because the client's own body was malformed (e.g. invalid
         // chunking), not because of the upstream.
+        // The rest of the body is unread: BadBody also closes the connection.
+        Err(_) if client_body.method_in_form() => {
+            return Err(Refusal::BadBody(
+                crate::request::form::MethodInForm.to_string(),
+            ))
+        }
         Err(e) if client_body.failed() => return Err(Refusal::BadBody(e.to_string())),
         Err(e) => {
             metrics.upstream_error(name, e.kind);

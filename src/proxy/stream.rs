@@ -146,6 +146,8 @@ pub struct RequestBody {
 pub struct RequestState {
     watch: Watch,
     failed: AtomicBool,
+    /// The body's form named another method in a `_method` field (a subset of `failed`).
+    method_in_form: AtomicBool,
     /// The body ended (or was empty, cut, dropped): it holds no places any more.
     ended: AtomicBool,
     /// The request's places, while the body is still on its way.
@@ -156,6 +158,18 @@ impl RequestState {
     /// Whether reading the client's body failed (malformed chunking, reset, cut).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Whether the body was cut because its form names another method in `_method`.
+    pub fn method_in_form(&self) -> bool {
+        self.method_in_form.load(Ordering::Acquire)
+    }
+
+    /// The body's form names another method: it fails (the upstream never gets all of it).
+    pub fn refuse_method_in_form(&self) {
+        self.method_in_form.store(true, Ordering::Release);
+        self.failed.store(true, Ordering::Release);
+        self.end();
     }
 
     /// Keep `places` until the body ends (nothing, if it already has).
@@ -204,6 +218,7 @@ impl RequestBody {
             state: Arc::new(RequestState {
                 watch: Watch::new(false),
                 failed: AtomicBool::new(false),
+                method_in_form: AtomicBool::new(false),
                 ended: AtomicBool::new(ended),
                 places: Mutex::new(None),
             }),

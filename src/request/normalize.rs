@@ -89,7 +89,8 @@ const OVERRIDE_HEADERS: [&str; 3] = [
 /// Refuse ([`BadTarget::MethodOverride`]) a request whose method-override header or `_method`
 /// query parameter names a method other than `method` (compared case-insensitively, as the
 /// frameworks upper-case it). One that names the request's own method changes nothing and
-/// passes. A `_method` field in a form body cannot be seen here (README, "Method override").
+/// passes. A `_method` field in a form body is found while the body streams
+/// ([`super::form`]).
 pub fn check_method_override(
     method: &http::Method,
     headers: &http::HeaderMap,
@@ -123,7 +124,7 @@ pub fn check_method_override(
 /// Whether a decoded query key reads as `_method` to a framework: PHP (Symfony, Laravel) drops
 /// leading spaces and then turns `.`, `[` and spaces into `_` (`.method`, `%20_method`);
 /// `_method[]` is the same field as an array.
-fn is_method_parameter(key: &[u8]) -> bool {
+pub(crate) fn is_method_parameter(key: &[u8]) -> bool {
     let key = key.trim_ascii_start();
     let Some((&first, rest)) = key.split_first() else {
         return false;
@@ -136,8 +137,8 @@ fn is_method_parameter(key: &[u8]) -> bool {
 
 /// `application/x-www-form-urlencoded` decoding of one query key or value: `+` is a space,
 /// `%XX` a byte; a malformed escape stays as it is.
-fn form_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
+pub(crate) fn form_decode(s: impl AsRef<[u8]>) -> Vec<u8> {
+    let b = s.as_ref();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize as _;
 
-use crate::common::{client, metric, scrape, Conn, Env};
+use crate::common::{client, metric, scrape, tool, Conn, Env};
 
 const ROUTES: &str = r#"  - name: status
     path: /status
@@ -77,31 +77,6 @@ fn now_unix() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// An external tool the tests need: `$VAR`, else `name` on the PATH. `None` (skip) only
-/// outside CI; in CI (.ci/run installs them) a missing tool fails the test.
-fn tool(var: &str, name: &str, probe: &[&str]) -> Option<String> {
-    let found = std::env::var(var)
-        .ok()
-        .filter(|p| !p.is_empty())
-        .or_else(|| Some(name.to_owned()))
-        .filter(|cmd| {
-            Command::new(cmd)
-                .args(probe)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{name} is required in CI (.ci/run installs it)"
-        );
-        eprintln!("{name} not available: skipping (run .ci/run to install it)");
-    }
-    found
 }
 
 fn promtool() -> Option<String> {

@@ -8,6 +8,7 @@ mod data_path;
 mod deploy;
 mod faults;
 mod first_request;
+mod frameworks;
 mod governance;
 mod hardening;
 mod lifecycle;

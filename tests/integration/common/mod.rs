@@ -400,3 +400,28 @@ pub async fn verdict(
         }
     }
 }
+
+/// An external tool the tests need: `$VAR`, else `name` on the PATH. `None` (skip) only
+/// outside CI; in CI (.ci/run installs them) a missing tool fails the test.
+pub fn tool(var: &str, name: &str, probe: &[&str]) -> Option<String> {
+    let found = std::env::var(var)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| Some(name.to_owned()))
+        .filter(|cmd| {
+            std::process::Command::new(cmd)
+                .args(probe)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{name} is required in CI (.ci/run installs it)"
+        );
+        eprintln!("{name} not available: skipping (run .ci/run to install it)");
+    }
+    found
+}

@@ -1,0 +1,276 @@
+//! Real web frameworks behind certguard: what they make of what certguard forwards.
+//!
+//! Rack (`ruby-rack`, the stack under every Rails app) with `Rack::MethodOverride` runs a POST
+//! as the method its form body's `_method` field or its `X-HTTP-Method-Override` header names.
+//! Each request below goes to Rack directly (what an attacker gets without certguard) and
+//! through certguard: whenever Rack runs another method than POST, certguard must have
+//! refused it; ordinary forms pass and Rack runs them as POST.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{client, tool, Conn, Env};
+
+/// `ruby tests/rack/method_override.rb PORT`, killed on drop.
+struct Rack {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_rack() -> Option<Rack> {
+    let ruby = tool("RUBY", "ruby", &["-rrack", "-rwebrick", "-e", "exit 0"])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rack/method_override.rb");
+    let child = Command::new(ruby)
+        .arg(script)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rack = Rack { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "Rack did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(rack)
+}
+
+/// POST `body` to Rack directly; the method Rack ran it as.
+async fn direct(port: u16, headers: &[(&str, &str)], body: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut head = format!(
+        "POST /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("Rack answers")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "Rack: {raw}");
+    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+fn multipart(boundary: &str, eol: &str, parts: &[(&str, &str)]) -> String {
+    let mut body = String::new();
+    for (name, value) in parts {
+        body.push_str(&format!(
+            "--{boundary}{eol}Content-Disposition: form-data; {name}{eol}{eol}{value}{eol}"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--{eol}"));
+    body
+}
+
+#[tokio::test]
+async fn rack_never_runs_a_method_policy_did_not_judge() {
+    let Some(rack) = start_rack().await else {
+        return;
+    };
+    let env = Env::new().await;
+    // bob may only POST (and GET) here; alice may DELETE.
+    let routes = "  - name: forms\n    path_prefix: /\n    methods: [GET, POST]\n    upstream: app\n    allow:\n      - authenticated: true";
+    let yaml = env.yaml(routes, "").replace(
+        &format!("url: http://{}", env.upstream.addr),
+        &format!("url: http://127.0.0.1:{}", rack.port),
+    );
+    let proxy = env.start(&yaml).await;
+
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let mp = "multipart/form-data; boundary=BB";
+    let file = (
+        "name=\"upload\"; filename=\"a.txt\"",
+        "line\r\n--B\r\n_method=DELETE",
+    );
+    let method = |v: &'static str| ("name=\"_method\"", v);
+    let cases: Vec<(Vec<(&str, &str)>, String)> = vec![
+        // urlencoded, and what Rack takes for it
+        (vec![("Content-Type", FORM)], "_method=DELETE".into()),
+        (vec![], "_method=put".into()),
+        (vec![("Content-Type", "")], "a=1&_method=patch".into()),
+        (
+            vec![(
+                "Content-Type",
+                "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+            )],
+            "_method=DELETE".into(),
+        ),
+        (
+            vec![(
+                "Content-Type",
+                "application/x-www-form-urlencoded, text/plain",
+            )],
+            "_method=DELETE".into(),
+        ),
+        (vec![("Content-Type", FORM)], "%5Fmethod=DELETE".into()),
+        (vec![("Content-Type", FORM)], "a=1&  _method=DELETE".into()),
+        (vec![("Content-Type", FORM)], "_method=%44elete".into()),
+        (vec![("Content-Type", FORM)], "_method=DELETE\0".into()),
+        (
+            vec![("Content-Type", FORM)],
+            "_method=POST&_method=DELETE".into(),
+        ),
+        (
+            vec![("Content-Type", FORM)],
+            "_method=DELETE&_method=POST".into(),
+        ),
+        (vec![("Content-Type", FORM)], "a=1;_method=DELETE".into()),
+        (vec![("Content-Type", FORM)], "_method[]=DELETE".into()),
+        (vec![("Content-Type", FORM)], "_METHOD=DELETE".into()),
+        (
+            vec![("Content-Type", FORM)],
+            format!("pad={}&_method=DELETE", "x".repeat(100_000)),
+        ),
+        // multipart, parsed by Rack for form-data, mixed and related, or as urlencoded without
+        // a boundary
+        (
+            vec![("Content-Type", mp)],
+            multipart("BB", "\r\n", &[file, method("DELETE")]),
+        ),
+        (
+            vec![("Content-Type", "multipart/form-data; boundary=\"BB\"")],
+            multipart("BB", "\r\n", &[method("put")]),
+        ),
+        (
+            vec![("Content-Type", "multipart/mixed; boundary=BB")],
+            multipart("BB", "\r\n", &[method("DELETE")]),
+        ),
+        (
+            vec![("Content-Type", "multipart/related; boundary=BB")],
+            multipart("BB", "\r\n", &[method("PATCH")]),
+        ),
+        (
+            vec![("Content-Type", mp)],
+            format!(
+                "preamble\r\n{}",
+                multipart("BB", "\r\n", &[method("DELETE")])
+            ),
+        ),
+        (
+            vec![("Content-Type", mp)],
+            format!("xx{}", multipart("BB", "\r\n", &[method("DELETE")])),
+        ),
+        (
+            vec![("Content-Type", mp)],
+            multipart("BB", "\n", &[method("DELETE")]),
+        ),
+        (
+            vec![("Content-Type", mp)],
+            multipart("BB", "\r\n", &[("name=_method", "DELETE")]),
+        ),
+        (
+            vec![("Content-Type", mp)],
+            multipart(
+                "BB",
+                "\r\n",
+                &[("name=\"_method\"; filename=\"m\"", "DELETE")],
+            ),
+        ),
+        (
+            vec![("Content-Type", "multipart/form-data")],
+            "_method=DELETE".into(),
+        ),
+        // the header, judged before the body
+        (
+            vec![("Content-Type", FORM), ("X-HTTP-Method-Override", "DELETE")],
+            "a=1".into(),
+        ),
+        // what Rack runs as POST
+        (vec![("Content-Type", FORM)], "a=1&_method=POST".into()),
+        (vec![], "_method=post&b=2".into()),
+        (
+            vec![("Content-Type", mp)],
+            multipart("BB", "\r\n", &[file, method("post")]),
+        ),
+        (
+            vec![("Content-Type", "text/plain")],
+            "_method=DELETE".into(),
+        ),
+        (
+            vec![("Content-Type", "application/json")],
+            r#"{"_method":"DELETE"}"#.into(),
+        ),
+        (
+            vec![("Content-Type", FORM)],
+            "method=DELETE&x_method=PUT".into(),
+        ),
+    ];
+    let (mut overridden, mut plain) = (0, 0);
+    for h2 in [false, true] {
+        for (headers, body) in &cases {
+            let shown: String = body.chars().take(100).collect();
+            let ran = direct(rack.port, headers, body.as_bytes()).await;
+            let mut bob = Conn::open(
+                proxy.listen_addr,
+                env.client(&env.pki.bob, &[if h2 { b"h2" } else { b"http/1.1" }]),
+                "localhost",
+            )
+            .await
+            .unwrap();
+            let mut req = if h2 {
+                Request::post("https://localhost/x")
+            } else {
+                Request::post("/x").header("host", "localhost")
+            };
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req
+                .header("content-length", body.len())
+                .body(client::body(Bytes::from(body.clone())))
+                .unwrap();
+            let (status, text) = match bob.send(req).await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.into_body().collect().await.unwrap().to_bytes();
+                    (status, String::from_utf8_lossy(&text).into_owned())
+                }
+                Err(e) => panic!("{headers:?} {shown:?} (h2: {h2}): {e:?}"),
+            };
+            let what = format!("{headers:?} {shown:?} (h2: {h2}): Rack ran {ran}, certguard said {status} {text:?}");
+            if ran != "POST" {
+                overridden += 1;
+                assert_eq!(status, 400, "{what}");
+            } else if status != 400 {
+                plain += 1;
+                assert_eq!((status, text.as_str()), (200, "POST"), "{what}");
+            }
+        }
+    }
+    // The corpus exercises both sides.
+    assert!(
+        overridden >= 30 && plain >= 10,
+        "{overridden} overridden, {plain} plain"
+    );
+}
