@@ -591,6 +591,67 @@ mod tests {
         assert_eq!(mp(cut.as_bytes(), b), Err(MethodInForm));
     }
 
+    use proptest::prelude::*;
+
+    /// Bodies made of the pieces that matter to the scanners.
+    fn pieces() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop::sample::select(vec![
+            "_method",
+            "%5Fmethod",
+            "=",
+            "&",
+            ";",
+            "POST",
+            "post",
+            "DELETE",
+            "x",
+            " ",
+            "+",
+            "\r\n",
+            "\n",
+            "--BB",
+            "--B",
+            "--",
+            "Content-Disposition: form-data; name=",
+            "\"_method\"",
+            "\r\n\r\n",
+        ]);
+        prop::collection::vec(piece, 0..40).prop_map(|p| p.concat().into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config(512))]
+
+        /// The verdict does not depend on how the body is cut into frames, and nothing past
+        /// the start of an unjudged value is ever declared safe.
+        #[test]
+        fn verdicts_do_not_depend_on_framing(body in pieces(), cuts in prop::collection::vec(1usize..17, 1..8)) {
+            for kind in [FormKind::UrlEncoded, FormKind::Multipart(b"BB".to_vec())] {
+                let whole = scan(&kind, &body, body.len().max(1));
+                let mut s = MethodFieldScan::new(kind.clone(), Method::POST);
+                let mut at = 0;
+                let mut verdict = Ok(());
+                for size in cuts.iter().cycle() {
+                    if at >= body.len() {
+                        break;
+                    }
+                    let end = (at + size).min(body.len());
+                    verdict = s.feed(&body[at..end]);
+                    if verdict.is_err() {
+                        break;
+                    }
+                    prop_assert!(s.safe() <= s.fed);
+                    at = end;
+                }
+                if verdict.is_ok() {
+                    verdict = s.finish();
+                    prop_assert_eq!(s.safe(), s.fed, "judged whole: all of it may go");
+                }
+                prop_assert_eq!(verdict, whole, "{:?}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
     #[test]
     fn the_delimiter_matcher_finds_overlapping_delimiters() {
         // A boundary whose prefix repeats: "\n--aab" in "\n--aa\n--aab".
