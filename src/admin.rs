@@ -337,9 +337,9 @@ routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
         tokio::time::sleep(EVICT_AFTER * 2).await;
         let probe = call(r.addr, "GET", "/healthz").await;
         assert_eq!((probe.status, probe.body.as_str()), (200, "ok"));
-        // Well before HEADER_READ_TIMEOUT, the server has closed all but MAX_CONNECTIONS of the
-        // idle ones.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        // Well before HEADER_READ_TIMEOUT (10 s), the server has closed all but at most
+        // MAX_CONNECTIONS of the idle ones (waiters that time out are closed too).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
         let reads: Vec<_> = idle
             .into_iter()
             .map(|mut s| {
@@ -357,7 +357,7 @@ routes: [{ name: all, upstream: app, allow: [{ trust: internal }] }]
             closed += usize::from(read.await.expect("read task"));
         }
         assert!(
-            closed > flood - MAX_CONNECTIONS,
+            closed >= flood - MAX_CONNECTIONS,
             "{closed} of {flood} closed"
         );
         assert!(closed < flood, "every idle connection closed: {closed}");

@@ -53,7 +53,8 @@ impl<B> FormGuard<B> {
     /// What may go out now of the held bytes followed by `data`, given what the scan has
     /// judged safe; the rest stays held.
     fn release(&mut self, data: Bytes) -> Option<Bytes> {
-        let safe = usize::try_from(self.scan.safe() - self.emitted).unwrap_or(usize::MAX);
+        let safe =
+            usize::try_from(self.scan.safe().saturating_sub(self.emitted)).unwrap_or(usize::MAX);
         let out = if self.held.is_empty() && safe >= data.len() {
             data
         } else {

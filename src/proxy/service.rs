@@ -375,19 +375,18 @@ async fn pipeline(
     }
     // A `_method` field in a form body: judged while the body streams (the head was judged
     // by `check_method_override`).
-    let form = crate::request::form::form_kind(&parts.method, &parts.headers);
+    let form = crate::request::form::form_kinds(&parts.method, &parts.headers);
     let body = RequestBody::new(body, snap.config.forward.clone(), inflight.clone());
     let client_body = body.state().clone();
     let empty = http_body::Body::is_end_stream(&body);
     if !empty {
         ctx.watch(client_body.clone());
     }
-    let body = match form {
-        Some(kind) if !empty => {
-            let scan = crate::request::form::MethodFieldScan::new(kind, parts.method.clone());
-            super::form::FormGuard::new(body, scan, client_body.clone()).boxed()
-        }
-        _ => body.boxed(),
+    let body = if form.is_empty() || empty {
+        body.boxed()
+    } else {
+        let scan = crate::request::form::MethodFieldScan::new(form, parts.method.clone());
+        super::form::FormGuard::new(body, scan, client_body.clone()).boxed()
     };
     let exchange = Exchange {
         upstream,

@@ -1,15 +1,17 @@
-//! The `_method` field of a form body, found while the body streams upstream.
+//! The `_method` field of a form body, or key of a JSON body, found while the body streams
+//! upstream.
 //!
 //! Rack's `MethodOverride` (every Rails app), Laravel and Symfony run a POST as the method
-//! named by a `_method` field of its form body: a POST that policy allowed would run upstream
-//! as a DELETE policy never judged. [`form_kind`] says whether a framework would read such a
-//! field from a request's body (a POST whose media type is a form, multipart, or absent, the
-//! way Rack decides), and [`MethodFieldScan`] reads the body as it passes, with bounded
-//! memory, and reports a `_method` field that names another method.
+//! named by a `_method` field of its form body (Laravel also by a `_method` key of its JSON
+//! body): a POST that policy allowed would run upstream as a DELETE policy never judged.
+//! [`form_kinds`] says how the frameworks would read such a field from a request's body (a
+//! POST whose media type is a form, multipart, or absent, the way Rack decides, or JSON the way
+//! Laravel decides), and [`MethodFieldScan`] reads the body as it passes, every way at once,
+//! with bounded memory, and reports a `_method` that names another method.
 //!
 //! The scan never lets the upstream see a complete body before it has judged the field: the
 //! bytes of a `_method` value are held back until the value ends ([`MethodFieldScan::safe`]),
-//! so that refusing can still cut the body short. The frameworks read the whole form before
+//! so that refusing can still cut the body short. The frameworks read the whole body before
 //! they act on it, and a cut body is an error to them.
 
 use http::header::CONTENT_TYPE;
@@ -31,17 +33,27 @@ pub enum FormKind {
     UrlEncoded,
     /// `multipart/*` with this boundary.
     Multipart(Vec<u8>),
+    /// JSON: Laravel runs a POST as the method named by the `_method` key of a JSON object
+    /// body (its request bag is the JSON body when the `Content-Type` contains `/json` or
+    /// `+json`).
+    Json,
 }
 
-/// Whether a framework would look for `_method` in this request's body, and how it would parse
-/// it: only a POST (the only method the frameworks override), whose media type (of any
+/// How the frameworks would read a `_method` from this request's body (none, one, or several
+/// ways when the `Content-Type` reads differently to different frameworks: each is scanned):
+/// only for a POST (the only method the frameworks override), whose media type (of any
 /// `Content-Type` field: frameworks disagree about duplicates) is a form, `multipart/*`, or
-/// none (Rack parses a POST without a media type as a form).
-pub fn form_kind(method: &Method, headers: &HeaderMap) -> Option<FormKind> {
+/// none (Rack parses a POST without a media type as a form), or which Laravel takes for JSON.
+pub fn form_kinds(method: &Method, headers: &HeaderMap) -> Vec<FormKind> {
+    let mut kinds = Vec::new();
     if method != Method::POST {
-        return None;
+        return kinds;
     }
-    let mut kind = None;
+    let mut add = |k: FormKind| {
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    };
     let mut any = false;
     for value in headers.get_all(CONTENT_TYPE) {
         any = true;
@@ -54,20 +66,25 @@ pub fn form_kind(method: &Method, headers: &HeaderMap) -> Option<FormKind> {
             .trim_ascii();
         if media.len() >= 10 && media[..10].eq_ignore_ascii_case(b"multipart/") {
             match boundary(value) {
-                Some(b) => return Some(FormKind::Multipart(b)),
+                Some(b) => add(FormKind::Multipart(b)),
                 // Rack parses a multipart body it cannot split as a urlencoded one.
-                None => kind = Some(FormKind::UrlEncoded),
+                None => add(FormKind::UrlEncoded),
             }
         } else if media.is_empty()
             || media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
         {
-            kind = Some(FormKind::UrlEncoded);
+            add(FormKind::UrlEncoded);
+        }
+        // Laravel's `isJson()`: the whole field contains `/json` or `+json`.
+        let lower = value.to_ascii_lowercase();
+        if lower.windows(5).any(|w| w == b"/json" || w == b"+json") {
+            add(FormKind::Json);
         }
     }
     if !any {
-        return Some(FormKind::UrlEncoded);
+        add(FormKind::UrlEncoded);
     }
-    kind
+    kinds
 }
 
 /// The `boundary` parameter of a multipart media type (quoted or not), as Rack reads it.
@@ -94,6 +111,11 @@ pub struct MethodFieldScan {
     method: Method,
     /// Bytes fed so far.
     fed: u64,
+    /// One per way the frameworks would read the body.
+    parsers: Vec<Parser>,
+}
+
+struct Parser {
     /// Where the held-back `_method` value starts (an offset into the body), while one is
     /// being read.
     hold_from: Option<u64>,
@@ -103,6 +125,30 @@ pub struct MethodFieldScan {
 enum State {
     Url(UrlState),
     Multipart(Box<MultipartState>),
+    Json(Box<JsonState>),
+}
+
+/// A streaming reader of a JSON body that looks only at the keys of the top-level object.
+#[derive(Default)]
+struct JsonState {
+    /// The first byte that is not white space was read: `object` says whether it was `{`.
+    started: bool,
+    object: bool,
+    /// Nesting of objects and arrays (1 = inside the top-level object).
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// At depth 1, the next string is a key.
+    expect_key: bool,
+    /// The current depth-1 string is a key (else a value).
+    string_is_key: bool,
+    /// The current depth-1 string so far (the first [`MAX_KEY`] bytes of a key, all of a
+    /// `_method` value up to [`MAX_VALUE`]).
+    string: Vec<u8>,
+    /// The last depth-1 key was `_method`, and its value has not started.
+    awaiting_value: bool,
+    /// Inside the string value of a `_method` key.
+    in_method_value: bool,
 }
 
 enum UrlState {
@@ -142,70 +188,95 @@ enum Part {
 }
 
 impl MethodFieldScan {
-    /// A scan of a body of `kind` for the request `method` (a field naming it passes).
-    pub fn new(kind: FormKind, method: Method) -> Self {
-        let state = match kind {
-            FormKind::UrlEncoded => State::Url(UrlState::Key(Vec::new())),
-            FormKind::Multipart(boundary) => {
-                let mut delimiter = b"\n--".to_vec();
-                delimiter.extend_from_slice(&boundary);
-                State::Multipart(Box::new(MultipartState {
-                    first: Matcher::new(delimiter[1..].to_vec()),
-                    next: Matcher::new(delimiter),
-                    opened: false,
-                    part: Part::Content,
-                }))
-            }
-        };
+    /// A scan of a body read in each of `kinds` for the request `method` (a field naming it
+    /// passes).
+    pub fn new(kinds: Vec<FormKind>, method: Method) -> Self {
+        let parsers = kinds
+            .into_iter()
+            .map(|kind| {
+                let state = match kind {
+                    FormKind::UrlEncoded => State::Url(UrlState::Key(Vec::new())),
+                    FormKind::Multipart(boundary) => {
+                        let mut delimiter = b"\n--".to_vec();
+                        delimiter.extend_from_slice(&boundary);
+                        State::Multipart(Box::new(MultipartState {
+                            first: Matcher::new(delimiter[1..].to_vec()),
+                            next: Matcher::new(delimiter),
+                            opened: false,
+                            part: Part::Content,
+                        }))
+                    }
+                    FormKind::Json => State::Json(Box::default()),
+                };
+                Parser {
+                    hold_from: None,
+                    state,
+                }
+            })
+            .collect();
         MethodFieldScan {
             method,
             fed: 0,
-            hold_from: None,
-            state,
+            parsers,
         }
     }
 
     /// Everything fed before this offset may go upstream; what follows is held back until the
     /// `_method` value it belongs to is judged.
     pub fn safe(&self) -> u64 {
-        self.hold_from.unwrap_or(self.fed)
+        self.parsers
+            .iter()
+            .filter_map(|p| p.hold_from)
+            .min()
+            .unwrap_or(self.fed)
     }
 
     /// Read the next bytes of the body.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), MethodInForm> {
-        for &b in chunk {
-            self.byte(b)?;
-            self.fed += 1;
+        for parser in &mut self.parsers {
+            for (at, &b) in (self.fed..).zip(chunk) {
+                parser.byte(&self.method, at, b)?;
+            }
         }
+        self.fed += chunk.len() as u64;
         Ok(())
     }
 
     /// The body ended: judge a value it ended in.
     pub fn finish(&mut self) -> Result<(), MethodInForm> {
+        for parser in &mut self.parsers {
+            parser.finish(&self.method)?;
+        }
+        Ok(())
+    }
+}
+
+/// A value that is empty (no method) or names the request's own method changes nothing.
+fn judge(method: &Method, decoded: &[u8]) -> Result<(), MethodInForm> {
+    let v = decoded.trim_ascii();
+    if v.is_empty() || v.eq_ignore_ascii_case(method.as_str().as_bytes()) {
+        Ok(())
+    } else {
+        Err(MethodInForm)
+    }
+}
+
+impl Parser {
+    fn finish(&mut self, method: &Method) -> Result<(), MethodInForm> {
         let value = match &mut self.state {
             State::Url(UrlState::Method(v)) => form_decode(std::mem::take(v)),
             State::Multipart(m) => match &mut m.part {
                 Part::Method(v) => std::mem::take(v),
                 _ => return Ok(()),
             },
-            State::Url(_) => return Ok(()),
+            State::Json(j) if j.in_method_value => json_unescape(&std::mem::take(&mut j.string)),
+            State::Url(_) | State::Json(_) => return Ok(()),
         };
         self.hold_from = None;
-        Self::judge(&self.method, &value)
+        judge(method, &value)
     }
 
-    /// A value that is empty (no method) or names the request's own method changes nothing.
-    fn judge(method: &Method, decoded: &[u8]) -> Result<(), MethodInForm> {
-        let v = decoded.trim_ascii();
-        if v.is_empty() || v.eq_ignore_ascii_case(method.as_str().as_bytes()) {
-            Ok(())
-        } else {
-            Err(MethodInForm)
-        }
-    }
-
-    fn byte(&mut self, b: u8) -> Result<(), MethodInForm> {
-        let at = self.fed;
+    fn byte(&mut self, method: &Method, at: u64, b: u8) -> Result<(), MethodInForm> {
         match &mut self.state {
             State::Url(url) => match url {
                 UrlState::Key(key) => match b {
@@ -231,7 +302,7 @@ impl MethodFieldScan {
                         let decoded = form_decode(value);
                         *url = UrlState::Key(Vec::new());
                         self.hold_from = None;
-                        return Self::judge(&self.method, &decoded);
+                        return judge(method, &decoded);
                     }
                     value.push(b);
                     if value.len() > MAX_VALUE {
@@ -288,7 +359,7 @@ impl MethodFieldScan {
                             let len = value.len().saturating_sub(m.next.pattern.len());
                             let content = &value[..len];
                             let content = content.strip_suffix(b"\r").unwrap_or(content);
-                            let verdict = Self::judge(&self.method, content);
+                            let verdict = judge(method, content);
                             m.part = Part::AfterDelimiter(Vec::new());
                             self.hold_from = None;
                             return verdict;
@@ -299,9 +370,155 @@ impl MethodFieldScan {
                     }
                 }
             }
+            State::Json(j) => return j.byte(method, at, b, &mut self.hold_from),
         }
         Ok(())
     }
+}
+
+impl JsonState {
+    fn byte(
+        &mut self,
+        method: &Method,
+        at: u64,
+        b: u8,
+        hold_from: &mut Option<u64>,
+    ) -> Result<(), MethodInForm> {
+        if !self.started {
+            if !b.is_ascii_whitespace() {
+                self.started = true;
+                self.object = b == b'{';
+                self.depth = 1;
+                self.expect_key = true;
+            }
+            return Ok(());
+        }
+        // Only the keys of a top-level object matter (Laravel's request bag), and only until
+        // that object closes.
+        if !self.object || self.depth == 0 {
+            return Ok(());
+        }
+        if self.in_string {
+            let top = self.depth == 1;
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                if top && self.string_is_key {
+                    let key = json_unescape(&self.string);
+                    self.awaiting_value = is_method_parameter(&key);
+                } else if top && self.in_method_value {
+                    let value = json_unescape(&self.string);
+                    self.in_method_value = false;
+                    *hold_from = None;
+                    return judge(method, &value);
+                }
+                return Ok(());
+            }
+            if top && (self.string_is_key || self.in_method_value) {
+                if self.in_method_value && self.string.len() >= MAX_VALUE {
+                    return Err(MethodInForm);
+                }
+                if self.string.len() < MAX_KEY {
+                    self.string.push(b);
+                }
+            }
+            return Ok(());
+        }
+        if b.is_ascii_whitespace() {
+            return Ok(());
+        }
+        let top = self.depth == 1;
+        if top && self.awaiting_value && b != b':' {
+            // The `_method` value starts: a string is judged, anything else is no method.
+            self.awaiting_value = false;
+            if b == b'"' {
+                self.in_method_value = true;
+            } else {
+                *hold_from = None;
+            }
+        }
+        match b {
+            b'"' => {
+                self.in_string = true;
+                self.string.clear();
+                self.string_is_key = top && self.expect_key;
+                if top {
+                    self.expect_key = false;
+                }
+            }
+            b'{' | b'[' => self.depth = self.depth.saturating_add(1),
+            b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+            b':' if top && self.awaiting_value => *hold_from = Some(at + 1),
+            b',' if top => self.expect_key = true,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string's content (without its quotes) decoded: the escapes `\"`, `\\`, `\/`, `\b`,
+/// `\f`, `\n`, `\r`, `\t` and `\uXXXX` (surrogate pairs joined); anything malformed is kept
+/// as it is, which names no method.
+fn json_unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = raw.get(at..at + 4)?;
+        let text = std::str::from_utf8(digits).ok()?;
+        u32::from_str_radix(text, 16).ok()
+    };
+    while i < raw.len() {
+        if raw[i] != b'\\' || i + 1 >= raw.len() {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let simple = match raw[i + 1] {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'/' => Some(b'/'),
+            b'b' => Some(8),
+            b'f' => Some(12),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            out.push(c);
+            i += 2;
+            continue;
+        }
+        let unit = if raw[i + 1] == b'u' {
+            hex4(i + 2)
+        } else {
+            None
+        };
+        let Some(unit) = unit else {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        };
+        let mut used = 6;
+        let mut code = unit;
+        if (0xD800..0xDC00).contains(&unit)
+            && raw.get(i + 6) == Some(&b'\\')
+            && raw.get(i + 7) == Some(&b'u')
+        {
+            if let Some(low) = hex4(i + 8).filter(|l| (0xDC00..0xE000).contains(l)) {
+                code = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+                used = 12;
+            }
+        }
+        let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        i += used;
+    }
+    out
 }
 
 impl MultipartState {
@@ -393,47 +610,57 @@ mod tests {
 
     #[test]
     fn which_bodies_a_framework_reads_a_method_from() {
+        use FormKind::{Json, Multipart, UrlEncoded};
         let post = Method::POST;
-        let url = Some(FormKind::UrlEncoded);
+        let mp = |b: &str| Multipart(b.as_bytes().to_vec());
         for (cts, want) in [
-            (&[][..], url.clone()),
-            (&[""][..], url.clone()),
-            (&["application/x-www-form-urlencoded"][..], url.clone()),
+            (&[][..], vec![UrlEncoded]),
+            (&[""][..], vec![UrlEncoded]),
+            (&["application/x-www-form-urlencoded"][..], vec![UrlEncoded]),
             (
                 &["Application/X-WWW-Form-Urlencoded ; charset=UTF-8"][..],
-                url.clone(),
+                vec![UrlEncoded],
             ),
             (
                 &["application/x-www-form-urlencoded, text/plain"][..],
-                url.clone(),
+                vec![UrlEncoded],
             ),
             (
                 &["application/json", "application/x-www-form-urlencoded"][..],
-                url.clone(),
+                vec![Json, UrlEncoded],
             ),
-            (&["multipart/form-data"][..], url.clone()),
             (
-                &["multipart/form-data; boundary=XyZ"][..],
-                Some(FormKind::Multipart(b"XyZ".to_vec())),
+                &["application/x-www-form-urlencoded; x=/json"][..],
+                vec![UrlEncoded, Json],
             ),
+            (&["multipart/form-data"][..], vec![UrlEncoded]),
+            (&["multipart/form-data; boundary=XyZ"][..], vec![mp("XyZ")]),
             (
                 &["Multipart/Mixed; BOUNDARY=\"a b;c\""][..],
-                Some(FormKind::Multipart(b"a b".to_vec())),
+                vec![mp("a b")],
             ),
-            (&["application/json"][..], None),
-            (&["text/plain"][..], None),
+            (
+                &[
+                    "multipart/form-data; boundary=A",
+                    "application/x-www-form-urlencoded",
+                ][..],
+                vec![mp("A"), UrlEncoded],
+            ),
+            (&["application/json"][..], vec![Json]),
+            (&["application/vnd.api+JSON; charset=utf-8"][..], vec![Json]),
+            (&["text/plain"][..], vec![]),
         ] {
-            assert_eq!(form_kind(&post, &headers(cts)), want, "{cts:?}");
+            assert_eq!(form_kinds(&post, &headers(cts)), want, "{cts:?}");
         }
         for m in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
-            assert_eq!(form_kind(&m, &headers(&[])), None, "{m}");
+            assert_eq!(form_kinds(&m, &headers(&[])), vec![], "{m}");
         }
     }
 
     /// Feed `body` in chunks of `size`; the verdict, and checks that nothing of a `_method`
     /// value was ever declared safe before the value ended.
     fn scan(kind: &FormKind, body: &[u8], size: usize) -> Result<(), MethodInForm> {
-        let mut s = MethodFieldScan::new(kind.clone(), Method::POST);
+        let mut s = MethodFieldScan::new(vec![kind.clone()], Method::POST);
         for chunk in body.chunks(size.max(1)) {
             s.feed(chunk)?;
             assert!(s.safe() <= s.fed);
@@ -462,6 +689,7 @@ mod tests {
             "%5Fmethod=PATCH",
             "%5fmethod=patch",
             ".method=DELETE",
+            "_method%00x=DELETE",
             "+_method=DELETE",
             "_method[]=DELETE",
             "_METHOD=DELETE",
@@ -492,14 +720,14 @@ mod tests {
     /// The value is held back from its first byte until it is judged.
     #[test]
     fn a_method_value_is_held_back_until_judged() {
-        let mut s = MethodFieldScan::new(FormKind::UrlEncoded, Method::POST);
+        let mut s = MethodFieldScan::new(vec![FormKind::UrlEncoded], Method::POST);
         s.feed(b"a=1&_method=PO").unwrap();
         assert_eq!(s.safe(), 12, "held from the value's first byte");
         s.feed(b"ST").unwrap();
         assert_eq!(s.safe(), 12);
         s.feed(b"&b=2").unwrap();
         assert_eq!(s.safe(), 20, "released once judged");
-        let mut s = MethodFieldScan::new(FormKind::UrlEncoded, Method::POST);
+        let mut s = MethodFieldScan::new(vec![FormKind::UrlEncoded], Method::POST);
         s.feed(b"_method=DELE").unwrap();
         assert_eq!(s.safe(), 8);
         assert_eq!(s.finish(), Err(MethodInForm));
@@ -626,9 +854,9 @@ mod tests {
         /// the start of an unjudged value is ever declared safe.
         #[test]
         fn verdicts_do_not_depend_on_framing(body in pieces(), cuts in prop::collection::vec(1usize..17, 1..8)) {
-            for kind in [FormKind::UrlEncoded, FormKind::Multipart(b"BB".to_vec())] {
+            for kind in [FormKind::UrlEncoded, FormKind::Multipart(b"BB".to_vec()), FormKind::Json] {
                 let whole = scan(&kind, &body, body.len().max(1));
-                let mut s = MethodFieldScan::new(kind.clone(), Method::POST);
+                let mut s = MethodFieldScan::new(vec![kind.clone()], Method::POST);
                 let mut at = 0;
                 let mut verdict = Ok(());
                 for size in cuts.iter().cycle() {
@@ -650,6 +878,63 @@ mod tests {
                 prop_assert_eq!(verdict, whole, "{:?}", String::from_utf8_lossy(&body));
             }
         }
+    }
+
+    fn json(body: &str) -> Result<(), MethodInForm> {
+        let mut verdict = None;
+        for size in [1, 2, 3, 7, 4096] {
+            let v = scan(&FormKind::Json, body.as_bytes(), size);
+            if let Some(first) = verdict {
+                assert_eq!(first, v, "chunk size {size} disagrees for {body:?}");
+            }
+            verdict = Some(v);
+        }
+        verdict.unwrap()
+    }
+
+    #[test]
+    fn json_method_keys() {
+        for body in [
+            r#"{"_method":"DELETE"}"#,
+            r#" { "a" : 1 , "_method" : "put" } "#,
+            r#"{"a":{"b":[1,2,{"c":"d"}]},"_method":"PATCH"}"#,
+            r#"{"\u005fmethod":"DELETE"}"#,
+            r#"{"_method":"\u0044ELETE"}"#,
+            r#"{"_method":"POST","_method":"DELETE"}"#,
+            r#"{"note":"say \"hi\"","_method":"DELETE"}"#,
+            r#"{"_method":"DELE"#,
+        ] {
+            assert_eq!(json(body), Err(MethodInForm), "{body}");
+        }
+        for body in [
+            r#"{}"#,
+            r#"{"_method":"POST"}"#,
+            r#"{"_method":"post","a":[1]}"#,
+            r#"{"_method":1}"#,
+            r#"{"_method":["DELETE"]}"#,
+            r#"{"_method":{"x":"DELETE"}}"#,
+            r#"{"a":{"_method":"DELETE"}}"#,
+            r#"[{"_method":"DELETE"}]"#,
+            r#"{"a":"_method","b":"DELETE"}"#,
+            r#"{"a":"\"_method\":\"DELETE"}"#,
+            r#""_method""#,
+        ] {
+            assert_eq!(json(body), Ok(()), "{body}");
+        }
+        assert_eq!(
+            json_unescape(br#"\ud83d\ude00 \u00e9\n\q"#),
+            "\u{1F600} \u{e9}\n\\q".as_bytes()
+        );
+    }
+
+    #[test]
+    fn several_readings_are_all_judged_and_the_earliest_hold_wins() {
+        let mut s = MethodFieldScan::new(vec![FormKind::UrlEncoded, FormKind::Json], Method::POST);
+        s.feed(br#"{"_method":"POS"#).unwrap();
+        assert_eq!(s.safe(), 11, "the JSON value is held");
+        s.feed(br#"T"}&_method=DEL"#).unwrap();
+        assert_eq!(s.safe(), 27, "then the urlencoded one");
+        assert_eq!(s.finish(), Err(MethodInForm));
     }
 
     #[test]

@@ -121,10 +121,11 @@ pub fn check_method_override(
     Ok(())
 }
 
-/// Whether a decoded query key reads as `_method` to a framework: PHP (Symfony, Laravel) drops
-/// leading spaces and then turns `.`, `[` and spaces into `_` (`.method`, `%20_method`);
-/// `_method[]` is the same field as an array.
+/// Whether a decoded query key reads as `_method` to a framework: PHP (Symfony, Laravel) ends
+/// a name at its first NUL byte (`_method%00x`), drops leading spaces and then turns `.`, `[`
+/// and spaces into `_` (`.method`, `%20_method`); `_method[]` is the same field as an array.
 pub(crate) fn is_method_parameter(key: &[u8]) -> bool {
+    let key = key.split(|&b| b == 0).next().unwrap_or_default();
     let key = key.trim_ascii_start();
     let Some((&first, rest)) = key.split_first() else {
         return false;
@@ -437,6 +438,7 @@ mod tests {
         // Query parameters, as Symfony/Laravel (PHP) and Rack decode them.
         for q in [
             "_method=DELETE",
+            "_method%00anything=DELETE",
             "a=1&_method=delete",
             "_METHOD=PUT",
             "%5Fmethod=DELETE",

@@ -445,7 +445,7 @@ fn multipart_body(boundary: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// Rack (every Rails app), Laravel and Symfony run a POST as the method a `_method` field of
-/// its form body names. The body is read as it streams: such a field gets 400 and the upstream
+/// its form body names (Laravel: also a `_method` key of its JSON body). The body is read as it streams: such a field gets 400 and the upstream
 /// (which, like Rack, reads the whole form before answering) never gets all of it; forms that
 /// name POST, other media types and other methods pass byte for byte.
 #[tokio::test]
@@ -469,6 +469,11 @@ async fn form_bodies_naming_another_method_are_refused() {
         (
             Some(multipart.as_str()),
             multipart_body(boundary, &[("upload", &file), ("_method", b"PATCH")]),
+        ),
+        // Laravel reads `_method` from a JSON body.
+        (
+            Some("application/json; charset=utf-8"),
+            br#"{"items":[1,2,3],"_method":"DELETE"}"#.to_vec(),
         ),
     ];
     for h2 in [false, true] {
@@ -515,6 +520,11 @@ async fn form_bodies_naming_another_method_are_refused() {
             (
                 "POST",
                 Some("application/json"),
+                br#"{"_method":"POST","note":"_method=DELETE","n":{"_method":"PUT"}}"#.to_vec(),
+            ),
+            (
+                "POST",
+                Some("text/plain"),
                 br#"{"_method":"DELETE"}"#.to_vec(),
             ),
             (
