@@ -60,8 +60,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// After `shutdown`, how long open admin connections get to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Open admin connections at most. A new connection past this ends the oldest one that is at
-/// least [`EVICT_AFTER`] old, so that a flood of idle connections can neither exhaust file
-/// descriptors (which the TLS listener needs) nor lock out probes and scrapes.
+/// least [`EVICT_AFTER`] old and not answering a request, so that a flood of idle connections
+/// can neither exhaust file descriptors (which the TLS listener needs) nor lock out probes and
+/// scrapes.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A connection younger than this is never ended for a new one (a probe or a scrape is
 /// answered in milliseconds).
@@ -73,7 +74,8 @@ const PLACE_WAIT: Duration = Duration::from_secs(1);
 const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 /// `/identities` answers built at once (each walks the whole inventory on a blocking thread);
 /// further requests wait their turn.
-static IDENTITY_BUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static IDENTITY_BUILDS: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(2)));
 
 /// Serve admin requests on `listener` until `shutdown` resolves.
 ///
@@ -119,11 +121,16 @@ pub async fn serve(
                     place
                 }
             };
-            let (_entry, evicted) = open.enter();
+            let (entry, evicted) = open.enter();
+            let busy = entry.busy_handle();
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let state = state.clone();
+                // A connection answering a request is not ended for a newer one (one whose
+                // client does not read the answer is, once the answer is written).
+                let busy = busy.busy();
                 async move {
                     let response = respond(state, req.method(), req.uri().path()).await;
+                    drop(busy);
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -180,10 +187,12 @@ async fn respond(state: Arc<AdminState>, method: &Method, path: &str) -> Respons
         "/identities" => {
             // Inventory size x routes matches: on a blocking thread, not a runtime worker,
             // and only a few at once.
-            let Ok(_turn) = IDENTITY_BUILDS.acquire().await else {
+            let Ok(turn) = IDENTITY_BUILDS.clone().acquire_owned().await else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
             };
+            // The turn goes with the walk: a client that disconnects does not free it early.
             let json = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
                 let snapshot = state.current.load();
                 state.inventory.to_json(|id| snapshot.routes_for(id))
             })

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -103,13 +103,49 @@ fn is_per_connection_error(e: &io::Error) -> bool {
 #[derive(Default)]
 pub struct Evictable {
     next: AtomicU64,
-    open: Mutex<BTreeMap<u64, (Instant, tokio::sync::oneshot::Sender<()>)>>,
+    open: Mutex<BTreeMap<u64, Member>>,
+}
+
+/// One connection in an [`Evictable`] set.
+struct Member {
+    since: Instant,
+    end: tokio::sync::oneshot::Sender<()>,
+    /// A request is being answered: not ended for a newer connection.
+    busy: Arc<AtomicUsize>,
 }
 
 /// A connection's place in [`Evictable`]; it leaves when dropped.
 pub struct EvictableEntry {
     set: Arc<Evictable>,
     id: u64,
+    busy: Arc<AtomicUsize>,
+}
+
+/// While held, the connection answers a request and is not evicted.
+pub struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl EvictableEntry {
+    /// A handle that marks the connection busy, for a service that outlives this borrow.
+    pub fn busy_handle(&self) -> BusyHandle {
+        BusyHandle(self.busy.clone())
+    }
+}
+
+/// Marks its connection busy on demand ([`BusyHandle::busy`]).
+#[derive(Clone)]
+pub struct BusyHandle(Arc<AtomicUsize>);
+
+impl BusyHandle {
+    pub fn busy(&self) -> Busy {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Busy(self.0.clone())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,27 +155,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Evictable {
     /// Enter the set; the receiver resolves if this connection is evicted.
     pub fn enter(self: &Arc<Self>) -> (EvictableEntry, tokio::sync::oneshot::Receiver<()>) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (end, rx) = tokio::sync::oneshot::channel();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.open).insert(id, (Instant::now(), tx));
+        let busy = Arc::new(AtomicUsize::new(0));
+        lock(&self.open).insert(
+            id,
+            Member {
+                since: Instant::now(),
+                end,
+                busy: busy.clone(),
+            },
+        );
         let entry = EvictableEntry {
             set: self.clone(),
             id,
+            busy,
         };
         (entry, rx)
     }
 
-    /// End the oldest connection if it has run for at least `min_age`; whether one was ended.
+    /// End the oldest connection that is not busy, if it has run for at least `min_age`;
+    /// whether one was ended.
     pub fn evict_oldest(&self, min_age: Duration) -> bool {
         let mut open = lock(&self.open);
-        let Some(oldest) = open.first_entry() else {
+        let oldest = open
+            .iter()
+            .find(|(_, m)| m.busy.load(Ordering::Acquire) == 0)
+            .map(|(&id, m)| (id, m.since));
+        let Some((id, since)) = oldest else {
             return false;
         };
-        if oldest.get().0.elapsed() < min_age {
+        if since.elapsed() < min_age {
             return false;
         }
-        let (_, tx) = oldest.remove();
-        tx.send(()).is_ok()
+        open.remove(&id).is_some_and(|m| m.end.send(()).is_ok())
     }
 }
 
@@ -147,8 +196,9 @@ impl Evictable {
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 
 /// A place for a connection that found none free under its listener's cap: end the oldest
-/// connection of `open` that is at least `min_age` old (and try again every 100 ms, as
-/// connections age), and wait up to `wait` for a place. At most as many connections wait as
+/// connection of `open` that is at least `min_age` old and not busy (and try again every
+/// 100 ms while every place is still taken, as connections age), and wait up to `wait` for a
+/// place, keeping this connection's turn in the queue. At most as many connections wait as
 /// `waiting` has permits; `None` when this one cannot wait or no place freed in time.
 pub async fn wait_for_place(
     places: &Arc<Semaphore>,
@@ -158,16 +208,21 @@ pub async fn wait_for_place(
     wait: Duration,
 ) -> Option<OwnedSemaphorePermit> {
     let _queued = waiting.try_acquire().ok()?;
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tokio::time::sleep(wait);
+    let place = places.clone().acquire_owned();
+    tokio::pin!(deadline, place);
+    let mut retry = tokio::time::interval(EVICT_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if open.evict_oldest(min_age) {
-            tracing::debug!("a listener at its cap ended its oldest connection");
-        }
-        let step = (tokio::time::Instant::now() + EVICT_RETRY).min(deadline);
-        match tokio::time::timeout_at(step, places.clone().acquire_owned()).await {
-            Ok(place) => return place.ok(),
-            Err(_) if step >= deadline => return None,
-            Err(_) => {}
+        tokio::select! {
+            biased;
+            got = &mut place => return got.ok(),
+            () = &mut deadline => return None,
+            _ = retry.tick() => {
+                if places.available_permits() == 0 && open.evict_oldest(min_age) {
+                    tracing::debug!("a listener at its cap ended its oldest connection");
+                }
+            }
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct FormGuard<B> {
     trailers: Option<Frame<Bytes>>,
     /// The client's body has ended and was judged; what is held goes out, then the end.
     finished: bool,
+    /// An error was returned: nothing more is read, judged or sent.
+    failed: bool,
 }
 
 impl<B> FormGuard<B> {
@@ -39,13 +41,14 @@ impl<B> FormGuard<B> {
             held: BytesMut::new(),
             trailers: None,
             finished: false,
+            failed: false,
         }
     }
 
     fn refuse(&mut self, e: crate::request::form::MethodInForm) -> BoxError {
         self.held.clear();
         self.trailers = None;
-        self.finished = true;
+        self.failed = true;
         self.state.refuse_method_in_form();
         Box::new(e)
     }
@@ -90,6 +93,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if this.failed {
+                return Poll::Ready(None);
+            }
             if this.finished {
                 if let Some(out) = this.drain() {
                     return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -117,7 +123,11 @@ where
                         this.finished = true;
                     }
                 },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    this.held.clear();
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(None) => {
                     if let Err(e) = this.scan.finish() {
                         return Poll::Ready(Some(Err(this.refuse(e))));
@@ -132,16 +142,17 @@ where
         // Held bytes still have to go out, and an unjudged value has to be judged first.
         // Until the client's body has ended, it is not: the end is where the scan judges a
         // value the body ends in (wrap only bodies that are not empty from the start).
-        self.finished && self.held.is_empty() && self.trailers.is_none()
+        self.failed || (self.finished && self.held.is_empty() && self.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
         let held = self.held.len() as u64;
-        hint.set_lower(hint.lower() + held);
+        // Upper first: `set_lower` asserts lower <= upper.
         if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + held);
+            hint.set_upper(upper.saturating_add(held));
         }
+        hint.set_lower(hint.lower().saturating_add(held));
         hint
     }
 }

@@ -376,6 +376,7 @@ async fn pipeline(
     // A `_method` field in a form body: judged while the body streams (the head was judged
     // by `check_method_override`).
     let form = crate::request::form::form_kinds(&parts.method, &parts.headers);
+    crate::request::form::check_encoding(&form, &parts.headers).map_err(Refusal::Target)?;
     let body = RequestBody::new(body, snap.config.forward.clone(), inflight.clone());
     let client_body = body.state().clone();
     let empty = http_body::Body::is_end_stream(&body);

@@ -17,7 +17,7 @@
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method};
 
-use super::normalize::{form_decode, is_method_parameter};
+use super::normalize::{form_decode, is_method_parameter, BadTarget};
 
 /// Longest `_method` value (raw bytes, escapes included) judged; a longer one names no method
 /// and is refused without reading further.
@@ -37,7 +37,13 @@ pub enum FormKind {
     /// body (its request bag is the JSON body when the `Content-Type` contains `/json` or
     /// `+json`).
     Json,
+    /// `multipart/*` with a boundary longer than [`MAX_BOUNDARY`]: frameworks parse it, the
+    /// scan will not follow it, so such a body is refused.
+    Unreadable,
 }
+
+/// Longest multipart boundary followed (RFC 2046 allows 70 bytes).
+const MAX_BOUNDARY: usize = 1024;
 
 /// How the frameworks would read a `_method` from this request's body (none, one, or several
 /// ways when the `Content-Type` reads differently to different frameworks: each is scanned):
@@ -58,17 +64,24 @@ pub fn form_kinds(method: &Method, headers: &HeaderMap) -> Vec<FormKind> {
     for value in headers.get_all(CONTENT_TYPE) {
         any = true;
         let value = value.as_bytes();
-        // Rack: the media type is what comes before the first `;` or `,`, trimmed, lower-cased.
-        let media = value
-            .split(|&b| b == b';' || b == b',')
+        // The media type: Rack cuts at the first `;` or `,`, PHP also at white space.
+        let media = value.trim_ascii_start();
+        let media = media
+            .split(|&b| b == b';' || b == b',' || b.is_ascii_whitespace())
             .next()
-            .unwrap_or_default()
-            .trim_ascii();
+            .unwrap_or_default();
         if media.len() >= 10 && media[..10].eq_ignore_ascii_case(b"multipart/") {
-            match boundary(value) {
-                Some(b) => add(FormKind::Multipart(b)),
+            let found = boundaries(value);
+            if found.is_empty() {
                 // Rack parses a multipart body it cannot split as a urlencoded one.
-                None => add(FormKind::UrlEncoded),
+                add(FormKind::UrlEncoded);
+            }
+            for b in found {
+                add(if b.len() > MAX_BOUNDARY {
+                    FormKind::Unreadable
+                } else {
+                    FormKind::Multipart(b)
+                });
             }
         } else if media.is_empty()
             || media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
@@ -87,18 +100,82 @@ pub fn form_kinds(method: &Method, headers: &HeaderMap) -> Vec<FormKind> {
     kinds
 }
 
-/// The `boundary` parameter of a multipart media type (quoted or not), as Rack reads it.
-fn boundary(content_type: &[u8]) -> Option<Vec<u8>> {
-    let lower = content_type.to_ascii_lowercase();
-    let at = lower.windows(9).position(|w| w == b"boundary=")? + 9;
-    let rest = &content_type[at..];
-    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
-    let end = rest
+/// Refuse a form body the scan cannot read: one with a `Content-Encoding` other than
+/// `identity` (Express's body parsers inflate gzip and deflate before method-override reads
+/// `req.body._method`). JSON is not refused this way (compressed JSON is common: OTLP
+/// exporters), see the README.
+pub fn check_encoding(kinds: &[FormKind], headers: &HeaderMap) -> Result<(), BadTarget> {
+    let form = kinds.iter().any(|k| !matches!(k, FormKind::Json));
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
         .iter()
-        .position(|&b| matches!(b, b'"' | b';' | b','))
-        .unwrap_or(rest.len());
-    let b = &rest[..end];
-    (!b.is_empty() && b.len() <= 200).then(|| b.to_vec())
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if form && encoded {
+        return Err(BadTarget::EncodedForm);
+    }
+    Ok(())
+}
+
+/// The multipart boundaries the frameworks would take from a `Content-Type`, each way:
+/// PHP (the first `boundary`, case-sensitive if there is one, then the next `=`), Rack (the
+/// last `boundary=`, any case) and a parameter parser (the first `boundary=`, any case); a
+/// quoted value ends at its closing quote, another at `;`, `,` (or white space).
+fn boundaries(content_type: &[u8]) -> Vec<Vec<u8>> {
+    let lower = content_type.to_ascii_lowercase();
+    let find_all = |hay: &[u8], needle: &[u8]| -> Vec<usize> {
+        hay.windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let mut starts = Vec::new();
+    // PHP: "boundary" (case-sensitive first, else any case), then the next '='.
+    let php = find_all(content_type, b"boundary")
+        .first()
+        .copied()
+        .or_else(|| find_all(&lower, b"boundary").first().copied());
+    if let Some(at) = php {
+        if let Some(eq) = content_type[at..].iter().position(|&b| b == b'=') {
+            starts.push(at + eq + 1);
+        }
+    }
+    // Rack (greedy: the last) and a parameter parser (the first).
+    let params = find_all(&lower, b"boundary=");
+    for at in [params.first(), params.last()].into_iter().flatten() {
+        starts.push(at + 9);
+    }
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for start in starts {
+        let rest = &content_type[start..];
+        let mut candidates = Vec::new();
+        if let Some(quoted) = rest.strip_prefix(b"\"") {
+            let end = quoted
+                .iter()
+                .position(|&b| b == b'"')
+                .unwrap_or(quoted.len());
+            candidates.push(&quoted[..end]);
+            // Rack stops a quoted boundary at `;` or `,` too.
+            let end = quoted
+                .iter()
+                .position(|&b| matches!(b, b'"' | b';' | b','))
+                .unwrap_or(quoted.len());
+            candidates.push(&quoted[..end]);
+        } else {
+            let end = rest
+                .iter()
+                .position(|&b| matches!(b, b';' | b','))
+                .unwrap_or(rest.len());
+            candidates.push(&rest[..end]);
+            candidates.push(rest[..end].trim_ascii());
+        }
+        for c in candidates {
+            if !c.is_empty() && !out.iter().any(|o| o == c) {
+                out.push(c.to_vec());
+            }
+        }
+    }
+    out
 }
 
 /// A `_method` field naming another method was found.
@@ -126,6 +203,8 @@ enum State {
     Url(UrlState),
     Multipart(Box<MultipartState>),
     Json(Box<JsonState>),
+    /// A body the scan cannot follow: refused at its first byte.
+    Refuse,
 }
 
 /// A streaming reader of a JSON body that looks only at the keys of the top-level object.
@@ -161,11 +240,11 @@ enum UrlState {
 }
 
 struct MultipartState {
-    /// `--boundary`, found anywhere before the first part (Rack skips any preamble).
-    first: Matcher,
-    /// `\n--boundary`: every later delimiter (PHP takes a line that starts with it).
-    next: Matcher,
-    opened: bool,
+    /// `--boundary`, wherever it appears: Rack ends a part at `--boundary` followed by a line
+    /// end anywhere in a line, PHP at a line that starts with it. Taking every occurrence as
+    /// a delimiter can only end a part early, and a boundary is chosen never to occur in
+    /// content.
+    delimiter: Matcher,
     part: Part,
 }
 
@@ -176,13 +255,18 @@ struct Matcher {
     matched: usize,
 }
 
+/// Longest part header block followed; a longer one is refused (no framework needs it).
+const MAX_PART_HEADERS: usize = 8 * 1024;
+
 enum Part {
     /// Before the first delimiter, or in a part that does not matter: looking for the next.
     Content,
     /// Just after a delimiter: `--` (the end) or the rest of its line.
     AfterDelimiter(Vec<u8>),
-    /// In the part's header lines: the line so far, and whether the part is `_method`.
-    Headers { line: Vec<u8>, method: bool },
+    /// In the part's header block (kept whole: frameworks read the name from different
+    /// places in it). `blank` is set once PHP's end of the headers (the first empty line) has
+    /// passed without naming `_method`: Rack's block runs on to the first CRLF CRLF.
+    Headers { block: Vec<u8>, blank: bool },
     /// In the content of a `_method` part (kept, delimiter bytes included).
     Method(Vec<u8>),
 }
@@ -197,16 +281,15 @@ impl MethodFieldScan {
                 let state = match kind {
                     FormKind::UrlEncoded => State::Url(UrlState::Key(Vec::new())),
                     FormKind::Multipart(boundary) => {
-                        let mut delimiter = b"\n--".to_vec();
+                        let mut delimiter = b"--".to_vec();
                         delimiter.extend_from_slice(&boundary);
                         State::Multipart(Box::new(MultipartState {
-                            first: Matcher::new(delimiter[1..].to_vec()),
-                            next: Matcher::new(delimiter),
-                            opened: false,
+                            delimiter: Matcher::new(delimiter),
                             part: Part::Content,
                         }))
                     }
                     FormKind::Json => State::Json(Box::default()),
+                    FormKind::Unreadable => State::Refuse,
                 };
                 Parser {
                     hold_from: None,
@@ -270,7 +353,7 @@ impl Parser {
                 _ => return Ok(()),
             },
             State::Json(j) if j.in_method_value => json_unescape(&std::mem::take(&mut j.string)),
-            State::Url(_) | State::Json(_) => return Ok(()),
+            State::Url(_) | State::Json(_) | State::Refuse => return Ok(()),
         };
         self.hold_from = None;
         judge(method, &value)
@@ -311,7 +394,7 @@ impl Parser {
                 }
             },
             State::Multipart(m) => {
-                let found = m.advance(b);
+                let found = m.delimiter.advance(b);
                 match &mut m.part {
                     Part::Content if found => m.part = Part::AfterDelimiter(Vec::new()),
                     Part::Content => {}
@@ -319,57 +402,69 @@ impl Parser {
                         // The closing delimiter (`--` after it) is not trusted to end the
                         // body: PHP reads parts after it. Whatever follows is content.
                         seen.push(b);
-                        if seen.starts_with(b"--") {
+                        if found {
+                            seen.clear();
+                        } else if seen.starts_with(b"--") {
                             m.part = Part::Content;
                         } else if b == b'\n' {
                             m.part = Part::Headers {
-                                line: Vec::new(),
-                                method: false,
+                                block: Vec::new(),
+                                blank: false,
                             };
                         } else if seen.len() > MAX_KEY {
                             // Not a delimiter line after all: part of some content.
                             m.part = Part::Content;
                         }
                     }
-                    Part::Headers { line, method } => {
+                    Part::Headers { .. } if found => m.part = Part::AfterDelimiter(Vec::new()),
+                    Part::Headers { block, blank } => {
+                        block.push(b);
+                        if block.len() > MAX_PART_HEADERS {
+                            return Err(MethodInForm);
+                        }
                         if b != b'\n' {
-                            if line.len() < MAX_KEY {
-                                line.push(b);
-                            }
                             return Ok(());
                         }
-                        let l = line.strip_suffix(b"\r").unwrap_or(line);
-                        if l.is_empty() {
-                            if *method {
-                                m.part = Part::Method(Vec::new());
-                                self.hold_from = Some(at + 1);
-                            } else {
-                                m.part = Part::Content;
-                            }
+                        // PHP ends the headers at the first empty line (CR optional), Rack at
+                        // the first CRLF CRLF; the part is `_method` if either's block names it.
+                        let crlf_crlf = block.ends_with(b"\r\n\r\n") || block == b"\r\n";
+                        let before = &block[..block.len() - 1];
+                        let empty_line = before.is_empty()
+                            || before.ends_with(b"\n")
+                            || before == b"\r"
+                            || before.ends_with(b"\n\r");
+                        if !(crlf_crlf || (empty_line && !*blank)) {
+                            return Ok(());
+                        }
+                        if headers_name_method(block) {
+                            m.part = Part::Method(Vec::new());
+                            self.hold_from = Some(at + 1);
+                        } else if crlf_crlf {
+                            m.part = Part::Content;
                         } else {
-                            *method |= part_is_method(l);
-                            line.clear();
+                            *blank = true;
                         }
                     }
                     Part::Method(value) => {
                         value.push(b);
                         if found {
-                            // The value ends before the delimiter (and the CR before it).
-                            // The delimiter's line break may be the blank line's own.
-                            let len = value.len().saturating_sub(m.next.pattern.len());
+                            // The value ends before the delimiter (and the line end before it).
+                            let len = value.len().saturating_sub(m.delimiter.pattern.len());
                             let content = &value[..len];
+                            let content = content.strip_suffix(b"\n").unwrap_or(content);
                             let content = content.strip_suffix(b"\r").unwrap_or(content);
                             let verdict = judge(method, content);
                             m.part = Part::AfterDelimiter(Vec::new());
                             self.hold_from = None;
                             return verdict;
                         }
-                        if value.len() > MAX_VALUE + m.next.pattern.len() {
+                        if value.len() > MAX_VALUE + m.delimiter.pattern.len() {
                             return Err(MethodInForm);
                         }
                     }
                 }
             }
+            State::Refuse => return Err(MethodInForm),
             State::Json(j) => return j.byte(method, at, b, &mut self.hold_from),
         }
         Ok(())
@@ -521,17 +616,6 @@ fn json_unescape(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-impl MultipartState {
-    /// Feed one byte to the delimiter matcher; whether a whole delimiter just ended.
-    fn advance(&mut self, b: u8) -> bool {
-        if self.opened {
-            return self.next.advance(b);
-        }
-        self.opened = self.first.advance(b);
-        self.opened
-    }
-}
-
 impl Matcher {
     fn new(pattern: Vec<u8>) -> Self {
         // The failure function: for each prefix, the length of its longest proper border.
@@ -569,30 +653,58 @@ impl Matcher {
     }
 }
 
-/// Whether a part header line is a `Content-Disposition` whose `name` reads as `_method`.
-fn part_is_method(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
-        return false;
+/// Whether a part's header block names it `_method`, however a framework reads it: Rack takes
+/// `name=` after `Content-Disposition:` anywhere in the block (across lines, in other header
+/// names too), else the `Content-ID`; PHP joins folded lines and takes a quoted, single-quoted
+/// or bare value; Rack drops backslashes. The block is read with line breaks, quotes and
+/// backslashes removed, once keeping and once removing white space, and every `name=`,
+/// `name*=` and `content-id:` in it is judged.
+fn headers_name_method(block: &[u8]) -> bool {
+    let lower = block.to_ascii_lowercase();
+    let strip = |keep_space: bool| -> Vec<u8> {
+        lower
+            .iter()
+            .copied()
+            .filter(|&b| {
+                !matches!(b, b'\r' | b'\n' | b'"' | b'\'' | b'\\')
+                    && (keep_space || !matches!(b, b' ' | b'\t'))
+            })
+            .collect()
     };
-    if !line[..colon]
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"content-disposition")
-    {
-        return false;
-    }
-    line[colon + 1..].split(|&b| b == b';').any(|param| {
-        let param = param.trim_ascii();
-        let Some(eq) = param.iter().position(|&b| b == b'=') else {
-            return false;
-        };
-        if !param[..eq].trim_ascii().eq_ignore_ascii_case(b"name") {
-            return false;
+    for keep_space in [false, true] {
+        let text = strip(keep_space);
+        for needle in [&b"name="[..], b"name*=", b"content-id:"] {
+            let mut from = 0;
+            while let Some(pos) = text[from..].windows(needle.len()).position(|w| w == needle) {
+                let start = from + pos + needle.len();
+                from = start;
+                // `filename=` names no field, for any framework.
+                if text[..start - needle.len()].ends_with(b"file") {
+                    continue;
+                }
+                let rest = text[start..].trim_ascii_start();
+                let end = rest
+                    .iter()
+                    .position(|&b| matches!(b, b';' | b',') || b.is_ascii_whitespace())
+                    .unwrap_or(rest.len());
+                let key = &rest[..end];
+                // `name*=utf-8''_method`: the part after the language tag, percent-decoded.
+                let key = form_decode(key.rsplit(|&b| b == b'\'').next().unwrap_or(key));
+                if is_method_parameter(&key) || ends_with_method_name(&key) {
+                    return true;
+                }
+            }
         }
-        let value = param[eq + 1..].trim_ascii();
-        let value = value.strip_prefix(b"\"").unwrap_or(value);
-        let value = value.strip_suffix(b"\"").unwrap_or(value);
-        is_method_parameter(value)
-    })
+    }
+    false
+}
+
+/// `utf-8_method` (the quotes of `name*=utf-8''_method` removed): a name that ends in `_method`
+/// after a charset tag.
+fn ends_with_method_name(key: &[u8]) -> bool {
+    key.len() > 7
+        && key[..key.len() - 7].ends_with(b"utf-8")
+        && is_method_parameter(&key[key.len() - 7..])
 }
 
 #[cfg(test)]
@@ -637,7 +749,7 @@ mod tests {
             (&["multipart/form-data; boundary=XyZ"][..], vec![mp("XyZ")]),
             (
                 &["Multipart/Mixed; BOUNDARY=\"a b;c\""][..],
-                vec![mp("a b")],
+                vec![mp("a b;c"), mp("a b")],
             ),
             (
                 &[
@@ -766,6 +878,8 @@ mod tests {
             ("content-disposition: form-data; name=_method", "delete"),
             ("Content-Disposition: form-data;name=\"_method[]\"", "PUT"),
             ("Content-Disposition: form-data; name=\".method\"", "PATCH"),
+            // (any `name=` in the block counts, generously)
+            ("X-Note: name=\"_method\"", "DELETE"),
             (
                 "Content-Disposition: form-data; name=\"_method\"",
                 &"x".repeat(400),
@@ -790,7 +904,6 @@ mod tests {
                 "Content-Disposition: form-data; name=\"x\"; filename=\"_method\"",
                 "DELETE",
             ),
-            ("X-Note: name=\"_method\"", "DELETE"),
         ] {
             let body = multipart(&[file, (name_header, value)], b);
             assert_eq!(mp(&body, b), Ok(()), "{name_header} {value}");
@@ -799,7 +912,8 @@ mod tests {
         let lf =
             format!("--{b}\nContent-Disposition: form-data; name=\"_method\"\n\nDELETE\n--{b}--\n");
         assert_eq!(mp(lf.as_bytes(), b), Err(MethodInForm));
-        // A preamble, and a first delimiter that does not start a line (Rack finds it).
+        // A preamble, and a first delimiter that does not start a line (taken as one: a
+        // boundary does not occur in content).
         let pre = format!("xx--{b}\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--{b}--\r\n");
         assert_eq!(mp(pre.as_bytes(), b), Err(MethodInForm));
         // A part after the closing delimiter (PHP reads it).
@@ -935,6 +1049,108 @@ mod tests {
         s.feed(br#"T"}&_method=DEL"#).unwrap();
         assert_eq!(s.safe(), 27, "then the urlencoded one");
         assert_eq!(s.finish(), Err(MethodInForm));
+    }
+
+    #[test]
+    fn part_names_as_rack_and_php_read_them() {
+        for block in [
+            "Content-Disposition: form-data; name=\"_method\"\r\n\r\n",
+            "Content-ID: _method\r\n\r\n",
+            "X-Content-Disposition: form-data; name=\"_method\"\r\n\r\n",
+            "X-Note: Content-Disposition:; name=_method\r\n\r\n",
+            "Content-Disposition: form-data\r\n; name=\"_method\"\r\n\r\n",
+            "Content-Disposition: form-data; name=\"\\_method\"\r\n\r\n",
+            "Content-Disposition: form-data; name=\"[_method]\"\r\n\r\n",
+            "Content-Disposition: form-data; name='_method'\r\n\r\n",
+            "Content-Disposition: form-data; name= _method x\r\n\r\n",
+            "Content-Disposition: form-data; name=\"_met\r\nhod\"\r\n\r\n",
+            "Content-Disposition: form-data;\r\n\tname=\"_method\"\r\n\r\n",
+            "Content-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\n",
+        ] {
+            assert!(headers_name_method(block.as_bytes()), "{block:?}");
+        }
+        for block in [
+            "Content-Disposition: form-data; name=\"_method_note\"\r\n\r\n",
+            "Content-Disposition: form-data; name=\"method\"\r\n\r\n",
+            "Content-Type: text/plain\r\n\r\n",
+        ] {
+            assert!(!headers_name_method(block.as_bytes()), "{block:?}");
+        }
+    }
+
+    #[test]
+    fn a_header_block_is_read_to_phps_end_and_to_racks() {
+        let b = "BB";
+        // PHP's headers end at the bare-LF blank line, Rack's run on to CRLF CRLF.
+        let body = format!("--{b}\r\nX-A: 1\n\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--{b}--\r\n");
+        assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm));
+        // A delimiter in the middle of a line ends the part (Rack).
+        let body = format!("--{b}\r\nContent-Disposition: form-data; name=x\r\n\r\njunk--{b}\r\n --{b}\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n");
+        assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm));
+        // A header block that never ends is refused past 8 KiB.
+        let body = format!("--{b}\r\nX: {}", "y".repeat(9000));
+        assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm));
+    }
+
+    #[test]
+    fn boundaries_as_php_and_rack_take_them() {
+        let got = |ct: &str| -> Vec<String> {
+            boundaries(ct.as_bytes())
+                .into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
+        };
+        assert_eq!(got("multipart/form-data; boundary=BB"), ["BB"]);
+        assert_eq!(got("multipart/form-data; boundary=\"B B\""), ["B B"]);
+        assert!(got("multipart/form-data; boundary =BB").contains(&"BB".to_owned()));
+        assert!(got("multipart/form-data; boundaryx=BB").contains(&"BB".to_owned()));
+        let both = got("multipart/form-data; Boundary=AA; boundary=BB");
+        assert!(
+            both.contains(&"AA".to_owned()) && both.contains(&"BB".to_owned()),
+            "{both:?}"
+        );
+        let both = got("multipart/form-data; boundary=AA; Boundary=BB");
+        assert!(
+            both.contains(&"AA".to_owned()) && both.contains(&"BB".to_owned()),
+            "{both:?}"
+        );
+        assert!(got("multipart/form-data").is_empty());
+        // Too long to follow: refused.
+        let long = format!("multipart/form-data; boundary={}", "b".repeat(2000));
+        assert_eq!(
+            form_kinds(&Method::POST, &headers(&[&long])),
+            vec![FormKind::Unreadable]
+        );
+        assert_eq!(
+            scan(&FormKind::Unreadable, b"anything", 3),
+            Err(MethodInForm)
+        );
+    }
+
+    #[test]
+    fn encoded_forms_are_refused_and_encoded_json_is_not() {
+        let with = |ct: &str, ce: &str| {
+            let mut h = headers(&[ct]);
+            h.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_str(ce).unwrap(),
+            );
+            check_encoding(&form_kinds(&Method::POST, &h), &h)
+        };
+        assert_eq!(
+            with("application/x-www-form-urlencoded", "gzip"),
+            Err(BadTarget::EncodedForm)
+        );
+        assert_eq!(
+            with("multipart/form-data; boundary=B", "deflate"),
+            Err(BadTarget::EncodedForm)
+        );
+        assert_eq!(
+            with("application/x-www-form-urlencoded", "identity"),
+            Ok(())
+        );
+        assert_eq!(with("application/json", "gzip"), Ok(()));
+        assert_eq!(with("application/octet-stream", "gzip"), Ok(()));
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub enum BadTarget {
     /// request's own (a `POST` allowed to alice would become her `DELETE`).
     #[error("method override names another method")]
     MethodOverride,
+    /// A POST form (urlencoded, multipart, or without a media type) with a `Content-Encoding`:
+    /// its `_method` field cannot be read on the way (Express's body parsers inflate it).
+    #[error("form body with a Content-Encoding")]
+    EncodedForm,
 }
 
 /// Header names by which frameworks let a request stand for another method, compared with
@@ -122,18 +126,22 @@ pub fn check_method_override(
 }
 
 /// Whether a decoded query key reads as `_method` to a framework: PHP (Symfony, Laravel) ends
-/// a name at its first NUL byte (`_method%00x`), drops leading spaces and then turns `.`, `[`
-/// and spaces into `_` (`.method`, `%20_method`); `_method[]` is the same field as an array.
+/// a name at its first NUL byte (`_method%00x`), drops leading spaces and turns `.` and spaces
+/// into `_` (`.method`, `%20_method`); Rack and Express's `qs` drop leading `[` and `]` and a
+/// trailing `]` (`[_method]`, `]_method`); `_method[]` is the same field as an array.
 pub(crate) fn is_method_parameter(key: &[u8]) -> bool {
     let key = key.split(|&b| b == 0).next().unwrap_or_default();
-    let key = key.trim_ascii_start();
-    let Some((&first, rest)) = key.split_first() else {
+    let start = key
+        .iter()
+        .position(|&b| !(b.is_ascii_whitespace() || b == b'[' || b == b']'))
+        .unwrap_or(key.len());
+    let Some((&first, rest)) = key[start..].split_first() else {
         return false;
     };
-    matches!(first, b'_' | b'.' | b'[')
+    matches!(first, b'_' | b'.')
         && rest.len() >= 6
         && rest[..6].eq_ignore_ascii_case(b"method")
-        && matches!(rest.get(6), None | Some(b'['))
+        && matches!(rest.get(6), None | Some(b'[' | b']'))
 }
 
 /// `application/x-www-form-urlencoded` decoding of one query key or value: `+` is a space,
@@ -439,6 +447,11 @@ mod tests {
         for q in [
             "_method=DELETE",
             "_method%00anything=DELETE",
+            "[_method]=DELETE",
+            "]_method=DELETE",
+            "_method]=DELETE",
+            "[]_method=DELETE",
+            "%5B_method%5D=DELETE",
             "a=1&_method=delete",
             "_METHOD=PUT",
             "%5Fmethod=DELETE",
@@ -446,7 +459,6 @@ mod tests {
             "_%6Dethod=DELETE",
             ".method=DELETE",
             "%20%20_method=DELETE",
-            "[method=DELETE",
             "_method[]=DELETE",
             "_method=%44ELETE",
             "x=1;_method=PATCH",
@@ -460,6 +472,7 @@ mod tests {
             "_method=post",
             "_methods=DELETE",
             "+method=DELETE",
+            "[method=DELETE",
             "my_method=DELETE",
             "method=DELETE",
             "x=_method=DELETE",

@@ -36,10 +36,11 @@ pub struct Revocation {
     client: OnceLock<crl::HttpClient>,
     /// Distribution-point fetches in flight: one per URL serves every handshake that waits.
     inflight: Mutex<HashMap<String, Arc<Flight>>>,
-    /// Distribution-point fetches from a handshake that failed, and when: for
-    /// [`FAILED_FETCH_HOLD`] after a failure, handshakes do not ask again (the refresh task
-    /// retries in the background), so a client whose distribution point is down does not make
-    /// every one of its handshakes a fetch and a wait.
+    /// Distribution-point fetches from a handshake that failed (unreachable, an HTTP error),
+    /// and when: for [`FAILED_FETCH_HOLD`] after a failure, handshakes do not ask again (the
+    /// refresh task retries in the background), so a client whose distribution point is down
+    /// does not make every one of its handshakes a fetch and a wait. A CRL that was fetched but
+    /// did not verify is not held: that depends on the path of the handshake that asked.
     failed: Mutex<HashMap<String, Instant>>,
     /// Client OCSP (SPEC 9.3).
     pub ocsp: Arc<OcspState>,
@@ -181,17 +182,19 @@ impl Revocation {
                                 },
                             );
                             this.rebuild.notify_one();
-                            this.crls.get(&source, &url)
+                            (this.crls.get(&source, &url), false)
                         }
                         Err(e) => {
+                            // Whether it verifies depends on the path of the handshake that
+                            // asked: not held against the others.
                             tracing::warn!(trust = %source, %url, error = %e, "distribution point CRL refused");
-                            None
+                            (None, false)
                         }
                     },
-                    Ok(crl::Got::NotModified) => None,
+                    Ok(crl::Got::NotModified) => (None, false),
                     Err(e) => {
                         tracing::warn!(trust = %source, %url, error = %e, "distribution point fetch failed");
-                        None
+                        (None, true)
                     }
                 }
             };
@@ -201,19 +204,22 @@ impl Revocation {
             // The fetch runs on its own thread and finishes even if every handshake that
             // waits for it gives up.
             std::thread::spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
+                let (result, unreachable) = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .ok()
-                    .and_then(|rt| rt.block_on(fetch));
+                {
+                    Ok(rt) => rt.block_on(fetch),
+                    Err(_) => (None, false),
+                };
                 lock(&this.inflight).remove(&key);
                 {
-                    // At most MAX_DISTRIBUTION_POINTS keys per source: bounded.
+                    // At most MAX_DISTRIBUTION_POINTS keys per source: bounded. Only a fetch
+                    // that failed (unreachable, an HTTP error) holds: the same for every client.
                     let mut failed = lock(&this.failed);
-                    if result.is_some() {
-                        failed.remove(&key);
-                    } else {
+                    if unreachable {
                         failed.insert(key, Instant::now());
+                    } else {
+                        failed.remove(&key);
                     }
                 }
                 *lock(&flight.done) = Some(result);

@@ -492,7 +492,19 @@ async fn idle_websocket_tunnels_are_closed() {
     let proxy = env.start(&with_listen(&env, &["idle_timeout: 1s"])).await;
     let (mut busy, _) = open_websocket(&env, &proxy).await;
     let (mut idle, _) = open_websocket(&env, &proxy).await;
-    let started = std::time::Instant::now();
+    // The idle tunnel works, then falls silent.
+    idle.send(Message::Text("once".into())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), idle.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap(), "once");
+    let silent_since = std::time::Instant::now();
+    let closed = tokio::spawn(async move {
+        let ended = idle.next().await;
+        (silent_since.elapsed(), ended)
+    });
     // The busy tunnel sends every 300 ms for 3 s (three idle timeouts): every message echoes.
     for i in 0..10 {
         busy.send(Message::Text(format!("m{i}"))).await.unwrap();
@@ -504,22 +516,33 @@ async fn idle_websocket_tunnels_are_closed() {
         assert_eq!(echoed.into_text().unwrap(), format!("m{i}"));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // The idle tunnel was closed meanwhile: reading it ends (no frame), well before the 10 s
-    // a hung tunnel would take.
-    let ended = tokio::time::timeout(Duration::from_secs(10), idle.next())
+    // The idle tunnel was closed after idle_timeout (checked once a second), not before.
+    let (after, ended) = tokio::time::timeout(Duration::from_secs(10), closed)
         .await
-        .expect("idle tunnel closed within 10 s");
+        .expect("idle tunnel closed within 10 s")
+        .unwrap();
     assert!(
         !matches!(ended, Some(Ok(Message::Text(_) | Message::Binary(_)))),
         "{ended:?}"
     );
-    assert!(started.elapsed() >= Duration::from_secs(1));
-    // Its slot is free again: only the busy tunnel is an open connection.
-    let text = crate::common::scrape(&proxy).await;
-    assert_eq!(
-        crate::common::metric(&text, "certguard_connections_active", &[]),
-        1.0
+    assert!(
+        after >= Duration::from_secs(1) && after < Duration::from_millis(3500),
+        "closed {after:?} after falling silent"
     );
+    // Its slot is free again: only the busy tunnel is an open connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = crate::common::scrape(&proxy).await;
+        let active = crate::common::metric(&text, "certguard_connections_active", &[]);
+        if active == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{active} connections active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
