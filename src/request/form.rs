@@ -105,6 +105,11 @@ pub fn form_kinds(method: &Method, headers: &HeaderMap) -> Vec<FormKind> {
 /// `req.body._method`). JSON is not refused this way (compressed JSON is common: OTLP
 /// exporters), see the README.
 pub fn check_encoding(kinds: &[FormKind], headers: &HeaderMap) -> Result<(), BadTarget> {
+    // Servers join repeated fields (`a, b`), which can read as a multipart type with the other
+    // field's boundary: a POST that may carry a form has one Content-Type or none.
+    if !kinds.is_empty() && headers.get_all(CONTENT_TYPE).iter().count() > 1 {
+        return Err(BadTarget::DuplicateContentType);
+    }
     let form = kinds.iter().any(|k| !matches!(k, FormKind::Json));
     let encoded = headers
         .get_all(http::header::CONTENT_ENCODING)
@@ -168,6 +173,12 @@ fn boundaries(content_type: &[u8]) -> Vec<Vec<u8>> {
                 .unwrap_or(rest.len());
             candidates.push(&rest[..end]);
             candidates.push(rest[..end].trim_ascii());
+            // Rack: `"?([^";,]+)`, so an unquoted value also ends at a quote.
+            let end = rest
+                .iter()
+                .position(|&b| matches!(b, b';' | b',' | b'"'))
+                .unwrap_or(rest.len());
+            candidates.push(&rest[..end]);
         }
         for c in candidates {
             if !c.is_empty() && !out.iter().any(|o| o == c) {
@@ -228,6 +239,8 @@ struct JsonState {
     awaiting_value: bool,
     /// Inside the string value of a `_method` key.
     in_method_value: bool,
+    /// White space held back between a `_method` key's `:` and its value.
+    held_space: usize,
 }
 
 enum UrlState {
@@ -257,17 +270,21 @@ struct Matcher {
 
 /// Longest part header block followed; a longer one is refused (no framework needs it).
 const MAX_PART_HEADERS: usize = 8 * 1024;
+/// A header line this long may be split by PHP's 5120-byte line buffer, which then sees an
+/// end of the headers inside it: such a line in a `_method` part is refused.
+const PHP_LINE: usize = 5000;
 
 enum Part {
     /// Before the first delimiter, or in a part that does not matter: looking for the next.
     Content,
-    /// Just after a delimiter: `--` (the end) or the rest of its line.
+    /// Just after a delimiter: the rest of its line (its first two bytes kept).
     AfterDelimiter(Vec<u8>),
-    /// In the part's header block (kept whole: frameworks read the name from different
-    /// places in it). `blank` is set once PHP's end of the headers (the first empty line) has
-    /// passed without naming `_method`: Rack's block runs on to the first CRLF CRLF.
-    Headers { block: Vec<u8>, blank: bool },
-    /// In the content of a `_method` part (kept, delimiter bytes included).
+    /// A part from its first header byte, held back until its header block has been read to
+    /// Rack's end (the first CRLF CRLF): neither Rack nor PHP ends a header block at a
+    /// delimiter, and PHP may end it earlier (an empty line, a line that starts with NUL).
+    Headers(Vec<u8>),
+    /// A part whose header block names `_method`: all of it held (header block, then value)
+    /// until the next delimiter, then every value a framework could read is judged.
     Method(Vec<u8>),
 }
 
@@ -334,6 +351,21 @@ impl MethodFieldScan {
     }
 }
 
+/// A key longer than [`MAX_KEY`] whose kept start is all padding (white space, `+`,
+/// brackets, escapes of them): what follows could read as `_method` (Rack and PHP strip any
+/// amount of it), so its value is judged.
+fn padded_past(key: &[u8]) -> bool {
+    if key.len() <= MAX_KEY {
+        return false;
+    }
+    let decoded = form_decode(key);
+    let rest = decoded
+        .iter()
+        .position(|&b| !(b.is_ascii_whitespace() || matches!(b, b'[' | b']' | b'%')))
+        .unwrap_or(decoded.len());
+    decoded.len() - rest < 10
+}
+
 /// A value that is empty (no method) or names the request's own method changes nothing.
 fn judge(method: &Method, decoded: &[u8]) -> Result<(), MethodInForm> {
     let v = decoded.trim_ascii();
@@ -348,10 +380,16 @@ impl Parser {
     fn finish(&mut self, method: &Method) -> Result<(), MethodInForm> {
         let value = match &mut self.state {
             State::Url(UrlState::Method(v)) => form_decode(std::mem::take(v)),
-            State::Multipart(m) => match &mut m.part {
-                Part::Method(v) => std::mem::take(v),
-                _ => return Ok(()),
-            },
+            State::Multipart(m) => {
+                let verdict = match &m.part {
+                    Part::Headers(part) | Part::Method(part) if headers_name_method(part) => {
+                        judge_part(method, part, &m.delimiter.pattern)
+                    }
+                    _ => Ok(()),
+                };
+                self.hold_from = None;
+                return verdict;
+            }
             State::Json(j) if j.in_method_value => json_unescape(&std::mem::take(&mut j.string)),
             State::Url(_) | State::Json(_) | State::Refuse => return Ok(()),
         };
@@ -364,7 +402,7 @@ impl Parser {
             State::Url(url) => match url {
                 UrlState::Key(key) => match b {
                     b'=' => {
-                        if is_method_parameter(&form_decode(key)) {
+                        if is_method_parameter(&form_decode(&*key)) || padded_past(key) {
                             *url = UrlState::Method(Vec::new());
                             self.hold_from = Some(at + 1);
                         } else {
@@ -372,7 +410,7 @@ impl Parser {
                         }
                     }
                     b'&' | b';' => key.clear(),
-                    _ if key.len() < MAX_KEY => key.push(b),
+                    _ if key.len() <= MAX_KEY => key.push(b),
                     _ => {}
                 },
                 UrlState::Skip => {
@@ -399,66 +437,41 @@ impl Parser {
                     Part::Content if found => m.part = Part::AfterDelimiter(Vec::new()),
                     Part::Content => {}
                     Part::AfterDelimiter(seen) => {
-                        // The closing delimiter (`--` after it) is not trusted to end the
-                        // body: PHP reads parts after it. Whatever follows is content.
-                        seen.push(b);
+                        // Even the closing delimiter (`--` after it) is followed by headers:
+                        // Rack and PHP read parts after it in some bodies.
                         if found {
                             seen.clear();
-                        } else if seen.starts_with(b"--") {
-                            m.part = Part::Content;
                         } else if b == b'\n' {
-                            m.part = Part::Headers {
-                                block: Vec::new(),
-                                blank: false,
-                            };
-                        } else if seen.len() > MAX_KEY {
-                            // Not a delimiter line after all: part of some content.
-                            m.part = Part::Content;
+                            m.part = Part::Headers(Vec::new());
+                            self.hold_from = Some(at + 1);
+                        } else if seen.len() < 2 {
+                            seen.push(b);
                         }
                     }
-                    Part::Headers { .. } if found => m.part = Part::AfterDelimiter(Vec::new()),
-                    Part::Headers { block, blank } => {
+                    Part::Headers(block) => {
                         block.push(b);
                         if block.len() > MAX_PART_HEADERS {
                             return Err(MethodInForm);
                         }
-                        if b != b'\n' {
-                            return Ok(());
-                        }
-                        // PHP ends the headers at the first empty line (CR optional), Rack at
-                        // the first CRLF CRLF; the part is `_method` if either's block names it.
-                        let crlf_crlf = block.ends_with(b"\r\n\r\n") || block == b"\r\n";
-                        let before = &block[..block.len() - 1];
-                        let empty_line = before.is_empty()
-                            || before.ends_with(b"\n")
-                            || before == b"\r"
-                            || before.ends_with(b"\n\r");
-                        if !(crlf_crlf || (empty_line && !*blank)) {
-                            return Ok(());
-                        }
-                        if headers_name_method(block) {
-                            m.part = Part::Method(Vec::new());
-                            self.hold_from = Some(at + 1);
-                        } else if crlf_crlf {
-                            m.part = Part::Content;
-                        } else {
-                            *blank = true;
+                        if b == b'\n' && block.ends_with(b"\r\n\r\n") {
+                            if headers_name_method(block) {
+                                let part = std::mem::take(block);
+                                m.part = Part::Method(part);
+                            } else {
+                                m.part = Part::Content;
+                                self.hold_from = None;
+                            }
                         }
                     }
-                    Part::Method(value) => {
-                        value.push(b);
+                    Part::Method(part) => {
+                        part.push(b);
                         if found {
-                            // The value ends before the delimiter (and the line end before it).
-                            let len = value.len().saturating_sub(m.delimiter.pattern.len());
-                            let content = &value[..len];
-                            let content = content.strip_suffix(b"\n").unwrap_or(content);
-                            let content = content.strip_suffix(b"\r").unwrap_or(content);
-                            let verdict = judge(method, content);
+                            let verdict = judge_part(method, part, &m.delimiter.pattern);
                             m.part = Part::AfterDelimiter(Vec::new());
                             self.hold_from = None;
                             return verdict;
                         }
-                        if value.len() > MAX_VALUE + m.delimiter.pattern.len() {
+                        if part.len() > MAX_PART_HEADERS + MAX_VALUE + m.delimiter.pattern.len() {
                             return Err(MethodInForm);
                         }
                     }
@@ -523,6 +536,13 @@ impl JsonState {
             return Ok(());
         }
         if b.is_ascii_whitespace() {
+            if self.awaiting_value && hold_from.is_some() {
+                // Held back from the `:`: white space before the value counts too.
+                self.held_space += 1;
+                if self.held_space > MAX_VALUE {
+                    return Err(MethodInForm);
+                }
+            }
             return Ok(());
         }
         let top = self.depth == 1;
@@ -546,7 +566,10 @@ impl JsonState {
             }
             b'{' | b'[' => self.depth = self.depth.saturating_add(1),
             b'}' | b']' => self.depth = self.depth.saturating_sub(1),
-            b':' if top && self.awaiting_value => *hold_from = Some(at + 1),
+            b':' if top && self.awaiting_value => {
+                *hold_from = Some(at + 1);
+                self.held_space = 0;
+            }
             b',' if top => self.expect_key = true,
             _ => {}
         }
@@ -653,46 +676,112 @@ impl Matcher {
     }
 }
 
+/// Judge every value a framework could read from a `_method` part held whole (`part`: its
+/// header block, then its content, up to and including the delimiter that ends it, if any):
+/// the content after each place where PHP or Rack ends the header block (an empty line, a
+/// line that starts with NUL, the first CRLF CRLF), up to the first delimiter after it.
+fn judge_part(method: &Method, part: &[u8], delimiter: &[u8]) -> Result<(), MethodInForm> {
+    // A `_method` part has one end of its headers; a few more are judged, many are refused
+    // (each costs a search to the delimiter).
+    let mut ends = 0;
+    let mut line_start = 0;
+    for (i, &b) in part.iter().enumerate() {
+        if b != b'\n' {
+            continue;
+        }
+        let line = &part[line_start..i];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line_start = i + 1;
+        if line.len() >= PHP_LINE {
+            return Err(MethodInForm);
+        }
+        if !(line.is_empty() || line[0] == 0) {
+            continue;
+        }
+        ends += 1;
+        if ends > 8 {
+            return Err(MethodInForm);
+        }
+        let rest = &part[i + 1..];
+        let end = rest
+            .windows(delimiter.len())
+            .position(|w| w == delimiter)
+            .unwrap_or(rest.len());
+        let value = &rest[..end];
+        let value = value.strip_suffix(b"\n").unwrap_or(value);
+        let value = value.strip_suffix(b"\r").unwrap_or(value);
+        judge(method, value)?;
+    }
+    Ok(())
+}
+
 /// Whether a part's header block names it `_method`, however a framework reads it: Rack takes
 /// `name=` after `Content-Disposition:` anywhere in the block (across lines, in other header
-/// names too), else the `Content-ID`; PHP joins folded lines and takes a quoted, single-quoted
-/// or bare value; Rack drops backslashes. The block is read with line breaks, quotes and
-/// backslashes removed, once keeping and once removing white space, and every `name=`,
-/// `name*=` and `content-id:` in it is judged.
+/// names too), else a `Content-ID` (its match may start inside a header name); PHP joins a
+/// line without `:` to the previous one, skips repeated `=`, and takes a quoted,
+/// single-quoted or bare value; Rack drops backslashes. The block is read three ways (line
+/// breaks and quotes as spaces; folded the PHP way; line breaks and quotes removed), and
+/// every `name=`, `name*=` and `content-id:` in each reading is judged on the first 64 bytes
+/// of its value.
 fn headers_name_method(block: &[u8]) -> bool {
-    let lower = block.to_ascii_lowercase();
-    let strip = |keep_space: bool| -> Vec<u8> {
-        lower
-            .iter()
-            .copied()
-            .filter(|&b| {
-                !matches!(b, b'\r' | b'\n' | b'"' | b'\'' | b'\\')
-                    && (keep_space || !matches!(b, b' ' | b'\t'))
-            })
-            .collect()
-    };
-    for keep_space in [false, true] {
-        let text = strip(keep_space);
-        for needle in [&b"name="[..], b"name*=", b"content-id:"] {
-            let mut from = 0;
-            while let Some(pos) = text[from..].windows(needle.len()).position(|w| w == needle) {
-                let start = from + pos + needle.len();
-                from = start;
-                // `filename=` names no field, for any framework.
-                if text[..start - needle.len()].ends_with(b"file") {
-                    continue;
-                }
-                let rest = text[start..].trim_ascii_start();
-                let end = rest
-                    .iter()
-                    .position(|&b| matches!(b, b';' | b',') || b.is_ascii_whitespace())
-                    .unwrap_or(rest.len());
-                let key = &rest[..end];
-                // `name*=utf-8''_method`: the part after the language tag, percent-decoded.
-                let key = form_decode(key.rsplit(|&b| b == b'\'').next().unwrap_or(key));
-                if is_method_parameter(&key) || ends_with_method_name(&key) {
-                    return true;
-                }
+    let lower: Vec<u8> = block
+        .to_ascii_lowercase()
+        .into_iter()
+        .filter(|&b| b != b'\\')
+        .collect();
+    let spaced: Vec<u8> = lower
+        .iter()
+        .map(|&b| match b {
+            b'\r' | b'\n' | b'"' | b'\'' => b' ',
+            b => b,
+        })
+        .collect();
+    let glued: Vec<u8> = lower
+        .iter()
+        .copied()
+        .filter(|&b| !matches!(b, b'\r' | b'\n' | b'"' | b'\''))
+        .collect();
+    let mut folded: Vec<u8> = Vec::with_capacity(lower.len());
+    for line in lower.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let continues = !folded.is_empty()
+            && (line.first().is_some_and(|&b| b == b' ' || b == b'\t') || !line.contains(&b':'));
+        if !continues && !folded.is_empty() {
+            folded.push(b'\n');
+        }
+        folded.extend_from_slice(line);
+    }
+    [spaced, folded, glued]
+        .iter()
+        .any(|text| names_method(text))
+}
+
+/// Whether `text` (one reading of a header block) has a `name=`, `name*=` or `content-id:`
+/// whose value reads as `_method`.
+fn names_method(text: &[u8]) -> bool {
+    for needle in [&b"name="[..], b"name*=", b"content-id:"] {
+        let mut from = 0;
+        while let Some(pos) = text[from..].windows(needle.len()).position(|w| w == needle) {
+            let start = from + pos + needle.len();
+            from = start;
+            // `filename=` names no field, for any framework.
+            if needle != b"content-id:" && text[..start - needle.len()].ends_with(b"file") {
+                continue;
+            }
+            let rest = &text[start..];
+            let skip = rest
+                .iter()
+                .position(|&b| !(b.is_ascii_whitespace() || matches!(b, b'=' | b'"' | b'\'')))
+                .unwrap_or(rest.len());
+            let rest = &rest[skip..rest.len().min(skip + 64)];
+            let end = rest
+                .iter()
+                .position(|&b| matches!(b, b';' | b',' | b'"' | b'\'') || b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            let key = &rest[..end];
+            let key = form_decode(key);
+            if is_method_parameter(&key) || ends_with_method_name(&key) {
+                return true;
             }
         }
     }
@@ -808,6 +897,9 @@ mod tests {
             "_method=%44ELETE",
             "_method=GET",
             &format!("_method={}", "A".repeat(300)),
+            &format!("{}_method=DELETE", "[".repeat(1100)),
+            &format!("{}_method=DELETE", "+".repeat(1100)),
+            &format!("{}_method=DELETE", "%5B".repeat(400)),
         ] {
             assert_eq!(url(body), Err(MethodInForm), "{body}");
         }
@@ -1020,6 +1112,9 @@ mod tests {
         ] {
             assert_eq!(json(body), Err(MethodInForm), "{body}");
         }
+        // White space held back after the `:` is bounded.
+        let spaced = format!("{{\"_method\":{}\"POST\"}}", " ".repeat(300));
+        assert_eq!(json(&spaced), Err(MethodInForm));
         for body in [
             r#"{}"#,
             r#"{"_method":"POST"}"#,
@@ -1070,6 +1165,17 @@ mod tests {
             assert!(headers_name_method(block.as_bytes()), "{block:?}");
         }
         for block in [
+            "Content-Disposition: form-data; name=\"_method\"\r\nContent-Type: text/plain\r\n\r\n",
+            "Content-Disposition: form-data; name=\"_method\"x\r\n\r\n",
+            "Content-Disposition: form-data; name=_method\rContent-Type: x\r\n\r\n",
+            "Content-Disposition: form-data; name=\"_met\r\nhod\"\r\nContent-Type: text/plain\r\n\r\n",
+            "Content-Disposition: form-data; name==_method\r\n\r\n",
+            "Content-Disposition: form-data; name===.method\r\n\r\n",
+            "X-FileContent-ID: _method\r\n\r\n",
+        ] {
+            assert!(headers_name_method(block.as_bytes()), "{block:?}");
+        }
+        for block in [
             "Content-Disposition: form-data; name=\"_method_note\"\r\n\r\n",
             "Content-Disposition: form-data; name=\"method\"\r\n\r\n",
             "Content-Type: text/plain\r\n\r\n",
@@ -1087,6 +1193,22 @@ mod tests {
         // A delimiter in the middle of a line ends the part (Rack).
         let body = format!("--{b}\r\nContent-Disposition: form-data; name=x\r\n\r\njunk--{b}\r\n --{b}\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n");
         assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm));
+        // An empty first header line, parts after the closing delimiter, a long delimiter
+        // line, a delimiter inside the header block, a NUL line, a body cut in the value.
+        for body in [
+            format!("--{b}\r\n\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}--\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}{}\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n", " ".repeat(1100)),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method; x=--{b}\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method\r\n\0\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method\r\n\0\r\nDELETE"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method\r\nX: {}\r\n\r\nPOST\r\n--{b}--", "y".repeat(5100)),
+        ] {
+            assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm), "{:?}", &body[..body.len().min(120)]);
+        }
+        // A `_method` part with another header and the value POST passes.
+        let ok = format!("--{b}\r\nContent-Disposition: form-data; name=\"_method\"\r\nContent-Type: text/plain\r\n\r\npost\r\n--{b}--\r\n");
+        assert_eq!(mp(ok.as_bytes(), b), Ok(()));
         // A header block that never ends is refused past 8 KiB.
         let body = format!("--{b}\r\nX: {}", "y".repeat(9000));
         assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm));

@@ -80,6 +80,10 @@ pub enum BadTarget {
     /// its `_method` field cannot be read on the way (Express's body parsers inflate it).
     #[error("form body with a Content-Encoding")]
     EncodedForm,
+    /// A POST with several `Content-Type` fields: servers join them, and the joined value can
+    /// read as another media type (multipart with the other field's boundary).
+    #[error("several Content-Type fields")]
+    DuplicateContentType,
 }
 
 /// Header names by which frameworks let a request stand for another method, compared with
