@@ -72,8 +72,9 @@ pub fn form_kinds(method: &Method, headers: &HeaderMap) -> Vec<FormKind> {
             .unwrap_or_default();
         if media.len() >= 10 && media[..10].eq_ignore_ascii_case(b"multipart/") {
             let found = boundaries(value);
-            if found.is_empty() {
-                // Rack parses a multipart body it cannot split as a urlencoded one.
+            if found.is_empty() || !rack_finds_boundary(value) {
+                // Rack parses a multipart body it cannot split as a urlencoded one (PHP may
+                // still find a boundary Rack does not).
                 add(FormKind::UrlEncoded);
             }
             for b in found {
@@ -119,6 +120,29 @@ pub fn check_encoding(kinds: &[FormKind], headers: &HeaderMap) -> Result<(), Bad
         return Err(BadTarget::EncodedForm);
     }
     Ok(())
+}
+
+/// Whether Rack's boundary pattern (`boundary`, optional white space, `=`, an optional quote,
+/// then a byte other than `"`, `;` and `,`) matches the `Content-Type`.
+fn rack_finds_boundary(content_type: &[u8]) -> bool {
+    let lower = content_type.to_ascii_lowercase();
+    lower
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == b"boundary")
+        .any(|(i, _)| {
+            let rest = &lower[i + 8..];
+            let rest = &rest[rest
+                .iter()
+                .position(|&b| !b.is_ascii_whitespace())
+                .unwrap_or(rest.len())..];
+            let Some(rest) = rest.strip_prefix(b"=") else {
+                return false;
+            };
+            let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+            rest.first()
+                .is_some_and(|&b| !matches!(b, b'"' | b';' | b','))
+        })
 }
 
 /// The multipart boundaries the frameworks would take from a `Content-Type`, each way:
@@ -381,9 +405,22 @@ impl Parser {
         let value = match &mut self.state {
             State::Url(UrlState::Method(v)) => form_decode(std::mem::take(v)),
             State::Multipart(m) => {
+                let delimiter = &m.delimiter.pattern;
                 let verdict = match &m.part {
                     Part::Headers(part) | Part::Method(part) if headers_name_method(part) => {
-                        judge_part(method, part, &m.delimiter.pattern)
+                        judge_part(method, part, delimiter).and_then(|()| {
+                            // PHP ends the headers at a last line without a line feed and takes
+                            // what is left as the value.
+                            let tail = part
+                                .iter()
+                                .rposition(|&b| b == b'\n')
+                                .map_or(&part[..], |i| &part[i + 1..]);
+                            if tail.windows(delimiter.len()).any(|w| w == &delimiter[..]) {
+                                Ok(())
+                            } else {
+                                judge(method, tail)
+                            }
+                        })
                     }
                     _ => Ok(()),
                 };
@@ -441,6 +478,10 @@ impl Parser {
                         // Rack and PHP read parts after it in some bodies.
                         if found {
                             seen.clear();
+                        } else if b == 0 && seen.is_empty() {
+                            // PHP compares a delimiter line up to a NUL: `--B\0...` is one,
+                            // and its headers may start inside that line.
+                            return Err(MethodInForm);
                         } else if b == b'\n' {
                             m.part = Part::Headers(Vec::new());
                             self.hold_from = Some(at + 1);
@@ -448,6 +489,9 @@ impl Parser {
                             seen.push(b);
                         }
                     }
+                    // A delimiter inside a header block: frameworks disagree on where that part
+                    // and the next begin.
+                    Part::Headers(_) if found => return Err(MethodInForm),
                     Part::Headers(block) => {
                         block.push(b);
                         if block.len() > MAX_PART_HEADERS {
@@ -724,18 +768,23 @@ fn judge_part(method: &Method, part: &[u8], delimiter: &[u8]) -> Result<(), Meth
 /// every `name=`, `name*=` and `content-id:` in each reading is judged on the first 64 bytes
 /// of its value.
 fn headers_name_method(block: &[u8]) -> bool {
-    let lower: Vec<u8> = block
-        .to_ascii_lowercase()
-        .into_iter()
+    let with_backslashes = block.to_ascii_lowercase();
+    let lower: Vec<u8> = with_backslashes
+        .iter()
+        .copied()
         .filter(|&b| b != b'\\')
         .collect();
-    let spaced: Vec<u8> = lower
-        .iter()
-        .map(|&b| match b {
-            b'\r' | b'\n' | b'"' | b'\'' => b' ',
-            b => b,
-        })
-        .collect();
+    let as_spaces = |text: &[u8]| -> Vec<u8> {
+        text.iter()
+            .map(|&b| match b {
+                b'\r' | b'\n' | b'"' | b'\'' => b' ',
+                b => b,
+            })
+            .collect()
+    };
+    let spaced = as_spaces(&lower);
+    // Rack drops backslashes only inside quoted names: unquoted, one ends the name.
+    let spaced_backslashes = as_spaces(&with_backslashes);
     let glued: Vec<u8> = lower
         .iter()
         .copied()
@@ -751,7 +800,7 @@ fn headers_name_method(block: &[u8]) -> bool {
         }
         folded.extend_from_slice(line);
     }
-    [spaced, folded, glued]
+    [spaced, spaced_backslashes, folded, glued]
         .iter()
         .any(|text| names_method(text))
 }
@@ -769,14 +818,37 @@ fn names_method(text: &[u8]) -> bool {
                 continue;
             }
             let rest = &text[start..];
+            // White space (vertical tab too: PHP's isspace, Ruby's \s), `=`, quotes and
+            // brackets (Rack strips any number) before the name; an unquoted name ends at
+            // white space or any of Rack's stop characters.
+            let space = |b: u8| b.is_ascii_whitespace() || b == 0x0b;
             let skip = rest
                 .iter()
-                .position(|&b| !(b.is_ascii_whitespace() || matches!(b, b'=' | b'"' | b'\'')))
+                .position(|&b| !(space(b) || matches!(b, b'=' | b'"' | b'\'' | b'[' | b']')))
                 .unwrap_or(rest.len());
             let rest = &rest[skip..rest.len().min(skip + 64)];
             let end = rest
                 .iter()
-                .position(|&b| matches!(b, b';' | b',' | b'"' | b'\'') || b.is_ascii_whitespace())
+                .position(|&b| {
+                    space(b)
+                        || matches!(
+                            b,
+                            b';' | b','
+                                | b'"'
+                                | b'\''
+                                | b'('
+                                | b')'
+                                | b'<'
+                                | b'>'
+                                | b':'
+                                | b'\\'
+                                | b'/'
+                                | b'?'
+                                | b'='
+                                | b'['
+                                | b']'
+                        )
+                })
                 .unwrap_or(rest.len());
             let key = &rest[..end];
             let key = form_decode(key);
@@ -1206,6 +1278,21 @@ mod tests {
         ] {
             assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm), "{:?}", &body[..body.len().min(120)]);
         }
+        // (third review) a blank line straddling a delimiter line, `--B` then NUL, a header
+        // block cut by the end of the body, vertical tabs, Rack's stop characters, brackets.
+        for body in [
+            format!("--{b}x\r\n--{b}\r\n\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\0{}Content-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--{b}--\r\n", "A".repeat(5116)),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method\r\nDELETE"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method\x0b\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=\x0b_method\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-ID:\x0b_method\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method:x\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=_method\\x\r\n\r\nDELETE\r\n--{b}--\r\n"),
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"{}_method\"\r\n\r\nDELETE\r\n--{b}--\r\n", "[".repeat(64)),
+        ] {
+            assert_eq!(mp(body.as_bytes(), b), Err(MethodInForm), "{:?}", &body[..body.len().min(120)]);
+        }
         // A `_method` part with another header and the value POST passes.
         let ok = format!("--{b}\r\nContent-Disposition: form-data; name=\"_method\"\r\nContent-Type: text/plain\r\n\r\npost\r\n--{b}--\r\n");
         assert_eq!(mp(ok.as_bytes(), b), Ok(()));
@@ -1237,6 +1324,30 @@ mod tests {
             "{both:?}"
         );
         assert!(got("multipart/form-data").is_empty());
+        // PHP finds a boundary Rack's pattern does not: read both ways.
+        for ct in [
+            "multipart/form-data; boundary-x=B",
+            "multipart/form-data; boundary*=B",
+            "multipart/form-data; boundary; x=B",
+        ] {
+            let kinds = form_kinds(&Method::POST, &headers(&[ct]));
+            assert!(
+                kinds.contains(&FormKind::UrlEncoded)
+                    && kinds.contains(&FormKind::Multipart(b"B".to_vec())),
+                "{ct}: {kinds:?}"
+            );
+        }
+        // Rack's pattern matches here (a boundary of one space; PHP's ` "B"` is taken too):
+        // no urlencoded reading.
+        let kinds = form_kinds(
+            &Method::POST,
+            &headers(&["multipart/form-data; boundary = \"B\""]),
+        );
+        assert!(
+            !kinds.contains(&FormKind::UrlEncoded)
+                && kinds.contains(&FormKind::Multipart(b" ".to_vec())),
+            "{kinds:?}"
+        );
         // Too long to follow: refused.
         let long = format!("multipart/form-data; boundary={}", "b".repeat(2000));
         assert_eq!(

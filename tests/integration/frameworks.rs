@@ -305,6 +305,28 @@ async fn differential(framework: &Framework) {
         ),
         (vec![("Content-Type", FORM)], format!("{}_method=DELETE", "[".repeat(1100))),
         (vec![("Content-Type", FORM)], format!("{}_method=DELETE", "+".repeat(1100))),
+        // (third review) a blank line straddling a delimiter line, `--BB` then NUL on a long
+        // line, a header block cut by the end of the body, vertical tabs, Rack's stop
+        // characters, many brackets, boundaries only PHP's rule finds
+        (
+            vec![("Content-Type", mp)],
+            "--BBx\r\n--BB\r\n\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--BB--\r\n".into(),
+        ),
+        (
+            vec![("Content-Type", mp)],
+            format!("--BB\0{}Content-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--BB--\r\n", "A".repeat(5115)),
+        ),
+        (vec![("Content-Type", mp)], "--BB\r\nContent-Disposition: form-data; name=_method\r\nDELETE".into()),
+        (vec![("Content-Type", mp)], raw_part("Content-Disposition: form-data; name=_method\x0b")),
+        (vec![("Content-Type", mp)], raw_part("Content-Disposition: form-data; name=\x0b_method")),
+        (vec![("Content-Type", mp)], raw_part("Content-ID:\x0b_method")),
+        (vec![("Content-Type", mp)], raw_part("Content-Disposition: form-data; name=_method:x")),
+        (vec![("Content-Type", mp)], raw_part("Content-Disposition: form-data; name=_method/x")),
+        (vec![("Content-Type", mp)], raw_part("Content-Disposition: form-data; name=_method\\x")),
+        (vec![("Content-Type", mp)], raw_part(&format!("Content-Disposition: form-data; name=\"{}_method\"", "[".repeat(64)))),
+        (vec![("Content-Type", "multipart/form-data; boundary-x=BB")], "_method=DELETE".into()),
+        (vec![("Content-Type", "multipart/form-data; boundary*=BB")], "_method=DELETE".into()),
+        (vec![("Content-Type", "multipart/mixed; boundary.x=BB")], "_method=DELETE".into()),
         // a delimiter in the middle of a line (Rack ends the part there)
         (
             vec![("Content-Type", mp)],
