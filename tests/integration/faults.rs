@@ -625,7 +625,6 @@ async fn broken_handshakes_get_their_outcome_and_release_their_connection() {
 /// says so at start instead of failing later at `accept`.
 #[tokio::test]
 async fn a_descriptor_limit_below_max_connections_is_reported_at_start() {
-    use std::io::BufRead;
     let env = Env::new().await;
     let routes = "  - name: all\n    upstream: app\n    allow:\n      - authenticated: true";
     let yaml = env.yaml(routes, "").replace(
@@ -649,16 +648,7 @@ async fn a_descriptor_limit_below_max_connections_is_reported_at_start() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
+        let rx = crate::common::stdout_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut found = None;
         while Instant::now() < deadline && found.is_none() {

@@ -1,7 +1,6 @@
 //! Observability: exact metric counts after a scripted mix, promtool lint, the identity
 //! inventory, readiness, the JSON audit line, and `explain` agreeing with the live proxy.
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -338,16 +337,7 @@ async fn audit_line_for_a_denied_request_names_route_reason_and_fingerprint() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = crate::common::stdout_lines(&mut child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut bob = None;
     for _ in 0..100 {

@@ -425,3 +425,19 @@ pub fn tool(var: &str, name: &str, probe: &[&str]) -> Option<String> {
     }
     found
 }
+
+/// The lines `child` writes to its (piped) stdout, as they come, read on a thread of their own.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
