@@ -8,7 +8,7 @@
 # only for alice, /deny/ only for bob), a keep-alive pool to the upstream, an identity header
 # (XFCC-like) and X-Forwarded-*, no session resumption, no access log (ACCESS_LOG=true gives
 # certguard and nginx one). nginx 1.22 `worker_processes 1`; HAProxy 2.6 `nbthread 1`;
-# certguard `runtime.worker_threads: 1`; each started under `taskset -c $PROXY_CPU`, so all of
+# certguard `runtime.worker_threads: 1` with `single_thread: true`; each started under `taskset -c $PROXY_CPU`, so all of
 # its threads share that one core. The upstream is a second nginx (`return 200`), pinned with
 # oha and the Python client to `$LOAD_CPU`.
 #
@@ -50,6 +50,7 @@
 #   ROUTES=50         routes in certguard's policy (requests match the last one)
 #   ACCESS_LOG=false  certguard's audit log and nginx's access log, to files in the temp dir
 #   WORKERS=1         certguard runtime.worker_threads, nginx worker_processes, HAProxy nbthread
+#   SINGLE_THREAD=true   certguard runtime.single_thread (one-thread scheduler; WORKERS=1 only)
 #   PROXY_CPU=0 LOAD_CPU=1   the cores (taskset); pinning is skipped on a 1-CPU machine
 #   RESULTS=          a directory to copy results.tsv, oha's JSON reports and summary.txt into
 #   KEEP_TMP=0        1 = keep the temp dir (configs, PKI, logs) for inspection
@@ -84,6 +85,7 @@ RATE=${RATE:-2000}
 ROUTES=${ROUTES:-50}
 ACCESS_LOG=${ACCESS_LOG:-false}
 WORKERS=${WORKERS:-1}
+SINGLE_THREAD=${SINGLE_THREAD:-true}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 RESULTS=${RESULTS:-}
@@ -383,6 +385,9 @@ write_certguard_config() {
     echo "  access_log: $ACCESS_LOG"
     echo "runtime:"
     echo "  worker_threads: $WORKERS"
+    if [ "$WORKERS" = 1 ]; then
+        echo "  single_thread: $SINGLE_THREAD"
+    fi
   } >"$TMP/certguard.yaml"
 }
 

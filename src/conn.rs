@@ -33,7 +33,6 @@ pub struct ProxyState {
     pub current: Arc<Current>,
     pub metrics: Arc<Metrics>,
     pub inventory: Arc<Inventory>,
-    /// Connections still in their TLS handshake.
     /// The connections still in their TLS handshake: at `max_connections`, a new connection
     /// ends the oldest that has run for [`crate::server::EVICT_HANDSHAKES_AFTER`].
     pub handshaking: Arc<crate::listener::Evictable>,
@@ -43,6 +42,13 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// Rebuild everything from the config file; on failure the current snapshot stays. It
+    /// blocks (file reads, CRL parsing): call it from a blocking thread.
+    pub fn reload(&self) -> Result<u64, crate::reload::ReloadError> {
+        let path = self.current.load().config.source.clone();
+        crate::reload::reload(&path, &self.current, &self.metrics)
+    }
+
     pub fn new(
         current: Arc<Current>,
         metrics: Arc<Metrics>,

@@ -178,9 +178,7 @@ impl Proxy {
 
     /// Rebuild everything from the config file; on failure the current snapshot stays.
     pub fn reload(&self) -> Result<u64, reload::ReloadError> {
-        let current = &self.state.current;
-        let path = current.load().config.source.clone();
-        reload::reload(&path, current, &self.state.metrics)
+        self.state.reload()
     }
 
     /// The snapshot generation currently serving.

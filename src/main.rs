@@ -179,9 +179,16 @@ fn serve(path: &Path, demo: bool) -> ExitCode {
     };
     let _log_guard = certguard::logging::init(&config.logging);
     certguard::listener::check_fd_limit(config.listen.max_connections);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One thread runs tasks in the order they were woken: an HTTP/2 connection then writes
+    // the responses of every stream that finished in one turn together (see README,
+    // `runtime.single_thread`).
+    let mut runtime = if config.runtime.single_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     runtime.enable_all();
-    if let Some(n) = config.runtime.worker_threads {
+    if let (false, Some(n)) = (config.runtime.single_thread, config.runtime.worker_threads) {
         runtime.worker_threads(n);
     }
     let runtime = match runtime.build() {
@@ -243,7 +250,9 @@ async fn wait_for_signals(proxy: &Proxy) {
             _ = int.recv() => return,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = tokio::task::block_in_place(|| proxy.reload());
+                // On a blocking thread: the single-threaded runtime has no other to lend.
+                let state = proxy.state.clone();
+                let _ = tokio::task::spawn_blocking(move || state.reload()).await;
             }
         }
     }

@@ -42,17 +42,20 @@ pub fn reload_tracked(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let (loaded, digests) = Config::load_tracked(path);
-    let result = loaded.map_err(ReloadError::from).and_then(|config| {
-        let previous = current.load();
-        // Reloads are serialized by `reload_lock`, so no other snapshot is stored meanwhile and
-        // a failed build uses up no generation number.
-        Ok(Snapshot::build(
-            Arc::new(config),
-            previous.generation + 1,
-            Some(&previous),
-            &current.revocation,
-        )?)
-    });
+    let result = loaded
+        .and_then(fits_runtime)
+        .map_err(ReloadError::from)
+        .and_then(|config| {
+            let previous = current.load();
+            // Reloads are serialized by `reload_lock`, so no other snapshot is stored meanwhile and
+            // a failed build uses up no generation number.
+            Ok(Snapshot::build(
+                Arc::new(config),
+                previous.generation + 1,
+                Some(&previous),
+                &current.revocation,
+            )?)
+        });
     let result = match result {
         Ok(snapshot) => {
             let generation = snapshot.generation;
@@ -78,6 +81,30 @@ pub fn reload_tracked(
     (result, digests)
 }
 
+/// A reloaded config must suit the runtime that is running, not the one it asks for (which
+/// takes effect only after a restart): on one thread, no setting that makes handshakes wait.
+fn fits_runtime(config: Config) -> Result<Config, crate::config::ConfigErrors> {
+    let single = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+    let waits = config.handshake_waits();
+    if !single || waits.is_empty() {
+        return Ok(config);
+    }
+    Err(crate::config::ConfigErrors(
+        waits
+            .into_iter()
+            .map(|key| crate::config::ConfigError {
+                file: config.source.clone(),
+                key,
+                message: format!(
+                    "{} (this process runs single-threaded until it restarts)",
+                    crate::config::SINGLE_THREAD_WAITS
+                ),
+            })
+            .collect(),
+    ))
+}
+
 fn warn_restart_needed(old: &Config, new: &Config) {
     if old.listen.address != new.listen.address {
         tracing::warn!(old = %old.listen.address, new = %new.listen.address, "listen.address changed: takes effect only after a restart");
@@ -91,6 +118,13 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     // `runtime.shutdown_grace` is read at shutdown time, so it reloads like everything else.
     if old.runtime.worker_threads != new.runtime.worker_threads {
         tracing::warn!(old = ?old.runtime.worker_threads, new = ?new.runtime.worker_threads, "runtime.worker_threads changed: takes effect only after a restart");
+    }
+    if old.runtime.single_thread != new.runtime.single_thread {
+        tracing::warn!(
+            old = old.runtime.single_thread,
+            new = new.runtime.single_thread,
+            "runtime.single_thread changed: takes effect only after a restart"
+        );
     }
     if old.reload.watch != new.reload.watch {
         tracing::warn!(

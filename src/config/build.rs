@@ -157,6 +157,11 @@ pub(super) fn build(text: &str, path: &Path) -> (Result<Config, ConfigErrors>, F
     };
     let logging = logging(&mut errs, rc.logging.unwrap_or_default());
     let runtime = runtime(&mut errs, rc.runtime.unwrap_or_default());
+    if runtime.single_thread {
+        for key in super::handshake_waits(&trust) {
+            errs.push(key, super::SINGLE_THREAD_WAITS);
+        }
+    }
 
     let digests = files.digests;
     let result = match listen {
@@ -1206,8 +1211,16 @@ fn runtime(errs: &mut Errs, r: raw::RawRuntime) -> Runtime {
             }
         },
     };
+    let single_thread = r.single_thread.unwrap_or(false);
+    if single_thread && worker_threads.is_some_and(|n| n != 1) {
+        errs.push(
+            "runtime.worker_threads",
+            "runtime.single_thread runs one thread: leave worker_threads out or set it to 1",
+        );
+    }
     Runtime {
         worker_threads,
+        single_thread,
         shutdown_grace: duration(
             errs,
             "runtime.shutdown_grace",

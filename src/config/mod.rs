@@ -599,9 +599,40 @@ pub enum LogFormat {
 pub struct Runtime {
     /// `None` = auto (number of CPUs).
     pub worker_threads: Option<usize>,
+    /// `single_thread`: one thread runs everything, tasks in the order they were woken (no
+    /// work stealing). Refused with settings that make a handshake wait for the network.
+    pub single_thread: bool,
     /// Time in-flight requests get on shutdown (default 30s).
     pub shutdown_grace: Duration,
 }
+
+impl Config {
+    /// The key paths of settings that can make a handshake wait for the network (client OCSP,
+    /// CRL distribution points): `runtime.single_thread` cannot have them, because a waiting
+    /// handshake would hold the only thread and every connection with it.
+    pub fn handshake_waits(&self) -> Vec<String> {
+        handshake_waits(&self.trust)
+    }
+}
+
+pub(crate) fn handshake_waits(trust: &[TrustSource]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for source in trust {
+        if let TrustKind::Ca(ca) = &source.kind {
+            if ca.ocsp.is_some() {
+                keys.push(format!("trust.{}.ocsp", source.name));
+            }
+            if !ca.crl_dp_allow.is_empty() {
+                keys.push(format!("trust.{}.crl_distribution_points", source.name));
+            }
+        }
+    }
+    keys
+}
+
+/// What `runtime.single_thread` says about a setting that makes handshakes wait.
+pub const SINGLE_THREAD_WAITS: &str = "cannot be used with runtime.single_thread: a handshake \
+     that waits for a responder would hold the only thread (set runtime.single_thread: false)";
 
 /// One configuration mistake.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1768,6 +1799,52 @@ upstreams:
         let r = load(&dir, &yaml);
         let e = error_at(r, "routes[2].path_prefix");
         assert!(e.message.contains("400"), "{}", e.message);
+    }
+
+    #[test]
+    fn single_thread_refuses_settings_that_make_handshakes_wait() {
+        let (dir, _) = setup();
+        let ok = full("runtime: { single_thread: true, worker_threads: 1 }");
+        let c = load(&dir, &ok).unwrap();
+        assert!(c.runtime.single_thread);
+        assert!(!load(&dir, &full("")).unwrap().runtime.single_thread);
+
+        let e = error_at(
+            load(
+                &dir,
+                &full("runtime: { single_thread: true, worker_threads: 2 }"),
+            ),
+            "runtime.worker_threads",
+        );
+        assert!(e.message.contains("single_thread"), "{}", e.message);
+
+        // OCSP and distribution points make a handshake wait for the network.
+        let waits = full("runtime: { single_thread: true }").replace(
+            "    crl: [pki/ca.crl, pki/ca.crl.der, pki/expired.crl]\n",
+            "    crl: [pki/ca.crl, pki/ca.crl.der, pki/expired.crl]
+    ocsp: { mode: prefer, responder: \"http://127.0.0.1:9/\" }
+    crl_distribution_points: { allow: [\"http://127.0.0.1:9/\"] }
+",
+        );
+        assert_eq!(
+            keys(load(&dir, &waits)),
+            vec![
+                "trust.internal.ocsp".to_string(),
+                "trust.internal.crl_distribution_points".to_string(),
+            ]
+        );
+        let e = error_at(load(&dir, &waits), "trust.internal.ocsp");
+        assert!(e.message.contains("runtime.single_thread"), "{}", e.message);
+        // The same settings on the default runtime are fine.
+        let multi = waits.replace("runtime: { single_thread: true }", "");
+        let c = load(&dir, &multi).unwrap();
+        assert_eq!(
+            c.handshake_waits(),
+            vec![
+                "trust.internal.ocsp".to_string(),
+                "trust.internal.crl_distribution_points".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -421,6 +421,8 @@ pub struct RawRuntime {
     pub worker_threads: Option<Scalar>,
     /// `runtime.shutdown_grace`
     pub shutdown_grace: Option<Scalar>,
+    /// `runtime.single_thread`
+    pub single_thread: Option<bool>,
 }
 
 /// The result of reading a syntactically valid document: whatever could be read, plus every
@@ -883,6 +885,7 @@ impl Section for RawRuntime {
         RawRuntime {
             worker_threads: w.field(m, p, "worker_threads"),
             shutdown_grace: w.field(m, p, "shutdown_grace"),
+            single_thread: w.field(m, p, "single_thread"),
         }
     }
 }

@@ -756,3 +756,97 @@ async fn a_handshake_held_open_across_notafter_is_refused_on_its_first_request()
         "the request reached the upstream"
     );
 }
+
+/// The next line of `lines` (JSON log lines) whose text has every one of `needles`, within 10 s.
+fn log_line_with(lines: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+            if needles.iter().all(|n| line.contains(n)) {
+                return Some(line);
+            }
+        }
+    }
+    None
+}
+
+/// `runtime.single_thread` (the one-thread scheduler): the real binary serves HTTP/1.1 and
+/// HTTP/2, a SIGHUP reload runs without a second worker thread to lend, and a reload that would
+/// make handshakes wait for the network (OCSP) is refused with its key path while the last
+/// good config keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_thread_runtime_serves_and_refuses_reloads_that_would_wait() {
+    let env = Env::new().await;
+    let port = free_port();
+    let yaml = env
+        .yaml(
+            ROUTES,
+            "runtime:\n  single_thread: true\nlogging:\n  format: json\n",
+        )
+        .replace(
+            "  address: \"127.0.0.1:0\"\n  cert:",
+            &format!("  address: \"127.0.0.1:{port}\"\n  cert:"),
+        );
+    let config = env.write("certguard.yaml", &yaml);
+    let mut child = spawn_binary(&config);
+    let lines = crate::common::stdout_lines(&mut child.0);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let serves = |alpn: &'static [u8]| {
+        let client = env.client(&env.pki.alice, &[alpn]);
+        async move {
+            let mut conn = Conn::open(addr, client, "localhost").await.ok()?;
+            assert_eq!(conn.http2, alpn == b"h2");
+            // Several requests on one connection.
+            let mut codes = Vec::new();
+            for _ in 0..3 {
+                codes.push(conn.get("localhost", "/single").await.0);
+            }
+            Some(codes)
+        }
+    };
+    eventually("the binary serves", || async {
+        serves(b"http/1.1").await.is_some()
+    })
+    .await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        assert_eq!(serves(alpn).await, Some(vec![200; 3]), "{alpn:?}");
+    }
+    let sighup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    // OCSP with `single_thread: false`, a valid config, but the running process keeps its
+    // one thread until it restarts.
+    let ocsp = yaml
+        .replace(
+            "    crl: [intermediate.crl, ca.crl]\n",
+            "    crl: [intermediate.crl, ca.crl]\n    ocsp: { mode: prefer, responder: \"http://127.0.0.1:9/\" }\n",
+        )
+        .replace("single_thread: true", "single_thread: false");
+    assert!(certguard::config::Config::load(&env.write("multi.yaml", &ocsp)).is_ok());
+    env.write("certguard.yaml", &ocsp);
+    sighup();
+    let refused = log_line_with(
+        &lines,
+        &[
+            "reload rejected",
+            "trust.internal.ocsp",
+            "until it restarts",
+        ],
+    );
+    assert!(refused.is_some(), "no rejected reload naming the OCSP key");
+    assert_eq!(serves(b"h2").await, Some(vec![200; 3]));
+
+    env.write("certguard.yaml", &yaml);
+    sighup();
+    assert!(
+        log_line_with(&lines, &["configuration reloaded"]).is_some(),
+        "the SIGHUP reload did not happen"
+    );
+    assert_eq!(serves(b"http/1.1").await, Some(vec![200; 3]));
+    assert!(child.0.try_wait().unwrap().is_none(), "the binary exited");
+}
