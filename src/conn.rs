@@ -36,6 +36,8 @@ pub struct ProxyState {
     /// The connections still in their TLS handshake: at `max_connections`, a new connection
     /// ends the oldest that has run for [`crate::server::EVICT_HANDSHAKES_AFTER`].
     pub handshaking: Arc<crate::listener::Evictable>,
+    /// Requests in flight upstream per identity (`listen.max_inflight_per_identity`).
+    pub identity_places: Arc<crate::proxy::identity_places::IdentityPlaces>,
     next_conn_id: AtomicU64,
     open: AtomicUsize,
     closed: Notify,
@@ -59,6 +61,7 @@ impl ProxyState {
             metrics,
             inventory,
             handshaking: Arc::default(),
+            identity_places: Arc::default(),
             next_conn_id: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             closed: Notify::new(),

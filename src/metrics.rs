@@ -287,8 +287,9 @@ impl Metrics {
                 &r,
                 "certguard_upstream_overflow_total",
                 "Requests answered 503 because a concurrency limit (limit=connection: \
-                 listen.max_inflight_per_connection; limit=upstream: max_requests) stayed full \
-                 until the upstream timeout.",
+                 listen.max_inflight_per_connection; limit=upstream: max_requests; \
+                 limit=identity: listen.max_inflight_per_identity) stayed full until the \
+                 upstream timeout.",
                 &["upstream", "limit"],
             ),
             stream_resets: counter_vec(

@@ -355,6 +355,9 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         l.max_inflight_per_connection,
         32,
     );
+    let max_inflight_per_identity = l
+        .max_inflight_per_identity
+        .map(|n| bounded_count(errs, "listen.max_inflight_per_identity", Some(n), 1));
 
     let ((cert_path, cert_chain), (key_path, key)) = (cert?, key?);
     Some(Listen {
@@ -371,6 +374,7 @@ fn listen(errs: &mut Errs, files: &mut Files, l: raw::RawListen) -> Option<Liste
         max_connections,
         max_header_bytes,
         max_inflight_per_connection,
+        max_inflight_per_identity,
         session_resumption: l.session_resumption.unwrap_or(false),
         require_sni_match: l.require_sni_match.unwrap_or(true),
     })

@@ -101,6 +101,10 @@ pub struct Listen {
     /// Requests of one client connection that may be in flight upstream at once (default
     /// 32); more wait for a place, up to the upstream's `timeout`, then get 503.
     pub max_inflight_per_connection: usize,
+    /// Requests of one client identity (certificate fingerprint), over all its connections,
+    /// that may be in flight upstream at once; `None` = no such limit (the default). More
+    /// wait for a place, up to the upstream's `timeout`, then get 503.
+    pub max_inflight_per_identity: Option<usize>,
     /// TLS session resumption (default off: a resumed session skips the verifier).
     pub session_resumption: bool,
     /// Answer 421 when Host differs from SNI (default on).
@@ -1702,16 +1706,21 @@ upstreams:
         let (dir, _) = setup();
         let c = load(&dir, &full("")).unwrap();
         assert_eq!(c.listen.max_inflight_per_connection, 32);
+        assert_eq!(c.listen.max_inflight_per_identity, None);
         assert_eq!(c.upstreams[0].max_requests, 1024);
+        let c = load(&dir, &full("  max_inflight_per_identity: 64\n")).unwrap();
+        assert_eq!(c.listen.max_inflight_per_identity, Some(64));
         assert!(c.forward.strip_identity_headers);
-        let yaml = full("  max_inflight_per_connection: 0\n").replace(
-            "    url: http://127.0.0.1:9000\n",
-            "    url: http://127.0.0.1:9000\n    max_requests: 5000000\n",
-        );
+        let yaml = full("  max_inflight_per_connection: 0\n  max_inflight_per_identity: 0\n")
+            .replace(
+                "    url: http://127.0.0.1:9000\n",
+                "    url: http://127.0.0.1:9000\n    max_requests: 5000000\n",
+            );
         assert_eq!(
             keys(load(&dir, &yaml)),
             [
                 "listen.max_inflight_per_connection",
+                "listen.max_inflight_per_identity",
                 "upstreams.orders.max_requests"
             ]
         );

@@ -138,6 +138,8 @@ pub struct RawListen {
     pub max_header_bytes: Option<u64>,
     /// `listen.max_inflight_per_connection`
     pub max_inflight_per_connection: Option<u64>,
+    /// `listen.max_inflight_per_identity`
+    pub max_inflight_per_identity: Option<u64>,
     /// `listen.session_resumption`
     pub session_resumption: Option<bool>,
     /// `listen.require_sni_match`
@@ -692,6 +694,7 @@ impl Section for RawListen {
             max_connections: w.field(m, p, "max_connections"),
             max_header_bytes: w.field(m, p, "max_header_bytes"),
             max_inflight_per_connection: w.field(m, p, "max_inflight_per_connection"),
+            max_inflight_per_identity: w.field(m, p, "max_inflight_per_identity"),
             session_resumption: w.field(m, p, "session_resumption"),
             require_sni_match: w.field(m, p, "require_sni_match"),
         }
@@ -992,7 +995,7 @@ runtime:
     #[test]
     fn field_lists_come_from_serde() {
         assert_eq!(field_names::<RawAdmin>(), &["address"]);
-        assert_eq!(field_names::<RawListen>().len(), 13);
+        assert_eq!(field_names::<RawListen>().len(), 14);
         assert_eq!(
             field_names::<RawAllow>(),
             crate::policy::pattern::ALLOW_KEYS

@@ -57,6 +57,8 @@ pub enum Limit {
     Connection,
     /// `upstreams.<name>.max_requests`.
     Upstream,
+    /// `listen.max_inflight_per_identity`.
+    Identity,
 }
 
 impl Limit {
@@ -64,6 +66,7 @@ impl Limit {
         match self {
             Limit::Connection => "connection",
             Limit::Upstream => "upstream",
+            Limit::Identity => "identity",
         }
     }
 }

@@ -389,8 +389,18 @@ async fn pipeline(
         let scan = crate::request::form::MethodFieldScan::new(form, parts.method.clone());
         super::form::FormGuard::new(body, scan, client_body.clone()).boxed()
     };
+    let per_identity = listen.max_inflight_per_identity.map(|cap| {
+        (
+            facts
+                .identity
+                .as_ref()
+                .map_or("", |i| i.cert.fingerprint.as_str()),
+            cap,
+        )
+    });
     let exchange = Exchange {
         upstream,
+        per_identity,
         permit,
         client_upgrade,
         client_body: &client_body,
@@ -402,6 +412,8 @@ async fn pipeline(
 /// What [`relay`] needs beside the request.
 struct Exchange<'a, 'p> {
     upstream: &'a Arc<crate::upstream::UpstreamClient>,
+    /// The identity's fingerprint and `listen.max_inflight_per_identity`, when set.
+    per_identity: Option<(&'a str, usize)>,
     permit: Permit<'p>,
     client_upgrade: Option<OnUpgrade>,
     client_body: &'a Arc<super::stream::RequestState>,
@@ -430,6 +442,7 @@ async fn relay(
 ) -> Result<Response<Reply>, Refusal> {
     let Exchange {
         upstream,
+        per_identity,
         permit,
         client_upgrade,
         client_body,
@@ -446,6 +459,18 @@ async fn relay(
         metrics.upstream_overflow(name, limit.as_str());
         Refusal::Overflow(limit)
     };
+    // The identity's own share first: one that is over it waits without taking a place of
+    // its connection or of the upstream from anyone else.
+    let identity = match per_identity {
+        Some((fingerprint, cap)) => Some(
+            ctx.state
+                .identity_places
+                .acquire(fingerprint, cap, deadline)
+                .await
+                .ok_or_else(|| overflow(Limit::Identity))?,
+        ),
+        None => None,
+    };
     let connection = place(&ctx.inflight_slots, deadline)
         .await
         .ok_or_else(|| overflow(Limit::Connection))?;
@@ -455,6 +480,7 @@ async fn relay(
     let places = Arc::new(Places {
         connection,
         upstream: upstream_place,
+        identity,
     });
     // An upload that outlasts its response keeps the places until it ends.
     client_body.keep(&places);

@@ -128,6 +128,8 @@ pub struct Places {
     pub connection: OwnedSemaphorePermit,
     /// A place under `upstreams.<name>.max_requests`.
     pub upstream: OwnedSemaphorePermit,
+    /// A place under `listen.max_inflight_per_identity`, when it is set.
+    pub identity: Option<super::identity_places::IdentityPlace>,
 }
 
 /// The client's request body on its way upstream.

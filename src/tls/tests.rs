@@ -85,6 +85,7 @@ fn listen(server: &TestCert, version: config::TlsVersion) -> config::Listen {
         max_connections: 10,
         max_header_bytes: 65536,
         max_inflight_per_connection: 32,
+        max_inflight_per_identity: None,
         session_resumption: false,
         require_sni_match: true,
     }

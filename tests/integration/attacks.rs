@@ -936,6 +936,64 @@ async fn uploads_that_outlast_their_responses_keep_their_places() {
     assert_eq!(next, Some(200));
 }
 
+/// One client certificate over many connections (HTTP/1.1 and HTTP/2 alike) gets at most
+/// `max_inflight_per_identity` upstream places: it cannot take every place of the upstream and
+/// starve the other identities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_take_every_upstream_place() {
+    let env = Env::new().await;
+    let yaml = config(&env, &["max_inflight_per_identity: 2"], "").replace(
+        "    timeout: 2s\n",
+        "    timeout: 500ms\n    max_requests: 3\n",
+    );
+    let proxy = env.start(&yaml).await;
+    let stream = "/events?n=200&ms=100";
+    // alice's two places, taken by long responses on two connections of two protocols.
+    let mut a1 = conn(&env, &proxy, &env.pki.alice, true).await;
+    let held1 = a1
+        .send(request(true, "GET", stream, empty()))
+        .await
+        .unwrap();
+    let mut a2 = conn(&env, &proxy, &env.pki.alice, false).await;
+    let held2 = a2
+        .send(request(false, "GET", stream, empty()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (held1.status().as_u16(), held2.status().as_u16()),
+        (200, 200)
+    );
+    // A third connection of alice finds no place of hers although the upstream has one.
+    let mut a3 = conn(&env, &proxy, &env.pki.alice, true).await;
+    let resp = a3
+        .send(request(true, "GET", stream, empty()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(crate::common::read(resp).await.1, "service unavailable\n");
+    // bob still gets the upstream's last place.
+    let mut b = conn(&env, &proxy, &env.pki.bob, false).await;
+    assert_eq!(b.get("localhost", "/x").await.0, 200);
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        metric(
+            &text,
+            "certguard_upstream_overflow_total",
+            &[("upstream", "app"), ("limit", "identity")]
+        ),
+        1.0
+    );
+    // A place alice gives back is hers again.
+    drop(held2);
+    drop(a2);
+    eventually!(
+        Duration::from_secs(5),
+        "alice's place freed",
+        a3.get("localhost", "/x").await.0 == 200
+    );
+    drop(held1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_concurrency_limits_answer_503() {
     let env = Env::new().await;
