@@ -208,11 +208,17 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
         let issuers = issuers(ca);
         let cache_dir = ca.crl_cache_dir.clone();
         drop(snap);
-        if let Some(dir) = &cache_dir {
-            let snap = current.load();
-            if let Some(ca) = ca_source(&snap.config, &source) {
-                load_cached(dir, &source, ca, &url, &current.revocation);
-            }
+        if let Some(dir) = cache_dir.clone() {
+            // Reading and checking a cached CRL (up to 64 MiB) blocks: off the runtime's
+            // threads (with `runtime.single_thread` there is no other to serve meanwhile).
+            let (current, source, url) = (current.clone(), source.clone(), url.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let snap = current.load();
+                if let Some(ca) = ca_source(&snap.config, &source) {
+                    load_cached(&dir, &source, ca, &url, &current.revocation);
+                }
+            })
+            .await;
         }
         let revocation = &current.revocation;
         let previous = revocation.crls.get(&source, &url);
@@ -272,10 +278,14 @@ async fn keep_fresh(current: Arc<Current>, metrics: Arc<Metrics>, source: String
                             signer,
                         },
                     );
-                    if let Some(dir) = &cache_dir {
-                        if let Err(e) = crl::write_cache(dir, &url, &body) {
-                            tracing::warn!(trust = %source, %url, dir = %dir.display(), error = %e, "cannot write the CRL cache");
-                        }
+                    if let Some(dir) = cache_dir.clone() {
+                        let (source, url) = (source.clone(), url.clone());
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if let Err(e) = crl::write_cache(&dir, &url, &body) {
+                                tracing::warn!(trust = %source, %url, dir = %dir.display(), error = %e, "cannot write the CRL cache");
+                            }
+                        })
+                        .await;
                     }
                     if same {
                         Ok("not_modified")

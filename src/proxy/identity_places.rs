@@ -4,7 +4,8 @@
 //! clients together, but one identity may open any number of connections: without this limit
 //! a single client certificate (a compromised or runaway client) can hold every upstream place
 //! and starve every other identity. Identities are keyed by their certificate's SHA-256
-//! fingerprint; an entry exists only while one of its requests holds or waits for a place.
+//! fingerprint; an entry exists only while one of its requests holds or waits for a place
+//! (counted, so that a request cancelled mid-wait leaves nothing behind).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,13 +23,24 @@ struct Entry {
     /// places already taken end on the old one).
     cap: usize,
     places: Arc<Semaphore>,
+    /// Requests holding or waiting for one of these places: the entry goes when none is left.
+    users: usize,
+}
+
+/// One request's claim on an identity's entry, from the start of its wait until its place is
+/// given back; dropped early when the wait fails or the request is cancelled mid-wait (a reset
+/// stream, a client gone).
+struct User {
+    key: Arc<str>,
+    places: Arc<Semaphore>,
+    owner: Arc<IdentityPlaces>,
 }
 
 /// A place of one identity, given back when dropped.
 pub struct IdentityPlace {
-    permit: Option<OwnedSemaphorePermit>,
-    key: Arc<str>,
-    owner: Arc<IdentityPlaces>,
+    // Fields drop in order: the permit first, then the claim on the entry.
+    _permit: OwnedSemaphorePermit,
+    _user: User,
 }
 
 impl IdentityPlaces {
@@ -43,55 +55,43 @@ impl IdentityPlaces {
         cap: usize,
         deadline: tokio::time::Instant,
     ) -> Option<IdentityPlace> {
-        let (key, places) = {
+        let user = {
             let mut map = self.lock();
-            match map.get_key_value(fingerprint) {
+            let (key, places) = match map.get_key_value(fingerprint) {
                 Some((key, entry)) if entry.cap == cap => (key.clone(), entry.places.clone()),
-                _ => {
-                    let key: Arc<str> = Arc::from(fingerprint);
-                    let places = Arc::new(Semaphore::new(cap));
-                    map.insert(
-                        key.clone(),
-                        Entry {
-                            cap,
-                            places: places.clone(),
-                        },
-                    );
-                    (key, places)
-                }
+                _ => (Arc::from(fingerprint), Arc::new(Semaphore::new(cap))),
+            };
+            let entry = map.entry(key.clone()).or_insert_with(|| Entry {
+                cap,
+                places: places.clone(),
+                users: 0,
+            });
+            if !Arc::ptr_eq(&entry.places, &places) {
+                // A reload changed the cap: new requests count against the new limit.
+                *entry = Entry {
+                    cap,
+                    places: places.clone(),
+                    users: 0,
+                };
             }
-        };
-        let permit = match places.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => tokio::time::timeout_at(deadline, places.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok),
-        };
-        drop(places);
-        match permit {
-            Some(permit) => Some(IdentityPlace {
-                permit: Some(permit),
+            entry.users += 1;
+            User {
                 key,
+                places,
                 owner: self.clone(),
-            }),
-            None => {
-                self.forget_if_unused(&key);
-                None
             }
-        }
-    }
-
-    /// Drop the entry of `key` when no request holds or waits for one of its places (each
-    /// holds a reference to the semaphore).
-    fn forget_if_unused(&self, key: &str) {
-        let mut map = self.lock();
-        if map
-            .get(key)
-            .is_some_and(|e| Arc::strong_count(&e.places) == 1)
-        {
-            map.remove(key);
-        }
+        };
+        let permit = match user.places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout_at(deadline, user.places.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
+        Some(IdentityPlace {
+            _permit: permit,
+            _user: user,
+        })
     }
 
     /// Identities with a request holding or waiting for a place.
@@ -104,10 +104,18 @@ impl IdentityPlaces {
     }
 }
 
-impl Drop for IdentityPlace {
+impl Drop for User {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        self.owner.forget_if_unused(&self.key);
+        let mut map = self.owner.lock();
+        if let Some(entry) = map.get_mut(&self.key) {
+            // Users of a semaphore a reload replaced are no longer counted.
+            if Arc::ptr_eq(&entry.places, &self.places) {
+                entry.users = entry.users.saturating_sub(1);
+                if entry.users == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
     }
 }
 
@@ -146,6 +154,31 @@ mod tests {
         let c = places.acquire("cc", 1, soon()).await.expect("place");
         assert!(places.acquire("cc", 1, soon()).await.is_none());
         drop(c);
+        assert!(places.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wait_cancelled_midway_leaves_no_entry() {
+        let places = Arc::new(IdentityPlaces::default());
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        // A request waits; another gives its place back while the first still waits, and
+        // then the waiting request goes away (its stream was reset) before it ran again.
+        let held = places.acquire("aa", 1, soon()).await.expect("place");
+        let mut waiting = Box::pin(places.acquire("aa", 1, far));
+        let polled = tokio::time::timeout(Duration::from_millis(20), &mut waiting).await;
+        assert!(polled.is_err(), "it waits");
+        drop(held);
+        drop(waiting);
+        assert!(
+            places.is_empty(),
+            "the cancelled waiter left its entry behind"
+        );
+        // A wait cut short by a timeout around it, while another request holds the place.
+        let held = places.acquire("bb", 1, soon()).await.expect("place");
+        let cut = tokio::time::timeout(Duration::from_millis(20), places.acquire("bb", 1, far));
+        assert!(cut.await.is_err());
+        assert_eq!(places.len(), 1);
+        drop(held);
         assert!(places.is_empty());
     }
 
