@@ -27,6 +27,16 @@ struct Entry {
     users: usize,
 }
 
+impl Entry {
+    fn new(cap: usize) -> Entry {
+        Entry {
+            cap,
+            places: Arc::new(Semaphore::new(cap)),
+            users: 0,
+        }
+    }
+}
+
 /// One request's claim on an identity's entry, from the start of its wait until its place is
 /// given back; dropped early when the wait fails or the request is cancelled mid-wait (a reset
 /// stream, a client gone).
@@ -57,27 +67,18 @@ impl IdentityPlaces {
     ) -> Option<IdentityPlace> {
         let user = {
             let mut map = self.lock();
-            let (key, places) = match map.get_key_value(fingerprint) {
-                Some((key, entry)) if entry.cap == cap => (key.clone(), entry.places.clone()),
-                _ => (Arc::from(fingerprint), Arc::new(Semaphore::new(cap))),
-            };
-            let entry = map.entry(key.clone()).or_insert_with(|| Entry {
-                cap,
-                places: places.clone(),
-                users: 0,
-            });
-            if !Arc::ptr_eq(&entry.places, &places) {
+            let key = map
+                .get_key_value(fingerprint)
+                .map_or_else(|| Arc::from(fingerprint), |(key, _)| key.clone());
+            let entry = map.entry(key.clone()).or_insert_with(|| Entry::new(cap));
+            if entry.cap != cap {
                 // A reload changed the cap: new requests count against the new limit.
-                *entry = Entry {
-                    cap,
-                    places: places.clone(),
-                    users: 0,
-                };
+                *entry = Entry::new(cap);
             }
             entry.users += 1;
             User {
                 key,
-                places,
+                places: entry.places.clone(),
                 owner: self.clone(),
             }
         };
@@ -95,11 +96,13 @@ impl IdentityPlaces {
     }
 
     /// Identities with a request holding or waiting for a place.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

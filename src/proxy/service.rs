@@ -389,15 +389,9 @@ async fn pipeline(
         let scan = crate::request::form::MethodFieldScan::new(form, parts.method.clone());
         super::form::FormGuard::new(body, scan, client_body.clone()).boxed()
     };
-    let per_identity = listen.max_inflight_per_identity.map(|cap| {
-        (
-            facts
-                .identity
-                .as_ref()
-                .map_or("", |i| i.cert.fingerprint.as_str()),
-            cap,
-        )
-    });
+    let per_identity = listen
+        .max_inflight_per_identity
+        .map(|cap| (identity.cert.fingerprint.as_str(), cap));
     let exchange = Exchange {
         upstream,
         per_identity,
