@@ -1,6 +1,11 @@
-//! Upstream side: one pooled hyper-util client per upstream (`http://` = HTTP/1.1, `h2c://` =
-//! HTTP/2 prior knowledge, `https://` = HTTP/1.1 over TLS with the upstream's certificate
-//! verified), with connect, handshake and response-header timeouts and error classification.
+//! Upstream side: one connection pool per upstream (`http://` = HTTP/1.1 in certguard's own
+//! pool, see [`pool`]; `h2c://` = HTTP/2 prior knowledge and `https://` = HTTP/1.1 over TLS
+//! with the upstream's certificate verified, both in hyper-util's pooled client), with connect,
+//! handshake and response-header timeouts and error classification.
+
+mod pool;
+
+pub use pool::PooledBody;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -75,15 +79,46 @@ impl UpstreamError {
 /// A pooled client for one upstream.
 pub struct UpstreamClient {
     pub config: config::Upstream,
-    client: Client<Connector, UpstreamBody>,
+    transport: Transport,
     /// `max_requests`: places for requests in flight to this upstream.
     pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+enum Transport {
+    /// `http://`: certguard's own pool of HTTP/1.1 connections.
+    Plain(Arc<pool::Pool>),
+    /// `https://` and `h2c://`: hyper-util's pooled client.
+    Client(Box<Client<Connector, UpstreamBody>>),
 }
 
 impl UpstreamClient {
     /// Build the client; fails only for `https://` when its TLS client cannot be built (no
     /// system root certificates, or a client certificate rustls refuses).
     pub fn new(config: &config::Upstream) -> Result<UpstreamClient, TlsError> {
+        let transport = if config.scheme == UpstreamScheme::Http {
+            let pool = pool::Pool::new(
+                &config.authority,
+                config.connect_timeout,
+                config.max_idle_per_host,
+            );
+            // An authority always makes a valid Host value; hyper-util's client is the
+            // fallback should one ever not.
+            pool.ok().map(|p| Transport::Plain(Arc::new(p)))
+        } else {
+            None
+        };
+        let transport = match transport {
+            Some(t) => t,
+            None => Transport::Client(Box::new(Self::client(config)?)),
+        };
+        Ok(UpstreamClient {
+            config: config.clone(),
+            transport,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
+        })
+    }
+
+    fn client(config: &config::Upstream) -> Result<Client<Connector, UpstreamBody>, TlsError> {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(config.connect_timeout));
         tcp.set_nodelay(true);
@@ -113,11 +148,7 @@ impl UpstreamClient {
         if config.scheme == UpstreamScheme::H2c {
             builder.http2_only(true);
         }
-        Ok(UpstreamClient {
-            config: config.clone(),
-            client: builder.build(Connector { tcp, tls }),
-            slots: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
-        })
+        Ok(builder.build(Connector { tcp, tls }))
     }
 
     /// The absolute URI for `path_and_query` on this upstream.
@@ -143,14 +174,25 @@ impl UpstreamClient {
         &self,
         req: Request<UpstreamBody>,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError {
-                kind: UpstreamErrorKind::Timeout,
-                detail: format!("no response headers within {:?}", self.config.timeout),
-            }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let timed_out = || UpstreamError {
+            kind: UpstreamErrorKind::Timeout,
+            detail: format!("no response headers within {:?}", self.config.timeout),
+        };
+        match &self.transport {
+            Transport::Plain(pool) => match tokio::time::timeout_at(deadline, pool.send(req)).await
+            {
+                Err(_) => Err(timed_out()),
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => Err(classify_pooled(&e)),
+            },
+            Transport::Client(client) => {
+                match tokio::time::timeout_at(deadline, client.request(req)).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Ok(resp)) => Ok(resp.map(PooledBody::unpooled)),
+                    Ok(Err(e)) => Err(classify(&e)),
+                }
+            }
         }
     }
 }
@@ -252,6 +294,18 @@ pub fn body_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
     } else {
         UpstreamErrorKind::Reset
     }
+}
+
+/// [`classify`] for certguard's own pool.
+fn classify_pooled(e: &pool::PoolError) -> UpstreamError {
+    let detail = error_chain(e);
+    let kind = match e {
+        pool::PoolError::Connect(_) | pool::PoolError::ConnectTimeout(_) => {
+            UpstreamErrorKind::Connect
+        }
+        pool::PoolError::Exchange(h) => body_error_kind(h),
+    };
+    UpstreamError { kind, detail }
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
