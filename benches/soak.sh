@@ -12,7 +12,7 @@
 #     upstream connections, the inventory filling),
 #   - open fds ever exceed FD_MAX, or are not back within FD_SLACK of their idle count within
 #     240 s of the end of the traffic (idle client connections time out after 5 s, pooled
-#     upstream connections after hyper's 90 s pool idle timeout),
+#     upstream connections after their 90 to 100 s pool idle timeout),
 #   - an idle TLS client is not cut within idle_timeout (5 s) + 3 s,
 #   - certguard_connections_active is not back to 0 at the end.
 #
@@ -400,7 +400,7 @@ main() {
   done
 
   # Let idle and half-closed connections time out (idle_timeout is 5 s), and the pooled
-  # upstream connections too (hyper's pool drops idle ones after 90 s): after that the process
+  # upstream connections too (the pool closes idle ones after 90 to 100 s): after that the process
   # must be back to its idle fd count (within FD_SLACK), or something leaked.
   local settle=$((SECONDS + 240)) active settled=-1 end_fds
   while ((SECONDS < settle)); do

@@ -300,9 +300,7 @@ pub fn body_error_kind(e: &hyper::Error) -> UpstreamErrorKind {
 fn classify_pooled(e: &pool::PoolError) -> UpstreamError {
     let detail = error_chain(e);
     let kind = match e {
-        pool::PoolError::Connect(_) | pool::PoolError::ConnectTimeout(_) => {
-            UpstreamErrorKind::Connect
-        }
+        pool::PoolError::Connect(_) => UpstreamErrorKind::Connect,
         pool::PoolError::Exchange(h) => body_error_kind(h),
     };
     UpstreamError { kind, detail }

@@ -9,9 +9,13 @@
 //! closed before sending it is retried on another connection (hyper gives it back unsent), the
 //! connection goes back to the pool only once its response body has been read to the end,
 //! an idle connection is closed after [`IDLE_TIMEOUT`], and at most `max_idle_per_host` wait.
+//! New connections come from hyper-util's `HttpConnector`, as before (its DNS resolution,
+//! connect timeout split over the addresses, and fallback to the other address family).
+//! Two differences: a request that finds no idle connection opens one at once instead of
+//! also waiting for one to come back (`max_requests` bounds them all the same), and a response
+//! dropped before its body was read to the end closes its connection (hyper-util drained it).
 //! `https://` and `h2c://` upstreams keep hyper-util's client.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::task::{Context, Poll};
@@ -23,10 +27,10 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
 
-use super::UpstreamBody;
+use super::{BoxError, UpstreamBody};
 
 /// How long a connection may wait unused in the pool (hyper-util's setting before).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -40,10 +44,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Why an exchange through the pool failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("tcp connect error: {0}")]
-    Connect(#[source] io::Error),
-    #[error("tcp connect not complete within {0:?}")]
-    ConnectTimeout(Duration),
+    /// No TCP connection (refused, unreachable, not within `connect_timeout`, no address).
+    #[error("{0}")]
+    Connect(#[source] BoxError),
     /// The HTTP/1.1 exchange (or the connection's set-up) failed.
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
@@ -51,16 +54,19 @@ pub enum PoolError {
 
 /// The idle connections of one `http://` upstream.
 pub struct Pool {
-    host: String,
-    port: u16,
+    tcp: HttpConnector,
+    /// `http://` + the authority: what the connector connects to.
+    target: Uri,
     /// `Host` for a request that has none (hyper-util's `set_host`): the authority without
     /// the default port.
     host_header: HeaderValue,
-    connect_timeout: Duration,
     max_idle: usize,
     /// Most recently returned last.
     idle: Mutex<Vec<Idle>>,
     reaper: Once,
+    /// Connections handed back by [`PooledBody`] (tests).
+    #[cfg(test)]
+    given_back: std::sync::atomic::AtomicUsize,
 }
 
 struct Idle {
@@ -73,7 +79,7 @@ impl Pool {
         authority: &http::uri::Authority,
         connect_timeout: Duration,
         max_idle: usize,
-    ) -> Result<Pool, http::header::InvalidHeaderValue> {
+    ) -> Result<Pool, http::Error> {
         let port = authority.port_u16().unwrap_or(80);
         let host = authority.host();
         let host_header = if port == 80 {
@@ -81,18 +87,23 @@ impl Pool {
         } else {
             HeaderValue::from_str(&format!("{host}:{port}"))?
         };
+        let target = Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_nodelay(true);
         Ok(Pool {
-            // An IPv6 literal is bracketed in an authority, not in a socket address.
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
+            tcp,
+            target,
             host_header,
-            connect_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
             reaper: Once::new(),
+            #[cfg(test)]
+            given_back: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -132,27 +143,25 @@ impl Pool {
 
     /// The most recently used idle connection that is ready; closed, expired ones are dropped.
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
-        let mut idle = lock(&self.idle);
-        while let Some(entry) = idle.pop() {
+        loop {
+            let entry = lock(&self.idle).pop()?;
             if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
                 return Some(entry.sender);
             }
+            // Closed or expired: dropped here, outside the lock (a sender's drop wakes its
+            // connection).
         }
-        None
     }
 
     async fn connect(&self) -> Result<SendRequest<UpstreamBody>, PoolError> {
-        let connect = TcpStream::connect((self.host.as_str(), self.port));
-        let tcp = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(PoolError::Connect(e)),
-            Err(_) => return Err(PoolError::ConnectTimeout(self.connect_timeout)),
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY on an upstream connection");
-        }
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+        let io = self
+            .tcp
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(|e| PoolError::Connect(e.into()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
             .await
             .map_err(PoolError::Exchange)?;
         tokio::spawn(async move {
@@ -160,11 +169,16 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
+        // As hyper-util does: a connection that fails at once reports its own error.
+        sender.ready().await.map_err(PoolError::Exchange)?;
         Ok(sender)
     }
 
     /// A connection whose exchange ended: back to the pool once it is ready for another.
     fn give_back(self: Arc<Self>, mut sender: SendRequest<UpstreamBody>) {
+        #[cfg(test)]
+        self.given_back
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -173,11 +187,15 @@ impl Pool {
             return;
         }
         // Not ready yet (the connection has not read the end of the exchange, or the request
-        // body is still going): wait for it off the request's path, as hyper-util did.
+        // body is still going): wait for it off the request's path, as hyper-util did. The
+        // wait does not keep a pool that a reload replaced alive.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = Arc::downgrade(&self);
             runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
-                    self.keep(sender);
+                    if let Some(pool) = pool.upgrade() {
+                        pool.keep(sender);
+                    }
                 }
             });
         }
@@ -194,7 +212,8 @@ impl Pool {
         }
     }
 
-    /// Close idle connections past [`IDLE_TIMEOUT`] even when no request comes to find them.
+    /// Close idle connections past [`IDLE_TIMEOUT`] even when no request comes to find them
+    /// (so an idle connection closes between 90 and 100 s after its last use).
     fn start_reaper(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -451,6 +470,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_goes_back_only_after_its_body() {
+        let up = upstream(Answer::Large).await;
+        let pool = pool(&up, 8);
+        let response = pool.send(get(&format!("http://{}/", up.authority))).await;
+        let mut body = response.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        let mut read = first.into_data().map_or(0, |d| d.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.given_back.load(Ordering::SeqCst), 0, "mid-body");
+        assert_eq!(pool.idle_len(), 0, "mid-body");
+        while let Some(frame) = body.frame().await {
+            read += frame.unwrap().into_data().map_or(0, |d| d.len());
+        }
+        assert_eq!(read, 100_000, "the whole body");
+        assert_eq!(pool.given_back.load(Ordering::SeqCst), 1, "at its end");
+        eventually("back in the pool", || pool.idle_len() == 1).await;
+        drop(body);
+        assert_eq!(pool.given_back.load(Ordering::SeqCst), 1, "once");
+    }
+
+    #[test]
+    fn host_and_target_for_default_ports_and_ipv6() {
+        for (authority, host, target) in [
+            ("app:80", "app", "http://app:80/"),
+            ("app", "app", "http://app/"),
+            ("app:8080", "app:8080", "http://app:8080/"),
+            ("[::1]:8080", "[::1]:8080", "http://[::1]:8080/"),
+            ("[::1]", "[::1]", "http://[::1]/"),
+        ] {
+            let pool = Pool::new(&authority.parse().unwrap(), Duration::from_secs(1), 1).unwrap();
+            assert_eq!(pool.host_header, host, "{authority}");
+            assert_eq!(pool.target, target, "{authority}");
+        }
+    }
+
+    #[tokio::test]
     async fn requests_go_out_in_origin_form_with_a_host() {
         let up = upstream(Answer::Length).await;
         let pool = pool(&up, 8);
@@ -500,6 +555,7 @@ mod tests {
         body.frame().await.unwrap().unwrap();
         drop(body);
         tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.given_back.load(Ordering::SeqCst), 0, "not handed back");
         assert_eq!(
             pool.idle_len(),
             0,
