@@ -345,6 +345,9 @@ mod tests {
         LengthThenClose,
         /// A head announcing 100 000 bytes, then 100 000 bytes written slowly.
         Large,
+        /// `Content-Length: 2`, with a second, unasked response right behind it in the same
+        /// write on a connection's first exchange (a hostile or broken upstream).
+        Smuggle,
     }
 
     /// A raw HTTP/1.1 upstream: counts connections, keeps every request head it read.
@@ -373,7 +376,9 @@ mod tests {
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut exchanges = 0;
                     loop {
+                        exchanges += 1;
                         let end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                 break i + 4;
@@ -394,6 +399,10 @@ mod tests {
                                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n"
                             }
                             Answer::Large => b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n",
+                            Answer::Smuggle if exchanges == 1 => {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen"
+                            }
+                            Answer::Smuggle => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                         };
                         if tcp.write_all(reply).await.is_err() {
                             return;
@@ -408,7 +417,7 @@ mod tests {
                                     tokio::time::sleep(Duration::from_millis(5)).await;
                                 }
                             }
-                            Answer::Length | Answer::Chunked => {}
+                            Answer::Length | Answer::Chunked | Answer::Smuggle => {}
                         }
                     }
                 });
@@ -531,6 +540,22 @@ mod tests {
             "{}",
             heads[1]
         );
+    }
+
+    /// A response that an upstream sent unasked (bytes after the end of the last one) must
+    /// never become the answer to the next request, which may be another client's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_after_a_response_never_answer_the_next_request() {
+        let up = upstream(Answer::Smuggle).await;
+        let pool = pool(&up, 8);
+        for _ in 0..20 {
+            assert_eq!(
+                fetch(&pool, &format!("http://{}/", up.authority)).await,
+                "ok"
+            );
+        }
+        // Every connection that carried the extra response was closed, not reused.
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 20);
     }
 
     #[tokio::test]
