@@ -61,6 +61,9 @@ pub struct Pool {
     /// the default port.
     host_header: HeaderValue,
     max_idle: usize,
+    /// [`IDLE_TIMEOUT`] and [`REAP_EVERY`] (shorter in tests).
+    idle_timeout: Duration,
+    reap_every: Duration,
     /// Most recently returned last.
     idle: Mutex<Vec<Idle>>,
     reaper: Once,
@@ -100,6 +103,8 @@ impl Pool {
             target,
             host_header,
             max_idle,
+            idle_timeout: IDLE_TIMEOUT,
+            reap_every: REAP_EVERY,
             idle: Mutex::new(Vec::new()),
             reaper: Once::new(),
             #[cfg(test)]
@@ -145,7 +150,7 @@ impl Pool {
     fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
         loop {
             let entry = lock(&self.idle).pop()?;
-            if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
+            if entry.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
                 return Some(entry.sender);
             }
             // Closed or expired: dropped here, outside the lock (a sender's drop wakes its
@@ -219,8 +224,9 @@ impl Pool {
             return;
         };
         let pool: Weak<Pool> = Arc::downgrade(self);
+        let every = self.reap_every;
         runtime.spawn(async move {
-            let mut tick = tokio::time::interval(REAP_EVERY);
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -235,7 +241,7 @@ impl Pool {
         let expired: Vec<Idle> = {
             let mut idle = lock(&self.idle);
             let (keep, gone) = std::mem::take(&mut *idle).into_iter().partition(|e| {
-                !e.sender.is_closed() && now.saturating_duration_since(e.since) < IDLE_TIMEOUT
+                !e.sender.is_closed() && now.saturating_duration_since(e.since) < self.idle_timeout
             });
             *idle = keep;
             gone
@@ -354,6 +360,8 @@ mod tests {
     struct Upstream {
         authority: http::uri::Authority,
         accepted: Arc<AtomicUsize>,
+        /// Connections the proxy side closed (read returned end of stream).
+        closed: Arc<AtomicUsize>,
         heads: Arc<Mutex<Vec<String>>>,
         task: tokio::task::JoinHandle<()>,
     }
@@ -369,11 +377,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (count, seen) = (accepted.clone(), heads.clone());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, seen, ends) = (accepted.clone(), heads.clone(), closed.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let seen = seen.clone();
+                let (seen, ends) = (seen.clone(), ends.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut exchanges = 0;
@@ -385,7 +394,10 @@ mod tests {
                             }
                             let mut chunk = [0u8; 4096];
                             match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    ends.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         };
@@ -426,6 +438,7 @@ mod tests {
         Upstream {
             authority: addr.to_string().parse().unwrap(),
             accepted,
+            closed,
             heads,
             task,
         }
@@ -616,6 +629,27 @@ mod tests {
         assert_eq!(one.idle_len(), 1, "max_idle 1");
         one.reap(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(one.idle_len(), 0, "expired after the idle timeout");
+    }
+
+    /// With no request to find them, idle connections are closed by the reaper once they
+    /// have waited the idle timeout.
+    #[tokio::test]
+    async fn the_reaper_closes_idle_connections() {
+        let up = upstream(Answer::Length).await;
+        let mut fresh = Pool::new(&up.authority, Duration::from_secs(2), 8).unwrap();
+        fresh.idle_timeout = Duration::from_millis(300);
+        fresh.reap_every = Duration::from_millis(50);
+        let pool = Arc::new(fresh);
+        fetch(&pool, &format!("http://{}/", up.authority)).await;
+        eventually("one idle connection", || pool.idle_len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pool.idle_len(), 1, "kept before its idle timeout");
+        eventually("reaped after its idle timeout", || pool.idle_len() == 0).await;
+        // Its socket was closed: the upstream sees the end of the connection.
+        eventually("the upstream saw the close", || {
+            up.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
     }
 
     #[tokio::test]
