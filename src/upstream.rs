@@ -95,21 +95,18 @@ impl UpstreamClient {
     /// Build the client; fails only for `https://` when its TLS client cannot be built (no
     /// system root certificates, or a client certificate rustls refuses).
     pub fn new(config: &config::Upstream) -> Result<UpstreamClient, TlsError> {
-        let transport = if config.scheme == UpstreamScheme::Http {
-            let pool = pool::Pool::new(
+        // An authority always makes a valid Host value and URI; hyper-util's client is the
+        // fallback should one ever not.
+        let plain = (config.scheme == UpstreamScheme::Http).then(|| {
+            pool::Pool::new(
                 &config.authority,
                 config.connect_timeout,
                 config.max_idle_per_host,
-            );
-            // An authority always makes a valid Host value; hyper-util's client is the
-            // fallback should one ever not.
-            pool.ok().map(|p| Transport::Plain(Arc::new(p)))
-        } else {
-            None
-        };
-        let transport = match transport {
-            Some(t) => t,
-            None => Transport::Client(Box::new(Self::client(config)?)),
+            )
+        });
+        let transport = match plain {
+            Some(Ok(pool)) => Transport::Plain(Arc::new(pool)),
+            _ => Transport::Client(Box::new(Self::client(config)?)),
         };
         Ok(UpstreamClient {
             config: config.clone(),
@@ -151,15 +148,19 @@ impl UpstreamClient {
         Ok(builder.build(Connector { tcp, tls }))
     }
 
-    /// The absolute URI for `path_and_query` on this upstream.
+    /// The URI for `path_and_query` on this upstream: origin-form for certguard's own pool
+    /// (what it sends), absolute for hyper-util's client (which picks its pool by it).
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
-        let scheme = match self.config.scheme {
-            UpstreamScheme::Https => "https",
-            UpstreamScheme::Http | UpstreamScheme::H2c => "http",
+        let builder = match (&self.transport, self.config.scheme) {
+            (Transport::Plain(_), _) => Uri::builder(),
+            (Transport::Client(_), UpstreamScheme::Https) => Uri::builder()
+                .scheme("https")
+                .authority(self.config.authority.clone()),
+            (Transport::Client(_), UpstreamScheme::Http | UpstreamScheme::H2c) => Uri::builder()
+                .scheme("http")
+                .authority(self.config.authority.clone()),
         };
-        Uri::builder()
-            .scheme(scheme)
-            .authority(self.config.authority.clone())
+        builder
             .path_and_query(path_and_query)
             .build()
             .map_err(|e| UpstreamError {
@@ -168,32 +169,30 @@ impl UpstreamClient {
             })
     }
 
-    /// Send `req` (its URI already absolute) and wait for response headers until `deadline`
+    /// Send `req` (its URI from [`UpstreamClient::uri`]) and wait for response headers until `deadline`
     /// (the upstream's `timeout` after the request started).
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let timed_out = || UpstreamError {
-            kind: UpstreamErrorKind::Timeout,
-            detail: format!("no response headers within {:?}", self.config.timeout),
+        let result = match &self.transport {
+            Transport::Plain(pool) => tokio::time::timeout_at(deadline, pool.send(req))
+                .await
+                .map(|r| r.map_err(|e| classify_pooled(&e))),
+            Transport::Client(client) => tokio::time::timeout_at(deadline, client.request(req))
+                .await
+                .map(|r| {
+                    r.map(|resp| resp.map(PooledBody::unpooled))
+                        .map_err(|e| classify(&e))
+                }),
         };
-        match &self.transport {
-            Transport::Plain(pool) => match tokio::time::timeout_at(deadline, pool.send(req)).await
-            {
-                Err(_) => Err(timed_out()),
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) => Err(classify_pooled(&e)),
-            },
-            Transport::Client(client) => {
-                match tokio::time::timeout_at(deadline, client.request(req)).await {
-                    Err(_) => Err(timed_out()),
-                    Ok(Ok(resp)) => Ok(resp.map(PooledBody::unpooled)),
-                    Ok(Err(e)) => Err(classify(&e)),
-                }
-            }
-        }
+        result.unwrap_or_else(|_| {
+            Err(UpstreamError {
+                kind: UpstreamErrorKind::Timeout,
+                detail: format!("no response headers within {:?}", self.config.timeout),
+            })
+        })
     }
 }
 
@@ -421,6 +420,28 @@ fn same_settings(a: &config::Upstream, b: &config::Upstream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// certguard's own pool gets the origin-form target it sends (no absolute URI built and
+    /// cut per request); hyper-util's client gets the absolute URI it picks its pool by.
+    #[test]
+    fn request_targets_by_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::devpki::write(&dir.path().join("pki"), false).unwrap();
+        let yaml = "listen: { cert: pki/server.crt, key: pki/server.key }
+trust:
+  internal: { ca: pki/ca.crt }
+routes:
+  - { name: a, path_prefix: /, upstream: plain, allow: [{ cn: alice }] }
+upstreams:
+  plain: { url: 'http://127.0.0.1:9' }
+  grpc: { url: 'h2c://127.0.0.1:9' }
+";
+        let config = config::Config::from_yaml(yaml, &dir.path().join("c.yaml")).unwrap();
+        let upstreams = Upstreams::new(&config.upstreams, None).unwrap();
+        let uri = |name: &str| upstreams.get(name).unwrap().uri("/a/b?c=d").unwrap();
+        assert_eq!(uri("plain"), "/a/b?c=d");
+        assert_eq!(uri("grpc"), "http://127.0.0.1:9/a/b?c=d");
+    }
 
     #[test]
     fn sources_follow_io_errors_into_the_error_they_wrap() {

@@ -112,7 +112,8 @@ impl Pool {
         })
     }
 
-    /// Send `req` (its URI absolute or origin-form) on an idle connection, or on a new one.
+    /// Send `req` (its URI origin-form, or absolute: then cut to origin-form) on an idle
+    /// connection, or on a new one.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
@@ -295,7 +296,8 @@ impl PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.back.is_some() && (self.finished || self.body.is_end_stream()) {
+        // (`finish` already took `back` when the body ended while polled.)
+        if self.back.is_some() && self.body.is_end_stream() {
             self.finish();
         }
     }
