@@ -95,7 +95,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     let keep_te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    // Only names the head carries: `keep-alive` and `close`, the usual tokens, then cost a
+    // lookup, not a header name built (and allocated) to remove nothing.
     let nominated: Vec<HeaderName> = tokens(headers, &CONNECTION)
+        .filter(|t| headers.contains_key(*t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|name| !NOT_NOMINATABLE.contains(name))
         .collect();
@@ -1116,6 +1119,16 @@ mod tests {
                     ("x-forwarded-client-cert", "x"),
                 ],
                 &[],
+            ),
+            // The usual tokens name headers too when the head carries them.
+            (
+                &[
+                    ("connection", "close, Keep-Alive"),
+                    ("close", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("accept", "*/*"),
+                ],
+                &[("accept", "*/*")],
             ),
             // Invalid header names in Connection are ignored.
             (&[("connection", "not a name, foo"), ("foo", "1")], &[]),

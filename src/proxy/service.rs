@@ -3,6 +3,7 @@
 //! Each step either passes the request on or ends it with a [`Refusal`]; every request,
 //! whoever answered it, produces exactly one metrics observation and one audit line.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -346,15 +347,17 @@ async fn pipeline(
         parts.headers.insert(UPGRADE, value.clone());
     }
     // SPEC 4 step 5: the host policy judged, in its normalized spelling, with the client's port.
-    let upstream_host = host
-        .as_deref()
-        .map(
-            |judged| match client_host.as_ref().and_then(|h| h.to_str().ok()) {
-                Some(raw) => host::upstream_host(judged, raw),
-                None => judged.to_owned(),
-            },
-        )
-        .and_then(|h| HeaderValue::try_from(h).ok());
+    let upstream_host = host.as_deref().and_then(|judged| {
+        let raw = client_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok().map(|s| (h, s)));
+        match raw.map(|(value, raw)| (value, host::upstream_host(judged, raw))) {
+            // The client's own value, already in the judged spelling: no copy.
+            Some((value, Cow::Borrowed(_))) => Some(value.clone()),
+            Some((_, Cow::Owned(h))) => HeaderValue::try_from(h).ok(),
+            None => HeaderValue::try_from(judged).ok(),
+        }
+    });
     match upstream_host {
         Some(h) => {
             parts.headers.insert(HOST, h);
@@ -445,7 +448,7 @@ async fn relay(
     let name = &permit.route().upstream;
     let metrics = &ctx.state.metrics;
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + upstream.config.timeout;
+    let deadline = tokio::time::Instant::from_std(started) + upstream.config.timeout;
     // One client connection (HTTP/2 multiplexes up to 128 streams) and all clients together
     // get bounded shares of the upstream: a client that never reads its responses cannot
     // pin an unbounded number of upstream connections.

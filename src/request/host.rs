@@ -5,6 +5,7 @@
 //! (several `Host` headers, `Host` vs. an absolute-form target, `Host` vs. `:authority`) is a
 //! 400 rather than a choice, so the upstream cannot see a different host than policy did.
 
+use std::borrow::Cow;
 use std::net::Ipv6Addr;
 
 use http::header::HOST;
@@ -62,17 +63,33 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 /// The `Host` an HTTP/1 upstream gets (SPEC 4 step 5): `judged`, the normalized host that
 /// policy judged ([`request_host`] made it from `raw`), with the port the client sent in `raw`,
 /// if it sent one (`Example.COM.:08443` -> `example.com:8443`, `[0:0::1]` -> `[::1]`), so that
-/// the upstream and the policy never read two spellings of one host.
-pub fn upstream_host(judged: &str, raw: &str) -> String {
-    let port = match raw.strip_prefix('[') {
+/// the upstream and the policy never read two spellings of one host. Borrowed from `raw` when
+/// the client already spelled it so (the usual case), so that the request's own `Host` value
+/// can be reused.
+pub fn upstream_host<'a>(judged: &str, raw: &'a str) -> Cow<'a, str> {
+    let port_text = match raw.strip_prefix('[') {
         Some(rest) => rest.split_once(']').map(|(_, after)| after),
         None => raw.split_once(':').map(|(_, port)| port),
     }
-    .map(|after| after.trim_start_matches(':'))
-    .and_then(|port| port.parse::<u16>().ok());
+    .map(|after| after.trim_start_matches(':'));
+    let port = port_text.and_then(|port| port.parse::<u16>().ok());
+    // Already in the form built below: the judged host, then `:` and the port in plain
+    // decimal digits (no sign, no leading zero).
+    let canonical = match (port, port_text) {
+        (None, _) => raw == judged,
+        (Some(_), Some(digits)) => {
+            raw.strip_prefix(judged)
+                .and_then(|rest| rest.strip_prefix(':'))
+                == Some(digits)
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'))
+        }
+        (Some(_), None) => false,
+    };
     match port {
-        Some(port) => format!("{judged}:{port}"),
-        None => judged.to_owned(),
+        _ if canonical => Cow::Borrowed(raw),
+        Some(port) => Cow::Owned(format!("{judged}:{port}")),
+        None => Cow::Owned(judged.to_owned()),
     }
 }
 
@@ -199,6 +216,42 @@ mod tests {
         for (raw, want) in cases {
             let got = normalize_host(raw).map(|judged| upstream_host(&judged, raw));
             assert_eq!(got.as_deref(), *want, "{raw:?}");
+        }
+    }
+
+    /// The client's own spelling is passed on only when it is exactly what would be built:
+    /// any other spelling of the host or the port is rebuilt.
+    #[test]
+    fn the_clients_host_is_reused_only_when_already_canonical() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("example.com", "example.com", true),
+            ("example.com", "example.com:8443", true),
+            ("[::1]", "[::1]:8443", true),
+            ("127.0.0.1", "127.0.0.1:0", true),
+            ("example.com", "Example.com:8443", false),
+            ("example.com", "example.com.:8443", false),
+            ("example.com", "example.com:08443", false),
+            ("example.com", "example.com:+8443", false),
+            ("example.com", "example.com:", false),
+            ("example.com", "example.com::8443", false),
+            ("[::1]", "[0:0::1]:8443", false),
+            ("[::1]", "[::1]:", false),
+        ];
+        for &(judged, raw, reused) in cases {
+            let got = upstream_host(judged, raw);
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                reused,
+                "{judged:?} {raw:?}"
+            );
+            if reused {
+                assert_eq!(got, raw);
+            } else {
+                assert_ne!(
+                    got, raw,
+                    "{judged:?} {raw:?}: rebuilt yet the same spelling"
+                );
+            }
         }
     }
 
