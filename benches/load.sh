@@ -28,12 +28,18 @@
 #                 open: the seconds it took, then the proxy's RSS growth per idle connection
 #                 (each proxy is restarted first, so its heap is fresh)
 #   p99           steady load at RATE req/s (oha -q, latency corrected): p99 latency
+#   instructions  not in the default list: certguard alone under valgrind's callgrind, the
+#                 user-space instructions per keep-alive request, HTTP/1.1 and HTTP/2
+#                 (instructions over 2 x INSTR_REQUESTS requests minus those over
+#                 INSTR_REQUESTS, so neither the warm-up, the handshakes nor the start count).
+#                 Unlike CPU time it hardly moves between runs, so it shows a change of 1 % that
+#                 the timed scenarios cannot; it does not count system calls or cache misses.
 # Every response must have the expected status (200, or 403 in `forbidden`), else the run stops.
 #
 # Figures are medians over REPS interleaved repetitions; ratios are taken per repetition
 # (certguard / nginx, certguard / HAProxy in that repetition) and their median is reported.
 #
-# Usage: benches/load.sh          full run (3 repetitions, about 10 minutes once built)
+# Usage: benches/load.sh          full run (3 repetitions, about 15 minutes once built)
 #        QUICK=1 benches/load.sh  one repetition of `keepalive`, short phases (about a minute);
 #                                 QUICK=1 SCENARIOS=idle benches/load.sh for another scenario
 # What it needs and does not find it installs: nginx, haproxy, jq, curl and python3 with
@@ -52,6 +58,7 @@
 #   HANDSHAKE_CLIENT_VERIFY=false   true = oha verifies the proxy's certificate in `handshake`
 #   OPEN_CONNS=2000   connections the Python client opens and holds in `idle`
 #   RATE=2000         requests/s of the p99 phase
+#   INSTR_REQUESTS=2000   requests per measured step of `instructions`
 #   ROUTES=50         routes in certguard's policy (requests match the last one)
 #   ACCESS_LOG=false  certguard's audit log and nginx's access log, to files in the temp dir
 #   WORKERS=1         certguard runtime.worker_threads, nginx worker_processes, HAProxy nbthread
@@ -88,6 +95,7 @@ HANDSHAKES=${HANDSHAKES:-4000}
 HANDSHAKE_CLIENT_VERIFY=${HANDSHAKE_CLIENT_VERIFY:-false}
 OPEN_CONNS=${OPEN_CONNS:-2000}
 RATE=${RATE:-2000}
+INSTR_REQUESTS=${INSTR_REQUESTS:-2000}
 ROUTES=${ROUTES:-50}
 ACCESS_LOG=${ACCESS_LOG:-false}
 WORKERS=${WORKERS:-1}
@@ -147,13 +155,14 @@ check_settings() {
   ((HANDSHAKES >= 10 && HANDSHAKES <= 100000)) || die "HANDSHAKES must be 10..100000"
   ((OPEN_CONNS >= 10 && OPEN_CONNS <= 10000)) || die "OPEN_CONNS must be 10..10000"
   ((RATE >= 10 && RATE <= 100000)) || die "RATE must be 10..100000"
+  ((INSTR_REQUESTS >= 100 && INSTR_REQUESTS <= 100000)) || die "INSTR_REQUESTS must be 100..100000"
   ((ROUTES >= 2 && ROUTES <= 100000)) || die "ROUTES must be 2..100000"
   ((WORKERS >= 1 && WORKERS <= 64)) || die "WORKERS must be 1..64"
   [[ "$ACCESS_LOG" == true || "$ACCESS_LOG" == false ]] || die "ACCESS_LOG must be true or false"
   [[ "$HANDSHAKE_CLIENT_VERIFY" == true || "$HANDSHAKE_CLIENT_VERIFY" == false ]] ||
     die "HANDSHAKE_CLIENT_VERIFY must be true or false"
   for s in $SCENARIOS; do
-    [[ " keepalive keepalive_h2 handshake forbidden idle p99 " == *" $s "* ]] ||
+    [[ " keepalive keepalive_h2 handshake forbidden idle p99 instructions " == *" $s "* ]] ||
       die "unknown scenario '$s' in SCENARIOS"
   done
   for p in $PROXIES; do
@@ -702,6 +711,46 @@ idle_phase() {
     'BEGIN { printf "%.2f", (a - b) * 1.024 / n }')"
 }
 
+# instructions_phase REP: certguard restarted under callgrind (instrumentation off until the
+# warm-up is done); per protocol, the instructions of INSTR_REQUESTS and of 2 x INSTR_REQUESTS
+# requests on fresh oha connections, each dumped on its own; their difference over
+# INSTR_REQUESTS is what one more request costs. Then certguard is restarted as before.
+instructions_phase() {
+  local rep=$1 pid out=$TMP/callgrind.$1 proto n a b
+  local -a alice args
+  read -r -a alice <<<"$(client_args alice)"
+  stop_proxy certguard
+  start_bg pid "$TMP/certguard-callgrind.log" "${PROXY_PIN[@]}" valgrind --tool=callgrind \
+    --instr-atstart=no --callgrind-out-file="$out" "$BIN" run -c "$TMP/certguard.yaml"
+  PID_OF[certguard]=$pid
+  wait_ready "$pid" "$TMP/certguard-callgrind.log" "certguard under callgrind" \
+    curl -fsS -o /dev/null "${alice[@]}" "$(proxy_url certguard /bench/ready)"
+  for proto in h1 h2; do
+    args=(-c 8)
+    [[ "$proto" == h1 ]] || args=(--http2 -c 4 -p 4)
+    run_oha -n 300 "${args[@]}" "${alice[@]}" "$(proxy_url certguard /bench/hello)" >/dev/null ||
+      die "oha failed in the callgrind warm-up"
+    for n in "$INSTR_REQUESTS" "$((2 * INSTR_REQUESTS))"; do
+      callgrind_control -i on "$pid" >/dev/null
+      run_oha -n "$n" "${args[@]}" "${alice[@]}" "$(proxy_url certguard /bench/hello)" \
+        >"$TMP/instructions-$proto-$n-$rep.json" || die "oha failed under callgrind"
+      callgrind_control -i off "$pid" >/dev/null
+      callgrind_control -d "instructions-$proto-$n" "$pid" >/dev/null
+      check_phase "instructions-$proto-$n-$rep" 200
+    done
+  done
+  stop_proxy certguard
+  # One dump per step, in order: .1 and .2 for HTTP/1.1, .3 and .4 for HTTP/2.
+  for proto in h1 h2; do
+    [[ "$proto" == h1 ]] && set -- 1 2 || set -- 3 4
+    a=$(awk '/^totals:/ { print $2 }' "$out.$1")
+    b=$(awk '/^totals:/ { print $2 }' "$out.$2")
+    [[ -n "$a" && -n "$b" ]] || die "callgrind wrote no totals to $out.$1 / $out.$2"
+    record "$rep" instructions certguard "${proto}_per_request" "$(((b - a) / INSTR_REQUESTS))"
+  done
+  start_proxy certguard
+}
+
 # run_scenario REP SCENARIO PROXY
 run_scenario() {
   local rep=$1 scenario=$2 proxy=$3 warm='' run="-z ${DURATION}s -w"
@@ -733,6 +782,8 @@ run_scenario() {
     p99)
       oha_phase "$rep" "$scenario" "$proxy" 200 "$warm" "$run" -q "$RATE" --latency-correction \
         -c "$CONNECTIONS" "${alice[@]}" "$ok_url" ;;
+    instructions)
+      [[ "$proxy" != certguard ]] || instructions_phase "$rep" ;;
   esac
 }
 
@@ -761,6 +812,8 @@ rows = [
     ("idle", "rss_kb_per_conn", "RSS per idle mTLS connection, KB", "{:.1f}", ("abs_le", 20.0)),
     ("idle", "open_s", "time to open the connections, one request each, Python ssl, s", "{:.1f}", ("le", ["nginx:1.2"])),
     ("p99", "p99_ms", "p99 latency at a steady rate, ms", "{:.2f}", ("le", ["nginx:1.0"])),
+    ("instructions", "h1_per_request", "user-space instructions per HTTP/1.1 request (callgrind)", "{:,.0f}", None),
+    ("instructions", "h2_per_request", "user-space instructions per HTTP/2 request (callgrind)", "{:,.0f}", None),
 ]
 cols = [p for p in ("nginx", "haproxy") if p in proxies]
 header = ["figure"] + cols + ["certguard"] + [f"certguard / {c}" for c in cols] + ["target", "met"]
@@ -809,6 +862,7 @@ main() {
   cd "$(dirname "$0")/.."
   EXTRA_APT="nginx python3 openssl"
   [[ " $PROXIES " != *" haproxy "* ]] || EXTRA_APT+=" haproxy"
+  [[ " $SCENARIOS " != *" instructions "* ]] || EXTRA_APT+=" valgrind"
   ensure_tools
   build_certguard
   NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
