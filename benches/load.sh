@@ -581,13 +581,15 @@ proxy_url() { echo "https://127.0.0.1:${PORT_OF[$1]}$2"; }
 
 client_args() { echo "--cacert $TMP/pki/ca.crt --cert $TMP/pki/$1.crt --key $TMP/pki/$1.key"; }
 
-# start_proxy NAME: start it pinned to the proxy core and wait until alice gets a 200.
+# start_proxy NAME [WRAPPER...]: start it pinned to the proxy core, under WRAPPER (a command
+# and its arguments, such as valgrind) if given, and wait until alice gets a 200.
 start_proxy() {
   local name=$1 pid logfile=$TMP/$1.log
+  shift
   case $name in
-    nginx) start_bg pid "$logfile" "${PROXY_PIN[@]}" "$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" ;;
-    haproxy) start_bg pid "$logfile" "${PROXY_PIN[@]}" "$HAPROXY_BIN" -db -f "$TMP/haproxy/haproxy.cfg" ;;
-    certguard) start_bg pid "$logfile" "${PROXY_PIN[@]}" "$BIN" run -c "$TMP/certguard.yaml" ;;
+    nginx) start_bg pid "$logfile" "${PROXY_PIN[@]}" "$@" "$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" ;;
+    haproxy) start_bg pid "$logfile" "${PROXY_PIN[@]}" "$@" "$HAPROXY_BIN" -db -f "$TMP/haproxy/haproxy.cfg" ;;
+    certguard) start_bg pid "$logfile" "${PROXY_PIN[@]}" "$@" "$BIN" run -c "$TMP/certguard.yaml" ;;
   esac
   PID_OF[$name]=$pid
   # shellcheck disable=SC2046 # the client arguments split on purpose
@@ -716,15 +718,12 @@ idle_phase() {
 # requests on fresh oha connections, each dumped on its own; their difference over
 # INSTR_REQUESTS is what one more request costs. Then certguard is restarted as before.
 instructions_phase() {
-  local rep=$1 pid out=$TMP/callgrind.$1 proto n a b
+  local rep=$1 pid out=$TMP/callgrind.$1 proto n a b dump=0
   local -a alice args
   read -r -a alice <<<"$(client_args alice)"
   stop_proxy certguard
-  start_bg pid "$TMP/certguard-callgrind.log" "${PROXY_PIN[@]}" valgrind --tool=callgrind \
-    --instr-atstart=no --callgrind-out-file="$out" "$BIN" run -c "$TMP/certguard.yaml"
-  PID_OF[certguard]=$pid
-  wait_ready "$pid" "$TMP/certguard-callgrind.log" "certguard under callgrind" \
-    curl -fsS -o /dev/null "${alice[@]}" "$(proxy_url certguard /bench/ready)"
+  start_proxy certguard valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out"
+  pid=${PID_OF[certguard]}
   for proto in h1 h2; do
     args=(-c 8)
     [[ "$proto" == h1 ]] || args=(--http2 -c 4 -p 4)
@@ -740,12 +739,12 @@ instructions_phase() {
     done
   done
   stop_proxy certguard
-  # One dump per step, in order: .1 and .2 for HTTP/1.1, .3 and .4 for HTTP/2.
+  # One dump per step, numbered in order: .1 and .2 for HTTP/1.1, .3 and .4 for HTTP/2.
   for proto in h1 h2; do
-    [[ "$proto" == h1 ]] && set -- 1 2 || set -- 3 4
-    a=$(awk '/^totals:/ { print $2 }' "$out.$1")
-    b=$(awk '/^totals:/ { print $2 }' "$out.$2")
-    [[ -n "$a" && -n "$b" ]] || die "callgrind wrote no totals to $out.$1 / $out.$2"
+    a=$(awk '/^totals:/ { print $2 }' "$out.$((dump + 1))")
+    b=$(awk '/^totals:/ { print $2 }' "$out.$((dump + 2))")
+    dump=$((dump + 2))
+    [[ -n "$a" && -n "$b" ]] || die "callgrind wrote no totals for $proto to $out.*"
     record "$rep" instructions certguard "${proto}_per_request" "$(((b - a) / INSTR_REQUESTS))"
   done
   start_proxy certguard

@@ -95,7 +95,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     let keep_te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
-    // Only names the head carries: `keep-alive` and `close`, the usual tokens, then cost a
+    // Only names the head carries: the usual tokens (`keep-alive`, `close`) then cost a
     // lookup, not a header name built (and allocated) to remove nothing.
     let nominated: Vec<HeaderName> = tokens(headers, &CONNECTION)
         .filter(|t| headers.contains_key(*t))

@@ -348,13 +348,15 @@ async fn pipeline(
     }
     // SPEC 4 step 5: the host policy judged, in its normalized spelling, with the client's port.
     let upstream_host = host.as_deref().and_then(|judged| {
-        let raw = client_host
+        match client_host
             .as_ref()
-            .and_then(|h| h.to_str().ok().map(|s| (h, s)));
-        match raw.map(|(value, raw)| (value, host::upstream_host(judged, raw))) {
-            // The client's own value, already in the judged spelling: no copy.
-            Some((value, Cow::Borrowed(_))) => Some(value.clone()),
-            Some((_, Cow::Owned(h))) => HeaderValue::try_from(h).ok(),
+            .and_then(|h| Some((h, h.to_str().ok()?)))
+        {
+            Some((value, raw)) => match host::upstream_host(judged, raw) {
+                // The client's own value, already in the judged spelling: no copy.
+                Cow::Borrowed(_) => Some(value.clone()),
+                Cow::Owned(h) => HeaderValue::try_from(h).ok(),
+            },
             None => HeaderValue::try_from(judged).ok(),
         }
     });

@@ -75,16 +75,15 @@ pub fn upstream_host<'a>(judged: &str, raw: &'a str) -> Cow<'a, str> {
     let port = port_text.and_then(|port| port.parse::<u16>().ok());
     // Already in the form built below: the judged host, then `:` and the port in plain
     // decimal digits (no sign, no leading zero).
-    let canonical = match (port, port_text) {
-        (None, _) => raw == judged,
-        (Some(_), Some(digits)) => {
+    let canonical = match port {
+        None => raw == judged,
+        Some(_) => port_text.is_some_and(|digits| {
             raw.strip_prefix(judged)
                 .and_then(|rest| rest.strip_prefix(':'))
                 == Some(digits)
                 && digits.bytes().all(|b| b.is_ascii_digit())
                 && (digits == "0" || !digits.starts_with('0'))
-        }
-        (Some(_), None) => false,
+        }),
     };
     match port {
         _ if canonical => Cow::Borrowed(raw),
