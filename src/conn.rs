@@ -446,9 +446,6 @@ pub struct Activity {
     /// 1 + milliseconds since `epoch` since when writes to the client have been blocked (the
     /// client stopped reading); 0 while writes make progress.
     write_blocked: AtomicU64,
-    /// Wakes the connection's timer when a request head starts or writes block (its deadline
-    /// moves earlier).
-    changed: Notify,
     /// HTTP/1 only: follows the raw request stream to judge every head's framing (see
     /// [`StreamTracker`]).
     stream: Option<std::sync::Mutex<StreamTracker>>,
@@ -463,7 +460,6 @@ impl Activity {
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
-            changed: Notify::new(),
             stream: sniff_limit.map(|limit| std::sync::Mutex::new(StreamTracker::new(limit))),
         }
     }
@@ -476,14 +472,14 @@ impl Activity {
         // A read does not count as activity for `idle_timeout`: only requests do. Otherwise an
         // HTTP/2 client could hold a connection (and its slot) forever with PING or
         // WINDOW_UPDATE frames, and an HTTP/1 client with a head trickled past its timer.
-        let now = self.now_ms();
         if self.inflight.load(Ordering::Acquire) == 0
-            && self
-                .head_started
-                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+            && self.head_started.load(Ordering::Acquire) == 0
         {
-            self.changed.notify_one();
+            let now = self.now_ms();
+            // Lost only to another first byte of the same head, which set the same start.
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
         }
         if let Some(stream) = &self.stream {
             stream.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
@@ -492,13 +488,14 @@ impl Activity {
 
     fn on_write(&self, blocked: bool) {
         if blocked {
-            let now = self.now_ms();
-            if self
-                .write_blocked
-                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.changed.notify_one();
+            if self.write_blocked.load(Ordering::Acquire) == 0 {
+                let now = self.now_ms();
+                let _ = self.write_blocked.compare_exchange(
+                    0,
+                    now + 1,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
             }
         } else {
             self.write_blocked.store(0, Ordering::Release);
@@ -521,11 +518,6 @@ impl Activity {
             .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_lost())
     }
 
-    /// Resolves when a request head starts or writes block (the deadline moves earlier).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
-    }
-
     /// Requests whose response (or request body) has not finished.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
@@ -542,18 +534,33 @@ impl Activity {
         self.epoch + Duration::from_millis(ms)
     }
 
-    pub fn deadline(&self, limits: Limits) -> Instant {
-        if self.inflight.load(Ordering::Acquire) > 0 {
-            return match self.write_blocked.load(Ordering::Acquire) {
-                0 => Instant::now() + limits.idle,
+    /// When the connection's timer should next look at it ([`Activity::expired`]): never
+    /// later than its next deadline, whatever happens meanwhile.
+    ///
+    /// A deadline moves earlier only when something happens: a request head starts (the
+    /// header-read deadline is then `header_read` away) or writes block (`idle` away). So a
+    /// look at most `min(header_read, idle)` from now is never late, and nothing that happens
+    /// on the connection has to wake its timer: the timer re-arms itself when it fires, which
+    /// keeps it off the path of every request.
+    pub fn next_check(&self, limits: Limits) -> Instant {
+        let step = limits
+            .header_read
+            .map_or(limits.idle, |hr| hr.min(limits.idle));
+        // Whole milliseconds, as the events are stamped: not after any later event's stamp.
+        let horizon = self.at(self.now_ms()) + step;
+        let deadline = if self.inflight.load(Ordering::Acquire) > 0 {
+            match self.write_blocked.load(Ordering::Acquire) {
+                0 => horizon,
                 since => self.at(since - 1) + limits.idle,
-            };
-        }
-        let head = self.head_started.load(Ordering::Acquire);
-        match limits.header_read {
-            Some(hr) if head != 0 => self.at(head - 1) + hr,
-            _ => self.at(self.last.load(Ordering::Relaxed)) + limits.idle,
-        }
+            }
+        } else {
+            let head = self.head_started.load(Ordering::Acquire);
+            match limits.header_read {
+                Some(hr) if head != 0 => self.at(head - 1) + hr,
+                _ => self.at(self.last.load(Ordering::Relaxed)) + limits.idle,
+            }
+        };
+        deadline.min(horizon)
     }
 
     pub fn expired(&self, limits: Limits, now: Instant) -> Option<Expiry> {
@@ -643,5 +650,73 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: Limits = Limits {
+        header_read: Some(Duration::from_millis(100)),
+        idle: Duration::from_millis(300),
+    };
+
+    /// Nothing that happens after `next_check` can make the connection expire before it: the
+    /// timer is armed there and is not woken by events.
+    fn never_late(activity: &Activity, limits: Limits, event: impl FnOnce(&Activity)) {
+        let check = activity.next_check(limits);
+        event(activity);
+        let just_before = check - Duration::from_nanos(1);
+        assert!(
+            activity.expired(limits, just_before).is_none(),
+            "expired before the timer looks"
+        );
+        // And re-armed after the event, the timer finds the expiry on time.
+        let again = activity.next_check(limits);
+        assert!(activity.expired(limits, again + limits.idle).is_some());
+    }
+
+    #[test]
+    fn a_head_that_starts_while_idle_is_not_waited_for_until_idle_timeout() {
+        let activity = Activity::new(Some(1024));
+        // Idle since the start: the idle deadline is 300 ms away, the header-read one would
+        // be 100 ms after a first byte.
+        never_late(&activity, H1, |a| a.on_read(b"GET / HT"));
+        assert!(matches!(
+            activity.expired(H1, activity.next_check(H1)),
+            Some(Expiry::HeaderRead)
+        ));
+        assert!(activity.next_check(H1) <= Instant::now() + H1.header_read.unwrap());
+    }
+
+    #[test]
+    fn writes_that_block_during_a_request_are_not_waited_for_beyond_idle_timeout() {
+        let activity = Arc::new(Activity::new(None));
+        let h2 = Limits {
+            header_read: None,
+            idle: Duration::from_millis(300),
+        };
+        let _guard = activity.request_started();
+        never_late(&activity, h2, |a| a.on_write(true));
+        assert!(matches!(
+            activity.expired(h2, activity.next_check(h2)),
+            Some(Expiry::Stalled)
+        ));
+    }
+
+    #[test]
+    fn an_idle_connection_expires_at_idle_timeout() {
+        let activity = Activity::new(Some(1024));
+        let check = activity.next_check(H1);
+        // Checked at the header-read horizon first (a head could start any moment)...
+        assert!(check <= activity.epoch + H1.header_read.unwrap());
+        assert!(activity.expired(H1, check).is_none());
+        // ...and idle only at idle_timeout.
+        let at_idle = activity.epoch + H1.idle;
+        assert!(activity
+            .expired(H1, at_idle - Duration::from_millis(1))
+            .is_none());
+        assert!(matches!(activity.expired(H1, at_idle), Some(Expiry::Idle)));
     }
 }

@@ -307,9 +307,14 @@ async fn drive(
     // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
     // may take to say goodbye before it is dropped.
     let mut goodbye_until: Option<Instant> = None;
+    // One timer for the connection's life, re-armed only when it fires (see
+    // `Activity::next_check`): requests do not touch it.
+    let timer = tokio::time::sleep_until(activity.next_check(limits).into());
+    tokio::pin!(timer);
     loop {
-        let deadline = goodbye_until.unwrap_or_else(|| activity.deadline(limits));
+        // The connection first: it is what wakes this task for every request.
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 return match res {
                     Ok(()) => None,
@@ -319,42 +324,59 @@ async fn drive(
                     }
                 };
             }
+            () = timer.as_mut() => {
+                let next = drive_timer(&mut conn, activity, limits, &mut draining, &mut goodbye_until);
+                match next {
+                    Some(at) => timer.as_mut().reset(at.into()),
+                    None => return None,
+                }
+            }
             _ = shutdown.wait_for(|s| *s), if !draining => {
                 conn.as_mut().drain();
                 draining = true;
             }
-            _ = activity.changed() => {}
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                if let Some(until) = goodbye_until {
-                    if Instant::now() >= until {
-                        if activity.inflight() == 0 {
-                            tracing::debug!("idle connection did not close after GOAWAY: dropping it");
-                            return None;
-                        }
-                        // A request slipped in before the GOAWAY: back to the normal timers.
-                        goodbye_until = None;
-                    }
-                    continue;
-                }
-                match activity.expired(limits, Instant::now()) {
-                    Some(Expiry::HeaderRead) => {
-                        tracing::debug!("header_read_timeout: closing connection");
-                        return None;
-                    }
-                    Some(Expiry::Stalled) => {
-                        tracing::debug!("client stopped reading for idle_timeout: closing connection");
-                        return None;
-                    }
-                    Some(Expiry::Idle) => {
-                        if !draining {
-                            conn.as_mut().drain();
-                            draining = true;
-                        }
-                        goodbye_until = Some(Instant::now() + IDLE_GOODBYE);
-                    }
-                    None => {}
-                }
-            }
         }
+    }
+}
+
+/// The connection's timer fired: close the connection (`None`) or say when to look again.
+fn drive_timer(
+    conn: &mut Pin<Box<dyn Drainable>>,
+    activity: &Activity,
+    limits: Limits,
+    draining: &mut bool,
+    goodbye_until: &mut Option<Instant>,
+) -> Option<Instant> {
+    if let Some(until) = *goodbye_until {
+        if Instant::now() < until {
+            return Some(until);
+        }
+        if activity.inflight() == 0 {
+            tracing::debug!("idle connection did not close after GOAWAY: dropping it");
+            return None;
+        }
+        // A request slipped in before the GOAWAY: back to the normal timers.
+        *goodbye_until = None;
+        return Some(activity.next_check(limits));
+    }
+    match activity.expired(limits, Instant::now()) {
+        Some(Expiry::HeaderRead) => {
+            tracing::debug!("header_read_timeout: closing connection");
+            None
+        }
+        Some(Expiry::Stalled) => {
+            tracing::debug!("client stopped reading for idle_timeout: closing connection");
+            None
+        }
+        Some(Expiry::Idle) => {
+            if !*draining {
+                conn.as_mut().drain();
+                *draining = true;
+            }
+            let until = Instant::now() + IDLE_GOODBYE;
+            *goodbye_until = Some(until);
+            Some(until)
+        }
+        None => Some(activity.next_check(limits)),
     }
 }
