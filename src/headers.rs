@@ -201,6 +201,13 @@ const FOREIGN_IDENTITY_PREFIXES: [&str; 5] = [
 
 /// Whether a (lower-case) header name, with `_` read as `-`, is one of [`FOREIGN_IDENTITY`].
 fn is_foreign_identity(dashed: &str) -> bool {
+    // Every name and prefix below starts with one of these: most names are out at once.
+    if !matches!(
+        dashed.as_bytes().first(),
+        Some(b'c' | b'f' | b's' | b't' | b'x')
+    ) {
+        return false;
+    }
     FOREIGN_IDENTITY.contains(&dashed)
         || FOREIGN_IDENTITY_PREFIXES
             .iter()
@@ -229,13 +236,15 @@ fn remove_aliases_and_foreign(headers: &mut HeaderMap, forward: &Forward) {
                 return false;
             }
             let d = dashed(name);
-            if PROTECTED.contains(&&*d) {
+            if !underscore {
                 // certguard's own headers have their own rules (`append` keeps an inbound
-                // XFCC), except in an underscore spelling.
-                return underscore;
+                // XFCC). Most names are not foreign, so that is asked first.
+                return is_foreign_identity(&d) && !PROTECTED.contains(&&*d);
             }
-            (forward.strip_identity_headers && is_foreign_identity(&d))
-                || (underscore && forward.strip_headers.iter().any(|s| s.as_str() == d))
+            // Any underscore spelling of certguard's own headers goes.
+            PROTECTED.contains(&&*d)
+                || (forward.strip_identity_headers && is_foreign_identity(&d))
+                || forward.strip_headers.iter().any(|s| s.as_str() == d)
         })
         .cloned()
         .collect();
@@ -467,12 +476,15 @@ pub fn apply_forward_with(
         XfccMode::Sanitize => {
             headers.remove(&X_FORWARDED_CLIENT_CERT);
         }
-        XfccMode::SanitizeSet => {
-            headers.remove(&X_FORWARDED_CLIENT_CERT);
-            if let OurXfcc::Element(value) = &ours.xfcc {
+        XfccMode::SanitizeSet => match &ours.xfcc {
+            // `insert` replaces every inbound line.
+            OurXfcc::Element(value) => {
                 headers.insert(X_FORWARDED_CLIENT_CERT, value.clone());
             }
-        }
+            _ => {
+                headers.remove(&X_FORWARDED_CLIENT_CERT);
+            }
+        },
         XfccMode::Append => {
             // Every inbound line, in order (`HeaderMap::remove` would return only the first).
             let inbound: Vec<HeaderValue> = headers
@@ -487,20 +499,25 @@ pub fn apply_forward_with(
         }
     }
 
-    if any_of(
+    if forward.x_forwarded {
+        // `insert` replaces every inbound line.
+        headers.insert(X_FORWARDED_FOR, ours.forwarded_for.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    } else if any_of(
         headers,
         &[X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST],
     ) {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
-    }
-    if forward.x_forwarded {
-        headers.insert(X_FORWARDED_FOR, ours.forwarded_for.clone());
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        if let Some(host) = host {
-            headers.insert(X_FORWARDED_HOST, host.clone());
-        }
     }
 }
 

@@ -48,6 +48,8 @@ struct Facts {
     shadow: Option<bool>,
     /// `allow` refused the request and the route does not enforce: it is forwarded anyway.
     not_enforced: bool,
+    /// `host` and `path` are wanted (only the access log line reads them).
+    logged: bool,
 }
 
 /// A response body as the pipeline produced it.
@@ -67,7 +69,11 @@ pub async fn handle(
     let inflight = Arc::new(ctx.activity.request_started());
     let method = req.method().clone();
     let snap = ctx.state.current.load();
-    let mut facts = Facts::default();
+    let access_log = snap.config.logging.access_log;
+    let mut facts = Facts {
+        logged: access_log,
+        ..Facts::default()
+    };
     let (mut response, permitted, reason) =
         match pipeline(&ctx, &snap, req, &mut facts, &inflight).await {
             Ok(response) if facts.not_enforced => (response, true, Reason::NotEnforced),
@@ -97,7 +103,7 @@ pub async fn handle(
     }
     record(
         &ctx,
-        snap.config.logging.access_log,
+        access_log,
         &RequestEnd {
             method: method.as_str(),
             facts: &facts,
@@ -274,20 +280,26 @@ async fn pipeline(
     inflight: &Arc<InflightGuard>,
 ) -> Result<Response<Reply>, Refusal> {
     let (mut parts, body) = req.into_parts();
-    facts.path = Some(parts.uri.path().to_owned());
+    if facts.logged {
+        facts.path = Some(parts.uri.path().to_owned());
+    }
     // hyper drops Content-Length when Transfer-Encoding is present, so that conflict is
     // caught on the raw head by the connection's stream tracker.
     if !ctx.http2 && ctx.activity.take_framing_conflict() {
         return Err(Refusal::Framing(FramingError::LengthAndChunked));
     }
     let target = check_target(&parts, ctx.http2)?;
-    facts.path = Some(target.path.clone());
+    if facts.logged {
+        facts.path = Some(target.path.clone());
+    }
     if !headers::inbound_xfcc_ok(&parts.headers, &snap.config.forward) {
         return Err(Refusal::MalformedXfcc);
     }
     let listen = &snap.config.listen;
     let host = check_host(&parts, ctx.sni.as_deref(), listen.require_sni_match)?;
-    facts.host = host.clone();
+    if facts.logged {
+        facts.host = host.clone();
+    }
     let identity = ctx.current_identity(snap).map_err(Refusal::Revoked)?;
     facts.identity = Some(identity.clone());
     let permit = authorize(
