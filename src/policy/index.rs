@@ -20,6 +20,8 @@ struct Paths {
     exact: HashMap<String, Vec<usize>>,
     /// Keyed by the prefix as stored (no trailing `/`); the root `/` is in `any`.
     prefix: HashMap<String, Vec<usize>>,
+    /// The distinct lengths of the keys of `prefix`, ascending.
+    prefix_lens: Vec<usize>,
     /// Routes without a path, and `path_prefix: /`.
     any: Vec<usize>,
 }
@@ -30,7 +32,12 @@ impl Paths {
             PathMatch::Any => self.any.push(i),
             PathMatch::Prefix(p) if p == "/" => self.any.push(i),
             PathMatch::Exact(p) => self.exact.entry(p.clone()).or_default().push(i),
-            PathMatch::Prefix(p) => self.prefix.entry(p.clone()).or_default().push(i),
+            PathMatch::Prefix(p) => {
+                if let Err(at) = self.prefix_lens.binary_search(&p.len()) {
+                    self.prefix_lens.insert(at, p.len());
+                }
+                self.prefix.entry(p.clone()).or_default().push(i)
+            }
         }
     }
 
@@ -41,17 +48,25 @@ impl Paths {
         if let Some(list) = self.exact.get(path) {
             consider(list, routes, req, best);
         }
-        if self.prefix.is_empty() {
-            return;
-        }
-        // The path itself and each of its segment-boundary prefixes ("/a/b/c": "/a/b/c",
-        // "/a/b", "/a"); a route's prefix fits exactly when it is one of these.
-        if let Some(list) = self.prefix.get(path) {
-            consider(list, routes, req, best);
-        }
-        for (at, _) in path.match_indices('/').filter(|&(at, _)| at > 0) {
-            if let Some(list) = self.prefix.get(&path[..at]) {
-                consider(list, routes, req, best);
+        // A route's prefix fits exactly when it is the path itself or one of its
+        // segment-boundary prefixes ("/a/b/c": "/a/b/c", "/a/b", "/a"). Only those as long as
+        // a stored prefix are looked up: at most one lookup per distinct prefix length in the
+        // config, none longer than the longest prefix. (Every boundary prefix of a 64 KB path
+        // of 32,000 segments, each hashed in full, is 1 GB of hashing for one request.)
+        let bytes = path.as_bytes();
+        for &len in &self.prefix_lens {
+            let boundary = match bytes.get(len) {
+                None if len == bytes.len() => true,
+                None => break,
+                Some(b) => *b == b'/',
+            };
+            // `len` is at a `/` or the end: a character boundary.
+            if let (true, Some(prefix)) = (boundary && len > 0, path.get(..len)) {
+                #[cfg(test)]
+                tests::PREFIX_LOOKUPS.with(|n| n.set(n.get() + 1));
+                if let Some(list) = self.prefix.get(prefix) {
+                    consider(list, routes, req, best);
+                }
             }
         }
     }
@@ -155,6 +170,50 @@ mod tests {
             allow: Vec::new(),
             shadow_allow: None,
             enforce: true,
+        }
+    }
+
+    thread_local! {
+        /// Prefix lookups made by this thread's [`Paths::first_fit`] calls.
+        pub(super) static PREFIX_LOOKUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A deep path costs no more lookups than the config has prefix lengths: a 64 KB path of
+    /// 32,000 segments once meant 32,000 lookups, each hashing its prefix in full (quadratic:
+    /// seconds of CPU for one request of an authenticated client).
+    #[test]
+    fn a_deep_path_is_looked_up_once_per_prefix_length() {
+        let routes: Vec<Route> = ["/a", "/a/a", "/b", "/a/a/a/a/x", "/api/v1"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| route(i, None, PathMatch::Prefix((*p).to_owned()), None))
+            .collect();
+        let index = RouteIndex::new(&routes);
+        let lengths = 4; // 2, 4, 7 and 10 bytes
+        let get = Method::GET;
+        for (path, want) in [
+            ("/a".repeat(32_000), Some(0)),
+            (format!("/a/a/a/a/x{}", "/a".repeat(32_000)), Some(0)),
+            ("/c".repeat(32_000), None),
+            ("/api/v1/".repeat(8_000), Some(4)),
+        ] {
+            let req = RequestFacts {
+                method: &get,
+                host: Some("x.internal"),
+                path: &path,
+            };
+            PREFIX_LOOKUPS.with(|n| n.set(0));
+            assert_eq!(index.find(&routes, &req), want, "{}", &path[..20]);
+            assert_eq!(
+                index.find(&routes, &req),
+                routes.iter().position(|r| r.fits(&req))
+            );
+            let lookups = PREFIX_LOOKUPS.with(|n| n.get());
+            assert!(
+                (1..=2 * lengths).contains(&lookups),
+                "{lookups} prefix lookups for {}...",
+                &path[..20]
+            );
         }
     }
 
