@@ -18,6 +18,7 @@ pub mod echo;
 pub mod headers;
 pub mod identity;
 pub mod inventory;
+pub mod keyhash;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

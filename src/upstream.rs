@@ -7,7 +7,6 @@ mod pool;
 
 pub use pool::PooledBody;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -373,7 +372,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Every upstream of a snapshot, by name.
 #[derive(Default)]
 pub struct Upstreams {
-    by_name: HashMap<Arc<str>, Arc<UpstreamClient>>,
+    by_name: crate::keyhash::ConfigMap<Arc<str>, Arc<UpstreamClient>>,
 }
 
 impl Upstreams {
@@ -384,7 +383,7 @@ impl Upstreams {
         upstreams: &[config::Upstream],
         previous: Option<&Upstreams>,
     ) -> Result<Upstreams, TlsError> {
-        let mut by_name = HashMap::new();
+        let mut by_name = crate::keyhash::ConfigMap::default();
         for u in upstreams {
             let reused = previous
                 .and_then(|p| p.by_name.get(&u.name))

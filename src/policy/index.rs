@@ -10,16 +10,16 @@
 //! so the answer is exactly the linear scan's (a property test checks it against the scan).
 //! Hosts that are not in normalized form (upper case, a trailing dot) take the linear scan.
 
-use std::collections::HashMap;
+use crate::keyhash::ConfigMap;
 
 use super::{HostPattern, PathMatch, RequestFacts, Route};
 
 /// Routes of one host bucket, by path; every list holds route indices in config order.
 #[derive(Debug, Default)]
 struct Paths {
-    exact: HashMap<String, Vec<usize>>,
+    exact: ConfigMap<String, Vec<usize>>,
     /// Keyed by the prefix as stored (no trailing `/`); the root `/` is in `any`.
-    prefix: HashMap<String, Vec<usize>>,
+    prefix: ConfigMap<String, Vec<usize>>,
     /// The distinct lengths of the keys of `prefix`, ascending.
     prefix_lens: Vec<usize>,
     /// Routes without a path, and `path_prefix: /`.
@@ -90,9 +90,9 @@ fn consider(list: &[usize], routes: &[Route], req: &RequestFacts<'_>, best: &mut
 pub struct RouteIndex {
     /// How many routes were indexed: a policy whose routes changed since is scanned.
     len: usize,
-    exact_host: HashMap<String, Paths>,
+    exact_host: ConfigMap<String, Paths>,
     /// `*.suffix`, keyed by `suffix`.
-    wildcard_host: HashMap<String, Paths>,
+    wildcard_host: ConfigMap<String, Paths>,
     any_host: Paths,
 }
 
