@@ -94,14 +94,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present.contains(&true) {
         return;
     }
-    let keep_te_trailers = tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
+    let here = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .zip(present)
+            .any(|(h, here)| here && h == name)
+    };
+    let keep_te_trailers =
+        here(&TE) && tokens(headers, &TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     // Only names the head carries: the usual tokens (`keep-alive`, `close`) then cost a
     // lookup, not a header name built (and allocated) to remove nothing.
-    let nominated: Vec<HeaderName> = tokens(headers, &CONNECTION)
-        .filter(|t| headers.contains_key(*t))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|name| !NOT_NOMINATABLE.contains(name))
-        .collect();
+    let nominated: Vec<HeaderName> = if here(&CONNECTION) {
+        tokens(headers, &CONNECTION)
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|name| !NOT_NOMINATABLE.contains(name))
+            .collect()
+    } else {
+        Vec::new()
+    };
     for name in &nominated {
         headers.remove(name);
     }
