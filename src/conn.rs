@@ -543,9 +543,12 @@ impl Activity {
     /// on the connection has to wake its timer: the timer re-arms itself when it fires, which
     /// keeps it off the path of every request.
     pub fn next_check(&self, limits: Limits) -> Instant {
+        // At least the timer's own resolution, so that the horizon is always ahead of now
+        // (the timer never spins); below a millisecond it may look that much late.
         let step = limits
             .header_read
-            .map_or(limits.idle, |hr| hr.min(limits.idle));
+            .map_or(limits.idle, |hr| hr.min(limits.idle))
+            .max(Duration::from_millis(1));
         // Whole milliseconds, as the events are stamped: not after any later event's stamp.
         let horizon = self.at(self.now_ms()) + step;
         let deadline = if self.inflight.load(Ordering::Acquire) > 0 {
@@ -703,6 +706,26 @@ mod tests {
             activity.expired(h2, activity.next_check(h2)),
             Some(Expiry::Stalled)
         ));
+    }
+
+    /// Sub-millisecond timeouts (the config allows them): the next look is always ahead of
+    /// now, or the connection's timer would fire again at once, over and over.
+    #[test]
+    fn the_next_look_is_always_ahead_of_now() {
+        let tiny = Limits {
+            header_read: Some(Duration::from_micros(100)),
+            idle: Duration::from_micros(300),
+        };
+        let activity = Arc::new(Activity::new(Some(1024)));
+        // A request in flight whose client reads: no deadline at all, only the horizon.
+        let _guard = activity.request_started();
+        for _ in 0..50 {
+            let before = Instant::now();
+            let at = activity.next_check(tiny);
+            assert!(at > before, "{:?} behind", before - at);
+            assert!(activity.expired(tiny, at).is_none());
+            std::thread::sleep(Duration::from_micros(170));
+        }
     }
 
     #[test]
