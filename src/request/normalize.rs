@@ -294,6 +294,17 @@ fn push_escape(out: &mut String, b: u8) {
 
 /// Percent-decoding pass: the output is ASCII, with canonical escapes only.
 fn decode_path(raw: &[u8]) -> Result<String, BadTarget> {
+    // The usual path: every byte allowed raw (no escape, no `;`), so it is its own decoding.
+    if raw.iter().all(|&b| b != b';' && is_path_char(b)) {
+        if let Ok(path) = std::str::from_utf8(raw) {
+            return Ok(path.to_owned());
+        }
+    }
+    decode_path_bytewise(raw)
+}
+
+/// [`decode_path`] byte by byte.
+fn decode_path_bytewise(raw: &[u8]) -> Result<String, BadTarget> {
     let mut out = String::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -808,6 +819,25 @@ mod proptests {
             }),
             "[A-Za-z0-9_\\-!#$%&'*+.^`|~]{1,12}",
         ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config(512))]
+        /// The shortcut for paths without escapes decodes exactly as the byte loop does.
+        #[test]
+        fn decode_path_shortcut_agrees_with_the_byte_loop(
+            raw in prop::collection::vec(
+                prop_oneof![
+                    // Mostly bytes allowed raw (and `;`), so the shortcut is often taken.
+                    12 => prop::sample::select(&b"/az09-._~!$&'()*+,=:@;"[..]),
+                    1 => prop::sample::select(&b"%\\ #\"{}|^`<>[]\x7f\x00\xc3\xa9"[..]),
+                    1 => any::<u8>(),
+                ],
+                0..24,
+            )
+        ) {
+            prop_assert_eq!(super::decode_path(&raw), super::decode_path_bytewise(&raw));
+        }
     }
 
     proptest! {
