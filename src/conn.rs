@@ -7,7 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -446,6 +446,11 @@ pub struct Activity {
     /// 1 + milliseconds since `epoch` since when writes to the client have been blocked (the
     /// client stopped reading); 0 while writes make progress.
     write_blocked: AtomicU64,
+    /// A head started or writes blocked since [`Activity::take_moved_earlier`] last looked:
+    /// the connection's deadline may have moved earlier. Both happen while the connection's
+    /// own task polls it (reads and writes go through [`ActivityIo`]), so that task looks
+    /// after each poll instead of being woken.
+    moved_earlier: AtomicBool,
     /// HTTP/1 only: follows the raw request stream to judge every head's framing (see
     /// [`StreamTracker`]).
     stream: Option<std::sync::Mutex<StreamTracker>>,
@@ -460,6 +465,7 @@ impl Activity {
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
+            moved_earlier: AtomicBool::new(false),
             stream: sniff_limit.map(|limit| std::sync::Mutex::new(StreamTracker::new(limit))),
         }
     }
@@ -476,10 +482,13 @@ impl Activity {
             && self.head_started.load(Ordering::Acquire) == 0
         {
             let now = self.now_ms();
-            // Lost only to another first byte of the same head, which set the same start.
-            let _ =
-                self.head_started
-                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+            if self
+                .head_started
+                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.moved_earlier.store(true, Ordering::Release);
+            }
         }
         if let Some(stream) = &self.stream {
             stream.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
@@ -490,12 +499,13 @@ impl Activity {
         if blocked {
             if self.write_blocked.load(Ordering::Acquire) == 0 {
                 let now = self.now_ms();
-                let _ = self.write_blocked.compare_exchange(
-                    0,
-                    now + 1,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
+                if self
+                    .write_blocked
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.moved_earlier.store(true, Ordering::Release);
+                }
             }
         } else {
             self.write_blocked.store(0, Ordering::Release);
@@ -534,36 +544,29 @@ impl Activity {
         self.epoch + Duration::from_millis(ms)
     }
 
-    /// When the connection's timer should next look at it ([`Activity::expired`]): never
-    /// later than its next deadline, whatever happens meanwhile.
-    ///
-    /// A deadline moves earlier only when something happens: a request head starts (the
-    /// header-read deadline is then `header_read` away) or writes block (`idle` away). So a
-    /// look at most `min(header_read, idle)` from now is never late, and nothing that happens
-    /// on the connection has to wake its timer: the timer re-arms itself when it fires, which
-    /// keeps it off the path of every request.
-    pub fn next_check(&self, limits: Limits) -> Instant {
-        // At least the timer's own resolution, so that the horizon is always ahead of now
-        // (the timer never spins); below a millisecond it may look that much late.
-        let step = limits
-            .header_read
-            .map_or(limits.idle, |hr| hr.min(limits.idle))
-            .max(Duration::from_millis(1));
-        // Whole milliseconds, as the events are stamped: not after any later event's stamp.
-        let horizon = self.at(self.now_ms()) + step;
-        let deadline = if self.inflight.load(Ordering::Acquire) > 0 {
-            match self.write_blocked.load(Ordering::Acquire) {
-                0 => horizon,
+    /// Whether a head started or writes blocked since the last call: then the deadline may
+    /// have moved earlier, and the connection's timer should be pulled in. Every other change
+    /// moves it later, which the timer finds out when it fires.
+    pub fn take_moved_earlier(&self) -> bool {
+        self.moved_earlier.load(Ordering::Acquire)
+            && self.moved_earlier.swap(false, Ordering::AcqRel)
+    }
+
+    /// The connection's next deadline ([`Activity::expired`] says whether it passed). With a
+    /// request in flight and writes moving there is none: then `idle_timeout` from now, when
+    /// it is looked at again. Never before now unless it has passed, so the timer never spins.
+    pub fn deadline(&self, limits: Limits) -> Instant {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return match self.write_blocked.load(Ordering::Acquire) {
+                0 => Instant::now() + limits.idle,
                 since => self.at(since - 1) + limits.idle,
-            }
-        } else {
-            let head = self.head_started.load(Ordering::Acquire);
-            match limits.header_read {
-                Some(hr) if head != 0 => self.at(head - 1) + hr,
-                _ => self.at(self.last.load(Ordering::Relaxed)) + limits.idle,
-            }
-        };
-        deadline.min(horizon)
+            };
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        match limits.header_read {
+            Some(hr) if head != 0 => self.at(head - 1) + hr,
+            _ => self.at(self.last.load(Ordering::Relaxed)) + limits.idle,
+        }
     }
 
     pub fn expired(&self, limits: Limits, now: Instant) -> Option<Expiry> {
@@ -665,65 +668,78 @@ mod tests {
         idle: Duration::from_millis(300),
     };
 
-    /// Nothing that happens after `next_check` can make the connection expire before it: the
-    /// timer is armed there and is not woken by events.
-    fn never_late(activity: &Activity, limits: Limits, event: impl FnOnce(&Activity)) {
-        let check = activity.next_check(limits);
-        event(activity);
-        let just_before = check - Duration::from_nanos(1);
-        assert!(
-            activity.expired(limits, just_before).is_none(),
-            "expired before the timer looks"
-        );
-        // And re-armed after the event, the timer finds the expiry on time.
-        let again = activity.next_check(limits);
-        assert!(activity.expired(limits, again + limits.idle).is_some());
-    }
-
     #[test]
-    fn a_head_that_starts_while_idle_is_not_waited_for_until_idle_timeout() {
-        let activity = Activity::new(Some(1024));
-        // Idle since the start: the idle deadline is 300 ms away, the header-read one would
-        // be 100 ms after a first byte.
-        never_late(&activity, H1, |a| a.on_read(b"GET / HT"));
+    fn a_head_that_starts_while_idle_pulls_the_deadline_in() {
+        let activity = Arc::new(Activity::new(Some(1024)));
+        let idle = activity.deadline(H1);
+        assert!(!activity.take_moved_earlier());
+        activity.on_read(b"GET / HT");
+        assert!(activity.take_moved_earlier(), "a head started");
+        assert!(!activity.take_moved_earlier(), "said once");
+        let head = activity.deadline(H1);
+        assert!(head < idle);
+        assert!(activity
+            .expired(H1, head - Duration::from_millis(1))
+            .is_none());
         assert!(matches!(
-            activity.expired(H1, activity.next_check(H1)),
+            activity.expired(H1, head),
             Some(Expiry::HeaderRead)
         ));
-        assert!(activity.next_check(H1) <= Instant::now() + H1.header_read.unwrap());
+        // More of the same head, and the next request once this one is in flight, move
+        // nothing.
+        activity.on_read(b"TP/1.1\r\n");
+        assert!(!activity.take_moved_earlier());
+        let guard = activity.request_started();
+        activity.on_read(b"GET /next HTTP/1.1\r\n");
+        assert!(!activity.take_moved_earlier());
+        // The response ends: the idle timer starts again, later.
+        drop(guard);
+        assert!(!activity.take_moved_earlier());
+        assert!(activity.deadline(H1) >= idle);
     }
 
     #[test]
-    fn writes_that_block_during_a_request_are_not_waited_for_beyond_idle_timeout() {
+    fn writes_that_block_during_a_request_pull_the_deadline_in() {
         let activity = Arc::new(Activity::new(None));
         let h2 = Limits {
             header_read: None,
             idle: Duration::from_millis(300),
         };
         let _guard = activity.request_started();
-        never_late(&activity, h2, |a| a.on_write(true));
+        let moving = activity.deadline(h2);
+        activity.on_write(false);
+        assert!(!activity.take_moved_earlier());
+        activity.on_write(true);
+        assert!(activity.take_moved_earlier());
+        let stalled = activity.deadline(h2);
+        assert!(stalled <= moving);
         assert!(matches!(
-            activity.expired(h2, activity.next_check(h2)),
+            activity.expired(h2, stalled),
             Some(Expiry::Stalled)
         ));
+        // Blocked again before any progress: the same stall.
+        activity.on_write(true);
+        assert!(!activity.take_moved_earlier());
     }
 
-    /// Sub-millisecond timeouts (the config allows them): the next look is always ahead of
-    /// now, or the connection's timer would fire again at once, over and over.
+    /// The timer is re-armed at `deadline` whenever it fires without an expiry: that must be
+    /// ahead of now, or it would fire again at once, over and over.
     #[test]
-    fn the_next_look_is_always_ahead_of_now() {
+    fn a_deadline_not_yet_expired_is_ahead_of_now() {
         let tiny = Limits {
-            header_read: Some(Duration::from_micros(100)),
-            idle: Duration::from_micros(300),
+            header_read: Some(Duration::from_millis(1)),
+            idle: Duration::from_millis(1),
         };
         let activity = Arc::new(Activity::new(Some(1024)));
-        // A request in flight whose client reads: no deadline at all, only the horizon.
         let _guard = activity.request_started();
         for _ in 0..50 {
-            let before = Instant::now();
-            let at = activity.next_check(tiny);
-            assert!(at > before, "{:?} behind", before - at);
-            assert!(activity.expired(tiny, at).is_none());
+            let now = Instant::now();
+            let at = activity.deadline(tiny);
+            assert!(
+                at > now || activity.expired(tiny, now).is_some(),
+                "{:?} behind",
+                now - at
+            );
             std::thread::sleep(Duration::from_micros(170));
         }
     }
@@ -731,12 +747,8 @@ mod tests {
     #[test]
     fn an_idle_connection_expires_at_idle_timeout() {
         let activity = Activity::new(Some(1024));
-        let check = activity.next_check(H1);
-        // Checked at the header-read horizon first (a head could start any moment)...
-        assert!(check <= activity.epoch + H1.header_read.unwrap());
-        assert!(activity.expired(H1, check).is_none());
-        // ...and idle only at idle_timeout.
         let at_idle = activity.epoch + H1.idle;
+        assert_eq!(activity.deadline(H1), at_idle);
         assert!(activity
             .expired(H1, at_idle - Duration::from_millis(1))
             .is_none());

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -307,36 +308,66 @@ async fn drive(
     // After an idle connection was asked to close (GOAWAY / `Connection: close`), how long it
     // may take to say goodbye before it is dropped.
     let mut goodbye_until: Option<Instant> = None;
-    // One timer for the connection's life, re-armed only when it fires (see
-    // `Activity::next_check`): requests do not touch it.
-    let timer = tokio::time::sleep_until(activity.next_check(limits).into());
+    // One timer for the connection's life. It is pulled in only when a deadline moves earlier
+    // (a head starts, writes block), which happens inside `conn`'s own poll, so it is looked
+    // at right after each poll instead of waking this task; a later deadline is found when
+    // the timer fires. No timer entry, select or wake-up is made per request.
+    let timer = tokio::time::sleep_until(activity.deadline(limits).into());
     tokio::pin!(timer);
     loop {
-        // The connection first: it is what wakes this task for every request.
-        tokio::select! {
-            biased;
-            res = conn.as_mut() => {
-                return match res {
-                    Ok(()) => None,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                        Some(e)
+        let woke = {
+            let mut shutting_down = std::pin::pin!(shutdown.wait_for(|s| *s));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Woke::Ended(res));
+                }
+                if goodbye_until.is_none() && activity.take_moved_earlier() {
+                    let at = tokio::time::Instant::from_std(activity.deadline(limits));
+                    if at < timer.deadline() {
+                        timer.as_mut().reset(at);
                     }
-                };
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                if !draining && shutting_down.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Shutdown);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match woke {
+            Woke::Ended(Ok(())) => return None,
+            Woke::Ended(Err(e)) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                return Some(e);
             }
-            () = timer.as_mut() => {
-                let next = drive_timer(&mut conn, activity, limits, &mut draining, &mut goodbye_until);
-                match next {
+            Woke::Timer => {
+                match drive_timer(
+                    &mut conn,
+                    activity,
+                    limits,
+                    &mut draining,
+                    &mut goodbye_until,
+                ) {
                     Some(at) => timer.as_mut().reset(at.into()),
                     None => return None,
                 }
             }
-            _ = shutdown.wait_for(|s| *s), if !draining => {
+            Woke::Shutdown => {
                 conn.as_mut().drain();
                 draining = true;
             }
         }
     }
+}
+
+/// What woke [`drive`].
+enum Woke {
+    Ended(Result<(), hyper::Error>),
+    Timer,
+    Shutdown,
 }
 
 /// The connection's timer fired: close the connection (`None`) or say when to look again.
@@ -357,7 +388,7 @@ fn drive_timer(
         }
         // A request slipped in before the GOAWAY: back to the normal timers.
         *goodbye_until = None;
-        return Some(activity.next_check(limits));
+        return Some(activity.deadline(limits));
     }
     match activity.expired(limits, Instant::now()) {
         Some(Expiry::HeaderRead) => {
@@ -377,6 +408,6 @@ fn drive_timer(
             *goodbye_until = Some(until);
             Some(until)
         }
-        None => Some(activity.next_check(limits)),
+        None => Some(activity.deadline(limits)),
     }
 }
