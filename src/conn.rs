@@ -474,21 +474,24 @@ impl Activity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Stamp `cell` (1 + now in milliseconds) when it is 0: a head started or writes blocked,
+    /// so the deadline may have moved earlier. A cell already stamped keeps its time.
+    fn stamp_once(&self, cell: &AtomicU64) {
+        if cell.load(Ordering::Acquire) == 0
+            && cell
+                .compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.moved_earlier.store(true, Ordering::Release);
+        }
+    }
+
     fn on_read(&self, data: &[u8]) {
         // A read does not count as activity for `idle_timeout`: only requests do. Otherwise an
         // HTTP/2 client could hold a connection (and its slot) forever with PING or
         // WINDOW_UPDATE frames, and an HTTP/1 client with a head trickled past its timer.
-        if self.inflight.load(Ordering::Acquire) == 0
-            && self.head_started.load(Ordering::Acquire) == 0
-        {
-            let now = self.now_ms();
-            if self
-                .head_started
-                .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.moved_earlier.store(true, Ordering::Release);
-            }
+        if self.inflight.load(Ordering::Acquire) == 0 {
+            self.stamp_once(&self.head_started);
         }
         if let Some(stream) = &self.stream {
             stream.lock().unwrap_or_else(|p| p.into_inner()).feed(data);
@@ -497,16 +500,7 @@ impl Activity {
 
     fn on_write(&self, blocked: bool) {
         if blocked {
-            if self.write_blocked.load(Ordering::Acquire) == 0 {
-                let now = self.now_ms();
-                if self
-                    .write_blocked
-                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    self.moved_earlier.store(true, Ordering::Release);
-                }
-            }
+            self.stamp_once(&self.write_blocked);
         } else {
             self.write_blocked.store(0, Ordering::Release);
         }

@@ -312,14 +312,12 @@ async fn stalled_request_is_cut_off_while_others_are_served() {
     assert_eq!(other.get("localhost", "/x").await.0, 200);
 }
 
-/// The header-read timer also runs for a head that starts on a connection that has already
-/// served a request, long before `idle_timeout` (the connection's timer is armed at the end
-/// of the first exchange, and a partial head must not wait for it).
-#[tokio::test]
-async fn a_head_trickled_after_a_request_is_cut_off_at_header_read_timeout() {
-    let env = Env::new().await;
-    let yaml = with_listen(&env, &["idle_timeout: 30s", "header_read_timeout: 1s"]);
-    let proxy = env.start(&yaml).await;
+/// An HTTP/1.1 connection of alice's that has had one request answered with a 200 and is
+/// kept alive.
+async fn after_one_request(
+    env: &Env,
+    proxy: &certguard::Proxy,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut tls = client::connect_tls(
         proxy.listen_addr,
         env.client(&env.pki.alice, &[b"http/1.1"]),
@@ -333,6 +331,18 @@ async fn a_head_trickled_after_a_request_is_cut_off_at_header_read_timeout() {
     let mut buf = vec![0u8; 65536];
     let n = tls.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tls
+}
+
+/// The header-read timer also runs for a head that starts on a connection that has already
+/// served a request, long before `idle_timeout` (the connection's timer is armed at the end
+/// of the first exchange, and a partial head must not wait for it).
+#[tokio::test]
+async fn a_head_trickled_after_a_request_is_cut_off_at_header_read_timeout() {
+    let env = Env::new().await;
+    let yaml = with_listen(&env, &["idle_timeout: 30s", "header_read_timeout: 1s"]);
+    let proxy = env.start(&yaml).await;
+    let mut tls = after_one_request(&env, &proxy).await;
     // Well inside idle_timeout, a second head that never ends.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tls.write_all(b"GET /x HTTP/1.1\r\nHost: loc")
@@ -358,19 +368,7 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let env = Env::new().await;
     let yaml = with_listen(&env, &["idle_timeout: 1s", "header_read_timeout: 30s"]);
     let proxy = env.start(&yaml).await;
-    let mut tls = client::connect_tls(
-        proxy.listen_addr,
-        env.client(&env.pki.alice, &[b"http/1.1"]),
-        "localhost",
-    )
-    .await
-    .unwrap();
-    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 65536];
-    let n = tls.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut tls = after_one_request(&env, &proxy).await;
     let started = std::time::Instant::now();
     let mut rest = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
