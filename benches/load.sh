@@ -66,7 +66,9 @@
 #   PROXY_CPU=0 LOAD_CPU=1   the cores (taskset); pinning is skipped on a 1-CPU machine
 #   RESULTS=          a directory to copy results.tsv, oha's JSON reports and summary.txt into
 #   KEEP_TMP=0        1 = keep the temp dir (configs, PKI, logs) for inspection
-#   CERTGUARD_BIN=    use this binary instead of building target/release/certguard
+#   PGO=1             build certguard with benches/pgo.sh (profile-guided, trained on the demo,
+#                     as the Dockerfile builds it); 0 = a plain `cargo build --release`
+#   CERTGUARD_BIN=    use this binary instead of building one
 #   OHA=              use this oha binary instead of the one on PATH / installing it
 set -euo pipefail
 
@@ -98,6 +100,7 @@ RATE=${RATE:-2000}
 INSTR_REQUESTS=${INSTR_REQUESTS:-2000}
 ROUTES=${ROUTES:-50}
 ACCESS_LOG=${ACCESS_LOG:-false}
+PGO=${PGO:-1}
 WORKERS=${WORKERS:-1}
 SINGLE_THREAD=${SINGLE_THREAD:-true}
 PROXY_CPU=${PROXY_CPU:-0}
@@ -159,6 +162,7 @@ check_settings() {
   ((ROUTES >= 2 && ROUTES <= 100000)) || die "ROUTES must be 2..100000"
   ((WORKERS >= 1 && WORKERS <= 64)) || die "WORKERS must be 1..64"
   [[ "$ACCESS_LOG" == true || "$ACCESS_LOG" == false ]] || die "ACCESS_LOG must be true or false"
+  [[ "$PGO" == 0 || "$PGO" == 1 ]] || die "PGO must be 0 or 1"
   [[ "$HANDSHAKE_CLIENT_VERIFY" == true || "$HANDSHAKE_CLIENT_VERIFY" == false ]] ||
     die "HANDSHAKE_CLIENT_VERIFY must be true or false"
   for s in $SCENARIOS; do
@@ -212,10 +216,16 @@ ensure_tools() {
 build_certguard() {
   if [[ -n "${CERTGUARD_BIN:-}" ]]; then
     BIN=$CERTGUARD_BIN
+    BUILD_KIND="given ($CERTGUARD_BIN)"
+  elif [[ "$PGO" == 1 ]]; then
+    log "profile-guided build: benches/pgo.sh (two release builds and a training run)"
+    BIN=$(bash benches/pgo.sh | tail -1) || die "benches/pgo.sh failed"
+    BUILD_KIND="profile-guided release build (benches/pgo.sh, trained on the demo)"
   else
     log "cargo build --release"
     cargo build --release --quiet
     BIN="${CARGO_TARGET_DIR:-target}/release/certguard"
+    BUILD_KIND="plain release build (PGO=0)"
   fi
   [[ -x "$BIN" ]] || die "no certguard binary at $BIN"
   BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
@@ -937,6 +947,7 @@ main() {
       "$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')" "$("$HAPROXY_BIN" -v 2>/dev/null | awk 'NR == 1 { print $3 }')" "$REPS"
     printf 'proxy core %s, load generator and upstream core %s (pinning %s); %s CPUs; %s; load average %s before, %s after\n' \
       "$PROXY_CPU" "$LOAD_CPU" "$([[ "$PIN" == 1 ]] && echo on || echo OFF)" "$(nproc)" "$("$OHA" --version)" "$load_before" "$load_after"
+    printf 'certguard binary: %s\n' "$BUILD_KIND"
     printf 'TLS 1.3 suite each proxy picks for a client preferring AES-256:'
     for p in $PROXIES; do printf ' %s %s;' "$p" "${SUITE_OF[$p]:-unchecked}"; done
     printf ' key exchange: certguard X25519MLKEM768 (oha offers it), nginx and HAProxy X25519 (OpenSSL 3.0 has no ML-KEM)\n'
