@@ -12,27 +12,34 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # make: the jemalloc allocator (tikv-jemalloc-sys) is built from its C sources with it.
+# curl: the profile-guided build (benches/pgo.sh) trains an instrumented binary on the demo
+# with curl (and merges the profile with llvm-profdata, which it installs with rustup).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make curl \
     && rm -rf /var/lib/apt/lists/*
-# Dependency-cache layer: compile every dependency against stub sources, so that an edit under
-# src/ rebuilds only certguard itself. Cargo refuses a manifest whose targets have no source, so
-# every [[bench]] that Cargo.toml declares gets a stub too.
+# Dependency-cache layer: install llvm-tools and compile every dependency (instrumented, as
+# benches/pgo.sh's first build does) against stub sources, so that an edit under src/ rebuilds only certguard itself there.
+# Cargo refuses a manifest whose targets have no source, so every [[bench]] that Cargo.toml
+# declares gets a stub too. The second, profile-guided build depends on the training profile
+# and so on the sources: it cannot be cached.
 COPY Cargo.toml Cargo.lock ./
+COPY benches/pgo.sh ./benches/
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && awk '/^\[\[bench\]\]/ { b = 1; next } /^\[/ { b = 0 } b && $1 == "name" { gsub(/"/, "", $3); print $3 }' Cargo.toml \
        | while read -r bench; do echo 'fn main() {}' > "benches/$bench.rs"; done \
-    && cargo build --release --locked --bin certguard \
+    && bash benches/pgo.sh generate \
     && rm -rf src benches
 COPY src ./src
 COPY benches ./benches
+COPY config/certguard.yaml ./config/
 # COPY keeps the files' modification times, which may be older than the stubs': touch the crate
-# roots so cargo does not mistake the stub build for an up-to-date one.
+# roots so cargo does not mistake the stub build for an up-to-date one. The training run uses a
+# PKI it generates (`certguard dev-certs`); certs-dev/ never enters the build.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin certguard \
-    && ./target/release/certguard --version
+    && bash benches/pgo.sh /src/certguard \
+    && ./certguard --version
 
 FROM ${RUNTIME_IMAGE}
 ARG RUNTIME_IMAGE
@@ -44,7 +51,7 @@ LABEL org.opencontainers.image.title="certguard" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
-COPY --from=build /src/target/release/certguard /usr/local/bin/certguard
+COPY --from=build /src/certguard /usr/local/bin/certguard
 # `certguard health` finds the admin listener through the config's admin.address.
 ENV CERTGUARD_CONFIG=/etc/certguard/certguard.yaml
 # Numeric, so that Kubernetes can verify runAsNonRoot without a user database lookup.

@@ -15,8 +15,8 @@
 #    $TARGET/pgo-use; OUTPUT, when given, receives a copy.
 #
 # The training workload is the demo's, not the benchmark's: other routes, other certificates,
-# no knowledge of benches/load.sh. `bash benches/pgo.sh generate` does step 1 only (the
-# Dockerfile's dependency-cache layer). Needs curl (with HTTP/2) and make (jemalloc); takes two
+# no knowledge of benches/load.sh. `bash benches/pgo.sh generate` does step 1 only (and
+# installs llvm-tools): the Dockerfile's dependency-cache layer. Needs curl (with HTTP/2) and make (jemalloc); takes two
 # release builds, about 8 minutes on 2 cores. TARGET is $CARGO_TARGET_DIR or ./target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,22 +37,23 @@ build_generate() {
     cargo build --release --locked --bin certguard
 }
 
+# llvm-profdata must be the one of rustc's own LLVM (the profile format follows it).
+sysroot=$(rustc --print sysroot)
+host=$(rustc -vV | sed -n 's/^host: //p')
+LLVM_PROFDATA=$sysroot/lib/rustlib/$host/bin/llvm-profdata
+if [ ! -x "$LLVM_PROFDATA" ]; then
+  log "installing the llvm-tools component (llvm-profdata)"
+  rustup component add llvm-tools >&2 || die "cannot install llvm-tools: rustup component add llvm-tools"
+fi
+[ -x "$LLVM_PROFDATA" ] || die "no llvm-profdata at $LLVM_PROFDATA"
+
 if [ "${1:-}" = generate ]; then
   build_generate
   exit 0
 fi
 OUTPUT=${1:-}
-
 command -v curl >/dev/null || die "curl is needed for the training run"
 curl --version | grep -qw HTTP2 || die "this curl has no HTTP/2"
-sysroot=$(rustc --print sysroot)
-host=$(rustc -vV | sed -n 's/^host: //p')
-LLVM_PROFDATA=$sysroot/lib/rustlib/$host/bin/llvm-profdata
-if [ ! -x "$LLVM_PROFDATA" ]; then
-  log "installing the llvm-tools component (llvm-profdata of rustc's own LLVM)"
-  rustup component add llvm-tools >&2 || die "cannot install llvm-tools: rustup component add llvm-tools"
-fi
-[ -x "$LLVM_PROFDATA" ] || die "no llvm-profdata at $LLVM_PROFDATA"
 
 build_generate
 BIN=$TARGET/pgo-generate/release/certguard

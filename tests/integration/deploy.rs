@@ -998,7 +998,9 @@ fn the_dockerfile_dependency_layer_stubs_every_declared_target() {
         .find("RUN mkdir -p src benches")
         .expect("the Dockerfile's stub layer");
     let layer = &dockerfile[start + "RUN ".len()..];
-    let end = layer.find("&& cargo build").expect("the stub layer builds");
+    let end = layer
+        .find("&& bash benches/pgo.sh generate")
+        .expect("the stub layer builds the instrumented dependencies");
     let script = layer[..end].replace("\\\n", " ");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(repo("Cargo.toml"), dir.path().join("Cargo.toml")).unwrap();
@@ -1037,11 +1039,26 @@ fn the_dockerfile_dependency_layer_stubs_every_declared_target() {
             "{kept_out} stays out of the build context"
         );
     }
+    // The image ships the profile-guided build: the training script and the demo config it
+    // trains on reach the build stage, and the runtime stage copies what the script wrote.
+    let pgo = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("&& bash benches/pgo.sh /"))
+        .expect("the build stage runs benches/pgo.sh OUTPUT");
+    let output = format!("/{}", pgo.trim_end_matches('\\').trim());
+    assert!(
+        dockerfile.contains(&format!(
+            "COPY --from=build {output} /usr/local/bin/certguard"
+        )),
+        "the image's binary is {output}"
+    );
     for kept_in in [
         "Cargo.toml",
         "Cargo.lock",
         "src/main.rs",
         "src/tls/chain.rs",
+        "benches/pgo.sh",
+        "config/certguard.yaml",
     ] {
         assert!(
             docker_context_admits(&dockerignore, kept_in),
