@@ -19,6 +19,8 @@
 # installs llvm-tools): the Dockerfile's dependency-cache layer. Needs curl (with HTTP/2) and make (jemalloc); takes two
 # release builds, about 8 minutes on 2 cores. TARGET is $CARGO_TARGET_DIR or ./target.
 set -euo pipefail
+# OUTPUT is relative to where the script was started, before moving to the repository.
+case "${1:-}" in "" | generate | /*) ;; *) set -- "$PWD/$1" ;; esac
 cd "$(dirname "$0")/.."
 REPO=$PWD
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}

@@ -23,7 +23,7 @@
 #
 # Environment: WORK (default /var/tmp/certguard-container) keeps the root file systems between
 # runs, and the stand-in images are kept in the local image store (so their cached layers stay
-# valid); FRESH=1 removes all of it and starts from nothing. Takes 25 to 40 minutes on 2 cores the first time (see
+# valid); FRESH=1 removes all of it and starts from nothing. Takes about 15 minutes on 2 cores the first time (see
 # README, "Deploying").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
